@@ -1,0 +1,138 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Helpers for guest scenarios. A scenario is a bash script that sources this
+# file, sets up disks, starts the daemon, boots one or more guests with a
+# guest-side script, checks the results and exits 0 (pass) or non-zero.
+#
+# Environment (set by qemu-tests/run.sh):
+#   VUS_BIN     the daemon binary
+#   GUEST_DIR   directory with vmlinuz and initrd (build-guest.sh)
+#   QEMU        qemu-system-x86_64 to use; QEMU_ARGS extra arguments (e.g. -L DIR)
+#   LOG_DIR     where this scenario keeps its logs
+
+set -euo pipefail
+
+: "${VUS_BIN:?}" "${GUEST_DIR:?}" "${QEMU:=qemu-system-x86_64}" "${QEMU_ARGS:=}"
+: "${LOG_DIR:=$(mktemp -d)}"
+mkdir -p "$LOG_DIR"
+
+# Scratch space in RAM: disk images and sockets.
+WORK=$(mktemp -d /dev/shm/vus-test.XXXXXX)
+DAEMON_PID=
+DAEMON_LOG=$LOG_DIR/daemon.log
+GUEST_N=0
+
+cleanup() {
+    if [[ -n ${DAEMON_PID} ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        kill -KILL "$DAEMON_PID" 2>/dev/null || true
+        wait "$DAEMON_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+log() {
+    echo "  $*"
+}
+
+# make_disk NAME SIZE: a sparse file in $WORK; prints its path.
+make_disk() {
+    local path=$WORK/$1
+    truncate -s "$2" "$path"
+    echo "$path"
+}
+
+# start_daemon ARGS...: start `vhost-user-scsi serve ARGS...` and wait until
+# every --socket exists.
+start_daemon() {
+    RUST_LOG=${RUST_LOG:-info} "$VUS_BIN" serve "$@" >>"$DAEMON_LOG" 2>&1 &
+    DAEMON_PID=$!
+    local socks=() prev=
+    for a in "$@"; do
+        [[ $prev == --socket ]] && socks+=("${a%%,*}")
+        prev=$a
+    done
+    local i
+    for i in $(seq 100); do
+        local all=1
+        for s in "${socks[@]}"; do [[ -S $s ]] || all=0; done
+        ((all)) && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || fail "daemon exited at start (see $DAEMON_LOG)"
+        sleep 0.05
+    done
+    fail "daemon sockets did not appear"
+}
+
+# stop_daemon: SIGTERM, and the daemon must exit 0.
+stop_daemon() {
+    kill -TERM "$DAEMON_PID"
+    local rc=0
+    wait "$DAEMON_PID" || rc=$?
+    DAEMON_PID=
+    [[ $rc -eq 0 ]] || fail "daemon exited with $rc after SIGTERM"
+}
+
+# boot_guest SCRIPT [QEMU ARGS...]: boot the test guest with SCRIPT as its
+# test; the remaining arguments add devices. Returns the script's exit code.
+# Guest memory: 512M shared (memfd) so the daemon can map it. SMP from $SMP.
+boot_guest() {
+    local script=$1
+    shift
+    GUEST_N=$((GUEST_N + 1))
+    local console=$LOG_DIR/guest$GUEST_N.log
+    local mem=${GUEST_MEM:-512}
+    # shellcheck disable=SC2086
+    timeout "${GUEST_TIMEOUT:-240}" "$QEMU" $QEMU_ARGS \
+        -accel tcg -nodefaults -no-reboot -display none \
+        -m "$mem" -smp "${SMP:-1}" \
+        -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
+        -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initrd" \
+        -append "console=ttyS0 panic=-1 quiet" \
+        -serial "file:$console" \
+        -fw_cfg name=opt/test,file="$script" \
+        "$@" >"$console.qemu" 2>&1 || true
+    local line
+    line=$(grep -a 'GUEST-RESULT:' "$console" | tail -1 | tr -d '\r' || true)
+    if [[ -z $line ]]; then
+        echo "  guest $GUEST_N did not finish (see $console, $console.qemu)" >&2
+        return 98
+    fi
+    return "${line##*: }"
+}
+
+# vhost_scsi_dev SOCKET ID [PROPS]: QEMU arguments for one controller with
+# QEMU's default properties (plus PROPS, e.g. ",num_queues=2").
+vhost_scsi_dev() {
+    echo "-chardev socket,id=$2,path=$1 -device vhost-user-scsi-pci,chardev=$2${3:-}"
+}
+
+# guest_script NAME <<'EOF' ... EOF: write a guest-side script; prints its path.
+# The script runs under `sh -e` with a small library available: check
+# (assertion), sense_of (run an sg command, print its sense output).
+guest_script() {
+    local path=$WORK/$1.sh
+    {
+        cat <<'GLIB'
+set -e
+check() { if ! eval "$1"; then echo "CHECK FAILED: $1"; exit 1; fi; }
+fails() { if "$@" >/tmp/out 2>&1; then echo "EXPECTED FAILURE: $*"; cat /tmp/out; exit 1; fi; cat /tmp/out; }
+disk_for_lun() { # disk_for_lun HOST:CH:TGT:LUN suffix -> /dev/sdX
+    for d in /sys/class/scsi_disk/*; do
+        case "$d" in *"$1") ls "$d/device/block" | head -1 | sed 's,^,/dev/,'; return;; esac
+    done
+}
+sg_for_lun() {
+    for d in /sys/class/scsi_device/*; do
+        case "$d" in *"$1") ls "$d/device/scsi_generic" | head -1 | sed 's,^,/dev/,'; return;; esac
+    done
+}
+GLIB
+        cat
+    } >"$path"
+    echo "$path"
+}

@@ -1,0 +1,376 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Backstores: where a logical unit's blocks live. A backstore is a byte
+//! range with read, write, flush, deallocate and allocation-map queries; it
+//! knows nothing about SCSI.
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Alignment used for O_DIRECT bounce buffers (the largest logical block
+/// size we support, and the page size).
+const DIRECT_ALIGN: usize = 4096;
+
+// linux/fs.h: _IOR(0x12, 114, size_t), _IO(0x12, 119), _IO(0x12, 127).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot open backstore {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Backstore {0} is neither a regular file nor a block device")]
+    NotFileOrBlock(PathBuf),
+    #[error("Cannot get the size of backstore {path}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What kind of object backs the logical unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file; may be sparse (thin provisioned).
+    File,
+    /// A block device.
+    Block,
+}
+
+/// Whether a byte range is allocated or a hole, as reported by the filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extent {
+    Mapped(u64),
+    Deallocated(u64),
+}
+
+/// A regular file or block device opened for I/O.
+#[derive(Debug)]
+pub struct Backstore {
+    file: File,
+    path: PathBuf,
+    kind: Kind,
+    size: u64,
+    read_only: bool,
+    direct: bool,
+}
+
+impl Backstore {
+    /// Open `path` (read-only if asked, O_DIRECT if asked) and find its size.
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Backstore, Error> {
+        let mut flags = libc::O_CLOEXEC;
+        if direct {
+            flags |= libc::O_DIRECT;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|source| Error::Open {
+                path: path.into(),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| Error::Open {
+            path: path.into(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        let (kind, size) = if ft.is_file() {
+            (Kind::File, meta.len())
+        } else if ft.is_block_device() {
+            let size = block_device_size(&file).map_err(|source| Error::Size {
+                path: path.into(),
+                source,
+            })?;
+            (Kind::Block, size)
+        } else {
+            return Err(Error::NotFileOrBlock(path.into()));
+        };
+        Ok(Backstore {
+            file,
+            path: path.into(),
+            kind,
+            size,
+            read_only,
+            direct,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Whether holes can be punched (thin provisioning: UNMAP, WRITE SAME with UNMAP).
+    pub fn can_deallocate(&self) -> bool {
+        !self.read_only
+    }
+
+    /// Read exactly `buf.len()` bytes at `offset`. A read past end-of-file of a
+    /// regular file returns zeros (the file is exactly the LU size, so that
+    /// only happens if the file shrank underneath us).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.direct {
+            let mut bounce = AlignedBuf::new(buf.len())?;
+            read_full(&self.file, bounce.as_mut_slice(), offset)?;
+            buf.copy_from_slice(bounce.as_slice());
+            return Ok(());
+        }
+        read_full(&self.file, buf, offset)
+    }
+
+    /// Write all of `buf` at `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.direct {
+            let mut bounce = AlignedBuf::new(buf.len())?;
+            bounce.as_mut_slice().copy_from_slice(buf);
+            return self.file.write_all_at(bounce.as_slice(), offset);
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Make written data durable (fdatasync).
+    pub fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    /// Deallocate a byte range: afterwards it reads as zeros.
+    pub fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.kind {
+            Kind::File => fallocate(
+                &self.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ),
+            Kind::Block => blk_range_ioctl(&self.file, BLKDISCARD, offset, len)
+                // A discard that the device refuses still must read back as zeros.
+                .or_else(|_| blk_range_ioctl(&self.file, BLKZEROOUT, offset, len)),
+        }
+    }
+
+    /// Write zeros over a range without necessarily deallocating it.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.kind {
+            Kind::File => fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE, offset, len)
+                .or_else(|_| self.write_repeated(&[0u8; 4096][..], offset, len)),
+            Kind::Block => blk_range_ioctl(&self.file, BLKZEROOUT, offset, len),
+        }
+    }
+
+    /// Write `pattern` (one logical block) repeatedly over `len` bytes.
+    pub fn write_repeated(&self, pattern: &[u8], offset: u64, len: u64) -> io::Result<()> {
+        if pattern.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // Batch the pattern into chunks of up to 1 MiB to keep syscalls few.
+        let per_chunk = (1 << 20) / pattern.len().max(1);
+        let chunk: Vec<u8> = pattern.repeat(per_chunk.max(1));
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            self.write_at(&chunk[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The extent starting at `offset`: mapped or deallocated, and its length
+    /// (clamped to the backstore size). Block devices are always mapped.
+    pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
+        if self.kind == Kind::Block || offset >= self.size {
+            return Ok(Extent::Mapped(self.size.saturating_sub(offset)));
+        }
+        let fd = self.file.as_raw_fd();
+        let data = lseek(fd, offset, libc::SEEK_DATA)?;
+        match data {
+            Some(d) if d == offset => {
+                let hole = lseek(fd, offset, libc::SEEK_HOLE)?.unwrap_or(self.size);
+                Ok(Extent::Mapped(hole.min(self.size) - offset))
+            }
+            Some(d) => Ok(Extent::Deallocated(d.min(self.size) - offset)),
+            None => Ok(Extent::Deallocated(self.size - offset)),
+        }
+    }
+
+    /// Raw fd for the asynchronous I/O engine.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// A stable identity for this backstore: its canonical path. Used to share
+    /// one logical unit between controllers and to derive its designators.
+    pub fn canonical_id(path: &Path) -> io::Result<PathBuf> {
+        path.canonicalize()
+    }
+}
+
+fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => {
+                buf.fill(0);
+                return Ok(());
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn lseek(fd: RawFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek on an fd we own; no memory is passed.
+    let r = unsafe { libc::lseek(fd, off, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn blk_range_ioctl(file: &File, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKDISCARD/BLKZEROOUT read a u64[2] range from the pointer, which
+    // points at a live local array.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), req, range.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at
+    // a live local.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// A heap buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is a live allocation of layout.size() initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr was allocated with exactly this layout.
+        unsafe { alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sparse_file(size: u64) -> (tempfile::NamedTempFile, Backstore) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(size).unwrap();
+        let b = Backstore::open(f.path(), false, false).unwrap();
+        (f, b)
+    }
+
+    #[test]
+    fn new_sparse_file_is_one_hole() {
+        let (_f, b) = sparse_file(1 << 20);
+        assert_eq!(b.extent_at(0).unwrap(), Extent::Deallocated(1 << 20));
+    }
+
+    #[test]
+    fn written_range_is_mapped_and_deallocate_makes_a_hole() {
+        let (_f, b) = sparse_file(1 << 20);
+        b.write_at(&[0xaa; 65536], 65536).unwrap();
+        assert!(matches!(b.extent_at(65536).unwrap(), Extent::Mapped(n) if n >= 65536));
+        b.deallocate(65536, 65536).unwrap();
+        assert_eq!(b.extent_at(0).unwrap(), Extent::Deallocated(1 << 20));
+        let mut buf = [1u8; 512];
+        b.read_at(&mut buf, 65536).unwrap();
+        assert_eq!(buf, [0u8; 512]);
+    }
+
+    #[test]
+    fn directory_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Backstore::open(d.path(), true, false),
+            Err(Error::Open { .. }) | Err(Error::NotFileOrBlock(_))
+        ));
+    }
+}

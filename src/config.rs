@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Validated configuration: what the daemon serves. Built from the command
+//! line (see cli.rs); everything here has been checked.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::device::DEFAULT_REQUEST_QUEUES;
+use crate::scsi::target::MAX_LUN;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("--lun '{spec}': {why}")]
+    BadLun { spec: String, why: String },
+    #[error("--socket '{spec}': {why}")]
+    BadSocket { spec: String, why: String },
+    #[error("--lun '{0}' comes before any --socket")]
+    LunWithoutSocket(String),
+    #[error("Socket {0} is given twice")]
+    DuplicateSocket(PathBuf),
+    #[error("LUN {lun} is given twice for socket {socket}")]
+    DuplicateLun { socket: PathBuf, lun: u16 },
+    #[error("Backstore {0} is configured with different options on different LUNs")]
+    ConflictingBackstore(PathBuf),
+}
+
+/// One logical unit backed by a file or block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub block_size: u32,
+    pub direct: bool,
+    /// Unit serial number; by default derived from the canonical path.
+    pub serial: Option<String>,
+}
+
+/// One vhost-user socket (one QEMU controller) and its LUNs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerConfig {
+    pub socket: PathBuf,
+    pub request_queues: usize,
+    pub luns: BTreeMap<u16, LunConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub controllers: Vec<ControllerConfig>,
+}
+
+/// Most request queues a controller may have (64-bit queue masks, minus
+/// the control and event queues).
+pub const MAX_REQUEST_QUEUES: usize = 62;
+
+fn bad_lun(spec: &str, why: impl Into<String>) -> Error {
+    Error::BadLun {
+        spec: spec.into(),
+        why: why.into(),
+    }
+}
+
+/// Parse `[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S]`.
+/// Returns the explicit LUN number, if any.
+pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
+    let (lun, rest) = match spec.split_once(':') {
+        Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            let n: u16 = n
+                .parse()
+                .ok()
+                .filter(|&n| n <= MAX_LUN)
+                .ok_or_else(|| bad_lun(spec, format!("LUN number must be 0 to {MAX_LUN}")))?;
+            (Some(n), rest)
+        }
+        _ => (None, spec),
+    };
+    let mut path = None;
+    let mut cfg = LunConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        block_size: 512,
+        direct: false,
+        serial: None,
+    };
+    for opt in rest.split(',') {
+        match opt.split_once('=') {
+            Some(("file", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("block-size", "512")) => cfg.block_size = 512,
+            Some(("block-size", "4096")) => cfg.block_size = 4096,
+            Some(("block-size", v)) => {
+                return Err(bad_lun(
+                    spec,
+                    format!("block-size must be 512 or 4096, not '{v}'"),
+                ))
+            }
+            Some(("serial", s)) => {
+                if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad_lun(
+                        spec,
+                        "serial must be 1 to 32 printable ASCII characters",
+                    ));
+                }
+                cfg.serial = Some(s.into());
+            }
+            None if opt == "ro" => cfg.read_only = true,
+            None if opt == "direct" => cfg.direct = true,
+            _ => return Err(bad_lun(spec, format!("unknown option '{opt}'"))),
+        }
+    }
+    cfg.path = path.ok_or_else(|| bad_lun(spec, "file=PATH is required"))?;
+    Ok((lun, cfg))
+}
+
+/// Parse `PATH[,queues=N]` into an empty controller.
+pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
+    let bad = |why: String| Error::BadSocket {
+        spec: spec.into(),
+        why,
+    };
+    let mut parts = spec.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("empty path".into()))?;
+    let mut c = ControllerConfig {
+        socket: PathBuf::from(path),
+        request_queues: DEFAULT_REQUEST_QUEUES,
+        luns: BTreeMap::new(),
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("queues", n)) => {
+                c.request_queues = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_REQUEST_QUEUES).contains(n))
+                    .ok_or_else(|| bad(format!("queues must be 1 to {MAX_REQUEST_QUEUES}")))?;
+            }
+            _ => return Err(bad(format!("unknown option '{opt}'"))),
+        }
+    }
+    Ok(c)
+}
+
+impl Config {
+    /// Build from `--socket` and `--lun` values in command-line order: each
+    /// `--lun` belongs to the `--socket` before it.
+    pub fn from_ordered_args(args: &[(bool, String)]) -> Result<Config, Error> {
+        let mut cfg = Config::default();
+        for (is_socket, value) in args {
+            if *is_socket {
+                let c = parse_socket(value)?;
+                if cfg.controllers.iter().any(|o| o.socket == c.socket) {
+                    return Err(Error::DuplicateSocket(c.socket));
+                }
+                cfg.controllers.push(c);
+                continue;
+            }
+            let (lun, lc) = parse_lun(value)?;
+            let c = cfg
+                .controllers
+                .last_mut()
+                .ok_or_else(|| Error::LunWithoutSocket(value.clone()))?;
+            let lun = match lun {
+                Some(n) => n,
+                None => c.luns.keys().next_back().map_or(0, |&l| l + 1),
+            };
+            if lun > MAX_LUN {
+                return Err(bad_lun(value, format!("LUN number must be 0 to {MAX_LUN}")));
+            }
+            if c.luns.insert(lun, lc).is_some() {
+                return Err(Error::DuplicateLun {
+                    socket: c.socket.clone(),
+                    lun,
+                });
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[(bool, &str)]) -> Vec<(bool, String)> {
+        v.iter().map(|(s, a)| (*s, a.to_string())).collect()
+    }
+
+    #[test]
+    fn lun_options_parse() {
+        let (n, l) = parse_lun("3:file=/d.img,ro,block-size=4096,direct,serial=ABC").unwrap();
+        assert_eq!(n, Some(3));
+        assert!(l.read_only && l.direct);
+        assert_eq!(l.block_size, 4096);
+        assert_eq!(l.serial.as_deref(), Some("ABC"));
+    }
+
+    #[test]
+    fn lun_numbers_follow_in_order_after_an_explicit_one() {
+        let c = Config::from_ordered_args(&args(&[
+            (true, "/s"),
+            (false, "file=/a"),
+            (false, "5:file=/b"),
+            (false, "file=/c"),
+        ]))
+        .unwrap();
+        let luns: Vec<u16> = c.controllers[0].luns.keys().copied().collect();
+        assert_eq!(luns, vec![0, 5, 6]);
+    }
+
+    #[test]
+    fn luns_group_under_the_preceding_socket() {
+        let c = Config::from_ordered_args(&args(&[
+            (true, "/s1"),
+            (false, "file=/a"),
+            (true, "/s2,queues=2"),
+            (false, "file=/a"),
+            (false, "file=/b"),
+        ]))
+        .unwrap();
+        assert_eq!(c.controllers[0].luns.len(), 1);
+        assert_eq!(c.controllers[1].luns.len(), 2);
+        assert_eq!(c.controllers[1].request_queues, 2);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_the_reason() {
+        assert!(matches!(
+            parse_lun("file=/a,block-size=1024"),
+            Err(Error::BadLun { .. })
+        ));
+        assert!(matches!(parse_lun("ro"), Err(Error::BadLun { .. })));
+        assert!(matches!(
+            parse_lun("99999:file=/a"),
+            Err(Error::BadLun { .. })
+        ));
+        assert!(matches!(
+            parse_socket("/s,queues=0"),
+            Err(Error::BadSocket { .. })
+        ));
+        assert_eq!(
+            Config::from_ordered_args(&args(&[(false, "file=/a")])),
+            Err(Error::LunWithoutSocket("file=/a".into()))
+        );
+        assert!(matches!(
+            Config::from_ordered_args(&args(&[
+                (true, "/s"),
+                (false, "0:file=/a"),
+                (false, "0:file=/b")
+            ])),
+            Err(Error::DuplicateLun { lun: 0, .. })
+        ));
+    }
+}

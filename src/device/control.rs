@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The control queue (virtio 5.6.6.2): task management functions and
+//! asynchronous notification query/subscribe.
+
+use log::{debug, info};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueOwnedT;
+
+use super::inflight::Scope;
+use super::{notify, ScsiBackend, Vring};
+use crate::scsi::LunAddress;
+use crate::virtio::buffers::ChainBuffers;
+use crate::virtio::{
+    Response, TmfSubtype, VirtioLun, AN_REQ_LEN, AN_RESP_LEN, CTRL_AN_QUERY, CTRL_AN_SUBSCRIBE,
+    CTRL_TMF, TMF_REQ_LEN,
+};
+
+impl ScsiBackend {
+    pub(super) fn process_control_queue(&self, vring: &Vring) {
+        let Some(mem) = self.memory() else {
+            return;
+        };
+        loop {
+            if vring.disable_notification().is_err() {
+                return;
+            }
+            let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                Ok(it) => it.collect(),
+                Err(e) => {
+                    self.guest_error(format_args!("Control queue: {e}"));
+                    return;
+                }
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                let used = match ChainBuffers::collect(chain) {
+                    Ok(bufs) => self.control_request(&mem, &bufs),
+                    Err(e) => {
+                        self.guest_error(format_args!("Control queue: {e}"));
+                        0
+                    }
+                };
+                let _ = vring.add_used(head, used);
+                // Each TMF may have waited: tell the driver right away.
+                notify(vring);
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    /// Handle one control request; returns the number of bytes written.
+    fn control_request(
+        &self,
+        mem: &crate::virtio::buffers::GuestMemory,
+        bufs: &ChainBuffers,
+    ) -> u32 {
+        let mut ty = [0u8; 4];
+        if bufs.readable.read_at(mem, 0, &mut ty).is_err() {
+            self.guest_error(format_args!("Control queue: request without a type"));
+            return 0;
+        }
+        match u32::from_le_bytes(ty) {
+            CTRL_TMF => {
+                let mut req = [0u8; TMF_REQ_LEN];
+                if bufs.readable.read_at(mem, 0, &mut req).is_err() || bufs.writable.is_empty() {
+                    self.guest_error(format_args!("Control queue: truncated TMF request"));
+                    return 0;
+                }
+                let subtype = u32::from_le_bytes([req[4], req[5], req[6], req[7]]);
+                let mut lun = [0u8; 8];
+                lun.copy_from_slice(&req[8..16]);
+                let mut tag = [0u8; 8];
+                tag.copy_from_slice(&req[16..24]);
+                let r = self.tmf(subtype, &lun, u64::from_le_bytes(tag));
+                match bufs.writable.write_at(mem, 0, &[r as u8]) {
+                    Ok(()) => 1,
+                    Err(_) => 0,
+                }
+            }
+            CTRL_AN_QUERY | CTRL_AN_SUBSCRIBE => {
+                if bufs.readable.len() < AN_REQ_LEN as u64 {
+                    self.guest_error(format_args!("Control queue: truncated AN request"));
+                    return 0;
+                }
+                // No asynchronous notification events are supported: the
+                // event_actual mask is empty (virtio 5.6.6.2.1).
+                let mut resp = [0u8; AN_RESP_LEN];
+                resp[4] = Response::Ok as u8;
+                match bufs.writable.write_at(mem, 0, &resp) {
+                    Ok(()) => AN_RESP_LEN as u32,
+                    Err(_) => 0,
+                }
+            }
+            other => {
+                self.guest_error(format_args!("Control queue: unknown request type {other}"));
+                0
+            }
+        }
+    }
+
+    /// Execute a task management function (SAM-5 7) and return its response.
+    fn tmf(&self, subtype: u32, lun: &[u8; 8], tag: u64) -> Response {
+        let controller = &self.inner.controller;
+        let Some(subtype) = TmfSubtype::from_u32(subtype) else {
+            return Response::FunctionRejected;
+        };
+        let addr = match VirtioLun::parse(lun) {
+            VirtioLun::BadTarget => return Response::BadTarget,
+            VirtioLun::Target0 { b0, b1 } => LunAddress::from_first_level(b0, b1),
+            VirtioLun::ReportLunsWellKnown => LunAddress::ReportLunsWellKnown,
+            VirtioLun::Unsupported => LunAddress::Unsupported,
+        };
+        let lu = match addr {
+            LunAddress::Lun(l) => controller.target.lu(l).cloned(),
+            _ => None,
+        };
+        if lu.is_none() && subtype != TmfSubtype::ITNexusReset {
+            return Response::IncorrectLun;
+        }
+        let inflight = &self.inner.inflight;
+        debug!(
+            "{}: TMF {subtype:?} lun {addr:?} tag {tag:#x}",
+            controller.name
+        );
+        match subtype {
+            TmfSubtype::AbortTask => {
+                inflight.abort_and_wait(Scope::Task(addr, tag), Response::Aborted);
+                Response::Ok
+            }
+            TmfSubtype::AbortTaskSet | TmfSubtype::ClearTaskSet => {
+                inflight.abort_and_wait(Scope::Lun(addr), Response::Aborted);
+                Response::Ok
+            }
+            // ACA is never established (NORMACA = 0): nothing to clear.
+            TmfSubtype::ClearAca => Response::FunctionRejected,
+            TmfSubtype::ITNexusReset => {
+                info!("{}: I_T nexus reset", controller.name);
+                inflight.abort_and_wait(Scope::All, Response::Reset);
+                for (_, lu) in controller.target.luns() {
+                    lu.nexus_reset(controller.nexus);
+                }
+                Response::Ok
+            }
+            TmfSubtype::LogicalUnitReset => {
+                info!("{}: logical unit reset of {addr:?}", controller.name);
+                inflight.abort_and_wait(Scope::Lun(addr), Response::Reset);
+                if let Some(lu) = lu {
+                    lu.lun_reset();
+                }
+                Response::Ok
+            }
+            TmfSubtype::QueryTask => query(inflight.any(Scope::Task(addr, tag))),
+            TmfSubtype::QueryTaskSet => query(inflight.any(Scope::Lun(addr))),
+        }
+    }
+}
+
+/// QUERY TASK / QUERY TASK SET: FUNCTION SUCCEEDED when a task exists,
+/// FUNCTION COMPLETE otherwise (SAM-5 7.9, 7.10).
+fn query(exists: bool) -> Response {
+    if exists {
+        Response::FunctionSucceeded
+    } else {
+        Response::Ok
+    }
+}

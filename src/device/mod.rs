@@ -1,0 +1,258 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The vhost-user-scsi device: a `VhostUserBackend` serving one controller
+//! connection. Thread 0 serves the control and event queues; each request
+//! queue has its own worker thread with its own io_uring.
+
+mod control;
+mod engine;
+mod inflight;
+mod request;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use log::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::scsi::{Nexus, Target};
+use crate::virtio::buffers::GuestMemory;
+use crate::virtio::{
+    CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE, VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG,
+};
+
+use inflight::Inflight;
+use request::Worker;
+
+/// Descriptors per virtqueue we accept (QEMU's virtqueue_size maximum).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Request queues offered by default: enough for QEMU's num_queues up to 16.
+pub const DEFAULT_REQUEST_QUEUES: usize = 16;
+/// How many malformed requests per connection are logged at warn level
+/// before the rest go to debug (a misbehaving guest must not flood the log).
+const WARN_LIMIT: u32 = 16;
+
+pub type Vring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap<()>>>;
+
+/// One controller as configured: its target (LUNs) and its nexus identity,
+/// which stays the same across connections.
+pub struct Controller {
+    pub name: String,
+    pub target: Target,
+    pub nexus: Nexus,
+    pub request_queues: usize,
+}
+
+/// The backend for one connection. Cloned into every worker thread.
+#[derive(Clone)]
+pub struct ScsiBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    controller: Arc<Controller>,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
+    event_idx: AtomicBool,
+    workers: Vec<Mutex<Worker>>,
+    inflight: Inflight,
+    guest_errors: AtomicU32,
+}
+
+impl ScsiBackend {
+    pub fn new(controller: Arc<Controller>) -> io::Result<ScsiBackend> {
+        let n = controller.request_queues;
+        let workers = (0..n)
+            .map(|i| Worker::new(i).map(Mutex::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(ScsiBackend {
+            inner: Arc::new(Inner {
+                controller,
+                mem: RwLock::new(None),
+                event_idx: AtomicBool::new(false),
+                workers,
+                inflight: Inflight::new(n),
+                guest_errors: AtomicU32::new(0),
+            }),
+        })
+    }
+
+    fn total_queues(&self) -> usize {
+        FIRST_REQUEST_QUEUE + self.inner.controller.request_queues
+    }
+
+    /// The epoll event id under which a worker's io_uring completions are
+    /// reported: above the queue indices and the exit event (`total_queues`).
+    fn completion_event(&self) -> u64 {
+        (self.total_queues() + 1) as u64
+    }
+
+    /// (thread index, eventfd, event id) of every worker's completion eventfd,
+    /// for registration with the worker threads' epoll loops.
+    pub fn completion_listeners(&self) -> Vec<(usize, i32, u64)> {
+        (0..self.inner.workers.len())
+            .map(|i| {
+                let fd = self.worker(i).eventfd_raw();
+                (1 + i, fd, self.completion_event())
+            })
+            .collect()
+    }
+
+    fn worker(&self, i: usize) -> MutexGuard<'_, Worker> {
+        self.inner.workers[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Snapshot of guest memory, if the frontend has sent a memory table.
+    fn memory(&self) -> Option<Arc<GuestMemory>> {
+        let m = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
+        m.as_ref().map(|a| a.memory().into_inner())
+    }
+
+    /// Log a guest protocol error: warn for the first few, then debug.
+    fn guest_error(&self, what: std::fmt::Arguments) {
+        let n = self.inner.guest_errors.fetch_add(1, Ordering::Relaxed);
+        let name = &self.inner.controller.name;
+        if n < WARN_LIMIT {
+            warn!("{name}: {what}");
+        } else if n == WARN_LIMIT {
+            warn!("{name}: {what} (further guest errors logged at debug level)");
+        } else {
+            debug!("{name}: {what}");
+        }
+    }
+
+    /// Wait until every accepted request has completed.
+    pub fn quiesce(&self) {
+        self.inner.inflight.drain(None);
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.inner.controller
+    }
+}
+
+/// Tell the driver about used buffers, if it wants to know (EVENT_IDX).
+fn notify(vring: &Vring) {
+    if vring.needs_notification().unwrap_or(true) {
+        if let Err(e) = vring.signal_used_queue() {
+            debug!("Cannot signal used queue: {e}");
+        }
+    }
+}
+
+impl VhostUserBackend for ScsiBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.total_queues()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VIRTIO_SCSI_F_HOTPLUG
+            | VIRTIO_SCSI_F_CHANGE
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Not CONFIG: QEMU builds the virtio-scsi config space itself.
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        // Every accepted request completes before the device is reset.
+        self.inner.inflight.drain(None);
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: requests already taken from the ring complete first.
+        if let Some(q) = (queue_index as usize).checked_sub(FIRST_REQUEST_QUEUE) {
+            self.inner.inflight.drain(Some(q));
+        }
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // Thread 0: control + event queues; then one thread per request queue.
+        let mut v = vec![(1 << CONTROL_QUEUE) | (1 << EVENT_QUEUE)];
+        v.extend(
+            (0..self.inner.controller.request_queues).map(|i| 1u64 << (FIRST_REQUEST_QUEUE + i)),
+        );
+        v
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    /// `device_event` is the index of the vring within this thread's vrings
+    /// (what vhost-user-backend registers), or our completion event.
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        let ev = u64::from(device_event);
+        if thread_id == 0 {
+            // vrings: [control, event]. Event queue buffers stay available
+            // for the events we post.
+            if ev == 0 {
+                if let Some(vring) = vrings.first() {
+                    self.process_control_queue(vring);
+                }
+            }
+            return Ok(());
+        }
+        let (Some(vring), Some(slot)) = (vrings.first(), self.inner.workers.get(thread_id - 1))
+        else {
+            return Ok(());
+        };
+        let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if ev == 0 {
+            self.process_request_queue(&mut w, vring);
+        } else if ev == self.completion_event() {
+            self.process_completions(&mut w, vring);
+        }
+        Ok(())
+    }
+}
+
+/// An eventfd for a worker's io_uring completions.
+fn completion_eventfd() -> io::Result<EventFd> {
+    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+}

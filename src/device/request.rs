@@ -1,0 +1,475 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Request queues (virtio 5.6.6.1): parse each descriptor chain, execute the
+//! CDB through the SCSI layer, and either answer at once (emulated commands)
+//! or start a zero-copy block I/O on the worker's io_uring and answer when
+//! it completes. Completions are out of order; many commands are in flight.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use log::error;
+use vhost_user_backend::VringT;
+use virtio_queue::QueueOwnedT;
+
+use super::engine::Engine;
+use super::{completion_eventfd, notify, ScsiBackend, Vring, MAX_QUEUE_SIZE};
+use crate::scsi::{self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome};
+use crate::virtio::buffers::{Buffer, ChainBuffers, GuestMemory};
+use crate::virtio::{
+    encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
+};
+
+/// A block I/O handed to the kernel, waiting for its completion.
+struct Pending {
+    head: u16,
+    bufs: ChainBuffers,
+    mem: Arc<GuestMemory>,
+    lu: Arc<LogicalUnit>,
+    io: BlockIo,
+    /// Host addresses of the data buffer; read by the kernel until completion.
+    iovecs: Vec<libc::iovec>,
+    key: u64,
+    data_in_len: u64,
+    data_out_len: u64,
+}
+
+// SAFETY: the raw pointers in `iovecs` point into the guest memory mapping
+// that `mem` keeps alive; a Pending is only used by the worker that owns it
+// (it moves between threads only inside the worker's Mutex).
+unsafe impl Send for Pending {}
+
+/// Per request queue state, owned by that queue's thread.
+pub struct Worker {
+    /// Request queue number (0 = virtqueue 2).
+    index: usize,
+    eventfd: vmm_sys_util::eventfd::EventFd,
+    /// Created on first I/O, so idle queues cost no kernel ring.
+    engine: Option<Engine>,
+    slots: Vec<Option<Pending>>,
+    free: Vec<usize>,
+    in_flight: usize,
+    reaped: Vec<(u64, i32)>,
+}
+
+impl Worker {
+    pub fn new(index: usize) -> io::Result<Worker> {
+        Ok(Worker {
+            index,
+            eventfd: completion_eventfd()?,
+            engine: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            reaped: Vec::new(),
+        })
+    }
+
+    pub fn eventfd_raw(&self) -> i32 {
+        self.eventfd.as_raw_fd()
+    }
+
+    fn engine(&mut self) -> io::Result<&mut Engine> {
+        if self.engine.is_none() {
+            self.engine = Some(Engine::new(
+                MAX_QUEUE_SIZE as u32,
+                self.eventfd.as_raw_fd(),
+            )?);
+        }
+        // The engine was created just above if it was missing.
+        self.engine
+            .as_mut()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    fn insert(&mut self, p: Pending) -> usize {
+        self.in_flight += 1;
+        if let Some(i) = self.free.pop() {
+            self.slots[i] = Some(p);
+            i
+        } else {
+            self.slots.push(Some(p));
+            self.slots.len() - 1
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<Pending> {
+        let p = self.slots.get_mut(i)?.take()?;
+        self.free.push(i);
+        self.in_flight -= 1;
+        Some(p)
+    }
+}
+
+/// Data-out read lazily from guest memory, after the request header.
+struct GuestDataOut<'a> {
+    buf: &'a Buffer,
+    mem: &'a GuestMemory,
+}
+
+impl DataOut for GuestDataOut<'_> {
+    fn len(&self) -> usize {
+        self.buf.len().saturating_sub(REQ_HEADER_LEN as u64) as usize
+    }
+
+    fn read_at(&mut self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.buf
+            .read_at(self.mem, REQ_HEADER_LEN as u64 + offset as u64, buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+}
+
+/// Write the response header (and nothing else) and return the chain.
+fn respond(
+    mem: &GuestMemory,
+    vring: &Vring,
+    head: u16,
+    bufs: &ChainBuffers,
+    header: &[u8; RESP_HEADER_LEN],
+    data_len: u64,
+) {
+    let used = match bufs.writable.write_at(mem, 0, header) {
+        Ok(()) => RESP_HEADER_LEN as u64 + data_len,
+        Err(_) => 0,
+    };
+    if let Err(e) = vring.add_used(head, used as u32) {
+        error!("Cannot return descriptor {head} to the used ring: {e}");
+    }
+}
+
+impl ScsiBackend {
+    pub(super) fn process_request_queue(&self, w: &mut Worker, vring: &Vring) {
+        let Some(mem) = self.memory() else {
+            return;
+        };
+        let mut used_any = false;
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                self.guest_error(format_args!("Request queue {}: {e}", w.index));
+                return;
+            }
+            let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                Ok(it) => it.collect(),
+                Err(e) => {
+                    self.guest_error(format_args!("Request queue {}: {e}", w.index));
+                    return;
+                }
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                used_any |= self.start_request(w, vring, &mem, head, chain);
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if let Some(engine) = w.engine.as_mut() {
+            if let Err(e) = engine.submit() {
+                error!("Request queue {}: io_uring submit failed: {e}", w.index);
+            }
+        }
+        if used_any {
+            notify(vring);
+        }
+    }
+
+    /// Handle one request; returns true if it completed at once.
+    fn start_request(
+        &self,
+        w: &mut Worker,
+        vring: &Vring,
+        mem: &Arc<GuestMemory>,
+        head: u16,
+        chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    ) -> bool {
+        let bufs = match ChainBuffers::collect(chain) {
+            Ok(b) => b,
+            Err(e) => {
+                self.guest_error(format_args!("Request queue {}: {e}", w.index));
+                let _ = vring.add_used(head, 0);
+                return true;
+            }
+        };
+        if bufs.writable.len() < RESP_HEADER_LEN as u64 {
+            self.guest_error(format_args!(
+                "Request queue {}: response buffer of {} bytes is too small",
+                w.index,
+                bufs.writable.len()
+            ));
+            let _ = vring.add_used(head, 0);
+            return true;
+        }
+        let mut raw = [0u8; REQ_HEADER_LEN];
+        if let Err(e) = bufs.readable.read_at(mem, 0, &mut raw) {
+            self.guest_error(format_args!(
+                "Request queue {}: bad request header: {e}",
+                w.index
+            ));
+            let hdr = encode_response(Response::Failure, 0, &[], 0);
+            respond(mem, vring, head, &bufs, &hdr, 0);
+            return true;
+        }
+        let req = RequestHeader::parse(&raw);
+        let addr = match VirtioLun::parse(&req.lun) {
+            VirtioLun::BadTarget => {
+                let hdr = encode_response(Response::BadTarget, 0, &[], 0);
+                respond(mem, vring, head, &bufs, &hdr, 0);
+                return true;
+            }
+            VirtioLun::ReportLunsWellKnown => LunAddress::ReportLunsWellKnown,
+            VirtioLun::Unsupported => LunAddress::Unsupported,
+            VirtioLun::Target0 { b0, b1 } => LunAddress::from_first_level(b0, b1),
+        };
+        let data_in_len = bufs.writable.len() - RESP_HEADER_LEN as u64;
+        let data_out_len = bufs.readable.len() - REQ_HEADER_LEN as u64;
+        let key = self.inner.inflight.begin(w.index, addr, req.tag);
+
+        if scsi::needs_exclusive_writes(&req.cdb) {
+            // The command waits for in-flight writes to its blocks; ours can
+            // only finish if we reap them first.
+            self.drain_worker(w, vring);
+        }
+        let target = &self.inner.controller.target;
+        let mut dout = GuestDataOut {
+            buf: &bufs.readable,
+            mem,
+        };
+        let outcome = target.execute(
+            addr,
+            Command {
+                cdb: &req.cdb,
+                nexus: self.inner.controller.nexus,
+                data_out: &mut dout,
+                data_in_len: usize::try_from(data_in_len).unwrap_or(usize::MAX),
+            },
+        );
+        match outcome {
+            Outcome::Done(resp) => {
+                let n = (resp.data.len() as u64).min(data_in_len);
+                let hdr = match self.inner.inflight.finish(w.index, key) {
+                    Some(r) => encode_response(r, 0, &[], data_in_len as u32),
+                    None => {
+                        if bufs
+                            .writable
+                            .write_at(mem, RESP_HEADER_LEN as u64, &resp.data[..n as usize])
+                            .is_err()
+                        {
+                            let hdr = encode_response(Response::Failure, 0, &[], 0);
+                            respond(mem, vring, head, &bufs, &hdr, 0);
+                            return true;
+                        }
+                        encode_response(
+                            Response::Ok,
+                            resp.status,
+                            &resp.sense,
+                            (data_in_len - n) as u32,
+                        )
+                    }
+                };
+                respond(mem, vring, head, &bufs, &hdr, n);
+                true
+            }
+            Outcome::Io(io) => {
+                let lu = match addr {
+                    LunAddress::Lun(l) => target.lu(l).cloned(),
+                    _ => None,
+                };
+                let Some(lu) = lu else {
+                    // The SCSI layer only asks for I/O on an existing LU.
+                    self.inner.inflight.finish(w.index, key);
+                    let hdr = encode_response(Response::Failure, 0, &[], 0);
+                    respond(mem, vring, head, &bufs, &hdr, 0);
+                    return true;
+                };
+                self.submit_io(
+                    w,
+                    vring,
+                    Pending {
+                        head,
+                        bufs,
+                        mem: mem.clone(),
+                        lu,
+                        io,
+                        iovecs: Vec::new(),
+                        key,
+                        data_in_len,
+                        data_out_len,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Start a block I/O; returns true if it had to complete at once.
+    fn submit_io(&self, w: &mut Worker, vring: &Vring, mut p: Pending) -> bool {
+        let (buf, base, avail) = match p.io.kind {
+            IoKind::Read => (&p.bufs.writable, RESP_HEADER_LEN, p.data_in_len),
+            IoKind::Write => (&p.bufs.readable, REQ_HEADER_LEN, p.data_out_len),
+            IoKind::Flush => (&p.bufs.readable, REQ_HEADER_LEN, u64::MAX),
+        };
+        if p.io.len > avail {
+            // The guest's buffer is smaller than the CDB's transfer length.
+            self.guest_error(format_args!(
+                "Request queue {}: {} bytes transfer into a {avail}-byte buffer",
+                w.index, p.io.len
+            ));
+            self.finish_with(w, vring, p, Response::Overrun);
+            return true;
+        }
+        if p.io.kind != IoKind::Flush {
+            match buf.iovecs(&p.mem, base as u64, p.io.len) {
+                Ok(v) => p.iovecs = v,
+                Err(e) => {
+                    self.guest_error(format_args!("Request queue {}: {e}", w.index));
+                    self.finish_with(w, vring, p, Response::Failure);
+                    return true;
+                }
+            }
+        }
+        let fd = p.lu.backstore().raw_fd();
+        let io = p.io;
+        let slot = w.insert(p);
+        let pushed = w.engine().map(|_| ()).and_then(|()| {
+            let Worker { engine, slots, .. } = &mut *w;
+            let iovecs = slots
+                .get(slot)
+                .and_then(|p| p.as_ref())
+                .map_or(&[][..], |p| p.iovecs.as_slice());
+            match engine.as_mut() {
+                Some(engine) => engine.push(fd, &io, iovecs, slot as u64),
+                None => Err(io::Error::from_raw_os_error(libc::EIO)),
+            }
+        });
+        if let Err(e) = pushed {
+            // No io_uring (or it refused): do the I/O synchronously.
+            log::debug!(
+                "Request queue {}: falling back to synchronous I/O: {e}",
+                w.index
+            );
+            if let Some(p) = w.take(slot) {
+                let result = sync_io(&p);
+                self.complete_io(w, vring, p, result);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Complete a request that never reached the backstore.
+    fn finish_with(&self, w: &mut Worker, vring: &Vring, p: Pending, r: Response) {
+        // Release the write range the SCSI layer registered.
+        let _ = p.lu.complete_io(&p.io, Ok(()));
+        let r = self.inner.inflight.finish(w.index, p.key).unwrap_or(r);
+        let hdr = encode_response(r, 0, &[], 0);
+        respond(&p.mem, vring, p.head, &p.bufs, &hdr, 0);
+    }
+
+    fn complete_io(&self, w: &mut Worker, vring: &Vring, p: Pending, result: io::Result<()>) {
+        let resp = p.lu.complete_io(&p.io, result);
+        let (avail, moved) = match p.io.kind {
+            IoKind::Read => (p.data_in_len, p.io.len),
+            IoKind::Write => (p.data_out_len, p.io.len),
+            IoKind::Flush => (p.data_in_len.max(p.data_out_len), 0),
+        };
+        let (hdr, data_len) = match self.inner.inflight.finish(w.index, p.key) {
+            Some(r) => (encode_response(r, 0, &[], avail as u32), 0),
+            None if resp.status == scsi::Status::Good as u8 => {
+                let data_len = if p.io.kind == IoKind::Read { moved } else { 0 };
+                let hdr = encode_response(Response::Ok, resp.status, &[], (avail - moved) as u32);
+                (hdr, data_len)
+            }
+            None => (
+                encode_response(Response::Ok, resp.status, &resp.sense, avail as u32),
+                0,
+            ),
+        };
+        respond(&p.mem, vring, p.head, &p.bufs, &hdr, data_len);
+    }
+
+    pub(super) fn process_completions(&self, w: &mut Worker, vring: &Vring) {
+        let _ = w.eventfd.read();
+        if self.reap(w, vring) {
+            notify(vring);
+        }
+    }
+
+    /// Complete every finished I/O; returns true if any completed.
+    fn reap(&self, w: &mut Worker, vring: &Vring) -> bool {
+        let mut reaped = std::mem::take(&mut w.reaped);
+        if let Some(engine) = w.engine.as_mut() {
+            engine.reap(&mut reaped);
+        }
+        let any = !reaped.is_empty();
+        for (user_data, res) in reaped.drain(..) {
+            let Some(p) = w.take(user_data as usize) else {
+                continue;
+            };
+            let expected = if p.io.kind == IoKind::Flush {
+                0
+            } else {
+                p.io.len
+            };
+            let result = if res >= 0 && res as u64 == expected {
+                Ok(())
+            } else if res >= 0
+                || res == -libc::EINVAL
+                || res == -libc::EAGAIN
+                || res == -libc::EOPNOTSUPP
+            {
+                // Short transfer, or an iovec layout the backstore refused
+                // (O_DIRECT alignment): redo it synchronously, whole.
+                sync_io(&p)
+            } else {
+                Err(io::Error::from_raw_os_error(-res))
+            };
+            self.complete_io(w, vring, p, result);
+        }
+        w.reaped = reaped;
+        any
+    }
+
+    /// Complete everything this worker has in flight.
+    fn drain_worker(&self, w: &mut Worker, vring: &Vring) {
+        let mut any = false;
+        while w.in_flight > 0 {
+            let waited = match w.engine.as_mut() {
+                Some(engine) => engine.submit_and_wait(),
+                None => break,
+            };
+            if let Err(e) = waited {
+                error!("Request queue {}: io_uring wait failed: {e}", w.index);
+                break;
+            }
+            any |= self.reap(w, vring);
+        }
+        if any {
+            notify(vring);
+        }
+    }
+}
+
+/// Run a block I/O synchronously through a bounce buffer.
+fn sync_io(p: &Pending) -> io::Result<()> {
+    let len = usize::try_from(p.io.len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; len];
+    let guest_err = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+    match p.io.kind {
+        IoKind::Read => {
+            p.lu.run_io_sync(&p.io, &mut buf)?;
+            p.bufs
+                .writable
+                .write_at(&p.mem, RESP_HEADER_LEN as u64, &buf)
+                .map_err(guest_err)
+        }
+        IoKind::Write => {
+            p.bufs
+                .readable
+                .read_at(&p.mem, REQ_HEADER_LEN as u64, &mut buf)
+                .map_err(guest_err)?;
+            p.lu.run_io_sync(&p.io, &mut buf)
+        }
+        IoKind::Flush => p.lu.run_io_sync(&p.io, &mut []),
+    }
+}

@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A logical unit: one backstore with its SCSI state, shared by every
+//! controller (I_T nexus) that exposes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use log::warn;
+
+use super::cdb::Cdb;
+use super::opcodes::{self, Ctx, MEDIA, NO_UA, WRITES};
+use super::sense::{Sense, SenseKey, Status};
+use super::writes::{BlockRange, WriteTracker};
+use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
+use crate::backstore::Backstore;
+
+/// Largest number of unit attentions queued per nexus; older ones are
+/// dropped first (SPC-4 5.14 lets a device server keep only the latest).
+const MAX_PENDING_UA: usize = 8;
+
+/// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3 4.7.3.6: a thin LU out of space).
+const SPACE_ALLOCATION_FAILED: Sense = Sense {
+    key: SenseKey::DataProtect,
+    asc: 0x27,
+    ascq: 0x07,
+    information: None,
+    field: None,
+};
+
+/// Names that identify a logical unit in INQUIRY data, stable across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// NAA locally assigned (type 3) identifier: 4-bit NAA 3 + 60-bit value.
+    pub naa: u64,
+    /// Unit serial number (VPD page 80h), printable ASCII.
+    pub serial: String,
+}
+
+impl Identity {
+    /// Derive the identity from a stable key: the backstore's canonical
+    /// path, or the serial the operator configured.
+    pub fn derive(key: &str) -> Identity {
+        let hash = fnv1a64(key.as_bytes());
+        Identity {
+            naa: (0x3 << 60) | (hash & 0x0fff_ffff_ffff_ffff),
+            serial: format!("{hash:016x}"),
+        }
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    // FNV-1a, 64-bit offset basis and prime (draft-eastlake-fnv).
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Settings of a logical unit that come from configuration.
+#[derive(Clone, Debug)]
+pub struct LuConfig {
+    /// Logical block size: 512 or 4096.
+    pub block_size: u32,
+    pub identity: Identity,
+}
+
+pub struct LogicalUnit {
+    backstore: Backstore,
+    block_size: u32,
+    blocks: u64,
+    identity: Identity,
+    /// Caching mode page WCE (SBC-3 6.4.5).
+    pub(crate) wce: AtomicBool,
+    /// Control mode page D_SENSE (SPC-4 7.5.8): descriptor-format sense.
+    pub(crate) d_sense: AtomicBool,
+    /// Stopped by START STOP UNIT.
+    pub(crate) stopped: AtomicBool,
+    /// Fast-path hint: some nexus may have a pending unit attention.
+    ua_hint: AtomicBool,
+    ua: Mutex<HashMap<u32, VecDeque<Sense>>>,
+    pub(crate) writes: WriteTracker,
+}
+
+impl LogicalUnit {
+    pub fn new(backstore: Backstore, config: LuConfig) -> LogicalUnit {
+        let blocks = backstore.size() / u64::from(config.block_size);
+        LogicalUnit {
+            backstore,
+            block_size: config.block_size,
+            blocks,
+            identity: config.identity,
+            wce: AtomicBool::new(true),
+            d_sense: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            ua_hint: AtomicBool::new(false),
+            ua: Mutex::new(HashMap::new()),
+            writes: WriteTracker::default(),
+        }
+    }
+
+    pub fn backstore(&self) -> &Backstore {
+        &self.backstore
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Capacity in logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.backstore.read_only()
+    }
+
+    /// Whether the LU is thin provisioned (a regular file that can punch holes).
+    pub fn thin(&self) -> bool {
+        self.backstore.kind() == crate::backstore::Kind::File && self.backstore.can_deallocate()
+    }
+
+    pub(crate) fn descriptor_sense(&self) -> bool {
+        self.d_sense.load(Ordering::Relaxed)
+    }
+
+    fn ua_map(&self) -> MutexGuard<'_, HashMap<u32, VecDeque<Sense>>> {
+        self.ua.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new I_T nexus (a controller connected): it sees a power-on unit
+    /// attention, as after any device power-on (SPC-4 6.33... SAM-5 6.3.2).
+    pub fn attach(&self, nexus: Nexus) {
+        self.stopped.store(false, Ordering::Relaxed);
+        let mut map = self.ua_map();
+        map.insert(nexus.id, VecDeque::from([Sense::POWER_ON_RESET_OCCURRED]));
+        self.ua_hint.store(true, Ordering::Release);
+    }
+
+    /// The nexus is gone (controller disconnected).
+    pub fn detach(&self, nexus: Nexus) {
+        self.ua_map().remove(&nexus.id);
+    }
+
+    /// Queue a unit attention for one nexus.
+    pub fn establish_ua(&self, nexus_id: u32, sense: Sense) {
+        let mut map = self.ua_map();
+        let q = map.entry(nexus_id).or_default();
+        if !q.contains(&sense) {
+            if q.len() >= MAX_PENDING_UA {
+                q.pop_front();
+            }
+            q.push_back(sense);
+        }
+        self.ua_hint.store(true, Ordering::Release);
+    }
+
+    /// Queue a unit attention for every attached nexus except `except`.
+    pub fn establish_ua_all(&self, sense: Sense, except: Option<u32>) {
+        let ids: Vec<u32> = self.ua_map().keys().copied().collect();
+        for id in ids.into_iter().filter(|id| Some(*id) != except) {
+            self.establish_ua(id, sense);
+        }
+    }
+
+    /// Take the oldest pending unit attention for a nexus.
+    pub(crate) fn take_ua(&self, nexus_id: u32) -> Option<Sense> {
+        if !self.ua_hint.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut map = self.ua_map();
+        let s = map.get_mut(&nexus_id).and_then(|q| q.pop_front());
+        if map.values().all(|q| q.is_empty()) {
+            self.ua_hint.store(false, Ordering::Release);
+        }
+        s
+    }
+
+    /// LOGICAL UNIT RESET (SAM-5 7.7): every nexus gets 29h/03h. Mode
+    /// parameters return to their defaults? No: SAM keeps current values
+    /// unless saved; we keep them, as they are not saveable.
+    pub fn lun_reset(&self) {
+        self.establish_ua_all(Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED, None);
+    }
+
+    /// I_T NEXUS RESET (SAM-5 7.8): the nexus gets 29h/07h.
+    pub fn nexus_reset(&self, nexus: Nexus) {
+        self.establish_ua(nexus.id, Sense::I_T_NEXUS_LOSS_OCCURRED);
+    }
+
+    /// Flush the backstore (shutdown, disconnect).
+    pub fn flush(&self) -> io::Result<()> {
+        self.backstore.flush()
+    }
+
+    /// Execute one command. `luns` are the LUNs of the target it came through.
+    pub fn execute(&self, cmd: Command, luns: &[u16]) -> Outcome {
+        let descriptor = self.descriptor_sense();
+        let cdb = Cdb::new(cmd.cdb);
+        let mut ctx = Ctx {
+            cdb,
+            nexus: cmd.nexus,
+            data_out: cmd.data_out,
+            data_in_len: cmd.data_in_len,
+            luns,
+        };
+        match self.dispatch(&mut ctx) {
+            Ok(outcome) => outcome,
+            Err(Failure::Sense(sense)) => {
+                Outcome::Done(Response::check_condition(&sense, descriptor))
+            }
+            Err(Failure::Status(status)) => Outcome::Done(Response::status(status)),
+        }
+    }
+
+    fn dispatch(&self, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+        let info = opcodes::lookup(&ctx.cdb);
+        let exempt = matches!(&info, Ok(i) if i.flags & NO_UA != 0);
+        if !exempt {
+            if let Some(ua) = self.take_ua(ctx.nexus.id) {
+                return Err(Failure::Sense(ua));
+            }
+        }
+        let info = info?;
+        opcodes::check_reserved_bits(info, &ctx.cdb)?;
+        let control = info.usage.len() - 1;
+        if ctx.cdb.bit(control, 2) {
+            // NACA = 1 while NORMACA = 0 in INQUIRY data (SPC-4 7.5.8... SAM-5 5.9).
+            return Err(Sense::invalid_cdb_field(control as u16, Some(2)).into());
+        }
+        if info.flags & MEDIA != 0 && self.stopped.load(Ordering::Relaxed) {
+            return Err(Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.into());
+        }
+        if info.flags & WRITES != 0 && self.read_only() {
+            return Err(Sense::WRITE_PROTECTED.into());
+        }
+        (info.handler)(self, ctx)
+    }
+
+    /// Check that `blocks` blocks from `lba` are inside the medium and return
+    /// the byte offset and length.
+    pub(crate) fn byte_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
+        let end = lba.checked_add(blocks);
+        match end {
+            Some(end) if end <= self.blocks => {
+                let bs = u64::from(self.block_size);
+                Ok((lba * bs, blocks * bs))
+            }
+            _ => Err(Sense::LBA_OUT_OF_RANGE),
+        }
+    }
+
+    /// Build the I/O for a READ/WRITE/FLUSH; a write registers its range.
+    pub(crate) fn block_io(&self, kind: IoKind, lba: u64, blocks: u64, fua: bool) -> Outcome {
+        let bs = u64::from(self.block_size);
+        let sync = kind == IoKind::Write && (fua || !self.wce.load(Ordering::Relaxed));
+        if kind == IoKind::Write {
+            self.writes.begin(BlockRange::new(lba, blocks));
+        }
+        Outcome::Io(BlockIo {
+            kind,
+            lba,
+            blocks,
+            offset: lba * bs,
+            len: blocks * bs,
+            sync,
+        })
+    }
+
+    /// Finish a [`BlockIo`] the transport ran: the status, or the sense that
+    /// says what failed and where.
+    pub fn complete_io(&self, io: &BlockIo, result: io::Result<()>) -> Response {
+        if io.kind == IoKind::Write {
+            self.writes.end(BlockRange::new(io.lba, io.blocks));
+        }
+        match result {
+            Ok(()) => Response::good(Vec::new()),
+            Err(e) => {
+                let sense = self.io_error_sense(io.kind, io.lba, &e);
+                Response::check_condition(&sense, self.descriptor_sense())
+            }
+        }
+    }
+
+    /// The sense for a backstore error (SBC-3 4.13 / 4.7.3.6).
+    pub(crate) fn io_error_sense(&self, kind: IoKind, lba: u64, e: &io::Error) -> Sense {
+        warn!(
+            "{}: {:?} at LBA {lba} failed: {e}",
+            self.backstore.path().display(),
+            kind
+        );
+        match (kind, e.raw_os_error()) {
+            (IoKind::Write, Some(libc::ENOSPC)) => SPACE_ALLOCATION_FAILED,
+            (IoKind::Read, _) => Sense::UNRECOVERED_READ_ERROR.with_information(lba),
+            (IoKind::Write, _) => Sense::WRITE_ERROR.with_information(lba),
+            (IoKind::Flush, _) => Sense::WRITE_ERROR,
+        }
+    }
+
+    /// Run an I/O synchronously between `buf` and the backstore (for the
+    /// transport's fallback path and for tests).
+    pub fn run_io_sync(&self, io: &BlockIo, buf: &mut [u8]) -> io::Result<()> {
+        let len =
+            usize::try_from(io.len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let buf = buf
+            .get_mut(..len)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        match io.kind {
+            IoKind::Read => self.backstore.read_at(buf, io.offset),
+            IoKind::Write => {
+                self.backstore.write_at(buf, io.offset)?;
+                if io.sync {
+                    self.backstore.flush()?;
+                }
+                Ok(())
+            }
+            IoKind::Flush => self.backstore.flush(),
+        }
+    }
+
+    pub(crate) fn status_busy() -> Failure {
+        Failure::Status(Status::Busy)
+    }
+}
+
+/// Why a handler did not produce a normal outcome.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Sense(Sense),
+    Status(Status),
+}
+
+impl From<Sense> for Failure {
+    fn from(s: Sense) -> Failure {
+        Failure::Sense(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_stable_and_uses_naa_3() {
+        let a = Identity::derive("/srv/disk.img");
+        assert_eq!(a, Identity::derive("/srv/disk.img"));
+        assert_eq!(a.naa >> 60, 3);
+        assert_ne!(a, Identity::derive("/srv/other.img"));
+        assert_eq!(a.serial.len(), 16);
+    }
+}

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The one table of supported commands. It drives dispatch, the reserved-bit
+//! check (a CDB bit outside the usage mask is INVALID FIELD IN CDB), and
+//! REPORT SUPPORTED OPERATION CODES (SPC-4 6.35), so they cannot disagree.
+
+use super::cdb::Cdb;
+use super::lu::{Failure, LogicalUnit};
+use super::sense::Sense;
+use super::{mode, sbc, spc, DataOut, Nexus, Outcome};
+
+/// Everything a command handler can see.
+pub(crate) struct Ctx<'a> {
+    pub cdb: Cdb,
+    pub nexus: Nexus,
+    pub data_out: &'a mut dyn DataOut,
+    pub data_in_len: usize,
+    /// The LUNs of the target the command came through (for REPORT LUNS).
+    pub luns: &'a [u16],
+}
+
+pub(crate) type Handler = fn(&LogicalUnit, &mut Ctx) -> Result<Outcome, Failure>;
+
+/// Command needs the medium: NOT READY while the unit is stopped.
+pub(crate) const MEDIA: u8 = 1 << 0;
+/// Command is not failed by a pending unit attention (SPC-4 5.14, table 52... INQUIRY,
+/// REPORT LUNS and REQUEST SENSE).
+pub(crate) const NO_UA: u8 = 1 << 1;
+/// Command modifies the medium: DATA PROTECT on a read-only unit.
+pub(crate) const WRITES: u8 = 1 << 2;
+/// Command must not run while other writes to its blocks are in flight.
+pub(crate) const EXCLUSIVE: u8 = 1 << 3;
+
+pub(crate) struct OpInfo {
+    pub opcode: u8,
+    /// Service action, for opcodes that have them (bits 4-0 of byte 1).
+    pub sa: Option<u16>,
+    pub name: &'static str,
+    /// CDB usage data (SPC-4 6.35.3): byte 0 is the opcode, every other bit
+    /// set is a bit the device server evaluates. Its length is the CDB length.
+    pub usage: &'static [u8],
+    pub flags: u8,
+    pub handler: Handler,
+}
+
+macro_rules! op {
+    ($op:literal, $sa:expr, $name:literal, [$($u:literal),*], $flags:expr, $h:path) => {
+        OpInfo { opcode: $op, sa: $sa, name: $name, usage: &[$($u),*], flags: $flags, handler: $h }
+    };
+}
+
+/// Control byte: NACA (bit 2) is evaluated (and rejected); LINK is obsolete
+/// and therefore not in any usage mask.
+#[rustfmt::skip]
+pub(crate) static OPCODES: &[OpInfo] = &[
+    op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, 0x04], MEDIA, spc::test_unit_ready),
+    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA, spc::request_sense),
+    op!(0x08, None, "READ(6)", [0x08, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA, sbc::read),
+    op!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
+    op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA, spc::inquiry),
+    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xff, 0x04], 0, mode::mode_select),
+    op!(0x1a, None, "MODE SENSE(6)", [0x1a, 0x08, 0xff, 0xff, 0xff, 0x04], 0, mode::mode_sense),
+    op!(0x1b, None, "START STOP UNIT", [0x1b, 0x01, 0, 0, 0xf7, 0x04], 0, sbc::start_stop_unit),
+    op!(0x1e, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1e, 0, 0, 0, 0x03, 0x04], 0, sbc::prevent_allow),
+    op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0x04], MEDIA, sbc::read_capacity10),
+    op!(0x28, None, "READ(10)", [0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA, sbc::read),
+    op!(0x2a, None, "WRITE(10)", [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
+    op!(0x2e, None, "WRITE AND VERIFY(10)", [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),
+    op!(0x2f, None, "VERIFY(10)", [0x2f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA, sbc::verify),
+    op!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA, sbc::synchronize_cache),
+    op!(0x41, None, "WRITE SAME(10)", [0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
+    op!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::unmap),
+    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], 0, mode::mode_select),
+    op!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x04], 0, mode::mode_sense),
+    op!(0x88, None, "READ(16)", [0x88, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::read),
+    op!(0x89, None, "COMPARE AND WRITE", [0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::compare_and_write),
+    op!(0x8a, None, "WRITE(16)", [0x8a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, sbc::write),
+    op!(0x8e, None, "WRITE AND VERIFY(16)", [0x8e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),
+    op!(0x8f, None, "VERIFY(16)", [0x8f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::verify),
+    op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::synchronize_cache),
+    op!(0x93, None, "WRITE SAME(16)", [0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
+    op!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA, sbc::read_capacity16),
+    op!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA, sbc::get_lba_status),
+    op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA, spc::report_luns),
+    op!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], 0, report_supported_opcodes),
+    op!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], 0, spc::report_supported_tmfs),
+    op!(0xa8, None, "READ(12)", [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::read),
+    op!(0xaa, None, "WRITE(12)", [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, sbc::write),
+];
+
+/// Opcodes whose service action is in byte 1, bits 4-0.
+fn has_service_actions(opcode: u8) -> bool {
+    OPCODES.iter().any(|o| o.opcode == opcode && o.sa.is_some())
+}
+
+/// Find the table entry for a CDB, or the sense to answer with.
+pub(crate) fn lookup(cdb: &Cdb) -> Result<&'static OpInfo, Sense> {
+    let op = cdb.opcode();
+    if has_service_actions(op) {
+        let sa = cdb.service_action();
+        return OPCODES
+            .iter()
+            .find(|o| o.opcode == op && o.sa == Some(sa))
+            // SPC-4 4.2.5.1: unsupported service action of a supported opcode.
+            .ok_or_else(|| Sense::invalid_cdb_field(1, Some(4)));
+    }
+    OPCODES
+        .iter()
+        .find(|o| o.opcode == op)
+        .ok_or(Sense::INVALID_COMMAND_OPERATION_CODE)
+}
+
+/// Reject bits set outside the usage mask, pointing at the first such bit.
+pub(crate) fn check_reserved_bits(info: &OpInfo, cdb: &Cdb) -> Result<(), Sense> {
+    for (i, &mask) in info.usage.iter().enumerate().skip(1) {
+        // The service action byte carries the SA in bits 4-0: compare as usage.
+        let extra = cdb.byte(i) & !mask;
+        if extra != 0 {
+            let bit = 7 - extra.leading_zeros() as u8;
+            return Err(Sense::invalid_cdb_field(i as u16, Some(bit)));
+        }
+    }
+    Ok(())
+}
+
+/// The transport must quiesce its own in-flight writes before running this
+/// command (it waits for other writers to the same blocks).
+pub fn needs_exclusive_writes(cdb: &[u8]) -> bool {
+    lookup(&Cdb::new(cdb)).is_ok_and(|o| o.flags & EXCLUSIVE != 0)
+}
+
+/// Command timeouts descriptor (SPC-4 6.35.4): no timeouts specified.
+const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
+fn report_supported_opcodes(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let rctd = ctx.cdb.bit(2, 7);
+    let options = ctx.cdb.byte(2) & 0x07;
+    let req_op = ctx.cdb.byte(3);
+    let req_sa = ctx.cdb.be16(4);
+    let alloc = ctx.cdb.be32(6) as usize;
+    let mut out = Vec::new();
+    match options {
+        0 => {
+            out.extend_from_slice(&[0; 4]);
+            for o in OPCODES {
+                let [sa_hi, sa_lo] = o.sa.unwrap_or(0).to_be_bytes();
+                let flags = u8::from(o.sa.is_some()) | if rctd { 0x02 } else { 0 };
+                let [l_hi, l_lo] = (o.usage.len() as u16).to_be_bytes();
+                out.extend_from_slice(&[o.opcode, 0, sa_hi, sa_lo, 0, flags, l_hi, l_lo]);
+                if rctd {
+                    out.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+                }
+            }
+            let len = (out.len() - 4) as u32;
+            out[..4].copy_from_slice(&len.to_be_bytes());
+        }
+        1..=3 => {
+            let with_sa = has_service_actions(req_op);
+            // Option 1 asks for an opcode without service actions; option 2
+            // for one with; option 3 for either (SPC-4 table 260).
+            match (options, with_sa) {
+                (1, true) => return Err(Sense::invalid_cdb_field(3, None).into()),
+                (2, false) => return Err(Sense::invalid_cdb_field(3, None).into()),
+                _ => {}
+            }
+            if options == 1 && req_sa != 0 {
+                return Err(Sense::invalid_cdb_field(4, None).into());
+            }
+            let found = OPCODES
+                .iter()
+                .find(|o| o.opcode == req_op && (!with_sa || o.sa == Some(req_sa)));
+            match found {
+                Some(o) => {
+                    let support = 0x03; // supported, in conformance with a standard
+                    let ctdp = if rctd { 0x80 } else { 0 };
+                    let [l_hi, l_lo] = (o.usage.len() as u16).to_be_bytes();
+                    out.extend_from_slice(&[0, ctdp | support, l_hi, l_lo]);
+                    out.extend_from_slice(o.usage);
+                    if rctd {
+                        out.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+                    }
+                }
+                // SUPPORT 001b: not supported; no CDB usage data.
+                None => out.extend_from_slice(&[0, 0x01, 0, 0]),
+            }
+        }
+        _ => return Err(Sense::invalid_cdb_field(2, Some(2)).into()),
+    }
+    out.truncate(alloc);
+    Ok(Outcome::Done(super::Response::good(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_no_duplicate_entries() {
+        for (i, a) in OPCODES.iter().enumerate() {
+            for b in &OPCODES[i + 1..] {
+                assert!(
+                    !(a.opcode == b.opcode && a.sa == b.sa),
+                    "{} and {} collide",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn usage_length_matches_group_code() {
+        for o in OPCODES {
+            let expected = match o.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                _ => unreachable!("no such group in the table"),
+            };
+            assert_eq!(o.usage.len(), expected, "{}", o.name);
+            assert_eq!(o.usage[0], o.opcode, "{}", o.name);
+            if let Some(sa) = o.sa {
+                assert_eq!(u16::from(o.usage[1]), sa, "{}", o.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_entry_is_found_by_lookup() {
+        for o in OPCODES {
+            let mut cdb = [0u8; 16];
+            cdb[0] = o.opcode;
+            cdb[1] = o.sa.unwrap_or(0) as u8;
+            let found = lookup(&Cdb::new(&cdb)).unwrap();
+            assert_eq!(found.name, o.name);
+        }
+    }
+
+    #[test]
+    fn reserved_bit_is_reported_with_its_position() {
+        // TEST UNIT READY with byte 1 bit 5 set.
+        let cdb = Cdb::new(&[0x00, 0x20, 0, 0, 0, 0]);
+        let info = lookup(&cdb).unwrap();
+        assert_eq!(
+            check_reserved_bits(info, &cdb),
+            Err(Sense::invalid_cdb_field(1, Some(5)))
+        );
+    }
+}

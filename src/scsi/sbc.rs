@@ -1,0 +1,415 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! SBC-3 block commands.
+
+use std::sync::atomic::Ordering;
+
+use super::cdb::{be16_at, be32_at, be64_at};
+use super::lu::{Failure, LogicalUnit};
+use super::opcodes::Ctx;
+use super::sense::Sense;
+use super::spc::{
+    MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
+    MAX_WRITE_SAME_BYTES,
+};
+use super::writes::BlockRange;
+use super::{IoKind, Outcome, Response};
+use crate::backstore::Extent;
+
+fn good() -> Result<Outcome, Failure> {
+    Ok(Outcome::Done(Response::good(Vec::new())))
+}
+
+/// LBA, transfer length and FUA of a READ/WRITE/VERIFY CDB (SBC-3 5.x).
+struct Transfer {
+    lba: u64,
+    blocks: u64,
+    fua: bool,
+}
+
+fn transfer(ctx: &Ctx) -> Transfer {
+    let c = &ctx.cdb;
+    let (lba, blocks) = match c.opcode() {
+        // 6-byte: 21-bit LBA, and a length of 0 means 256 blocks.
+        0x08 | 0x0a => {
+            let n = c.byte(4);
+            (
+                u64::from(c.be24(1) & 0x1f_ffff),
+                if n == 0 { 256 } else { u64::from(n) },
+            )
+        }
+        0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => (u64::from(c.be32(2)), u64::from(c.be16(7))),
+        0xa8 | 0xaa => (u64::from(c.be32(2)), u64::from(c.be32(6))),
+        _ => (c.be64(2), u64::from(c.be32(10))),
+    };
+    let fua = c.opcode() != 0x08 && c.opcode() != 0x0a && c.bit(1, 3);
+    Transfer { lba, blocks, fua }
+}
+
+/// RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7-5) must be zero: we have no
+/// protection information.
+fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
+    if ctx.cdb.byte(1) & 0xe0 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(7)));
+    }
+    Ok(())
+}
+
+/// Byte offset of the transfer length field, for field pointers.
+fn length_field(opcode: u8) -> u16 {
+    match opcode {
+        0x08 | 0x0a => 4,
+        0xa8 | 0xaa => 6,
+        0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => 7,
+        _ => 10,
+    }
+}
+
+/// Check LBA range and size limits of a data transfer.
+fn checked_transfer(lu: &LogicalUnit, ctx: &Ctx) -> Result<Transfer, Sense> {
+    check_protect(ctx)?;
+    let t = transfer(ctx);
+    let bytes = t.blocks.saturating_mul(u64::from(lu.block_size()));
+    if bytes > MAX_TRANSFER_BYTES {
+        return Err(Sense::invalid_cdb_field(
+            length_field(ctx.cdb.opcode()),
+            None,
+        ));
+    }
+    lu.byte_range(t.lba, t.blocks)?;
+    Ok(t)
+}
+
+pub(crate) fn read(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = checked_transfer(lu, ctx)?;
+    if t.blocks == 0 {
+        return good();
+    }
+    Ok(lu.block_io(IoKind::Read, t.lba, t.blocks, t.fua))
+}
+
+pub(crate) fn write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = checked_transfer(lu, ctx)?;
+    if t.blocks == 0 {
+        return good();
+    }
+    Ok(lu.block_io(IoKind::Write, t.lba, t.blocks, t.fua))
+}
+
+/// Read `len` bytes of data-out, or fail: the initiator sent less than the
+/// CDB says (the field pointer names the length field).
+fn data_out(ctx: &mut Ctx, len: u64) -> Result<Vec<u8>, Sense> {
+    let short = Sense::invalid_cdb_field(length_field(ctx.cdb.opcode()), None);
+    let len = usize::try_from(len).map_err(|_| short)?;
+    if ctx.data_out.len() < len {
+        return Err(short);
+    }
+    let mut buf = vec![0u8; len];
+    ctx.data_out.read_at(0, &mut buf).map_err(|_| short)?;
+    Ok(buf)
+}
+
+/// Read `len` bytes from the medium at `offset` (for the verify/compare paths).
+fn read_medium(lu: &LogicalUnit, lba: u64, offset: u64, len: u64) -> Result<Vec<u8>, Sense> {
+    let mut buf = vec![0u8; len as usize];
+    lu.backstore()
+        .read_at(&mut buf, offset)
+        .map_err(|e| lu.io_error_sense(IoKind::Read, lba, &e))?;
+    Ok(buf)
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// VERIFY(10)/(16) (SBC-3 5.34/5.35).
+pub(crate) fn verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = checked_transfer(lu, ctx)?;
+    let bytchk = (ctx.cdb.byte(1) >> 1) & 0x03;
+    if bytchk == 0b10 {
+        return Err(Sense::invalid_cdb_field(1, Some(2)).into());
+    }
+    let (offset, len) = lu.byte_range(t.lba, t.blocks)?;
+    if t.blocks == 0 {
+        return good();
+    }
+    let medium = read_medium(lu, t.lba, offset, len)?;
+    let expected = match bytchk {
+        // Medium verification: the read above is the check.
+        0b00 => return good(),
+        0b01 => data_out(ctx, len)?,
+        // 11b: one block of data-out compared against every block.
+        _ => data_out(ctx, u64::from(lu.block_size()))?.repeat(t.blocks as usize),
+    };
+    if let Some(at) = first_difference(&medium, &expected) {
+        let at = if bytchk == 0b11 {
+            at % lu.block_size() as usize
+        } else {
+            at
+        };
+        return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION
+            .with_information(at as u64)
+            .into());
+    }
+    good()
+}
+
+/// WRITE AND VERIFY(10)/(16) (SBC-3 5.41/5.42).
+pub(crate) fn write_and_verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = checked_transfer(lu, ctx)?;
+    let bytchk = ctx.cdb.bit(1, 1);
+    let (offset, len) = lu.byte_range(t.lba, t.blocks)?;
+    if t.blocks == 0 {
+        return good();
+    }
+    let data = data_out(ctx, len)?;
+    let range = BlockRange::new(t.lba, t.blocks);
+    let result = lu.writes.exclusive(range, || -> Result<(), Sense> {
+        let bs = lu.backstore();
+        bs.write_at(&data, offset)
+            .and_then(|()| bs.flush())
+            .map_err(|e| lu.io_error_sense(IoKind::Write, t.lba, &e))?;
+        let medium = read_medium(lu, t.lba, offset, len)?;
+        if bytchk {
+            if let Some(at) = first_difference(&medium, &data) {
+                return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
+            }
+        }
+        Ok(())
+    });
+    result.ok_or_else(LogicalUnit::status_busy)??;
+    good()
+}
+
+/// SYNCHRONIZE CACHE(10)/(16) (SBC-3 5.22/5.23). A length of 0 means "to
+/// the end of the medium". The whole file is flushed: that covers the range.
+pub(crate) fn synchronize_cache(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = transfer(ctx);
+    lu.byte_range(t.lba, t.blocks)?;
+    Ok(lu.block_io(IoKind::Flush, t.lba, 0, false))
+}
+
+/// WRITE SAME(10)/(16) (SBC-3 5.43/5.44), with UNMAP and NDOB.
+pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    check_protect(ctx)?;
+    if ctx.cdb.bit(1, 4) {
+        // ANCHOR: anchored LBAs are not supported.
+        return Err(Sense::invalid_cdb_field(1, Some(4)).into());
+    }
+    let unmap = ctx.cdb.bit(1, 3);
+    let ndob = ctx.cdb.opcode() == 0x93 && ctx.cdb.bit(1, 0);
+    let t = transfer(ctx);
+    let len_field = length_field(ctx.cdb.opcode());
+    if t.blocks == 0 {
+        // WSNZ = 1 in the block limits page.
+        return Err(Sense::invalid_cdb_field(len_field, None).into());
+    }
+    let bs = u64::from(lu.block_size());
+    if t.blocks.saturating_mul(bs) > MAX_WRITE_SAME_BYTES && !unmap {
+        return Err(Sense::invalid_cdb_field(len_field, None).into());
+    }
+    let (offset, len) = lu.byte_range(t.lba, t.blocks)?;
+    let pattern = if ndob {
+        vec![0u8; bs as usize]
+    } else {
+        data_out(ctx, bs)?
+    };
+    let zero = pattern.iter().all(|&b| b == 0);
+    let store = lu.backstore();
+    let result = lu.writes.exclusive(BlockRange::new(t.lba, t.blocks), || {
+        if zero && unmap && lu.thin() {
+            store.deallocate(offset, len)
+        } else if zero {
+            store.write_zeroes(offset, len)
+        } else {
+            store.write_repeated(&pattern, offset, len)
+        }
+    });
+    result
+        .ok_or_else(LogicalUnit::status_busy)?
+        .map_err(|e| lu.io_error_sense(IoKind::Write, t.lba, &e))?;
+    good()
+}
+
+/// UNMAP (SBC-3 5.28).
+pub(crate) fn unmap(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    if ctx.cdb.bit(1, 0) {
+        return Err(Sense::invalid_cdb_field(1, Some(0)).into());
+    }
+    let len = u64::from(ctx.cdb.be16(7));
+    if len == 0 {
+        return good();
+    }
+    if len < 8 {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into());
+    }
+    if (ctx.data_out.len() as u64) < len {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into());
+    }
+    let p = data_out(ctx, len)?;
+    let bd_len = usize::from(be16_at(&p, 2)).min(p.len() - 8);
+    // A trailing partial descriptor is ignored (SBC-3 5.28.2).
+    let count = bd_len / 16;
+    if count as u32 > MAX_UNMAP_DESCRIPTORS {
+        return Err(Sense::invalid_param_field(2, None).into());
+    }
+    let mut ranges = Vec::with_capacity(count);
+    let mut total = 0u64;
+    for i in 0..count {
+        let at = 8 + 16 * i;
+        let lba = be64_at(&p, at);
+        let blocks = u64::from(be32_at(&p, at + 8));
+        let (offset, bytes) = lu.byte_range(lba, blocks)?;
+        total += blocks;
+        if total > u64::from(MAX_UNMAP_BLOCKS) {
+            return Err(Sense::invalid_param_field((at + 8) as u16, None).into());
+        }
+        if blocks > 0 {
+            ranges.push((lba, blocks, offset, bytes));
+        }
+    }
+    if !lu.thin() && lu.backstore().kind() == crate::backstore::Kind::File {
+        // Nothing to deallocate on a fully provisioned LU; UNMAP is advisory.
+        return good();
+    }
+    for (lba, blocks, offset, bytes) in ranges {
+        lu.writes
+            .exclusive(BlockRange::new(lba, blocks), || {
+                lu.backstore().deallocate(offset, bytes)
+            })
+            .ok_or_else(LogicalUnit::status_busy)?
+            .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))?;
+    }
+    good()
+}
+
+/// GET LBA STATUS (SBC-3 5.16): mapped / deallocated extents from the
+/// filesystem's allocation map (SEEK_DATA / SEEK_HOLE).
+pub(crate) fn get_lba_status(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let start = ctx.cdb.be64(2);
+    let alloc = ctx.cdb.be32(10) as usize;
+    if start >= lu.blocks() {
+        return Err(Sense::LBA_OUT_OF_RANGE.into());
+    }
+    let bs = u64::from(lu.block_size());
+    // Enough descriptors to fill the allocation length (at least one).
+    let max_desc = (alloc.saturating_sub(8) / 16).clamp(1, 4096);
+    let mut d = vec![0u8; 8];
+    let mut lba = start;
+    while lba < lu.blocks() && (d.len() - 8) / 16 < max_desc {
+        let ext = lu
+            .backstore()
+            .extent_at(lba * bs)
+            .map_err(|e| lu.io_error_sense(IoKind::Read, lba, &e))?;
+        let (status, bytes) = match ext {
+            Extent::Mapped(n) => (0u8, n),
+            Extent::Deallocated(n) => (1u8, n),
+        };
+        let blocks = bytes
+            .div_ceil(bs)
+            .clamp(1, lu.blocks() - lba)
+            .min(u64::from(u32::MAX));
+        d.extend_from_slice(&lba.to_be_bytes());
+        d.extend_from_slice(&(blocks as u32).to_be_bytes());
+        d.extend_from_slice(&[status, 0, 0, 0]);
+        lba += blocks;
+    }
+    let plen = (d.len() - 4) as u32;
+    d[..4].copy_from_slice(&plen.to_be_bytes());
+    d.truncate(alloc);
+    Ok(Outcome::Done(Response::good(d)))
+}
+
+/// COMPARE AND WRITE (SBC-3 5.2): atomic against other writers of the same
+/// blocks through the LU's write tracker.
+pub(crate) fn compare_and_write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    check_protect(ctx)?;
+    let lba = ctx.cdb.be64(2);
+    let n = ctx.cdb.byte(13);
+    if n == 0 {
+        return good();
+    }
+    if n > MAX_COMPARE_AND_WRITE_BLOCKS {
+        return Err(Sense::invalid_cdb_field(13, None).into());
+    }
+    let (offset, len) = lu.byte_range(lba, u64::from(n))?;
+    let data = data_out(ctx, 2 * len)?;
+    let (verify, write) = data.split_at(len as usize);
+    let fua = ctx.cdb.bit(1, 3) || !lu.wce.load(Ordering::Relaxed);
+    let result = lu.writes.exclusive(BlockRange::new(lba, u64::from(n)), || {
+        let medium = read_medium(lu, lba, offset, len)?;
+        if let Some(at) = first_difference(&medium, verify) {
+            return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
+        }
+        let store = lu.backstore();
+        store
+            .write_at(write, offset)
+            .and_then(|()| if fua { store.flush() } else { Ok(()) })
+            .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
+    });
+    result.ok_or_else(LogicalUnit::status_busy)??;
+    good()
+}
+
+/// READ CAPACITY(10) (SBC-3 5.15).
+pub(crate) fn read_capacity10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    if !ctx.cdb.bit(8, 0) && ctx.cdb.be32(2) != 0 {
+        return Err(Sense::invalid_cdb_field(2, None).into());
+    }
+    let last = lu.blocks().saturating_sub(1);
+    let mut d = u32::try_from(last)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    d.extend_from_slice(&lu.block_size().to_be_bytes());
+    Ok(Outcome::Done(Response::good(d)))
+}
+
+/// READ CAPACITY(16) (SBC-3 5.16).
+pub(crate) fn read_capacity16(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let alloc = ctx.cdb.be32(10) as usize;
+    let mut d = vec![0u8; 32];
+    d[0..8].copy_from_slice(&lu.blocks().saturating_sub(1).to_be_bytes());
+    d[8..12].copy_from_slice(&lu.block_size().to_be_bytes());
+    if lu.block_size() == 512 {
+        d[13] = 3; // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 4096-byte physical blocks
+    }
+    if lu.thin() {
+        d[14] = 0x80 | 0x40; // LBPME, LBPRZ
+    }
+    d.truncate(alloc);
+    Ok(Outcome::Done(Response::good(d)))
+}
+
+/// START STOP UNIT (SBC-3 5.25).
+pub(crate) fn start_stop_unit(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let b = ctx.cdb.byte(4);
+    let power_condition = b >> 4;
+    match power_condition {
+        0 => {}
+        // ACTIVE, IDLE, STANDBY, LU_CONTROL, FORCE_IDLE_0, FORCE_STANDBY_0:
+        // accepted; a file has no power states.
+        0x1 | 0x2 | 0x3 | 0x7 | 0xa | 0xb => return good(),
+        _ => return Err(Sense::invalid_cdb_field(4, Some(7)).into()),
+    }
+    if b & 0x02 != 0 {
+        // LOEJ: the medium is not removable.
+        return Err(Sense::invalid_cdb_field(4, Some(1)).into());
+    }
+    let start = b & 0x01 != 0;
+    let no_flush = b & 0x04 != 0;
+    if !start && !no_flush {
+        lu.flush()
+            .map_err(|e| lu.io_error_sense(IoKind::Flush, 0, &e))?;
+    }
+    lu.stopped.store(!start, Ordering::Relaxed);
+    good()
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.11): accepted; nothing is removable.
+pub(crate) fn prevent_allow(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    if ctx.cdb.byte(4) & 0x03 > 1 {
+        return Err(Sense::invalid_cdb_field(4, Some(1)).into());
+    }
+    good()
+}

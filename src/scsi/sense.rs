@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Sense data (SPC-4 4.5): the reason behind a CHECK CONDITION, in fixed or
+//! descriptor format.
+
+/// SCSI status codes (SAM-5 5.3.1, table 30).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Good = 0x00,
+    CheckCondition = 0x02,
+    ConditionMet = 0x04,
+    Busy = 0x08,
+    ReservationConflict = 0x18,
+    TaskSetFull = 0x28,
+    TaskAborted = 0x40,
+}
+
+/// Sense keys (SPC-4 4.5.6, table 48).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SenseKey {
+    NoSense = 0x0,
+    RecoveredError = 0x1,
+    NotReady = 0x2,
+    MediumError = 0x3,
+    HardwareError = 0x4,
+    IllegalRequest = 0x5,
+    UnitAttention = 0x6,
+    DataProtect = 0x7,
+    AbortedCommand = 0xb,
+    Miscompare = 0xe,
+}
+
+/// Where in the CDB or parameter list an invalid field sits (SPC-4 4.5.2.4.2,
+/// the FIELD POINTER sense-key specific information).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldPointer {
+    /// True for a CDB field (C/D = 1), false for a parameter-list field.
+    pub in_cdb: bool,
+    /// Byte offset of the field.
+    pub byte: u16,
+    /// Bit number of the field's most significant bit, when it is not a whole byte.
+    pub bit: Option<u8>,
+}
+
+/// One sense condition: key, additional sense code and qualifier, and the
+/// optional INFORMATION and sense-key specific fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sense {
+    pub key: SenseKey,
+    pub asc: u8,
+    pub ascq: u8,
+    /// INFORMATION field (e.g. the failing LBA, or the miscompare offset).
+    pub information: Option<u64>,
+    /// Sense-key specific field pointer (ILLEGAL REQUEST only).
+    pub field: Option<FieldPointer>,
+}
+
+/// Length of fixed-format sense data as built here (SPC-4 4.5.3: 18 bytes).
+pub const FIXED_SENSE_LEN: usize = 18;
+
+macro_rules! sense_consts {
+    ($($(#[$m:meta])* $name:ident = ($key:ident, $asc:literal, $ascq:literal);)*) => {
+        impl Sense {
+            $($(#[$m])* pub const $name: Sense = Sense {
+                key: SenseKey::$key, asc: $asc, ascq: $ascq, information: None, field: None,
+            };)*
+        }
+    };
+}
+
+// Additional sense codes, named as in SPC-4 Annex D (table D.1).
+sense_consts! {
+    NO_ADDITIONAL_SENSE = (NoSense, 0x00, 0x00);
+    /// 04h/02h: an initializing command (START STOP UNIT) is required.
+    NOT_READY_INITIALIZING_COMMAND_REQUIRED = (NotReady, 0x04, 0x02);
+    UNRECOVERED_READ_ERROR = (MediumError, 0x11, 0x00);
+    WRITE_ERROR = (MediumError, 0x0c, 0x00);
+    /// 44h/00h: internal target failure.
+    INTERNAL_TARGET_FAILURE = (HardwareError, 0x44, 0x00);
+    PARAMETER_LIST_LENGTH_ERROR = (IllegalRequest, 0x1a, 0x00);
+    INVALID_COMMAND_OPERATION_CODE = (IllegalRequest, 0x20, 0x00);
+    LBA_OUT_OF_RANGE = (IllegalRequest, 0x21, 0x00);
+    INVALID_FIELD_IN_CDB = (IllegalRequest, 0x24, 0x00);
+    LOGICAL_UNIT_NOT_SUPPORTED = (IllegalRequest, 0x25, 0x00);
+    INVALID_FIELD_IN_PARAMETER_LIST = (IllegalRequest, 0x26, 0x00);
+    SAVING_PARAMETERS_NOT_SUPPORTED = (IllegalRequest, 0x39, 0x00);
+    MEDIUM_REMOVAL_PREVENTED = (IllegalRequest, 0x53, 0x02);
+    WRITE_PROTECTED = (DataProtect, 0x27, 0x00);
+    POWER_ON_RESET_OCCURRED = (UnitAttention, 0x29, 0x00);
+    BUS_DEVICE_RESET_FUNCTION_OCCURRED = (UnitAttention, 0x29, 0x03);
+    I_T_NEXUS_LOSS_OCCURRED = (UnitAttention, 0x29, 0x07);
+    MODE_PARAMETERS_CHANGED = (UnitAttention, 0x2a, 0x01);
+    CAPACITY_DATA_HAS_CHANGED = (UnitAttention, 0x2a, 0x09);
+    REPORTED_LUNS_DATA_HAS_CHANGED = (UnitAttention, 0x3f, 0x0e);
+    MISCOMPARE_DURING_VERIFY_OPERATION = (Miscompare, 0x1d, 0x00);
+}
+
+impl Sense {
+    /// INVALID FIELD IN CDB pointing at `byte` (and `bit`, for a sub-byte field).
+    pub fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Sense {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
+            ..Sense::INVALID_FIELD_IN_CDB
+        }
+    }
+
+    /// INVALID FIELD IN PARAMETER LIST pointing at `byte` of the parameter data.
+    pub fn invalid_param_field(byte: u16, bit: Option<u8>) -> Sense {
+        Sense {
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
+            ..Sense::INVALID_FIELD_IN_PARAMETER_LIST
+        }
+    }
+
+    /// This sense with the INFORMATION field set.
+    pub fn with_information(self, information: u64) -> Sense {
+        Sense {
+            information: Some(information),
+            ..self
+        }
+    }
+
+    /// The three sense-key specific bytes (SPC-4 4.5.2.4), if any.
+    fn sense_key_specific(&self) -> Option<[u8; 3]> {
+        let f = self.field?;
+        let mut b0 = 0x80; // SKSV
+        if f.in_cdb {
+            b0 |= 0x40; // C/D
+        }
+        if let Some(bit) = f.bit {
+            b0 |= 0x08 | (bit & 0x7); // BPV + BIT POINTER
+        }
+        let [hi, lo] = f.byte.to_be_bytes();
+        Some([b0, hi, lo])
+    }
+
+    /// Fixed-format sense data (SPC-4 4.5.3, response code 70h).
+    pub fn to_fixed(&self) -> [u8; FIXED_SENSE_LEN] {
+        let mut s = [0u8; FIXED_SENSE_LEN];
+        s[0] = 0x70;
+        s[2] = self.key as u8;
+        if let Some(info) = self.information {
+            // The fixed INFORMATION field holds 4 bytes; VALID only when it fits.
+            if let Ok(info) = u32::try_from(info) {
+                s[0] |= 0x80;
+                s[3..7].copy_from_slice(&info.to_be_bytes());
+            }
+        }
+        s[7] = (FIXED_SENSE_LEN - 8) as u8;
+        s[12] = self.asc;
+        s[13] = self.ascq;
+        if let Some(sks) = self.sense_key_specific() {
+            s[15..18].copy_from_slice(&sks);
+        }
+        s
+    }
+
+    /// Descriptor-format sense data (SPC-4 4.5.2, response code 72h) with the
+    /// information (00h) and sense-key specific (02h) descriptors when present.
+    pub fn to_descriptor(&self) -> Vec<u8> {
+        let mut s = vec![0x72, self.key as u8, self.asc, self.ascq, 0, 0, 0, 0];
+        if let Some(info) = self.information {
+            s.extend_from_slice(&[0x00, 0x0a, 0x80, 0]);
+            s.extend_from_slice(&info.to_be_bytes());
+        }
+        if let Some(sks) = self.sense_key_specific() {
+            s.extend_from_slice(&[0x02, 0x06, 0, 0, sks[0], sks[1], sks[2], 0]);
+        }
+        s[7] = (s.len() - 8) as u8;
+        s
+    }
+
+    /// Sense data in the format the LU is set to (D_SENSE in the control mode page).
+    pub fn encode(&self, descriptor: bool) -> Vec<u8> {
+        if descriptor {
+            self.to_descriptor()
+        } else {
+            self.to_fixed().to_vec()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_opcode_fixed_sense_matches_spc_layout() {
+        // SPC-4 4.5.3: 70h, key 5, ASC 20h ASCQ 00h, additional length 10.
+        let expected: [u8; 18] = [
+            0x70, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x0a, // response code, key, info, len
+            0x00, 0x00, 0x00, 0x00, // command-specific information
+            0x20, 0x00, 0x00, // ASC, ASCQ, FRU
+            0x00, 0x00, 0x00, // sense-key specific
+        ];
+        assert_eq!(Sense::INVALID_COMMAND_OPERATION_CODE.to_fixed(), expected);
+    }
+
+    #[test]
+    fn field_pointer_sets_sksv_cd_and_bit_pointer() {
+        let s = Sense::invalid_cdb_field(1, Some(1)).to_fixed();
+        // SKSV=1, C/D=1, BPV=1, bit pointer 1; field pointer 0001h.
+        assert_eq!(&s[15..18], &[0xc9, 0x00, 0x01]);
+        assert_eq!((s[12], s[13]), (0x24, 0x00));
+    }
+
+    #[test]
+    fn medium_error_reports_lba_in_information() {
+        let s = Sense::UNRECOVERED_READ_ERROR
+            .with_information(0x1234)
+            .to_fixed();
+        assert_eq!(s[0], 0xf0); // VALID + 70h
+        assert_eq!(&s[3..7], &[0x00, 0x00, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn descriptor_sense_carries_64_bit_information() {
+        let s = Sense::LBA_OUT_OF_RANGE
+            .with_information(0x1_0000_0000)
+            .to_descriptor();
+        assert_eq!(
+            s,
+            vec![
+                0x72, 0x05, 0x21, 0x00, 0, 0, 0, 12, // header, additional length 12
+                0x00, 0x0a, 0x80, 0x00, // information descriptor, VALID
+                0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
+            ]
+        );
+    }
+}

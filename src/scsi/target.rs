@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A SCSI target: the set of logical units one controller exposes, and the
+//! answers for LUNs that have no logical unit (SPC-4 / SAM-5 4.6).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::cdb::Cdb;
+use super::lu::LogicalUnit;
+use super::opcodes::Ctx;
+use super::sense::Sense;
+use super::{spc, Command, Nexus, Outcome, Response};
+
+/// Highest LUN we can address with the flat/peripheral 14-bit formats.
+pub const MAX_LUN: u16 = 0x3fff;
+
+/// The REPORT LUNS well-known logical unit (SPC-4 8.2).
+pub const REPORT_LUNS_WLUN: [u8; 8] = [0xc1, 0x01, 0, 0, 0, 0, 0, 0];
+
+/// A decoded single-level LUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LunAddress {
+    Lun(u16),
+    ReportLunsWellKnown,
+    /// A LUN format we do not implement (multi-level, extended, ...).
+    Unsupported,
+}
+
+impl LunAddress {
+    /// Decode the first level of a SAM-5 LUN (4.6.6): peripheral device
+    /// addressing (00b, bus 0) or flat space addressing (01b).
+    pub fn from_first_level(b0: u8, b1: u8) -> LunAddress {
+        match b0 >> 6 {
+            0b00 if b0 == 0 => LunAddress::Lun(u16::from(b1)),
+            0b01 => LunAddress::Lun((u16::from(b0 & 0x3f) << 8) | u16::from(b1)),
+            _ => LunAddress::Unsupported,
+        }
+    }
+}
+
+/// Encode a LUN for REPORT LUNS: peripheral addressing below 256, flat above
+/// (what Linux and QEMU expect).
+pub fn encode_lun(lun: u16) -> [u8; 8] {
+    let mut l = [0u8; 8];
+    if lun < 256 {
+        l[1] = lun as u8;
+    } else {
+        l[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
+        l[1] = lun as u8;
+    }
+    l
+}
+
+/// The logical units of one controller, by LUN.
+#[derive(Clone, Default)]
+pub struct Target {
+    luns: BTreeMap<u16, Arc<LogicalUnit>>,
+    lun_list: Vec<u16>,
+}
+
+impl Target {
+    pub fn new(luns: BTreeMap<u16, Arc<LogicalUnit>>) -> Target {
+        let lun_list = luns.keys().copied().collect();
+        Target { luns, lun_list }
+    }
+
+    pub fn lu(&self, lun: u16) -> Option<&Arc<LogicalUnit>> {
+        self.luns.get(&lun)
+    }
+
+    pub fn luns(&self) -> impl Iterator<Item = (u16, &Arc<LogicalUnit>)> {
+        self.luns.iter().map(|(l, lu)| (*l, lu))
+    }
+
+    /// Execute a command addressed to `addr`.
+    pub fn execute(&self, addr: LunAddress, cmd: Command) -> Outcome {
+        if let LunAddress::Lun(l) = addr {
+            if let Some(lu) = self.luns.get(&l) {
+                return lu.execute(cmd, &self.lun_list);
+            }
+        }
+        Outcome::Done(self.execute_without_lu(addr, cmd))
+    }
+
+    /// Commands to a LUN with no logical unit, or to the well-known LUN.
+    fn execute_without_lu(&self, addr: LunAddress, cmd: Command) -> Response {
+        let ctx = Ctx {
+            cdb: Cdb::new(cmd.cdb),
+            nexus: cmd.nexus,
+            data_out: cmd.data_out,
+            data_in_len: cmd.data_in_len,
+            luns: &self.lun_list,
+        };
+        let wlun = addr == LunAddress::ReportLunsWellKnown;
+        let result = match ctx.cdb.opcode() {
+            0xa0 => spc::report_luns_for(&ctx),
+            0x12 if wlun => well_known_inquiry(&ctx),
+            0x12 => spc::inquiry_no_lun(&ctx),
+            0x03 if !wlun => Ok(spc::request_sense_no_lun(&ctx)),
+            0x03 | 0x00 if wlun => Ok(Response::good(Vec::new())),
+            _ if wlun => Err(Sense::INVALID_COMMAND_OPERATION_CODE),
+            _ => Err(Sense::LOGICAL_UNIT_NOT_SUPPORTED),
+        };
+        result.unwrap_or_else(|s| Response::check_condition(&s, false))
+    }
+
+    /// Register a new nexus with every logical unit.
+    pub fn attach(&self, nexus: Nexus) {
+        for lu in self.luns.values() {
+            lu.attach(nexus);
+        }
+    }
+
+    pub fn detach(&self, nexus: Nexus) {
+        for lu in self.luns.values() {
+            lu.detach(nexus);
+        }
+    }
+}
+
+/// INQUIRY to the REPORT LUNS well-known LU: peripheral device type 1Eh.
+fn well_known_inquiry(ctx: &Ctx) -> Result<Response, Sense> {
+    let mut r = spc::inquiry_no_lun(ctx)?;
+    if let Some(b) = r.data.first_mut() {
+        *b = 0x1e;
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peripheral_and_flat_lun_formats_decode() {
+        assert_eq!(LunAddress::from_first_level(0x00, 0x05), LunAddress::Lun(5));
+        assert_eq!(
+            LunAddress::from_first_level(0x41, 0x02),
+            LunAddress::Lun(0x102)
+        );
+        assert_eq!(
+            LunAddress::from_first_level(0x81, 0x00),
+            LunAddress::Unsupported
+        );
+    }
+
+    #[test]
+    fn encode_uses_flat_addressing_from_256() {
+        assert_eq!(encode_lun(3), [0, 3, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(300), [0x41, 0x2c, 0, 0, 0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The daemon: opens the backstores, listens on every controller's socket,
+//! serves one QEMU connection per socket at a time (accepting the next one
+//! with fresh device state when it goes), and shuts down cleanly on
+//! SIGINT/SIGTERM.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::backstore::{self, Backstore};
+use crate::config::{Config, LunConfig};
+use crate::device::{Controller, ScsiBackend};
+use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Backstore(#[from] backstore::Error),
+    #[error("Backstore {0} is configured with different options on different LUNs")]
+    ConflictingBackstore(PathBuf),
+    #[error("Backstore {path} is smaller than one {block_size}-byte block")]
+    TooSmall { path: PathBuf, block_size: u32 },
+    #[error("Cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    #[error("Cannot set up signal handling")]
+    Signals(#[source] io::Error),
+    #[error("No --socket given")]
+    NoController,
+}
+
+/// State shared between the accept threads and the signal handler.
+struct Shared {
+    stop: AtomicBool,
+    active: Vec<Mutex<Option<ShutdownHandle>>>,
+}
+
+/// Open every backstore once, shared by all LUNs that name the same file.
+fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>>>, Error> {
+    let mut by_path: HashMap<PathBuf, (LunConfig, Arc<LogicalUnit>)> = HashMap::new();
+    let mut out = Vec::new();
+    for c in &cfg.controllers {
+        let mut luns = BTreeMap::new();
+        for (&n, lc) in &c.luns {
+            let canonical =
+                Backstore::canonical_id(&lc.path).map_err(|source| backstore::Error::Open {
+                    path: lc.path.clone(),
+                    source,
+                })?;
+            let lu = match by_path.get(&canonical) {
+                Some((seen, lu)) => {
+                    let same = LunConfig {
+                        path: seen.path.clone(),
+                        ..lc.clone()
+                    };
+                    if &same != seen {
+                        return Err(Error::ConflictingBackstore(canonical));
+                    }
+                    lu.clone()
+                }
+                None => {
+                    let store = Backstore::open(&canonical, lc.read_only, lc.direct)?;
+                    if store.size() < u64::from(lc.block_size) {
+                        return Err(Error::TooSmall {
+                            path: canonical,
+                            block_size: lc.block_size,
+                        });
+                    }
+                    let key = lc
+                        .serial
+                        .clone()
+                        .unwrap_or_else(|| canonical.to_string_lossy().into_owned());
+                    let mut identity = Identity::derive(&key);
+                    if let Some(s) = &lc.serial {
+                        identity.serial = s.clone();
+                    }
+                    info!(
+                        "Opened {} ({} bytes, {}-byte blocks{}{})",
+                        canonical.display(),
+                        store.size(),
+                        lc.block_size,
+                        if lc.read_only { ", read-only" } else { "" },
+                        if lc.direct { ", O_DIRECT" } else { "" }
+                    );
+                    let lu = Arc::new(LogicalUnit::new(
+                        store,
+                        LuConfig {
+                            block_size: lc.block_size,
+                            identity,
+                        },
+                    ));
+                    by_path.insert(canonical, (lc.clone(), lu.clone()));
+                    lu
+                }
+            };
+            luns.insert(n, lu);
+        }
+        out.push(luns);
+    }
+    Ok(out)
+}
+
+/// Block SIGINT and SIGTERM in this thread and every thread it starts, so
+/// that `wait_for_signal` receives them.
+fn block_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(set)
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    loop {
+        // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+        let r = unsafe { libc::sigwait(set, &mut sig) };
+        if r == 0 {
+            return sig;
+        }
+    }
+}
+
+/// Run the daemon until SIGINT or SIGTERM.
+pub fn serve(cfg: Config) -> Result<(), Error> {
+    if cfg.controllers.is_empty() {
+        return Err(Error::NoController);
+    }
+    let sigset = block_signals().map_err(Error::Signals)?;
+    let lus = open_logical_units(&cfg)?;
+    let mut listeners = Vec::new();
+    let mut controllers = Vec::new();
+    for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
+        let listener = Listener::new(&c.socket, true).map_err(|source| Error::Listen {
+            path: c.socket.clone(),
+            source,
+        })?;
+        info!(
+            "Listening on {} with {} LUN(s), {} request queue(s)",
+            c.socket.display(),
+            luns.len(),
+            c.request_queues
+        );
+        controllers.push(Arc::new(Controller {
+            name: c.socket.display().to_string(),
+            target: Target::new(luns),
+            nexus: Nexus {
+                id: i as u32 + 1,
+                relative_port: i as u16 + 1,
+            },
+            request_queues: c.request_queues,
+        }));
+        listeners.push(listener);
+    }
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        active: controllers.iter().map(|_| Mutex::new(None)).collect(),
+    });
+    let listen_fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let mut threads = Vec::new();
+    for (i, (ctrl, listener)) in controllers.iter().zip(listeners).enumerate() {
+        let ctrl = ctrl.clone();
+        let shared = shared.clone();
+        let t = thread::Builder::new()
+            .name(format!("accept-{i}"))
+            .spawn(move || accept_loop(i, &ctrl, listener, &shared))
+            .map_err(Error::Signals)?;
+        threads.push(t);
+    }
+
+    let sig = wait_for_signal(&sigset);
+    info!("Signal {sig} received: shutting down");
+    shared.stop.store(true, Ordering::SeqCst);
+    for fd in &listen_fds {
+        // Wakes the accept() blocked on this listening socket.
+        // SAFETY: shutdown on a socket fd the listener still owns.
+        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    }
+    for slot in &shared.active {
+        if let Some(h) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.shutdown();
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    for c in &controllers {
+        for (_, lu) in c.target.luns() {
+            if let Err(e) = lu.flush() {
+                error!("Flushing {} failed: {e}", lu.backstore().path().display());
+            }
+        }
+    }
+    info!("Stopped");
+    Ok(())
+}
+
+/// Serve connections on one socket, one at a time, until told to stop.
+fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared: &Shared) {
+    let name = &ctrl.name;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let backend = match ScsiBackend::new(ctrl.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                error!("{name}: cannot create device: {e}");
+                thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("{name}: cannot create vhost-user daemon: {e}");
+                thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let handlers = daemon.get_epoll_handlers();
+        for (thread, fd, id) in backend.completion_listeners() {
+            if let Some(h) = handlers.get(thread) {
+                if let Err(e) = h.register_listener(fd, EventSet::IN, id) {
+                    error!("{name}: cannot watch I/O completions: {e}");
+                }
+            }
+        }
+        drop(handlers);
+        if let Err(e) = daemon.start(&mut listener) {
+            if shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            error!("{name}: accepting a connection failed: {e}");
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        if shared.stop.load(Ordering::SeqCst) {
+            daemon.request_shutdown();
+        }
+        info!("{name}: front-end connected");
+        ctrl.target.attach(ctrl.nexus);
+        let result = daemon.wait();
+        *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // In-flight requests finish before the device state goes away.
+        backend.quiesce();
+        ctrl.target.detach(ctrl.nexus);
+        for (_, lu) in ctrl.target.luns() {
+            if let Err(e) = lu.flush() {
+                error!("Flushing {} failed: {e}", lu.backstore().path().display());
+            }
+        }
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => info!("{name}: front-end disconnected"),
+            Err(e) => warn!("{name}: connection ended: {e}"),
+        }
+        drop(daemon);
+    }
+}
