@@ -119,7 +119,8 @@ guest_script() {
     {
         cat <<'GLIB'
 set -e
-check() { if ! eval "$1"; then echo "CHECK FAILED: $1"; exit 1; fi; }
+FAILED=0
+check() { if ! eval "$1"; then echo "CHECK FAILED: $1"; FAILED=1; fi; }
 fails() { if "$@" >/tmp/out 2>&1; then echo "EXPECTED FAILURE: $*"; cat /tmp/out; exit 1; fi; cat /tmp/out; }
 disk_for_lun() { # disk_for_lun HOST:CH:TGT:LUN suffix -> /dev/sdX
     for d in /sys/class/scsi_disk/*; do
@@ -133,6 +134,7 @@ sg_for_lun() {
 }
 GLIB
         cat
+        echo 'exit $FAILED'
     } >"$path"
     echo "$path"
 }

@@ -59,10 +59,6 @@ impl Cdb {
     pub fn be64(&self, i: usize) -> u64 {
         self.be(i, 8)
     }
-
-    pub fn as_bytes(&self) -> &[u8; MAX_CDB_LEN] {
-        &self.bytes
-    }
 }
 
 /// Big-endian u16 from a parameter list slice, zero past its end.

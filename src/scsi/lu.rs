@@ -8,7 +8,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use log::warn;
+use log::{trace, warn};
 
 use super::cdb::Cdb;
 use super::opcodes::{self, Ctx, MEDIA, NO_UA, WRITES};
@@ -207,7 +207,6 @@ impl LogicalUnit {
             cdb,
             nexus: cmd.nexus,
             data_out: cmd.data_out,
-            data_in_len: cmd.data_in_len,
             luns,
         };
         match self.dispatch(&mut ctx) {
@@ -228,6 +227,7 @@ impl LogicalUnit {
             }
         }
         let info = info?;
+        trace!("nexus {}: {}", ctx.nexus.id, info.name);
         opcodes::check_reserved_bits(info, &ctx.cdb)?;
         let control = info.usage.len() - 1;
         if ctx.cdb.bit(control, 2) {

@@ -14,7 +14,6 @@ pub(crate) struct Ctx<'a> {
     pub cdb: Cdb,
     pub nexus: Nexus,
     pub data_out: &'a mut dyn DataOut,
-    pub data_in_len: usize,
     /// The LUNs of the target the command came through (for REPORT LUNS).
     pub luns: &'a [u16],
 }

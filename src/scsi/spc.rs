@@ -160,12 +160,11 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d[2..4].copy_from_slice(&granularity.to_be_bytes());
     d[4..8].copy_from_slice(&((MAX_TRANSFER_BYTES / bs) as u32).to_be_bytes());
     d[8..12].copy_from_slice(&((1u64 << 20) / bs).to_be_bytes()[4..8]);
-    if lu.thin() || lu.backstore().kind() == crate::backstore::Kind::Block {
-        if lu.backstore().can_deallocate() {
-            d[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
-            d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-            d[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
-        }
+    let can_unmap = lu.thin() || lu.backstore().kind() == crate::backstore::Kind::Block;
+    if can_unmap && lu.backstore().can_deallocate() {
+        d[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
+        d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        d[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
     }
     d[32..40].copy_from_slice(&(MAX_WRITE_SAME_BYTES / bs).to_be_bytes());
     d

@@ -89,7 +89,6 @@ impl Target {
             cdb: Cdb::new(cmd.cdb),
             nexus: cmd.nexus,
             data_out: cmd.data_out,
-            data_in_len: cmd.data_in_len,
             luns: &self.lun_list,
         };
         let wlun = addr == LunAddress::ReportLunsWellKnown;

@@ -1,1 +1,751 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
+//! SCSI emulation tests: byte-literal CDBs against a logical unit on a
+//! temporary sparse file. Expected sense bytes come from SPC-4/SBC-3 tables.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::backstore::Backstore;
+
+const NEXUS: Nexus = Nexus {
+    id: 1,
+    relative_port: 1,
+};
+
+struct Fixture {
+    _file: tempfile::NamedTempFile,
+    lu: Arc<LogicalUnit>,
+    target: Target,
+}
+
+fn fixture_with(blocks: u64, block_size: u32, read_only: bool) -> Fixture {
+    let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+    file.as_file()
+        .set_len(blocks * u64::from(block_size))
+        .unwrap();
+    let store = Backstore::open(file.path(), read_only, false).unwrap();
+    let lu = Arc::new(LogicalUnit::new(
+        store,
+        LuConfig {
+            block_size,
+            identity: Identity::derive("/test/disk.img"),
+        },
+    ));
+    let target = Target::new(BTreeMap::from([(0, lu.clone())]));
+    Fixture {
+        _file: file,
+        lu,
+        target,
+    }
+}
+
+/// 2048 blocks of 512 bytes (1 MiB), writable.
+fn fixture() -> Fixture {
+    fixture_with(2048, 512, false)
+}
+
+/// Run a command to completion, performing any block I/O synchronously.
+fn run_lun(f: &Fixture, lun: LunAddress, cdb: &[u8], data_out: &[u8], alloc: usize) -> Response {
+    let mut dout: &[u8] = data_out;
+    let outcome = f.target.execute(
+        lun,
+        Command {
+            cdb,
+            nexus: NEXUS,
+            data_out: &mut dout,
+            data_in_len: alloc,
+        },
+    );
+    match outcome {
+        Outcome::Done(r) => r,
+        Outcome::Io(io) => {
+            let mut buf = match io.kind {
+                IoKind::Write => data_out.to_vec(),
+                _ => vec![0u8; io.len as usize],
+            };
+            let result = f.lu.run_io_sync(&io, &mut buf);
+            let mut r = f.lu.complete_io(&io, result);
+            if io.kind == IoKind::Read && r.status == 0 {
+                r.data = buf;
+            }
+            r
+        }
+    }
+}
+
+fn run(f: &Fixture, cdb: &[u8], data_out: &[u8]) -> Response {
+    run_lun(f, LunAddress::Lun(0), cdb, data_out, 1 << 20)
+}
+
+/// (sense key, ASC, ASCQ) of a fixed-format CHECK CONDITION.
+fn sense_of(r: &Response) -> (u8, u8, u8) {
+    assert_eq!(r.status, 0x02, "expected CHECK CONDITION, got {r:?}");
+    (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
+}
+
+fn good(r: &Response) {
+    assert_eq!(r.status, 0x00, "expected GOOD, got {r:?}");
+}
+
+const ILLEGAL_REQUEST: u8 = 0x5;
+
+#[test]
+fn inquiry_standard_data_reports_disk_spc4_and_cmdque() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0, 0, 0, 0xff, 0], &[]);
+    good(&r);
+    assert_eq!(r.data[0], 0x00); // connected, direct access block device
+    assert_eq!(r.data[2], 0x06); // SPC-4
+    assert_eq!(r.data[3] & 0x0f, 0x02); // response data format 2
+    assert_eq!(r.data[7] & 0x02, 0x02); // CMDQUE
+    assert_eq!(&r.data[8..16], b"VUSCSI  ");
+}
+
+#[test]
+fn inquiry_allocation_length_truncates() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0, 0, 0, 5, 0], &[]);
+    good(&r);
+    assert_eq!(r.data.len(), 5);
+}
+
+#[test]
+fn inquiry_to_absent_lun_reports_qualifier_011b_type_1fh() {
+    let f = fixture();
+    let r = run_lun(&f, LunAddress::Lun(7), &[0x12, 0, 0, 0, 36, 0], &[], 36);
+    good(&r);
+    assert_eq!(r.data[0], 0x7f);
+}
+
+#[test]
+fn other_command_to_absent_lun_is_logical_unit_not_supported() {
+    let f = fixture();
+    let r = run_lun(&f, LunAddress::Lun(7), &[0x00, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x25, 0x00));
+}
+
+#[test]
+fn inquiry_page_code_without_evpd_is_invalid_field_at_byte_2() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0, 0x80, 0, 0xff, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    // SKSV | C/D, field pointer 0002h.
+    assert_eq!(&r.sense[15..18], &[0xc0, 0x00, 0x02]);
+}
+
+#[test]
+fn vpd_00_lists_supported_pages_in_order() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0x01, 0x00, 0, 0xff, 0], &[]);
+    good(&r);
+    assert_eq!(
+        r.data,
+        vec![0x00, 0x00, 0x00, 0x06, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+    );
+}
+
+#[test]
+fn vpd_83_starts_with_naa_designator_of_the_lu() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0x01, 0x83, 0, 0xff, 0], &[]);
+    good(&r);
+    // Designator: binary, LU association, NAA, length 8, NAA 3 in the top nibble.
+    assert_eq!(&r.data[4..8], &[0x01, 0x03, 0x00, 0x08]);
+    assert_eq!(r.data[8] >> 4, 0x3);
+    let naa = u64::from_be_bytes(r.data[8..16].try_into().unwrap());
+    assert_eq!(naa, Identity::derive("/test/disk.img").naa);
+}
+
+#[test]
+fn vpd_b2_reports_thin_provisioning_with_unmap() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0x01, 0xb2, 0, 0xff, 0], &[]);
+    good(&r);
+    assert_eq!(r.data[5] & 0xe0, 0xe0); // LBPU, LBPWS, LBPWS10
+    assert_eq!(r.data[6] & 0x07, 0x02); // thin
+}
+
+#[test]
+fn unknown_vpd_page_is_invalid_field() {
+    let f = fixture();
+    let r = run(&f, &[0x12, 0x01, 0xc7, 0, 0xff, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn unknown_opcode_is_invalid_command_operation_code() {
+    let f = fixture();
+    let r = run(&f, &[0xc0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x20, 0x00));
+}
+
+#[test]
+fn naca_bit_in_control_byte_is_invalid_field() {
+    let f = fixture();
+    let r = run(&f, &[0x00, 0, 0, 0, 0, 0x04], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    assert_eq!(&r.sense[15..18], &[0xca, 0x00, 0x05]); // byte 5, bit 2
+}
+
+#[test]
+fn new_nexus_sees_power_on_unit_attention_once() {
+    let f = fixture();
+    f.target.attach(NEXUS);
+    let r = run(&f, &[0x00, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (0x6, 0x29, 0x00));
+    good(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[]));
+}
+
+#[test]
+fn inquiry_does_not_consume_a_unit_attention() {
+    let f = fixture();
+    f.target.attach(NEXUS);
+    good(&run(&f, &[0x12, 0, 0, 0, 36, 0], &[]));
+    assert_eq!(
+        sense_of(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[])),
+        (0x6, 0x29, 0x00)
+    );
+}
+
+#[test]
+fn request_sense_reports_and_clears_the_unit_attention() {
+    let f = fixture();
+    f.lu.lun_reset();
+    f.lu.establish_ua(NEXUS.id, Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+    let r = run(&f, &[0x03, 0, 0, 0, 252, 0], &[]);
+    good(&r);
+    assert_eq!(
+        (r.data[0], r.data[2], r.data[12], r.data[13]),
+        (0x70, 0x06, 0x29, 0x03)
+    );
+    let r = run(&f, &[0x03, 0, 0, 0, 252, 0], &[]);
+    assert_eq!((r.data[2], r.data[12]), (0x00, 0x00));
+}
+
+#[test]
+fn request_sense_desc_bit_returns_descriptor_format() {
+    let f = fixture();
+    let r = run(&f, &[0x03, 0x01, 0, 0, 252, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0x72, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn report_luns_lists_configured_luns() {
+    let f = fixture();
+    let r = run(&f, &[0xa0, 0, 0x00, 0, 0, 0, 0, 0, 0, 0xff, 0, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn report_luns_select_1_returns_only_the_well_known_lun() {
+    let f = fixture();
+    let r = run_lun(
+        &f,
+        LunAddress::ReportLunsWellKnown,
+        &[0xa0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 0, 0],
+        &[],
+        255,
+    );
+    good(&r);
+    assert_eq!(&r.data[8..16], &[0xc1, 0x01, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn report_luns_allocation_under_16_is_invalid_field() {
+    let f = fixture();
+    let r = run(&f, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn read_capacity10_returns_last_lba_and_block_size() {
+    let f = fixture();
+    let r = run(&f, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0x00, 0x00, 0x07, 0xff, 0x00, 0x00, 0x02, 0x00]);
+}
+
+#[test]
+fn read_capacity16_sets_lbpme_and_lbprz_for_a_thin_file() {
+    let f = fixture_with(100, 4096, false);
+    let r = run(
+        &f,
+        &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    );
+    good(&r);
+    assert_eq!(&r.data[0..12], &[0, 0, 0, 0, 0, 0, 0, 99, 0, 0, 0x10, 0]);
+    assert_eq!(r.data[14], 0xc0);
+}
+
+#[test]
+fn write10_then_read10_round_trips() {
+    let f = fixture();
+    let data: Vec<u8> = (0..1024).map(|i| i as u8).collect();
+    // WRITE(10) LBA 5, 2 blocks.
+    good(&run(&f, &[0x2a, 0, 0, 0, 0, 5, 0, 0, 2, 0], &data));
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 5, 0, 0, 2, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, data);
+}
+
+#[test]
+fn read16_past_capacity_returns_lba_out_of_range() {
+    let f = fixture();
+    // READ(16) LBA 2047, 2 blocks: one past the end.
+    let r = run(
+        &f,
+        &[0x88, 0, 0, 0, 0, 0, 0, 0, 0x07, 0xff, 0, 0, 0, 2, 0, 0],
+        &[],
+    );
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn read16_lba_overflow_returns_lba_out_of_range() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[
+            0x88, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 2, 0, 0,
+        ],
+        &[],
+    );
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn read6_transfer_length_zero_means_256_blocks() {
+    let f = fixture();
+    match f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb: &[0x08, 0, 0, 0, 0, 0],
+            nexus: NEXUS,
+            data_out: &mut &[][..],
+            data_in_len: 1 << 20,
+        },
+    ) {
+        Outcome::Io(io) => assert_eq!((io.blocks, io.len), (256, 256 * 512)),
+        other => panic!("expected I/O, got {other:?}"),
+    }
+}
+
+#[test]
+fn read10_with_rdprotect_is_invalid_field() {
+    let f = fixture();
+    let r = run(&f, &[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn write_to_read_only_lun_is_data_protect_write_protected() {
+    let f = fixture_with(2048, 512, true);
+    let r = run(&f, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 512]);
+    assert_eq!(sense_of(&r), (0x7, 0x27, 0x00));
+}
+
+#[test]
+fn write_with_fua_is_a_synchronous_write() {
+    let f = fixture();
+    let mut dout: &[u8] = &[0u8; 512];
+    let o = f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb: &[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0],
+            nexus: NEXUS,
+            data_out: &mut dout,
+            data_in_len: 0,
+        },
+    );
+    let Outcome::Io(io) = o else {
+        panic!("expected I/O")
+    };
+    assert!(io.sync);
+    good(&f.lu.complete_io(&io, Ok(())));
+}
+
+#[test]
+fn read_error_is_medium_error_with_lba_in_information() {
+    let f = fixture();
+    let io = BlockIo {
+        kind: IoKind::Read,
+        lba: 0x42,
+        blocks: 1,
+        offset: 0x42 * 512,
+        len: 512,
+        sync: false,
+    };
+    let r =
+        f.lu.complete_io(&io, Err(std::io::Error::from_raw_os_error(libc::EIO)));
+    assert_eq!(sense_of(&r), (0x3, 0x11, 0x00));
+    assert_eq!(r.sense[0], 0xf0); // VALID
+    assert_eq!(&r.sense[3..7], &[0, 0, 0, 0x42]);
+}
+
+#[test]
+fn verify_bytchk1_miscompare_reports_the_offset() {
+    let f = fixture();
+    good(&run(&f, &[0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0], &[0xaa; 512]));
+    let mut expected = vec![0xaau8; 512];
+    expected[100] = 0;
+    let r = run(&f, &[0x2f, 0x02, 0, 0, 0, 1, 0, 0, 1, 0], &expected);
+    assert_eq!(sense_of(&r), (0xe, 0x1d, 0x00));
+    assert_eq!(&r.sense[3..7], &[0, 0, 0, 100]);
+}
+
+#[test]
+fn verify_bytchk3_compares_one_block_against_each() {
+    let f = fixture();
+    good(&run(&f, &[0x2a, 0, 0, 0, 0, 1, 0, 0, 2, 0], &[0x5a; 1024]));
+    good(&run(
+        &f,
+        &[0x2f, 0x06, 0, 0, 0, 1, 0, 0, 2, 0],
+        &[0x5a; 512],
+    ));
+}
+
+#[test]
+fn write_and_verify_writes_the_data() {
+    let f = fixture();
+    good(&run(
+        &f,
+        &[0x2e, 0x02, 0, 0, 0, 3, 0, 0, 1, 0],
+        &[0x77; 512],
+    ));
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[]);
+    assert_eq!(r.data, vec![0x77; 512]);
+}
+
+#[test]
+fn write_same16_with_unmap_deallocates_the_range() {
+    let f = fixture();
+    good(&run(
+        &f,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0x08, 0, 0],
+        &vec![0x11; 2048 * 512][..0x800 * 512],
+    ));
+    // WRITE SAME(16) UNMAP, LBA 0, 2048 blocks, zero pattern.
+    good(&run(
+        &f,
+        &[0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0],
+        &[0u8; 512],
+    ));
+    let r = run(
+        &f,
+        &[0x9e, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0],
+        &[],
+    );
+    good(&r);
+    assert_eq!(r.data[20], 1, "LBA 0 should be deallocated: {:?}", r.data);
+}
+
+#[test]
+fn write_same10_repeats_the_pattern() {
+    let f = fixture();
+    good(&run(&f, &[0x41, 0, 0, 0, 0, 10, 0, 0, 3, 0], &[0xab; 512]));
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 10, 0, 0, 3, 0], &[]);
+    assert_eq!(r.data, vec![0xab; 1536]);
+}
+
+#[test]
+fn write_same_with_zero_blocks_is_invalid_field_as_wsnz_says() {
+    let f = fixture();
+    let r = run(&f, &[0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[0u8; 512]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn unmap_descriptor_makes_blocks_read_zero_and_deallocated() {
+    let f = fixture();
+    good(&run(
+        &f,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+        &[0x33; 16 * 512],
+    ));
+    let param = [
+        0x00, 0x16, 0x00, 0x10, 0, 0, 0, 0, // data length 22, descriptor length 16
+        0, 0, 0, 0, 0, 0, 0, 0, // LBA 0
+        0, 0, 0, 16, 0, 0, 0, 0, // 16 blocks
+    ];
+    good(&run(&f, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &param));
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0], &[]);
+    assert_eq!(r.data, vec![0u8; 16 * 512]);
+}
+
+#[test]
+fn unmap_parameter_list_shorter_than_8_is_parameter_list_length_error() {
+    let f = fixture();
+    let r = run(&f, &[0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0], &[0, 0, 0, 0]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x1a, 0x00));
+}
+
+#[test]
+fn unmap_past_capacity_is_lba_out_of_range() {
+    let f = fixture();
+    let param = [
+        0x00, 0x16, 0x00, 0x10, 0, 0, 0, 0, // header
+        0, 0, 0, 0, 0, 0, 0x07, 0xff, // LBA 2047
+        0, 0, 0, 2, 0, 0, 0, 0, // 2 blocks
+    ];
+    let r = run(&f, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &param);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn get_lba_status_reports_mapped_then_deallocated() {
+    let f = fixture();
+    // Write 64 KiB at LBA 0 (filesystem extents are at least 4 KiB).
+    good(&run(
+        &f,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 128, 0],
+        &[1u8; 128 * 512],
+    ));
+    let r = run(
+        &f,
+        &[0x9e, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40, 0, 0],
+        &[],
+    );
+    good(&r);
+    // First descriptor: LBA 0, 128 blocks, mapped.
+    assert_eq!(&r.data[8..21], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128, 0]);
+    // Second: LBA 128, deallocated.
+    assert_eq!(r.data[31], 128);
+    assert_eq!(r.data[36], 1);
+}
+
+#[test]
+fn compare_and_write_replaces_matching_data() {
+    let f = fixture();
+    good(&run(&f, &[0x2a, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[0x01; 512]));
+    let mut dout = vec![0x01u8; 512];
+    dout.extend_from_slice(&[0x02; 512]);
+    good(&run(
+        &f,
+        &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0],
+        &dout,
+    ));
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[]);
+    assert_eq!(r.data, vec![0x02; 512]);
+}
+
+#[test]
+fn compare_and_write_miscompare_leaves_data_and_reports_offset() {
+    let f = fixture();
+    good(&run(&f, &[0x2a, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[0x01; 512]));
+    let mut dout = vec![0x01u8; 512];
+    dout[7] = 0xff;
+    dout.extend_from_slice(&[0x02; 512]);
+    let r = run(
+        &f,
+        &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0],
+        &dout,
+    );
+    assert_eq!(sense_of(&r), (0xe, 0x1d, 0x00));
+    assert_eq!(&r.sense[3..7], &[0, 0, 0, 7]);
+    let r = run(&f, &[0x28, 0, 0, 0, 0, 9, 0, 0, 1, 0], &[]);
+    assert_eq!(r.data, vec![0x01; 512]);
+}
+
+#[test]
+fn mode_sense6_caching_page_reports_wce() {
+    let f = fixture();
+    let r = run(&f, &[0x1a, 0x08, 0x08, 0, 0xff, 0], &[]);
+    good(&r);
+    // Header (4, no block descriptor) then page 08h, length 12h, WCE set.
+    assert_eq!(&r.data[0..4], &[3 + 20, 0, 0x10, 0]);
+    assert_eq!(&r.data[4..7], &[0x08, 0x12, 0x04]);
+}
+
+#[test]
+fn mode_sense10_all_pages_with_long_lba_block_descriptor() {
+    let f = fixture();
+    let r = run(&f, &[0x5a, 0x10, 0x3f, 0, 0, 0, 0, 0x01, 0x00, 0], &[]);
+    good(&r);
+    assert_eq!(r.data[4] & 1, 1); // LONGLBA
+    assert_eq!(&r.data[6..8], &[0, 16]); // one long descriptor
+    assert_eq!(&r.data[8..16], &2048u64.to_be_bytes());
+    let total = 8 + 16 + 12 + 20 + 12 + 12;
+    assert_eq!(r.data.len(), total);
+}
+
+#[test]
+fn mode_sense_saved_values_are_not_supported() {
+    let f = fixture();
+    let r = run(&f, &[0x1a, 0, 0xc8, 0, 0xff, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x39, 0x00));
+}
+
+#[test]
+fn mode_sense_changeable_values_show_wce_and_d_sense() {
+    let f = fixture();
+    let r = run(&f, &[0x1a, 0x08, 0x48, 0, 0xff, 0], &[]);
+    assert_eq!(r.data[6], 0x04);
+    let r = run(&f, &[0x1a, 0x08, 0x4a, 0, 0xff, 0], &[]);
+    assert_eq!(r.data[6], 0x04);
+}
+
+#[test]
+fn mode_select_clears_wce_and_writes_become_synchronous() {
+    let f = fixture();
+    let mut p = vec![0u8, 0, 0, 0]; // mode parameter header(6)
+    p.extend_from_slice(&[0x08, 0x12]);
+    p.extend_from_slice(&[0u8; 18]); // WCE = 0
+    good(&run(&f, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p));
+    let r = run(&f, &[0x1a, 0x08, 0x08, 0, 0xff, 0], &[]);
+    assert_eq!(r.data[6] & 0x04, 0);
+    let mut dout: &[u8] = &[0u8; 512];
+    let o = f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb: &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            nexus: NEXUS,
+            data_out: &mut dout,
+            data_in_len: 0,
+        },
+    );
+    let Outcome::Io(io) = o else { panic!() };
+    assert!(io.sync);
+    f.lu.complete_io(&io, Ok(()));
+}
+
+#[test]
+fn mode_select_changing_a_fixed_field_is_invalid_field_in_parameter_list() {
+    let f = fixture();
+    let mut p = vec![0u8, 0, 0, 0];
+    p.extend_from_slice(&[0x08, 0x12, 0x05]); // WCE + RCD; RCD is not changeable
+    p.extend_from_slice(&[0u8; 17]);
+    let r = run(&f, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x26, 0x00));
+    // Field pointer: parameter byte 6, bit 0 (C/D = 0).
+    assert_eq!(&r.sense[15..18], &[0x88, 0x00, 0x06]);
+}
+
+#[test]
+fn mode_select_with_sp_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(&f, &[0x15, 0x11, 0, 0, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn d_sense_switches_to_descriptor_format() {
+    let f = fixture();
+    let mut p = vec![0u8, 0, 0, 0];
+    p.extend_from_slice(&[0x0a, 0x0a, 0x04, 0x10, 0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+    // Busy timeout is not changeable: send back the current value.
+    p[10] = 0;
+    p[11] = 0;
+    p[12] = 0xff;
+    p[13] = 0xff;
+    good(&run(&f, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p));
+    let r = run(&f, &[0xc0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(r.sense[0], 0x72);
+}
+
+#[test]
+fn rsoc_all_commands_lists_every_table_entry() {
+    let f = fixture();
+    let r = run(&f, &[0xa3, 0x0c, 0x00, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+    good(&r);
+    let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    assert_eq!(len, 8 * super::opcodes::OPCODES.len());
+    // First descriptor: TEST UNIT READY, no service action, CDB length 6.
+    assert_eq!(&r.data[4..12], &[0x00, 0, 0, 0, 0, 0, 0, 6]);
+}
+
+#[test]
+fn rsoc_one_command_returns_exact_usage_data() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[0xa3, 0x0c, 0x01, 0x28, 0, 0, 0, 0, 0, 0xff, 0, 0],
+        &[],
+    );
+    good(&r);
+    assert_eq!(
+        r.data,
+        vec![0, 0x03, 0, 10, 0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04]
+    );
+}
+
+#[test]
+fn rsoc_unsupported_opcode_reports_support_001b() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[0xa3, 0x0c, 0x01, 0xc0, 0, 0, 0, 0, 0, 0xff, 0, 0],
+        &[],
+    );
+    good(&r);
+    assert_eq!(r.data, vec![0, 0x01, 0, 0]);
+}
+
+#[test]
+fn rsoc_option_1_for_opcode_with_service_actions_is_invalid_field() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[0xa3, 0x0c, 0x01, 0x9e, 0, 0, 0, 0, 0, 0xff, 0, 0],
+        &[],
+    );
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn rstmf_reports_supported_functions_without_clear_aca() {
+    let f = fixture();
+    let r = run(&f, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0xdc, 0x03, 0, 0]);
+}
+
+#[test]
+fn stopped_unit_is_not_ready_until_started() {
+    let f = fixture();
+    good(&run(&f, &[0x1b, 0, 0, 0, 0x00, 0], &[]));
+    assert_eq!(
+        sense_of(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[])),
+        (0x2, 0x04, 0x02)
+    );
+    good(&run(&f, &[0x1b, 0, 0, 0, 0x01, 0], &[]));
+    good(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[]));
+}
+
+#[test]
+fn synchronize_cache_is_a_flush() {
+    let f = fixture();
+    let mut dout: &[u8] = &[];
+    let o = f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb: &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            nexus: NEXUS,
+            data_out: &mut dout,
+            data_in_len: 0,
+        },
+    );
+    assert!(matches!(
+        o,
+        Outcome::Io(BlockIo {
+            kind: IoKind::Flush,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn lun_reset_sets_unit_attention_29_03() {
+    let f = fixture();
+    f.lu.attach(NEXUS);
+    f.lu.take_ua(NEXUS.id);
+    f.lu.lun_reset();
+    assert_eq!(
+        sense_of(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[])),
+        (0x6, 0x29, 0x03)
+    );
+}

@@ -1,0 +1,46 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Install what building and testing needs on a Debian 12 machine (run as
+# root): QEMU 7.2 from Debian, the guest's tools, and QEMU 10.0 from
+# bookworm-backports unpacked into target/qemu10 (so both versions exist side
+# by side; only one can be installed by apt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(qemu-system-x86 busybox-static sg3-utils fio lsscsi kmod cpio lz4 e2fsprogs
+          util-linux coreutils)
+
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if [[ ! -e $backports ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then
+    cat > "$backports" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# QEMU 10.0, unpacked (not installed) into target/qemu10.
+q10=target/qemu10
+if [[ ! -x $q10/usr/bin/qemu-system-x86_64 ]]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq qemu-system-x86/bookworm-backports \
+        qemu-system-common/bookworm-backports qemu-system-data/bookworm-backports 2>/dev/null)
+    mkdir -p "$q10"
+    for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$q10"; done
+    rm -rf "$tmp"
+fi
+"$q10/usr/bin/qemu-system-x86_64" --version | head -1
+qemu-system-x86_64 --version | head -1

@@ -1,0 +1,16 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Every test: formatting, lints, unit tests, then real QEMU guests (both QEMU
+# versions). Run scripts/install-deps.sh once first on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --quiet --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --quiet 2>&1 | tee target/unit-tests.log
+echo "== guest tests"
+qemu-tests/run.sh
