@@ -8,6 +8,8 @@ mod control;
 mod engine;
 mod inflight;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

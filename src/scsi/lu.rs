@@ -170,7 +170,7 @@ impl LogicalUnit {
     }
 
     /// Take the oldest pending unit attention for a nexus.
-    pub(crate) fn take_ua(&self, nexus_id: u32) -> Option<Sense> {
+    pub fn take_ua(&self, nexus_id: u32) -> Option<Sense> {
         if !self.ua_hint.load(Ordering::Acquire) {
             return None;
         }

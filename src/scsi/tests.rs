@@ -749,3 +749,39 @@ fn lun_reset_sets_unit_attention_29_03() {
         (0x6, 0x29, 0x03)
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Any CDB, any data-out, any buffer size, any LUN: the SCSI layer
+        /// answers without panicking, with sense that fits virtio's 96 bytes
+        /// and a status from SAM-5.
+        #[test]
+        fn any_cdb_gets_a_well_formed_answer(
+            cdb in proptest::collection::vec(any::<u8>(), 0..40),
+            opcode in prop_oneof![
+                Just(None),
+                proptest::sample::select(super::super::opcodes::OPCODES.iter().map(|o| o.opcode).collect::<Vec<_>>()).prop_map(Some),
+            ],
+            data_out in proptest::collection::vec(any::<u8>(), 0..2048),
+            alloc in 0usize..70000,
+            lun in 0u16..3,
+        ) {
+            let f = fixture_with(64, 512, false);
+            let mut cdb = cdb;
+            if let (Some(op), Some(b)) = (opcode, cdb.first_mut()) {
+                *b = op;
+            }
+            let r = run_lun(&f, LunAddress::Lun(lun), &cdb, &data_out, alloc);
+            prop_assert!(r.sense.len() <= 96);
+            prop_assert!([0x00, 0x02, 0x08].contains(&r.status), "status {:#x}", r.status);
+            if r.status == 0x02 {
+                prop_assert!(!r.sense.is_empty());
+            }
+        }
+    }
+}
