@@ -90,16 +90,15 @@ fn wait_for(path: &Path) {
     }
 }
 
-#[test]
-fn sigterm_stops_the_daemon_with_status_0_even_with_a_client_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("d.img");
+/// Start `serve` on a 1 MiB disk in `dir`; returns the child and its socket.
+fn spawn_daemon(dir: &Path) -> (std::process::Child, std::path::PathBuf) {
+    let disk = dir.join("d.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let sock = dir.path().join("s.sock");
-    let mut child = bin()
+    let sock = dir.join("s.sock");
+    let child = bin()
         .args(["serve", "--socket"])
         .arg(&sock)
         .arg("--lun")
@@ -108,6 +107,13 @@ fn sigterm_stops_the_daemon_with_status_0_even_with_a_client_connected() {
         .spawn()
         .unwrap();
     wait_for(&sock);
+    (child, sock)
+}
+
+#[test]
+fn sigterm_stops_the_daemon_with_status_0_even_with_a_client_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock) = spawn_daemon(dir.path());
     // A client that connects and says nothing must not block shutdown.
     let _client = UnixStream::connect(&sock).unwrap();
     sleep(Duration::from_millis(100));
@@ -128,21 +134,7 @@ fn sigterm_stops_the_daemon_with_status_0_even_with_a_client_connected() {
 fn garbage_on_the_vhost_user_socket_does_not_kill_the_daemon() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("d.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let sock = dir.path().join("s.sock");
-    let mut child = bin()
-        .args(["serve", "--socket"])
-        .arg(&sock)
-        .arg("--lun")
-        .arg(format!("file={}", disk.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&sock);
+    let (mut child, sock) = spawn_daemon(dir.path());
     for round in 0..3u8 {
         let mut c = UnixStream::connect(&sock).unwrap();
         // A vhost-user header with an unknown request code, then junk.

@@ -75,6 +75,20 @@ fn run_lun(f: &Fixture, lun: LunAddress, cdb: &[u8], data_out: &[u8], alloc: usi
     }
 }
 
+/// Execute on LUN 0 without performing the I/O: what the transport gets.
+fn outcome(f: &Fixture, cdb: &[u8], data_out: &[u8]) -> Outcome {
+    let mut dout: &[u8] = data_out;
+    f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb,
+            nexus: NEXUS,
+            data_out: &mut dout,
+            data_in_len: 1 << 20,
+        },
+    )
+}
+
 fn run(f: &Fixture, cdb: &[u8], data_out: &[u8]) -> Response {
     run_lun(f, LunAddress::Lun(0), cdb, data_out, 1 << 20)
 }
@@ -321,15 +335,7 @@ fn read16_lba_overflow_returns_lba_out_of_range() {
 #[test]
 fn read6_transfer_length_zero_means_256_blocks() {
     let f = fixture();
-    match f.target.execute(
-        LunAddress::Lun(0),
-        Command {
-            cdb: &[0x08, 0, 0, 0, 0, 0],
-            nexus: NEXUS,
-            data_out: &mut &[][..],
-            data_in_len: 1 << 20,
-        },
-    ) {
+    match outcome(&f, &[0x08, 0, 0, 0, 0, 0], &[]) {
         Outcome::Io(io) => assert_eq!((io.blocks, io.len), (256, 256 * 512)),
         other => panic!("expected I/O, got {other:?}"),
     }
@@ -352,16 +358,7 @@ fn write_to_read_only_lun_is_data_protect_write_protected() {
 #[test]
 fn write_with_fua_is_a_synchronous_write() {
     let f = fixture();
-    let mut dout: &[u8] = &[0u8; 512];
-    let o = f.target.execute(
-        LunAddress::Lun(0),
-        Command {
-            cdb: &[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0],
-            nexus: NEXUS,
-            data_out: &mut dout,
-            data_in_len: 0,
-        },
-    );
+    let o = outcome(&f, &[0x2a, 0x08, 0, 0, 0, 0, 0, 0, 1, 0], &[]);
     let Outcome::Io(io) = o else {
         panic!("expected I/O")
     };
@@ -598,16 +595,7 @@ fn mode_select_clears_wce_and_writes_become_synchronous() {
     good(&run(&f, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p));
     let r = run(&f, &[0x1a, 0x08, 0x08, 0, 0xff, 0], &[]);
     assert_eq!(r.data[6] & 0x04, 0);
-    let mut dout: &[u8] = &[0u8; 512];
-    let o = f.target.execute(
-        LunAddress::Lun(0),
-        Command {
-            cdb: &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-            nexus: NEXUS,
-            data_out: &mut dout,
-            data_in_len: 0,
-        },
-    );
+    let o = outcome(&f, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]);
     let Outcome::Io(io) = o else { panic!() };
     assert!(io.sync);
     f.lu.complete_io(&io, Ok(()));
@@ -719,16 +707,7 @@ fn stopped_unit_is_not_ready_until_started() {
 #[test]
 fn synchronize_cache_is_a_flush() {
     let f = fixture();
-    let mut dout: &[u8] = &[];
-    let o = f.target.execute(
-        LunAddress::Lun(0),
-        Command {
-            cdb: &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            nexus: NEXUS,
-            data_out: &mut dout,
-            data_in_len: 0,
-        },
-    );
+    let o = outcome(&f, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
     assert!(matches!(
         o,
         Outcome::Io(BlockIo {
