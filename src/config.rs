@@ -34,12 +34,17 @@ pub struct LunConfig {
     pub direct: bool,
     /// Unit serial number; by default derived from the canonical path.
     pub serial: Option<String>,
+    /// Where APTPL persistent reservation state is kept (default: beside a
+    /// regular file, or in /var/lib/vhost-user-scsi for a block device).
+    pub pr_file: Option<PathBuf>,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControllerConfig {
     pub socket: PathBuf,
+    /// Initiator port name of this controller's I_T nexus (an iSCSI name).
+    pub initiator: String,
     pub request_queues: usize,
     pub luns: BTreeMap<u16, LunConfig>,
 }
@@ -60,7 +65,7 @@ fn bad_lun(spec: &str, why: impl Into<String>) -> Error {
     }
 }
 
-/// Parse `[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S]`.
+/// Parse `[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=PATH]`.
 /// Returns the explicit LUN number, if any.
 pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
     let (lun, rest) = match spec.split_once(':') {
@@ -81,6 +86,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         block_size: 512,
         direct: false,
         serial: None,
+        pr_file: None,
     };
     for opt in rest.split(',') {
         match opt.split_once('=') {
@@ -102,6 +108,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
                 }
                 cfg.serial = Some(s.into());
             }
+            Some(("pr-file", p)) if !p.is_empty() => cfg.pr_file = Some(PathBuf::from(p)),
             None if opt == "ro" => cfg.read_only = true,
             None if opt == "direct" => cfg.direct = true,
             _ => return Err(bad_lun(spec, format!("unknown option '{opt}'"))),
@@ -111,7 +118,51 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
     Ok((lun, cfg))
 }
 
-/// Parse `PATH[,queues=N]` into an empty controller.
+/// Longest iSCSI name (RFC 7143 4.2.7.1).
+const MAX_ISCSI_NAME: usize = 223;
+
+/// Whether `name` is a well-formed iSCSI name (iqn./eui./naa. forms, the
+/// lower-case characters RFC 3722 leaves after normalisation).
+pub fn valid_iscsi_name(name: &str) -> bool {
+    let body_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+    let prefix_ok = ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p));
+    body_ok && prefix_ok && name.len() > 4 && name.len() <= MAX_ISCSI_NAME
+}
+
+/// The default initiator name of a controller: derived from its socket path,
+/// so it is stable across restarts (`/run/vm1.sock` ->
+/// `iqn.2026-11.org.vhost-user-scsi:run.vm1.sock`).
+pub fn default_initiator(socket: &std::path::Path) -> String {
+    const PREFIX: &str = "iqn.2026-11.org.vhost-user-scsi:";
+    let mut s: String = socket
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() => c.to_ascii_lowercase(),
+            '-' | '.' | ':' => c,
+            _ => '-',
+        })
+        .collect();
+    if s.is_empty() {
+        s.push('-');
+    }
+    let room = MAX_ISCSI_NAME - PREFIX.len();
+    if s.len() > room {
+        // Keep the tail (the most specific part) and make it unique.
+        let hash = s
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let tail = &s[s.len() - (room - 9)..];
+        s = format!("{hash:08x}-{tail}");
+    }
+    format!("{PREFIX}{s}")
+}
+
+/// Parse `PATH[,queues=N][,initiator=NAME]` into an empty controller.
 pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
     let bad = |why: String| Error::BadSocket {
         spec: spec.into(),
@@ -124,6 +175,7 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
         .ok_or_else(|| bad("empty path".into()))?;
     let mut c = ControllerConfig {
         socket: PathBuf::from(path),
+        initiator: default_initiator(std::path::Path::new(path)),
         request_queues: DEFAULT_REQUEST_QUEUES,
         luns: BTreeMap::new(),
     };
@@ -135,6 +187,14 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
                     .ok()
                     .filter(|n| (1..=MAX_REQUEST_QUEUES).contains(n))
                     .ok_or_else(|| bad(format!("queues must be 1 to {MAX_REQUEST_QUEUES}")))?;
+            }
+            Some(("initiator", n)) => {
+                if !valid_iscsi_name(n) {
+                    return Err(bad(format!(
+                        "initiator must be an iSCSI name (iqn./eui./naa., lower case, at most {MAX_ISCSI_NAME} bytes)"
+                    )));
+                }
+                c.initiator = n.into();
             }
             _ => return Err(bad(format!("unknown option '{opt}'"))),
         }
@@ -222,6 +282,24 @@ mod tests {
         assert_eq!(c.controllers[0].luns.len(), 1);
         assert_eq!(c.controllers[1].luns.len(), 2);
         assert_eq!(c.controllers[1].request_queues, 2);
+    }
+
+    #[test]
+    fn default_initiator_is_a_valid_iscsi_name_derived_from_the_path() {
+        let n = default_initiator(std::path::Path::new("/run/VM_1/scsi.sock"));
+        assert_eq!(n, "iqn.2026-11.org.vhost-user-scsi:run.vm-1.scsi.sock");
+        assert!(valid_iscsi_name(&n));
+        let long = format!("/{}", "a".repeat(400));
+        assert!(valid_iscsi_name(&default_initiator(std::path::Path::new(
+            &long
+        ))));
+    }
+
+    #[test]
+    fn initiator_option_is_validated() {
+        let c = parse_socket("/s,initiator=iqn.2026-11.org.example:vm1").unwrap();
+        assert_eq!(c.initiator, "iqn.2026-11.org.example:vm1");
+        assert!(parse_socket("/s,initiator=IQN.Bad Name").is_err());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Error {
     Signals(#[source] io::Error),
     #[error("No --socket given")]
     NoController,
+    #[error(transparent)]
+    PrState(#[from] crate::scsi::pr::PersistError),
 }
 
 /// State shared between the accept threads and the signal handler.
@@ -90,6 +92,23 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
                     if let Some(s) = &lc.serial {
                         identity.serial = s.clone();
                     }
+                    let pr_file = lc.pr_file.clone().unwrap_or_else(|| {
+                        default_pr_file(&canonical, store.kind(), &identity.serial)
+                    });
+                    let pr_state = crate::scsi::pr::load(&pr_file, identity.naa)?;
+                    if let Some(st) = &pr_state {
+                        info!(
+                            "{}: restored {} registration(s){} from {}",
+                            canonical.display(),
+                            st.registrations.len(),
+                            if st.reservation.is_some() {
+                                " and a reservation"
+                            } else {
+                                ""
+                            },
+                            pr_file.display()
+                        );
+                    }
                     info!(
                         "Opened {} ({} bytes, {}-byte blocks{}{})",
                         canonical.display(),
@@ -103,6 +122,8 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
                         LuConfig {
                             block_size: lc.block_size,
                             identity,
+                            pr_file: Some(pr_file),
+                            pr_state: pr_state.unwrap_or_default(),
                         },
                     ));
                     by_path.insert(canonical, (lc.clone(), lu.clone()));
@@ -115,6 +136,22 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
     }
     Ok(out)
 }
+
+/// Default APTPL state file: `PATH.pr` beside a regular file; for a block
+/// device (whose directory is /dev), STATE_DIR/SERIAL.pr.
+fn default_pr_file(path: &std::path::Path, kind: backstore::Kind, serial: &str) -> PathBuf {
+    match kind {
+        backstore::Kind::File => {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".pr");
+            PathBuf::from(p)
+        }
+        backstore::Kind::Block => PathBuf::from(STATE_DIR).join(format!("{serial}.pr")),
+    }
+}
+
+/// Where state of block-device LUs lives by default.
+pub const STATE_DIR: &str = "/var/lib/vhost-user-scsi";
 
 /// Block SIGINT and SIGTERM in this thread and every thread it starts, so
 /// that `wait_for_signal` receives them.
@@ -172,6 +209,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
             nexus: Nexus {
                 id: i as u32 + 1,
                 relative_port: i as u16 + 1,
+                initiator: c.initiator.as_str().into(),
             },
             request_queues: c.request_queues,
         }));
@@ -263,12 +301,12 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared:
             daemon.request_shutdown();
         }
         info!("{name}: front-end connected");
-        ctrl.target.attach(ctrl.nexus);
+        backend.attach();
         let result = daemon.wait();
         *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
         // In-flight requests finish before the device state goes away.
         backend.quiesce();
-        ctrl.target.detach(ctrl.nexus);
+        ctrl.target.detach(&ctrl.nexus);
         for (_, lu) in ctrl.target.luns() {
             if let Err(e) = lu.flush() {
                 error!("Flushing {} failed: {e}", lu.backstore().path().display());

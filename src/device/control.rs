@@ -141,7 +141,7 @@ impl ScsiBackend {
                 info!("{}: I_T nexus reset", controller.name);
                 inflight.abort_and_wait(Scope::All, Response::Reset);
                 for (_, lu) in controller.target.luns() {
-                    lu.nexus_reset(controller.nexus);
+                    lu.nexus_reset(&controller.nexus);
                 }
                 Response::Ok
             }

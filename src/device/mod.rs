@@ -27,11 +27,13 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::scsi::{Nexus, Target};
+use crate::scsi::{AbortHook, LunAddress, Nexus, Target};
 use crate::virtio::buffers::GuestMemory;
+use crate::virtio::Response;
 use crate::virtio::{
     CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE, VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG,
 };
+use inflight::Scope;
 
 use inflight::Inflight;
 use request::Worker;
@@ -132,6 +134,24 @@ impl ScsiBackend {
         } else {
             debug!("{name}: {what}");
         }
+    }
+
+    /// Attach this connection's nexus to every LU of the target, with hooks
+    /// that abort its commands (for PREEMPT AND ABORT from other nexuses).
+    pub fn attach(&self) {
+        let c = &self.inner.controller;
+        let weak = Arc::downgrade(&self.inner);
+        c.target.attach(&c.nexus, |lun| {
+            let weak = weak.clone();
+            let hook: AbortHook = Arc::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner
+                        .inflight
+                        .abort_and_wait(Scope::Lun(LunAddress::Lun(lun)), Response::Aborted);
+                }
+            });
+            Some(hook)
+        });
     }
 
     /// Wait until every accepted request has completed.

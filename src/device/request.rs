@@ -240,7 +240,7 @@ impl ScsiBackend {
             addr,
             Command {
                 cdb: &req.cdb,
-                nexus: self.inner.controller.nexus,
+                nexus: &self.inner.controller.nexus,
                 data_out: &mut dout,
                 data_in_len: usize::try_from(data_in_len).unwrap_or(usize::MAX),
             },

@@ -72,6 +72,8 @@ impl Harness {
             LuConfig {
                 block_size: 512,
                 identity: Identity::derive("/mock"),
+                pr_file: None,
+                pr_state: Default::default(),
             },
         ));
         let controller = Arc::new(Controller {
@@ -80,6 +82,7 @@ impl Harness {
             nexus: Nexus {
                 id: 1,
                 relative_port: 1,
+                initiator: "iqn.2026-11.test:mock".into(),
             },
             request_queues: 1,
         });
@@ -398,7 +401,7 @@ fn clear_aca_is_rejected() {
 fn logical_unit_reset_completes_and_sets_unit_attention() {
     let mut h = Harness::new();
     let c = h.backend.controller().clone();
-    c.target.attach(c.nexus);
+    h.backend.attach();
     c.target.lu(0).unwrap().take_ua(c.nexus.id);
     assert_eq!(tmf(&mut h, 5), 0);
     h.write_header(LUN0, 12, &[0x00, 0, 0, 0, 0, 0]);

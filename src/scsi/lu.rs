@@ -5,13 +5,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{trace, warn};
 
 use super::cdb::Cdb;
 use super::opcodes::{self, Ctx, MEDIA, NO_UA, WRITES};
+use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
 use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
@@ -64,6 +66,20 @@ pub struct LuConfig {
     /// Logical block size: 512 or 4096.
     pub block_size: u32,
     pub identity: Identity,
+    /// Where APTPL state is saved (None: APTPL requests are refused).
+    pub pr_file: Option<PathBuf>,
+    /// Persistent reservation state loaded at start (APTPL).
+    pub pr_state: PrState,
+}
+
+/// Aborts every command a nexus has in flight on this logical unit, and
+/// returns when they have completed (PREEMPT AND ABORT).
+pub type AbortHook = Arc<dyn Fn() + Send + Sync>;
+
+/// An attached I_T nexus: its PR identity and how to abort its commands.
+struct Attached {
+    it: ItNexus,
+    abort: Option<AbortHook>,
 }
 
 pub struct LogicalUnit {
@@ -81,6 +97,11 @@ pub struct LogicalUnit {
     ua_hint: AtomicBool,
     ua: Mutex<HashMap<u32, VecDeque<Sense>>>,
     pub(crate) writes: WriteTracker,
+    pub(crate) pr: Mutex<PrState>,
+    /// Fast-path hint: a reservation exists, commands must be checked.
+    pr_active: AtomicBool,
+    pub(crate) pr_file: Option<PathBuf>,
+    attached: Mutex<HashMap<u32, Attached>>,
 }
 
 impl LogicalUnit {
@@ -97,6 +118,59 @@ impl LogicalUnit {
             ua_hint: AtomicBool::new(false),
             ua: Mutex::new(HashMap::new()),
             writes: WriteTracker::default(),
+            pr_active: AtomicBool::new(
+                config.pr_state.reservation.is_some() || config.pr_state.legacy.is_some(),
+            ),
+            pr: Mutex::new(config.pr_state),
+            pr_file: config.pr_file,
+            attached: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn pr_lock(&self) -> MutexGuard<'_, PrState> {
+        self.pr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refresh the fast-path hint after the PR state changed.
+    pub(crate) fn pr_changed(&self, st: &PrState) {
+        self.pr_active.store(
+            st.reservation.is_some() || st.legacy.is_some(),
+            Ordering::Release,
+        );
+    }
+
+    fn attached(&self) -> MutexGuard<'_, HashMap<u32, Attached>> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deliver the unit attentions and aborts a PR service action asked for,
+    /// to every attached nexus its registrations match. Call without the PR
+    /// lock held: aborting waits for other connections' commands.
+    pub(crate) fn apply_effects(&self, fx: Effects) {
+        let mut hooks = Vec::new();
+        {
+            let attached = self.attached();
+            for (reg, sense) in &fx.unit_attentions {
+                for (id, a) in attached.iter() {
+                    if reg.nexus.initiator == a.it.initiator
+                        && (reg.all_tg_pt || reg.nexus.port == a.it.port)
+                    {
+                        self.establish_ua(*id, *sense);
+                    }
+                }
+            }
+            for reg in &fx.abort {
+                for a in attached.values() {
+                    if reg.nexus.initiator == a.it.initiator
+                        && (reg.all_tg_pt || reg.nexus.port == a.it.port)
+                    {
+                        hooks.extend(a.abort.clone());
+                    }
+                }
+            }
+        }
+        for h in hooks {
+            h();
         }
     }
 
@@ -136,7 +210,14 @@ impl LogicalUnit {
 
     /// A new I_T nexus (a controller connected): it sees a power-on unit
     /// attention, as after any device power-on (SPC-4 6.33... SAM-5 6.3.2).
-    pub fn attach(&self, nexus: Nexus) {
+    pub fn attach(&self, nexus: &Nexus, abort: Option<AbortHook>) {
+        self.attached().insert(
+            nexus.id,
+            Attached {
+                it: it_nexus(nexus),
+                abort,
+            },
+        );
         self.stopped.store(false, Ordering::Relaxed);
         let mut map = self.ua_map();
         map.insert(nexus.id, VecDeque::from([Sense::POWER_ON_RESET_OCCURRED]));
@@ -144,8 +225,13 @@ impl LogicalUnit {
     }
 
     /// The nexus is gone (controller disconnected).
-    pub fn detach(&self, nexus: Nexus) {
+    pub fn detach(&self, nexus: &Nexus) {
         self.ua_map().remove(&nexus.id);
+        self.attached().remove(&nexus.id);
+        // I_T nexus loss releases an SPC-2 reservation (SPC-2 5.5.1).
+        let mut st = self.pr_lock();
+        st.nexus_loss(&it_nexus(nexus));
+        self.pr_changed(&st);
     }
 
     /// Queue a unit attention for one nexus.
@@ -187,11 +273,18 @@ impl LogicalUnit {
     /// unless saved; we keep them, as they are not saveable.
     pub fn lun_reset(&self) {
         self.establish_ua_all(Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED, None);
+        // Registrations and persistent reservations survive; SPC-2 ones do not.
+        let mut st = self.pr_lock();
+        st.lun_reset();
+        self.pr_changed(&st);
     }
 
     /// I_T NEXUS RESET (SAM-5 7.8): the nexus gets 29h/07h.
-    pub fn nexus_reset(&self, nexus: Nexus) {
+    pub fn nexus_reset(&self, nexus: &Nexus) {
         self.establish_ua(nexus.id, Sense::I_T_NEXUS_LOSS_OCCURRED);
+        let mut st = self.pr_lock();
+        st.nexus_loss(&it_nexus(nexus));
+        self.pr_changed(&st);
     }
 
     /// Flush the backstore (shutdown, disconnect).
@@ -236,6 +329,13 @@ impl LogicalUnit {
         }
         if info.flags & MEDIA != 0 && self.stopped.load(Ordering::Relaxed) {
             return Err(Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.into());
+        }
+        let access = opcodes::access(info);
+        if access != Access::Allowed && self.pr_active.load(Ordering::Acquire) {
+            let st = self.pr_lock();
+            if !st.allowed(&it_nexus(ctx.nexus), access) {
+                return Err(Failure::Status(Status::ReservationConflict));
+            }
         }
         if info.flags & WRITES != 0 && self.read_only() {
             return Err(Sense::WRITE_PROTECTED.into());
@@ -327,6 +427,11 @@ impl LogicalUnit {
     pub(crate) fn status_busy() -> Failure {
         Failure::Status(Status::Busy)
     }
+}
+
+/// The persistent-reservation identity of a nexus.
+pub(crate) fn it_nexus(n: &Nexus) -> ItNexus {
+    ItNexus::new(&n.initiator, n.relative_port)
 }
 
 /// Why a handler did not produce a normal outcome.

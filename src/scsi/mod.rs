@@ -13,6 +13,8 @@ mod cdb;
 mod lu;
 mod mode;
 mod opcodes;
+pub mod pr;
+mod reservations;
 mod sbc;
 pub mod sense;
 mod spc;
@@ -22,8 +24,9 @@ mod tests;
 mod writes;
 
 use std::io;
+use std::sync::Arc;
 
-pub use lu::{Identity, LogicalUnit, LuConfig};
+pub use lu::{AbortHook, Identity, LogicalUnit, LuConfig};
 pub use opcodes::needs_exclusive_writes;
 pub use sense::{Sense, SenseKey, Status};
 pub use target::{LunAddress, Target};
@@ -34,13 +37,16 @@ pub fn target_wlun() -> [u8; 8] {
 }
 
 /// An I_T nexus, as the logical unit sees it: the initiator port (one per
-/// controller connection) and the relative target port it came through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// controller, the same across reconnects) and the relative target port it
+/// came through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Nexus {
-    /// Identifies the initiator port; unique within the daemon.
+    /// Identifies the controller; unique within the daemon.
     pub id: u32,
     /// Relative target port identifier (SPC-4 7.8.6.2), 1-based.
     pub relative_port: u16,
+    /// Initiator port name (an iSCSI name), the TransportID of the nexus.
+    pub initiator: Arc<str>,
 }
 
 /// The data the initiator sent with a command (the data-out buffer).
@@ -74,7 +80,7 @@ impl DataOut for &[u8] {
 pub struct Command<'a> {
     /// The CDB; may be longer than the command needs (virtio passes 32 bytes).
     pub cdb: &'a [u8],
-    pub nexus: Nexus,
+    pub nexus: &'a Nexus,
     pub data_out: &'a mut dyn DataOut,
     /// Size of the initiator's data-in buffer.
     pub data_in_len: usize,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::cdb::Cdb;
-use super::lu::LogicalUnit;
+use super::lu::{AbortHook, LogicalUnit};
 use super::opcodes::Ctx;
 use super::sense::Sense;
 use super::{spc, Command, Nexus, Outcome, Response};
@@ -104,14 +104,15 @@ impl Target {
         result.unwrap_or_else(|s| Response::check_condition(&s, false))
     }
 
-    /// Register a new nexus with every logical unit.
-    pub fn attach(&self, nexus: Nexus) {
-        for lu in self.luns.values() {
-            lu.attach(nexus);
+    /// Register a new nexus with every logical unit; `abort_hook(lun)`
+    /// gives the hook that aborts the nexus' commands on that LUN.
+    pub fn attach(&self, nexus: &Nexus, abort_hook: impl Fn(u16) -> Option<AbortHook>) {
+        for (&l, lu) in &self.luns {
+            lu.attach(nexus, abort_hook(l));
         }
     }
 
-    pub fn detach(&self, nexus: Nexus) {
+    pub fn detach(&self, nexus: &Nexus) {
         for lu in self.luns.values() {
             lu.detach(nexus);
         }

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use super::*;
 use crate::backstore::Backstore;
 
-const NEXUS: Nexus = Nexus {
-    id: 1,
-    relative_port: 1,
-};
+fn nexus() -> Nexus {
+    Nexus {
+        id: 1,
+        relative_port: 1,
+        initiator: "iqn.2026-11.test:a".into(),
+    }
+}
 
 struct Fixture {
     _file: tempfile::NamedTempFile,
@@ -31,6 +34,8 @@ fn fixture_with(blocks: u64, block_size: u32, read_only: bool) -> Fixture {
         LuConfig {
             block_size,
             identity: Identity::derive("/test/disk.img"),
+            pr_file: None,
+            pr_state: Default::default(),
         },
     ));
     let target = Target::new(BTreeMap::from([(0, lu.clone())]));
@@ -53,7 +58,7 @@ fn run_lun(f: &Fixture, lun: LunAddress, cdb: &[u8], data_out: &[u8], alloc: usi
         lun,
         Command {
             cdb,
-            nexus: NEXUS,
+            nexus: &nexus(),
             data_out: &mut dout,
             data_in_len: alloc,
         },
@@ -82,11 +87,35 @@ fn outcome(f: &Fixture, cdb: &[u8], data_out: &[u8]) -> Outcome {
         LunAddress::Lun(0),
         Command {
             cdb,
-            nexus: NEXUS,
+            nexus: &nexus(),
             data_out: &mut dout,
             data_in_len: 1 << 20,
         },
     )
+}
+
+/// Run a command from another nexus (initiator b, port 2), with I/O.
+fn run_as(f: &Fixture, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Response {
+    let mut dout: &[u8] = data_out;
+    match f.target.execute(
+        LunAddress::Lun(0),
+        Command {
+            cdb,
+            nexus: n,
+            data_out: &mut dout,
+            data_in_len: 1 << 20,
+        },
+    ) {
+        Outcome::Done(r) => r,
+        Outcome::Io(io) => {
+            let mut buf = vec![0u8; io.len as usize];
+            if io.kind == IoKind::Write {
+                buf.copy_from_slice(&data_out[..io.len as usize]);
+            }
+            let result = f.lu.run_io_sync(&io, &mut buf);
+            f.lu.complete_io(&io, result)
+        }
+    }
 }
 
 fn run(f: &Fixture, cdb: &[u8], data_out: &[u8]) -> Response {
@@ -206,7 +235,7 @@ fn naca_bit_in_control_byte_is_invalid_field() {
 #[test]
 fn new_nexus_sees_power_on_unit_attention_once() {
     let f = fixture();
-    f.target.attach(NEXUS);
+    f.target.attach(&nexus(), |_| None);
     let r = run(&f, &[0x00, 0, 0, 0, 0, 0], &[]);
     assert_eq!(sense_of(&r), (0x6, 0x29, 0x00));
     good(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[]));
@@ -215,7 +244,7 @@ fn new_nexus_sees_power_on_unit_attention_once() {
 #[test]
 fn inquiry_does_not_consume_a_unit_attention() {
     let f = fixture();
-    f.target.attach(NEXUS);
+    f.target.attach(&nexus(), |_| None);
     good(&run(&f, &[0x12, 0, 0, 0, 36, 0], &[]));
     assert_eq!(
         sense_of(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[])),
@@ -227,7 +256,7 @@ fn inquiry_does_not_consume_a_unit_attention() {
 fn request_sense_reports_and_clears_the_unit_attention() {
     let f = fixture();
     f.lu.lun_reset();
-    f.lu.establish_ua(NEXUS.id, Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+    f.lu.establish_ua(nexus().id, Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
     let r = run(&f, &[0x03, 0, 0, 0, 252, 0], &[]);
     good(&r);
     assert_eq!(
@@ -720,8 +749,8 @@ fn synchronize_cache_is_a_flush() {
 #[test]
 fn lun_reset_sets_unit_attention_29_03() {
     let f = fixture();
-    f.lu.attach(NEXUS);
-    f.lu.take_ua(NEXUS.id);
+    f.lu.attach(&nexus(), None);
+    f.lu.take_ua(nexus().id);
     f.lu.lun_reset();
     assert_eq!(
         sense_of(&run(&f, &[0x00, 0, 0, 0, 0, 0], &[])),
@@ -762,5 +791,203 @@ mod properties {
                 prop_assert!(!r.sense.is_empty());
             }
         }
+    }
+}
+
+mod reservations {
+    use super::*;
+
+    fn nexus_b() -> Nexus {
+        Nexus {
+            id: 2,
+            relative_port: 2,
+            initiator: "iqn.2026-11.test:b".into(),
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT with a 24-byte basic parameter list.
+    fn prout(sa: u8, ty: u8, key: u64, sa_key: u64, flags: u8) -> (Vec<u8>, Vec<u8>) {
+        let cdb = vec![0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0];
+        let mut p = key.to_be_bytes().to_vec();
+        p.extend_from_slice(&sa_key.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, flags, 0, 0, 0]);
+        (cdb, p)
+    }
+
+    fn register(f: &Fixture, n: &Nexus, key: u64) {
+        let (c, p) = prout(0x00, 0, 0, key, 0);
+        good(&run_as(f, n, &c, &p));
+    }
+
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const WRITE10: [u8; 10] = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+    #[test]
+    fn read_keys_shows_a_registration_made_through_another_nexus() {
+        let f = fixture();
+        register(&f, &nexus(), 0xabc123);
+        let r = run_as(&f, &nexus_b(), &[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[]);
+        good(&r);
+        assert_eq!(&r.data[4..8], &[0, 0, 0, 8]);
+        assert_eq!(&r.data[8..16], &0xabc123u64.to_be_bytes());
+    }
+
+    #[test]
+    fn exclusive_access_makes_reads_from_other_nexus_conflict() {
+        let f = fixture();
+        register(&f, &nexus(), 0xabc123);
+        let (c, p) = prout(0x01, 0x03, 0xabc123, 0, 0);
+        good(&run_as(&f, &nexus(), &c, &p));
+        assert_eq!(run_as(&f, &nexus_b(), &READ10, &[]).status, 0x18);
+        good(&run_as(&f, &nexus(), &READ10, &[]));
+        // INQUIRY never conflicts.
+        good(&run_as(&f, &nexus_b(), &[0x12, 0, 0, 0, 36, 0], &[]));
+    }
+
+    #[test]
+    fn write_exclusive_lets_others_read_but_not_write() {
+        let f = fixture();
+        register(&f, &nexus(), 1);
+        let (c, p) = prout(0x01, 0x01, 1, 0, 0);
+        good(&run_as(&f, &nexus(), &c, &p));
+        good(&run_as(&f, &nexus_b(), &READ10, &[]));
+        assert_eq!(run_as(&f, &nexus_b(), &WRITE10, &[0u8; 512]).status, 0x18);
+    }
+
+    #[test]
+    fn preempt_gives_the_preempted_nexus_registrations_preempted() {
+        let f = fixture();
+        f.lu.attach(&nexus(), None);
+        f.lu.attach(&nexus_b(), None);
+        f.lu.take_ua(1);
+        f.lu.take_ua(2);
+        register(&f, &nexus(), 0xa);
+        register(&f, &nexus_b(), 0xb);
+        let (c, p) = prout(0x01, 0x03, 0xa, 0, 0);
+        good(&run_as(&f, &nexus(), &c, &p));
+        let (c, p) = prout(0x04, 0x03, 0xb, 0xa, 0);
+        good(&run_as(&f, &nexus_b(), &c, &p));
+        let r = run_as(&f, &nexus(), &[0x00, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(sense_of(&r), (0x6, 0x2a, 0x05));
+        assert_eq!(run_as(&f, &nexus(), &WRITE10, &[0u8; 512]).status, 0x18);
+    }
+
+    #[test]
+    fn wrong_parameter_list_length_is_parameter_list_length_error() {
+        let f = fixture();
+        let r = run_as(
+            &f,
+            &nexus(),
+            &[0x5f, 0x00, 0, 0, 0, 0, 0, 0, 20, 0],
+            &[0u8; 20],
+        );
+        assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x1a, 0x00));
+    }
+
+    #[test]
+    fn reserve_with_element_scope_is_invalid_field_in_cdb() {
+        let f = fixture();
+        register(&f, &nexus(), 1);
+        let (c, p) = prout(0x01, 0x23, 1, 0, 0);
+        let r = run_as(&f, &nexus(), &c, &p);
+        assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    }
+
+    #[test]
+    fn aptpl_write_failure_is_insufficient_registration_resources_and_changes_nothing() {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let blocker = tempfile::NamedTempFile::new().unwrap();
+        let lu = Arc::new(LogicalUnit::new(
+            Backstore::open(file.path(), false, false).unwrap(),
+            LuConfig {
+                block_size: 512,
+                identity: Identity::derive("/aptpl"),
+                // A path under a regular file: it can never be written.
+                pr_file: Some(blocker.path().join("state.pr")),
+                pr_state: Default::default(),
+            },
+        ));
+        let f = Fixture {
+            _file: file,
+            target: Target::new(BTreeMap::from([(0, lu.clone())])),
+            lu,
+        };
+        let (c, p) = prout(0x00, 0, 0, 0x77, 0x01); // REGISTER with APTPL
+        let r = run_as(&f, &nexus(), &c, &p);
+        assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x55, 0x04));
+        let keys = run_as(&f, &nexus(), &[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &[]);
+        assert_eq!(&keys.data[4..8], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn aptpl_state_is_saved_and_loads_into_a_new_logical_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lu.pr");
+        let id = Identity::derive("/aptpl2");
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let make = |pr_state| {
+            Arc::new(LogicalUnit::new(
+                Backstore::open(file.path(), false, false).unwrap(),
+                LuConfig {
+                    block_size: 512,
+                    identity: id.clone(),
+                    pr_file: Some(state.clone()),
+                    pr_state,
+                },
+            ))
+        };
+        let lu = make(Default::default());
+        let target = Target::new(BTreeMap::from([(0, lu.clone())]));
+        let mut dout: &[u8] = &[];
+        let (c, p) = prout(0x00, 0, 0, 0x99, 0x01);
+        let mut pd: &[u8] = &p;
+        target.execute(
+            LunAddress::Lun(0),
+            Command {
+                cdb: &c,
+                nexus: &nexus(),
+                data_out: &mut pd,
+                data_in_len: 0,
+            },
+        );
+        let (c, p) = prout(0x01, 0x03, 0x99, 0, 0);
+        let mut pd: &[u8] = &p;
+        target.execute(
+            LunAddress::Lun(0),
+            Command {
+                cdb: &c,
+                nexus: &nexus(),
+                data_out: &mut pd,
+                data_in_len: 0,
+            },
+        );
+        let loaded = crate::scsi::pr::load(&state, id.naa).unwrap().unwrap();
+        let lu2 = make(loaded);
+        let t2 = Target::new(BTreeMap::from([(0, lu2)]));
+        let o = t2.execute(
+            LunAddress::Lun(0),
+            Command {
+                cdb: &READ10,
+                nexus: &nexus_b(),
+                data_out: &mut dout,
+                data_in_len: 512,
+            },
+        );
+        assert!(matches!(o, Outcome::Done(Response { status: 0x18, .. })));
+    }
+
+    #[test]
+    fn spc2_reserve_blocks_other_nexus_and_lun_reset_clears_it() {
+        let f = fixture();
+        good(&run_as(&f, &nexus(), &[0x16, 0, 0, 0, 0, 0], &[]));
+        assert_eq!(run_as(&f, &nexus_b(), &READ10, &[]).status, 0x18);
+        assert_eq!(
+            run_as(&f, &nexus_b(), &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], &[]).status,
+            0x18
+        );
+        f.lu.lun_reset();
+        good(&run_as(&f, &nexus_b(), &READ10, &[]));
     }
 }
