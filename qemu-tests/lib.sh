@@ -127,6 +127,23 @@ disk_for_lun() { # disk_for_lun HOST:CH:TGT:LUN suffix -> /dev/sdX
         case "$d" in *"$1") ls "$d/device/block" | head -1 | sed 's,^,/dev/,'; return;; esac
     done
 }
+disk_on_port() { # disk_on_port N -> the /dev/sdX whose VPD 83h names relative target port N
+    for d in /sys/class/scsi_disk/*; do
+        dev=/dev/$(ls "$d/device/block" | head -1)
+        if sg_vpd --page=0x83 "$dev" 2>/dev/null | grep -q "Relative target port: 0x$1\$"; then
+            echo "$dev"; return
+        fi
+    done
+}
+sg_of() { # sg_of /dev/sdX -> /dev/sgN
+    echo /dev/$(ls /sys/block/${1#/dev/}/device/scsi_generic | head -1)
+}
+# rd DEV / wr DEV: READ(10) / WRITE(10) of LBA 100 straight through SG_IO;
+# prints sg_raw's output (status, sense).
+rd() { sg_raw -r 512 "$1" 28 00 00 00 00 64 00 00 01 00 2>&1 || true; }
+wr() { dd if=/dev/zero of=/tmp/zero bs=512 count=1 2>/dev/null
+       sg_raw -s 512 -i /tmp/zero "$1" 2a 00 00 00 00 64 00 00 01 00 2>&1 || true; }
+conflicts() { "$@" | grep -q "Reservation Conflict"; }
 sg_for_lun() {
     for d in /sys/class/scsi_device/*; do
         case "$d" in *"$1") ls "$d/device/scsi_generic" | head -1 | sed 's,^,/dev/,'; return;; esac

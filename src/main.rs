@@ -46,17 +46,21 @@ enum Command {
         /// vhost-user socket to listen on (created; an existing file is
         /// replaced). Starts a controller: the --lun options after it are its
         /// LUNs. queues=N sets how many request queues it offers (default 16;
-        /// QEMU's num_queues must not exceed it).
-        #[arg(long, value_name = "PATH[,queues=N]", required = true)]
+        /// QEMU's num_queues must not exceed it). initiator=NAME names the
+        /// controller's I_T nexus for persistent reservations (an iSCSI name;
+        /// default derived from PATH).
+        #[arg(long, value_name = "PATH[,queues=N][,initiator=NAME]", required = true)]
         socket: Vec<String>,
         /// A logical unit backed by a regular file or block device. N is the
         /// LUN number (default: one more than the previous LUN, from 0).
         /// ro: read-only; block-size: logical block size (default 512);
         /// direct: open with O_DIRECT; serial: unit serial number (default:
-        /// derived from the canonical path, stable across restarts).
+        /// derived from the canonical path, stable across restarts); pr-file:
+        /// where APTPL reservation state is kept (default PATH.pr, or
+        /// /var/lib/vhost-user-scsi/SERIAL.pr for a block device).
         #[arg(
             long,
-            value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S]"
+            value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
         )]
         lun: Vec<String>,
     },

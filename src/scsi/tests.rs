@@ -873,6 +873,32 @@ mod reservations {
     }
 
     #[test]
+    fn preempt_and_abort_aborts_the_preempted_nexus_commands_only() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let f = fixture();
+        let aborted_a = Arc::new(AtomicUsize::new(0));
+        let aborted_b = Arc::new(AtomicUsize::new(0));
+        let hook = |c: &Arc<AtomicUsize>| -> Option<AbortHook> {
+            let c = c.clone();
+            Some(Arc::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            }))
+        };
+        f.lu.attach(&nexus(), hook(&aborted_a));
+        f.lu.attach(&nexus_b(), hook(&aborted_b));
+        f.lu.take_ua(1);
+        f.lu.take_ua(2);
+        register(&f, &nexus(), 0xa);
+        register(&f, &nexus_b(), 0xb);
+        let (c, p) = prout(0x01, 0x01, 0xa, 0, 0);
+        good(&run_as(&f, &nexus(), &c, &p));
+        let (c, p) = prout(0x05, 0x01, 0xb, 0xa, 0); // PREEMPT AND ABORT
+        good(&run_as(&f, &nexus_b(), &c, &p));
+        assert_eq!(aborted_a.load(Ordering::SeqCst), 1);
+        assert_eq!(aborted_b.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn wrong_parameter_list_length_is_parameter_list_length_error() {
         let f = fixture();
         let r = run_as(

@@ -205,8 +205,13 @@ impl PrState {
         }
     }
 
+    /// A state change that PRgeneration counts. With no registration left
+    /// there is nothing to persist: APTPL turns off (the state file goes).
     fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        if self.registrations.is_empty() {
+            self.aptpl = false;
+        }
     }
 
     /// Whether a command of class `access` from `n` may run (else

@@ -526,3 +526,14 @@ fn scope_other_than_lu_is_invalid_field_in_cdb() {
     assert_eq!(scope_type(0x02), Err(Sense::invalid_cdb_field(2, Some(3))));
     assert_eq!(scope_type(0x03), Ok(PrType::ExclusiveAccess));
 }
+
+#[test]
+fn clear_turns_aptpl_off() {
+    let mut s = PrState::default();
+    let mut p = params(0, 0xa);
+    p.aptpl = true;
+    s.register(&a(), &p, false).unwrap();
+    assert!(s.aptpl);
+    s.clear(&a(), 0xa).unwrap();
+    assert!(!s.aptpl);
+}
