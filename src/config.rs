@@ -37,6 +37,8 @@ pub struct LunConfig {
     /// Where APTPL persistent reservation state is kept (default: beside a
     /// regular file, or in /var/lib/vhost-user-scsi for a block device).
     pub pr_file: Option<PathBuf>,
+    /// A null backstore of this many bytes instead of a file.
+    pub null_size: Option<u64>,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
@@ -87,7 +89,9 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         direct: false,
         serial: None,
         pr_file: None,
+        null_size: None,
     };
+    let mut null = false;
     for opt in rest.split(',') {
         match opt.split_once('=') {
             Some(("file", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
@@ -109,12 +113,28 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
                 cfg.serial = Some(s.into());
             }
             Some(("pr-file", p)) if !p.is_empty() => cfg.pr_file = Some(PathBuf::from(p)),
+            Some(("size", v)) => {
+                cfg.null_size = Some(parse_size(v).ok_or_else(|| {
+                    bad_lun(
+                        spec,
+                        format!("size '{v}' is not a size (bytes, or with K/M/G/T)"),
+                    )
+                })?)
+            }
+            None if opt == "null" => null = true,
             None if opt == "ro" => cfg.read_only = true,
             None if opt == "direct" => cfg.direct = true,
             _ => return Err(bad_lun(spec, format!("unknown option '{opt}'"))),
         }
     }
-    cfg.path = path.ok_or_else(|| bad_lun(spec, "file=PATH is required"))?;
+    match (null, path, cfg.null_size) {
+        (true, None, Some(size)) if size >= 4096 => cfg.path = PathBuf::from("null"),
+        (true, None, _) => return Err(bad_lun(spec, "null needs size=N of at least 4K")),
+        (true, Some(_), _) => return Err(bad_lun(spec, "null and file= exclude each other")),
+        (false, Some(p), None) => cfg.path = p,
+        (false, _, Some(_)) => return Err(bad_lun(spec, "size= goes with null")),
+        (false, None, None) => return Err(bad_lun(spec, "file=PATH (or null,size=N) is required")),
+    }
     Ok((lun, cfg))
 }
 
@@ -160,6 +180,18 @@ pub fn default_initiator(socket: &std::path::Path) -> String {
         s = format!("{hash:08x}-{tail}");
     }
     format!("{PREFIX}{s}")
+}
+
+/// A byte count with an optional binary suffix: 4096, 512K, 64M, 1G, 2T.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let (num, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        b'T' | b't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// Parse `PATH[,queues=N][,initiator=NAME]` into an empty controller.
@@ -300,6 +332,17 @@ mod tests {
         let c = parse_socket("/s,initiator=iqn.2026-11.org.example:vm1").unwrap();
         assert_eq!(c.initiator, "iqn.2026-11.org.example:vm1");
         assert!(parse_socket("/s,initiator=IQN.Bad Name").is_err());
+    }
+
+    #[test]
+    fn null_lun_takes_a_size() {
+        let (_, l) = parse_lun("null,size=1T").unwrap();
+        assert_eq!(l.null_size, Some(1 << 40));
+        assert!(parse_lun("null").is_err());
+        assert!(parse_lun("null,size=1G,file=/a").is_err());
+        assert!(parse_lun("file=/a,size=1G").is_err());
+        assert_eq!(parse_size("512K"), Some(512 << 10));
+        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! local backstores. See docs/architecture.md for the layers.
 
 pub mod backstore;
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod scsi;

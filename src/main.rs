@@ -64,6 +64,126 @@ enum Command {
         )]
         lun: Vec<String>,
     },
+    /// Drive any vhost-user-scsi backend as QEMU would, and measure it.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
+}
+
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  # 4 KiB random reads at queue depth 32 for 10 s, with the backend's CPU time:
+  vhost-user-scsi bench --socket /run/vm1.sock --qd 32 --time 10 --pid $(pidof vhost-user-scsi)
+
+  # 1 MiB sequential writes on two queues, machine-readable:
+  vhost-user-scsi bench --socket /run/vm1.sock --rw write --bs 1M --queues 2 --json
+
+  # Write a pattern with the LBA in it, read it back and compare:
+  vhost-user-scsi bench --socket /run/vm1.sock --verify --ios 100000
+
+The backend must offer enough request queues (--queues) and at least
+VERSION_1; the LUN is found with REPORT LUNS and READ CAPACITY(16).";
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// vhost-user socket of the backend.
+    #[arg(long, value_name = "PATH")]
+    socket: std::path::PathBuf,
+    /// LUN to drive.
+    #[arg(long, default_value_t = 0)]
+    lun: u16,
+    /// I/O size (bytes, or with K/M suffix); a multiple of the LUN's block size.
+    #[arg(long = "bs", value_name = "SIZE", default_value = "4096")]
+    block_size: String,
+    /// Commands in flight per queue (1-341).
+    #[arg(long = "qd", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=341))]
+    queue_depth: u16,
+    /// Request queues, one thread each (1-62).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=62))]
+    queues: u16,
+    /// randread, randwrite, randrw, read, write or rw.
+    #[arg(long = "rw", value_name = "PATTERN", default_value = "randread")]
+    pattern: String,
+    /// Percentage of reads for randrw and rw.
+    #[arg(long = "mix", value_name = "PCT", default_value_t = 70,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    read_pct: u8,
+    /// Run for this many seconds (default 10 unless --ios is given).
+    #[arg(long = "time", value_name = "SECS")]
+    seconds: Option<f64>,
+    /// Stop after this many I/Os.
+    #[arg(long, value_name = "N")]
+    ios: Option<u64>,
+    /// Write a pattern carrying the LBA, read it back and compare (each
+    /// command slot owns its own blocks; a write and its read-back count as
+    /// two I/Os, --ios counts the pairs).
+    #[arg(long)]
+    verify: bool,
+    /// PID of the backend, to report its CPU time per I/O.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Use only the first SIZE bytes of the LUN.
+    #[arg(long, value_name = "SIZE")]
+    span: Option<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn bench(a: BenchArgs) -> Result<(), String> {
+    use vhost_user_scsi::bench;
+    use vhost_user_scsi::config::parse_size;
+    let size =
+        |v: &str, what: &str| parse_size(v).ok_or_else(|| format!("--{what} '{v}' is not a size"));
+    let block_size = size(&a.block_size, "bs")?;
+    if block_size == 0 || block_size % 512 != 0 || block_size > (32 << 20) {
+        return Err("--bs must be a multiple of 512, at most 32M".into());
+    }
+    let pattern = bench::Pattern::parse(&a.pattern)
+        .ok_or_else(|| format!("--rw '{}' is not a pattern", a.pattern))?;
+    let duration = match (a.seconds, a.ios) {
+        (Some(s), _) if !(s > 0.0 && s < 1e6) => return Err("--time must be positive".into()),
+        (Some(s), _) => Some(std::time::Duration::from_secs_f64(s)),
+        (None, Some(_)) => None,
+        (None, None) => Some(std::time::Duration::from_secs(10)),
+    };
+    let opts = bench::Options {
+        socket: a.socket,
+        lun: a.lun,
+        block_size: block_size as u32,
+        queue_depth: a.queue_depth,
+        queues: a.queues,
+        pattern,
+        read_pct: a.read_pct,
+        duration,
+        ios: a.ios,
+        verify: a.verify,
+        backend_pid: a.pid,
+        span: a
+            .span
+            .as_deref()
+            .map(|v| size(v, "span"))
+            .transpose()?
+            .unwrap_or(0),
+        progress: !a.quiet && !a.json,
+    };
+    let report = bench::run(&opts).map_err(|e| error_chain(&e))?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if report.errors > 0 || report.verify_failures > 0 {
+        return Err(format!(
+            "{} command(s) failed, {} verify failure(s)",
+            report.errors, report.verify_failures
+        ));
+    }
+    Ok(())
 }
 
 /// `--socket` and `--lun` values in the order they were given.
@@ -115,6 +235,7 @@ fn main() -> ExitCode {
                 .map_err(|e| error_chain(&e))
                 .and_then(|cfg| vhost_user_scsi::server::serve(cfg).map_err(|e| error_chain(&e)))
         }
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

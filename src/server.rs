@@ -60,6 +60,32 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
     for c in &cfg.controllers {
         let mut luns = BTreeMap::new();
         for (&n, lc) in &c.luns {
+            if let Some(size) = lc.null_size {
+                // Null LUs are never shared: each --lun null is its own LU.
+                let key = lc
+                    .serial
+                    .clone()
+                    .unwrap_or_else(|| format!("null:{}:{n}", c.socket.display()));
+                let mut identity = Identity::derive(&key);
+                if let Some(s) = &lc.serial {
+                    identity.serial = s.clone();
+                }
+                info!(
+                    "{}: LUN {n} is a null backstore of {size} bytes",
+                    c.socket.display()
+                );
+                let lu = LogicalUnit::new(
+                    Backstore::null(size),
+                    LuConfig {
+                        block_size: lc.block_size,
+                        identity,
+                        pr_file: None,
+                        pr_state: Default::default(),
+                    },
+                );
+                luns.insert(n, Arc::new(lu));
+                continue;
+            }
             let canonical =
                 Backstore::canonical_id(&lc.path).map_err(|source| backstore::Error::Open {
                     path: lc.path.clone(),
@@ -146,7 +172,9 @@ fn default_pr_file(path: &std::path::Path, kind: backstore::Kind, serial: &str) 
             p.push(".pr");
             PathBuf::from(p)
         }
-        backstore::Kind::Block => PathBuf::from(STATE_DIR).join(format!("{serial}.pr")),
+        backstore::Kind::Block | backstore::Kind::Null => {
+            PathBuf::from(STATE_DIR).join(format!("{serial}.pr"))
+        }
     }
 }
 

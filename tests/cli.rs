@@ -151,3 +151,70 @@ fn garbage_on_the_vhost_user_socket_does_not_kill_the_daemon() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn bench_drives_the_daemon_and_verifies_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sock) = spawn_daemon(dir.path());
+    let out = bin()
+        .args(["bench", "--socket"])
+        .arg(&sock)
+        .args([
+            "--verify", "--ios", "3000", "--qd", "8", "--queues", "2", "--json",
+        ])
+        .arg("--pid")
+        .arg(child.id().to_string())
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{json} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(json.contains("\"pattern\":\"verify\""), "{json}");
+    assert!(json.contains("\"ios\":6000"), "{json}");
+    assert!(
+        json.contains("\"errors\":0,\"verify_failures\":0"),
+        "{json}"
+    );
+    assert!(!json.contains("\"backend_cpu_us_per_io\":null"), "{json}");
+    // SAFETY: kill() on the PID of the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn bench_against_a_missing_socket_fails_with_one_line() {
+    let (code, err) = stderr_of(&["bench", "--socket", "/nonexistent/x.sock", "--quiet"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("Cannot connect"), "{err}");
+}
+
+#[test]
+fn bench_verify_catches_a_backend_that_loses_writes() {
+    // A null LUN drops writes and reads zeros: every read-back must miscompare.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("n.sock");
+    let mut child = bin()
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .args(["--lun", "null,size=64M"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sock);
+    let out = bin()
+        .args(["bench", "--socket"])
+        .arg(&sock)
+        .args(["--verify", "--ios", "100", "--qd", "4", "--json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert!(json.contains("\"verify_failures\":100"), "{json}");
+    // SAFETY: kill() on the PID of the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -45,6 +45,9 @@ pub enum Kind {
     File,
     /// A block device.
     Block,
+    /// No storage: reads return zeros, writes are dropped (for measuring
+    /// the transport alone).
+    Null,
 }
 
 /// Whether a byte range is allocated or a hole, as reported by the filesystem.
@@ -57,7 +60,8 @@ pub enum Extent {
 /// A regular file or block device opened for I/O.
 #[derive(Debug)]
 pub struct Backstore {
-    file: File,
+    /// None for the null backstore.
+    file: Option<File>,
     path: PathBuf,
     kind: Kind,
     size: u64,
@@ -98,13 +102,33 @@ impl Backstore {
             return Err(Error::NotFileOrBlock(path.into()));
         };
         Ok(Backstore {
-            file,
+            file: Some(file),
             path: path.into(),
             kind,
             size,
             read_only,
             direct,
         })
+    }
+
+    /// A null backstore of `size` bytes.
+    pub fn null(size: u64) -> Backstore {
+        Backstore {
+            file: None,
+            path: PathBuf::from("null"),
+            kind: Kind::Null,
+            size,
+            read_only: false,
+            direct: false,
+        }
+    }
+
+    /// The open file, or EOPNOTSUPP for the null backstore (whose callers
+    /// never get here: every operation short-circuits first).
+    fn file(&self) -> io::Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
     pub fn path(&self) -> &Path {
@@ -130,61 +154,70 @@ impl Backstore {
 
     /// Whether holes can be punched (thin provisioning: UNMAP, WRITE SAME with UNMAP).
     pub fn can_deallocate(&self) -> bool {
-        !self.read_only
+        !self.read_only && self.kind != Kind::Null
     }
 
     /// Read exactly `buf.len()` bytes at `offset`. A read past end-of-file of a
     /// regular file returns zeros (the file is exactly the LU size, so that
     /// only happens if the file shrank underneath us).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.kind == Kind::Null {
+            buf.fill(0);
+            return Ok(());
+        }
         if self.direct {
             let mut bounce = AlignedBuf::new(buf.len())?;
-            read_full(&self.file, bounce.as_mut_slice(), offset)?;
+            read_full(self.file()?, bounce.as_mut_slice(), offset)?;
             buf.copy_from_slice(bounce.as_slice());
             return Ok(());
         }
-        read_full(&self.file, buf, offset)
+        read_full(self.file()?, buf, offset)
     }
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.kind == Kind::Null {
+            return Ok(());
+        }
         if self.direct {
             let mut bounce = AlignedBuf::new(buf.len())?;
             bounce.as_mut_slice().copy_from_slice(buf);
-            return self.file.write_all_at(bounce.as_slice(), offset);
+            return self.file()?.write_all_at(bounce.as_slice(), offset);
         }
-        self.file.write_all_at(buf, offset)
+        self.file()?.write_all_at(buf, offset)
     }
 
     /// Make written data durable (fdatasync).
     pub fn flush(&self) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only || self.kind == Kind::Null {
             return Ok(());
         }
-        self.file.sync_data()
+        self.file()?.sync_data()
     }
 
     /// Deallocate a byte range: afterwards it reads as zeros.
     pub fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.kind {
             Kind::File => fallocate(
-                &self.file,
+                self.file()?,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset,
                 len,
             ),
-            Kind::Block => blk_range_ioctl(&self.file, BLKDISCARD, offset, len)
+            Kind::Block => blk_range_ioctl(self.file()?, BLKDISCARD, offset, len)
                 // A discard that the device refuses still must read back as zeros.
-                .or_else(|_| blk_range_ioctl(&self.file, BLKZEROOUT, offset, len)),
+                .or_else(|_| blk_range_ioctl(self.file()?, BLKZEROOUT, offset, len)),
+            Kind::Null => Ok(()),
         }
     }
 
     /// Write zeros over a range without necessarily deallocating it.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.kind {
-            Kind::File => fallocate(&self.file, libc::FALLOC_FL_ZERO_RANGE, offset, len)
+            Kind::File => fallocate(self.file()?, libc::FALLOC_FL_ZERO_RANGE, offset, len)
                 .or_else(|_| self.write_repeated(&[0u8; 4096][..], offset, len)),
-            Kind::Block => blk_range_ioctl(&self.file, BLKZEROOUT, offset, len),
+            Kind::Block => blk_range_ioctl(self.file()?, BLKZEROOUT, offset, len),
+            Kind::Null => Ok(()),
         }
     }
 
@@ -208,10 +241,10 @@ impl Backstore {
     /// The extent starting at `offset`: mapped or deallocated, and its length
     /// (clamped to the backstore size). Block devices are always mapped.
     pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
-        if self.kind == Kind::Block || offset >= self.size {
+        if self.kind != Kind::File || offset >= self.size {
             return Ok(Extent::Mapped(self.size.saturating_sub(offset)));
         }
-        let fd = self.file.as_raw_fd();
+        let fd = self.file()?.as_raw_fd();
         let data = lseek(fd, offset, libc::SEEK_DATA)?;
         match data {
             Some(d) if d == offset => {
@@ -223,9 +256,9 @@ impl Backstore {
         }
     }
 
-    /// Raw fd for the asynchronous I/O engine.
+    /// Raw fd for the asynchronous I/O engine (-1 for the null backstore).
     pub fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.file.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
     /// A stable identity for this backstore: its canonical path. Used to share
@@ -363,6 +396,17 @@ mod tests {
         let mut buf = [1u8; 512];
         b.read_at(&mut buf, 65536).unwrap();
         assert_eq!(buf, [0u8; 512]);
+    }
+
+    #[test]
+    fn null_backstore_reads_zeros_and_drops_writes() {
+        let b = Backstore::null(1 << 30);
+        b.write_at(&[0xff; 512], 0).unwrap();
+        let mut buf = [1u8; 512];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [0u8; 512]);
+        assert_eq!(b.size(), 1 << 30);
+        assert!(!b.can_deallocate());
     }
 
     #[test]

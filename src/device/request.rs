@@ -318,6 +318,17 @@ impl ScsiBackend {
             self.finish_with(w, vring, p, Response::Overrun);
             return true;
         }
+        if p.lu.backstore().kind() == crate::backstore::Kind::Null {
+            // Nothing to wait for: reads are zeros, writes vanish.
+            let result = match p.io.kind {
+                IoKind::Read => buf
+                    .fill_zero(&p.mem, base as u64, p.io.len)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
+                IoKind::Write | IoKind::Flush => Ok(()),
+            };
+            self.complete_io(w, vring, p, result);
+            return true;
+        }
         if p.io.kind != IoKind::Flush {
             match buf.iovecs(&p.mem, base as u64, p.io.len) {
                 Ok(v) => p.iovecs = v,

@@ -113,6 +113,22 @@ impl Buffer {
         })
     }
 
+    /// Zero `len` guest bytes at `offset`.
+    pub fn fill_zero(&self, mem: &GuestMemory, offset: u64, len: u64) -> Result<(), Error> {
+        static ZEROS: [u8; 65536] = [0; 65536];
+        self.for_each_range(offset, len, |addr, n, _| {
+            let mut done = 0usize;
+            while done < n {
+                let k = (n - done).min(ZEROS.len());
+                let a = GuestAddress(addr.0 + done as u64);
+                mem.write_slice(&ZEROS[..k], a)
+                    .map_err(|_| Error::BadAddress(a.0))?;
+                done += k;
+            }
+            Ok(())
+        })
+    }
+
     /// Host iovecs for `offset..offset + len`. They stay valid while `mem`
     /// (the mapping it came from) is alive.
     pub fn iovecs(
