@@ -46,10 +46,28 @@ impl Scope {
     }
 }
 
+/// Keys are a per-queue counter, already well spread: hash them as is.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 #[derive(Default)]
 struct Table {
     next_key: u64,
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Entry, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
 pub struct Inflight {

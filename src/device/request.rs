@@ -339,6 +339,18 @@ impl ScsiBackend {
                 }
             }
         }
+        if p.lu.backstore().in_memory() {
+            // A memory copy: do it now, straight between guest memory and
+            // the page cache (no io_uring hand-off, still no bounce buffer).
+            let store = p.lu.backstore();
+            let result = match p.io.kind {
+                IoKind::Read => store.vectored(false, &p.iovecs, p.io.offset, false),
+                IoKind::Write => store.vectored(true, &p.iovecs, p.io.offset, p.io.sync),
+                IoKind::Flush => store.flush(),
+            };
+            self.complete_io(w, vring, p, result);
+            return true;
+        }
         let fd = p.lu.backstore().raw_fd();
         let io = p.io;
         let slot = w.insert(p);

@@ -125,21 +125,36 @@ fn has_service_actions(opcode: u8) -> bool {
     OPCODES.iter().any(|o| o.opcode == opcode && o.sa.is_some())
 }
 
+/// Index of the first table entry of every opcode (u16::MAX: unsupported),
+/// built once from the table so that dispatch does not scan it.
+fn first_entry() -> &'static [u16; 256] {
+    static INDEX: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut idx = [u16::MAX; 256];
+        for (i, o) in OPCODES.iter().enumerate().rev() {
+            idx[usize::from(o.opcode)] = i as u16;
+        }
+        idx
+    })
+}
+
 /// Find the table entry for a CDB, or the sense to answer with.
 pub(crate) fn lookup(cdb: &Cdb) -> Result<&'static OpInfo, Sense> {
     let op = cdb.opcode();
-    if has_service_actions(op) {
-        let sa = cdb.service_action();
-        return OPCODES
-            .iter()
-            .find(|o| o.opcode == op && o.sa == Some(sa))
-            // SPC-4 4.2.5.1: unsupported service action of a supported opcode.
-            .ok_or_else(|| Sense::invalid_cdb_field(1, Some(4)));
+    let first = first_entry()[usize::from(op)];
+    let Some(entry) = OPCODES.get(usize::from(first)) else {
+        return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
+    };
+    if entry.sa.is_none() {
+        return Ok(entry);
     }
-    OPCODES
+    let sa = cdb.service_action();
+    OPCODES[usize::from(first)..]
         .iter()
-        .find(|o| o.opcode == op)
-        .ok_or(Sense::INVALID_COMMAND_OPERATION_CODE)
+        .take_while(|o| o.opcode == op)
+        .find(|o| o.sa == Some(sa))
+        // SPC-4 4.2.5.1: unsupported service action of a supported opcode.
+        .ok_or_else(|| Sense::invalid_cdb_field(1, Some(4)))
 }
 
 /// Reject bits set outside the usage mask, pointing at the first such bit.
@@ -256,6 +271,19 @@ mod tests {
             if let Some(sa) = o.sa {
                 assert_eq!(u16::from(o.usage[1]), sa, "{}", o.name);
             }
+        }
+    }
+
+    #[test]
+    fn entries_of_one_opcode_are_adjacent_and_in_opcode_order() {
+        // lookup() relies on this.
+        for w in OPCODES.windows(2) {
+            assert!(
+                w[0].opcode <= w[1].opcode,
+                "{} before {}",
+                w[0].name,
+                w[1].name
+            );
         }
     }
 
