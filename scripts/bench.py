@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+"""Measure the daemon with `vhost-user-scsi bench` next to fio on the same
+file, and regenerate docs/performance.md's results table and
+docs/performance.svg. Python standard library only.
+
+Every figure is the median of --repeat runs. CPU per I/O is process CPU time
+(user + system, all threads: /proc/PID/stat for the daemon, getrusage of
+the child for fio, so io_uring's io-wq workers are counted on both sides)
+divided by the I/Os done.
+
+Usage: scripts/bench.py [--seconds 4] [--repeat 3] [--no-docs]
+       scripts/bench.py --from-json docs/performance-results.json  (redraw only)
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "vhost-user-scsi")
+DOC = os.path.join(ROOT, "docs", "performance.md")
+SVG = os.path.join(ROOT, "docs", "performance.svg")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+class Daemon:
+    def __init__(self, args):
+        self.dir = tempfile.mkdtemp(prefix="vus-bench-", dir="/dev/shm")
+        self.sock = os.path.join(self.dir, "s.sock")
+        self.proc = subprocess.Popen([BIN, "serve", "--socket", self.sock + ",queues=2"] + args,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if os.path.exists(self.sock):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("daemon did not start")
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+def bench(d, seconds, extra):
+    out = sh(BIN, "bench", "--socket", d.sock, "--time", str(seconds), "--json",
+             "--pid", str(d.proc.pid), *extra, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def fio(path, seconds, rw, bs, qd):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = sh("fio", "--name=b", f"--filename={path}", "--ioengine=io_uring", f"--rw={rw}",
+             f"--bs={bs}", f"--iodepth={qd}", "--time_based", f"--runtime={seconds}",
+             "--output-format=json", capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    j = json.loads(out)["jobs"][0]
+    ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+    secs = j["job_runtime"] / 1000
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"iops": ios / secs, "mib_s": (j["read"]["io_bytes"] + j["write"]["io_bytes"]) / secs / 2**20,
+            "cpu_us_per_io": cpu * 1e6 / ios}
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--from-json", help="regenerate the docs from a saved result instead of measuring")
+    a = ap.parse_args()
+    if a.from_json:
+        with open(a.from_json) as f:
+            write_docs(json.load(f))
+        return 0
+    sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+    img = "/dev/shm/vus-bench.img"
+    if not os.path.exists(img) or os.path.getsize(img) != 1 << 30:
+        sh("rm", "-f", img)
+        sh("fallocate", "-l", "1G", img)
+    rows = []
+
+    d = Daemon(["--lun", f"file={img}", "--lun", "null,size=1T"])
+    try:
+        for rw, qd in [("randread", 1), ("randread", 32), ("randwrite", 1), ("randwrite", 32)]:
+            ours = [bench(d, a.seconds, ["--rw", rw, "--qd", str(qd), "--bs", "4096"]) for _ in range(a.repeat)]
+            base = [fio(img, a.seconds, rw, "4k", qd) for _ in range(a.repeat)]
+            rows.append({"case": f"4 KiB {rw} QD{qd}, /dev/shm file",
+                         "iops": median(ours, "iops"), "cpu": median(ours, "backend_cpu_us_per_io"),
+                         "base": "fio io_uring, same file", "base_iops": median(base, "iops"),
+                         "base_cpu": median(base, "cpu_us_per_io")})
+        for rw, bs in [("read", "128K"), ("write", "128K"), ("read", "1M"), ("write", "1M")]:
+            ours = [bench(d, a.seconds, ["--rw", rw, "--qd", "4", "--bs", bs]) for _ in range(a.repeat)]
+            base = [fio(img, a.seconds, rw, bs, 4) for _ in range(a.repeat)]
+            rows.append({"case": f"{bs} sequential {rw} QD4, /dev/shm file",
+                         "mib_s": median(ours, "mib_s"), "cpu": median(ours, "backend_cpu_us_per_io"),
+                         "base": "fio io_uring, same file", "base_mib_s": median(base, "mib_s"),
+                         "base_cpu": median(base, "cpu_us_per_io")})
+        null = {}
+        for q in (1, 2):
+            runs = [bench(d, a.seconds, ["--lun", "1", "--qd", "32", "--queues", str(q)]) for _ in range(a.repeat)]
+            null[q] = runs
+            rows.append({"case": f"4 KiB randread QD32, null LUN, {q} queue(s)",
+                         "iops": median(runs, "iops"), "cpu": median(runs, "backend_cpu_us_per_io"),
+                         "bench_cpu": median(runs, "bench_cpu_us_per_io")})
+    finally:
+        d.stop()
+
+    # Memory: 16 LUNs (null, 1 TiB each), idle and under load.
+    luns = sum((["--lun", "null,size=1T"] for _ in range(16)), [])
+    d = Daemon(luns)
+    try:
+        idle = d.rss_kib()
+        p = subprocess.Popen([BIN, "bench", "--socket", d.sock, "--time", "3", "--quiet",
+                              "--queues", "2", "--qd", "32"], stdout=subprocess.DEVNULL)
+        time.sleep(2)
+        load = d.rss_kib()
+        p.wait()
+        after = d.rss_kib()
+    finally:
+        d.stop()
+    mem = {"idle_kib": idle, "load_kib": load, "after_kib": after}
+
+    result = {"date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release,
+              "cpus": os.cpu_count(), "seconds": a.seconds, "repeat": a.repeat,
+              "rows": rows, "memory": mem}
+    print(json.dumps(result, indent=1))
+    if not a.no_docs:
+        with open(os.path.join(ROOT, "docs", "performance-results.json"), "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        write_docs(result)
+
+
+def fmt_row(r):
+    if "base" not in r:
+        return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS | {r['cpu']:.2f} | "
+                f"bench's own CPU {r['bench_cpu']:.2f} µs/IO | | |")
+    if "mib_s" in r:
+        return (f"| {r['case']} | {r['mib_s']:.0f} MiB/s | {r['cpu']:.2f} | {r['base']}: "
+                f"{r['base_mib_s']:.0f} MiB/s | {r['base_cpu']:.2f} | {r['cpu']/r['base_cpu']:.2f}x |")
+    return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS | {r['cpu']:.2f} | {r['base']}: "
+            f"{r['base_iops']/1000:.0f}k IOPS | {r['base_cpu']:.2f} | {r['cpu']/r['base_cpu']:.2f}x |")
+
+
+def write_docs(res):
+    lines = [f"Measured {res['date']} on this project's CI machine kind ({res['cpus']} vCPUs, "
+             f"kernel {res['kernel']}), {res['seconds']:.0f} s per run, median of {res['repeat']} runs.",
+             "",
+             "| case | daemon | daemon CPU µs/IO | baseline (same run) | baseline CPU µs/IO | ratio |",
+             "|---|---|---|---|---|---|"]
+    lines += [fmt_row(r) for r in res["rows"]]
+    m = res["memory"]
+    lines += ["", f"Resident memory with 16 LUNs: {m['idle_kib']/1024:.1f} MiB idle, "
+              f"{m['load_kib']/1024:.1f} MiB under load (2 queues, QD32), "
+              f"{m['after_kib']/1024:.1f} MiB after the load generator disconnected."]
+    with open(DOC) as f:
+        doc = f.read()
+    block = "<!-- BEGIN RESULTS (scripts/bench.py) -->\n" + "\n".join(lines) + "\n<!-- END RESULTS -->"
+    doc = re.sub(r"<!-- BEGIN RESULTS.*?<!-- END RESULTS -->", lambda _: block, doc, flags=re.S)
+    with open(DOC, "w") as f:
+        f.write(doc)
+    write_svg([r for r in res["rows"] if "base_cpu" in r])
+
+
+def write_svg(rows):
+    """Bars of the daemon's CPU per I/O as a multiple of fio's, with the
+    1.0 (parity) and 1.5 (goal) lines; absolute values as labels."""
+    w, bar, gap, left = 760, 16, 10, 300
+    h = 70 + len(rows) * (bar + gap)
+    top = max(2.0, max(r["cpu"] / r["base_cpu"] for r in rows) * 1.1)
+    scale = (w - left - 150) / top
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           '<text x="10" y="20" font-size="14">Daemon CPU per I/O as a multiple of fio io_uring on the same file (lower is better)</text>']
+    y0, y1 = 40, h - 10
+    for ref, label in ((1.0, "parity"), (1.5, "goal 1.5x")):
+        x = left + ref * scale
+        out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#c33" stroke-dasharray="4,3"/>')
+        out.append(f'<text x="{x+3:.1f}" y="{y0+8}" fill="#c33">{label}</text>')
+    y = y0 + 16
+    for r in rows:
+        ratio = r["cpu"] / r["base_cpu"]
+        out.append(f'<text x="{left-6}" y="{y+bar-4}" text-anchor="end">{r["case"].replace(", /dev/shm file", "")}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{ratio*scale:.1f}" height="{bar}" fill="#2a6fdb"/>')
+        out.append(f'<text x="{left + ratio*scale + 4:.1f}" y="{y+bar-4}">{ratio:.2f}x ({r["cpu"]:.2f} vs {r["base_cpu"]:.2f} µs)</text>')
+        y += bar + gap
+    out.append("</svg>")
+    with open(SVG, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
