@@ -44,7 +44,8 @@ done
 progs=(sg_inq sg_vpd sg_readcap sg_luns sg_opcodes sg_modes sg_unmap sg_write_same sg_sync
        sg_compare_and_write sg_get_lba_status sg_reset sg_turs sg_rtpg sg_requests sg_verify
        sg_raw sg_dd sg_persist sg_rep_zones sg_start sg_prevent sg_wr_mode sg_rdcap
-       lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum)
+       lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum
+       qemu-pr-helper dmsetup)
 for p in "${progs[@]}"; do
     path=$(command -v "$p" 2>/dev/null || true)
     [[ -n $path ]] || continue
@@ -83,7 +84,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-mkdir -p /dev/pts /run
+mkdir -p /dev/pts /run /var/run
 for m in virtio_pci virtio_scsi sd_mod sg qemu_fw_cfg; do modprobe "$m" 2>/dev/null; done
 echo 0 > /proc/sys/kernel/printk 2>/dev/null
 raw=/sys/firmware/qemu_fw_cfg/by_name/opt/test/raw

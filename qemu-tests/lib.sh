@@ -91,7 +91,7 @@ boot_guest() {
         -accel tcg -nodefaults -no-reboot -display none \
         -m "$mem" -smp "${SMP:-1}" \
         -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
-        -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initrd" \
+        -kernel "$GUEST_DIR/vmlinuz" -initrd "${GUEST_INITRD:-$GUEST_DIR/initrd}" \
         -append "console=ttyS0 panic=-1 quiet" \
         -serial "file:$console" \
         -fw_cfg name=opt/test,file="$script" \
@@ -103,6 +103,19 @@ boot_guest() {
         return 98
     fi
     return "${line##*: }"
+}
+
+# with_daemon_binary: boot guests of this scenario with our (stripped)
+# binary as /bin/vhost-user-scsi: a second cpio archive appended to the
+# initramfs (the kernel unpacks concatenated archives).
+with_daemon_binary() {
+    local d=$WORK/extra
+    mkdir -p "$d/bin"
+    strip -o "$d/bin/vhost-user-scsi" "$VUS_BIN"
+    (cd "$d" && find . -print0 | cpio --null -o -H newc --quiet) > "$WORK/extra.cpio"
+    # Uncompressed archive first: lz4 legacy streams have no end marker.
+    cat "$WORK/extra.cpio" "$GUEST_DIR/initrd" > "$WORK/initrd"
+    GUEST_INITRD=$WORK/initrd
 }
 
 # vhost_scsi_dev SOCKET ID [PROPS]: QEMU arguments for one controller with

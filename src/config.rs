@@ -51,9 +51,11 @@ pub struct ControllerConfig {
     pub luns: BTreeMap<u16, LunConfig>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Config {
     pub controllers: Vec<ControllerConfig>,
+    /// A bound socket to serve the qemu-pr-helper protocol on, too.
+    pub pr_helper: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Most request queues a controller may have (64-bit queue masks, minus
@@ -361,8 +363,8 @@ mod tests {
             Err(Error::BadSocket { .. })
         ));
         assert_eq!(
-            Config::from_ordered_args(&args(&[(false, "file=/a")])),
-            Err(Error::LunWithoutSocket("file=/a".into()))
+            Config::from_ordered_args(&args(&[(false, "file=/a")])).unwrap_err(),
+            Error::LunWithoutSocket("file=/a".into())
         );
         assert!(matches!(
             Config::from_ordered_args(&args(&[

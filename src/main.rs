@@ -63,7 +63,18 @@ enum Command {
             value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
         )]
         lun: Vec<String>,
+        /// Also serve the qemu-pr-helper protocol on this socket (for
+        /// scsi-block/scsi-generic passthrough disks of any QEMU).
+        #[arg(long, value_name = "PATH")]
+        pr_helper_socket: Option<std::path::PathBuf>,
     },
+    /// A drop-in replacement for qemu-pr-helper (same options and socket
+    /// protocol).
+    #[command(after_help = PR_HELPER_EXAMPLES)]
+    PrHelper(PrHelperArgs),
+    /// Send one PERSISTENT RESERVE command through a pr-helper socket, as
+    /// QEMU does, and print the raw response (a debugging aid).
+    PrClient(PrClientArgs),
     /// Drive any vhost-user-scsi backend as QEMU would, and measure it.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
@@ -82,6 +93,175 @@ Examples:
 
 The backend must offer enough request queues (--queues) and at least
 VERSION_1; the LUN is found with REPORT LUNS and READ CAPACITY(16).";
+
+const PR_HELPER_EXAMPLES: &str = "\
+Examples:
+  # As qemu-pr-helper would run (socket activation works too):
+  vhost-user-scsi pr-helper -k /run/qemu-pr-helper.sock -u qemu -g qemu
+  # QEMU side:
+  qemu-system-x86_64 ... -object pr-manager-helper,id=pr0,path=/run/qemu-pr-helper.sock \\
+      -drive if=none,id=d0,file=/dev/sdb,format=raw,file.pr-manager=pr0 \\
+      -device virtio-scsi-pci -device scsi-block,drive=d0
+
+After start the helper keeps only CAP_SYS_RAWIO (and, for multipath maps, a
+permitted CAP_DAC_OVERRIDE raised only to open path devices), clears the
+bounding set and sets no_new_privs.";
+
+#[derive(clap::Args)]
+struct PrHelperArgs {
+    /// Socket to listen on (not with systemd socket activation).
+    #[arg(short = 'k', long = "socket", value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+    /// PID file (locked while running).
+    #[arg(
+        short = 'f',
+        long = "pidfile",
+        value_name = "PATH",
+        default_value = "/var/run/qemu-pr-helper.pid"
+    )]
+    pidfile: std::path::PathBuf,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Run as this user after start-up.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
+    /// Run as this group after start-up.
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    group: Option<String>,
+    /// Log every command (debug level).
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// Log errors only.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// qemu-pr-helper's trace option: any pattern turns on per-command logs.
+    #[arg(short = 'T', long = "trace", value_name = "PATTERN")]
+    trace: Option<String>,
+    /// Treat dm-multipath maps as single devices (no path fan-out).
+    #[arg(long)]
+    no_multipath: bool,
+}
+
+/// qemu-pr-helper's default socket.
+const DEFAULT_PR_HELPER_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
+
+fn bind_unix(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::FileTypeExt;
+    if !path.is_absolute() {
+        return Err(format!("socket path {} must be absolute", path.display()));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
+fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
+    use vhost_user_scsi::prhelper::{self, privileges};
+    let activated = prhelper::socket_activation().map_err(|e| e.to_string())?;
+    let listener = match (activated, &a.socket) {
+        (Some(_), Some(_)) => return Err("-k is not allowed with socket activation".into()),
+        (Some(l), None) => l,
+        (None, path) => bind_unix(
+            path.as_deref()
+                .unwrap_or(std::path::Path::new(DEFAULT_PR_HELPER_SOCKET)),
+        )?,
+    };
+    let user = a
+        .user
+        .as_deref()
+        .map(privileges::lookup_user)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let group = a
+        .group
+        .as_deref()
+        .map(privileges::lookup_group)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if a.daemon {
+        // SAFETY: called before any thread exists; daemon(3) forks and the
+        // parent exits.
+        if unsafe { libc::daemon(0, 0) } < 0 {
+            return Err(format!(
+                "cannot daemonize: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let _pidfile = prhelper::write_pidfile(&a.pidfile)
+        .map_err(|e| format!("pidfile {}: {e}", a.pidfile.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        privileges::drop_privileges(user, group, !a.no_multipath)
+            .map_err(|e| format!("cannot drop privileges: {e}"))?;
+    } else if user.is_some() || group.is_some() {
+        return Err("-u/-g need the helper to start as root".into());
+    } else {
+        log::warn!("pr-helper: not started as root: keeping the privileges it was given");
+    }
+    log::info!("pr-helper: ready");
+    prhelper::serve(
+        listener,
+        prhelper::Settings {
+            multipath: !a.no_multipath,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+struct PrClientArgs {
+    /// The helper's socket.
+    #[arg(long, value_name = "PATH")]
+    socket: std::path::PathBuf,
+    /// Device to send the command to (its fd is passed to the helper).
+    #[arg(long, value_name = "DEV")]
+    device: std::path::PathBuf,
+    /// Open the device read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// The CDB in hex (up to 16 bytes).
+    #[arg(long, value_name = "HEX")]
+    cdb: String,
+    /// PR OUT parameter list in hex.
+    #[arg(long, value_name = "HEX", default_value = "")]
+    data: String,
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 {
+        return Err(format!("odd number of hex digits in '{s}'"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("'{s}' is not hex")))
+        .collect()
+}
+
+fn pr_client(a: PrClientArgs) -> Result<(), String> {
+    let bytes = hex(&a.cdb)?;
+    if bytes.len() > 16 {
+        return Err("--cdb is longer than 16 bytes".into());
+    }
+    let mut cdb = [0u8; 16];
+    cdb[..bytes.len()].copy_from_slice(&bytes);
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!a.read_only)
+        .open(&a.device)
+        .map_err(|e| format!("{}: {e}", a.device.display()))?;
+    let r = vhost_user_scsi::prhelper::client::request(&a.socket, &dev, &cdb, &hex(&a.data)?)
+        .map_err(|e| format!("{}: {e}", a.socket.display()))?;
+    let h: String = r.bytes.iter().map(|b| format!("{b:02x}")).collect();
+    println!("status={:#04x} reply={h}", r.status());
+    Ok(())
+}
 
 #[derive(clap::Args)]
 struct BenchArgs {
@@ -210,7 +390,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|c| (m, c)));
@@ -228,13 +407,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let level = match &cli.command {
+        Command::PrHelper(a) if a.quiet => "error",
+        Command::PrHelper(a) if a.verbose || a.trace.is_some() => "debug",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Serve { .. } => {
+        Command::Serve {
+            pr_helper_socket, ..
+        } => {
             let sub = matches.subcommand_matches("serve").unwrap_or(&matches);
             Config::from_ordered_args(&ordered_serve_args(sub))
                 .map_err(|e| error_chain(&e))
-                .and_then(|cfg| vhost_user_scsi::server::serve(cfg).map_err(|e| error_chain(&e)))
+                .and_then(|mut cfg| {
+                    if let Some(p) = pr_helper_socket {
+                        cfg.pr_helper = Some(bind_unix(&p)?);
+                    }
+                    vhost_user_scsi::server::serve(cfg).map_err(|e| error_chain(&e))
+                })
         }
+        Command::PrHelper(a) => pr_helper(a),
+        Command::PrClient(a) => pr_client(a),
         Command::Bench(a) => bench(a),
     };
     match result {

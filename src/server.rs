@@ -212,7 +212,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 /// Run the daemon until SIGINT or SIGTERM.
-pub fn serve(cfg: Config) -> Result<(), Error> {
+pub fn serve(mut cfg: Config) -> Result<(), Error> {
     if cfg.controllers.is_empty() {
         return Err(Error::NoController);
     }
@@ -257,6 +257,19 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
             .spawn(move || accept_loop(i, &ctrl, listener, &shared))
             .map_err(Error::Signals)?;
         threads.push(t);
+    }
+
+    if let Some(l) = cfg.pr_helper.take() {
+        info!("Serving the qemu-pr-helper protocol too");
+        thread::Builder::new()
+            .name("pr-helper".into())
+            .spawn(move || {
+                let settings = crate::prhelper::Settings { multipath: true };
+                if let Err(e) = crate::prhelper::serve(l, settings) {
+                    error!("pr-helper socket failed: {e}");
+                }
+            })
+            .map_err(Error::Signals)?;
     }
 
     let sig = wait_for_signal(&sigset);
