@@ -6,10 +6,13 @@
 # libraries. The guest's /init runs the script handed in by fw_cfg
 # (opt/test) and powers off, printing "GUEST-RESULT: <rc>".
 #
-# Usage: qemu-tests/build-guest.sh OUTDIR   (writes OUTDIR/vmlinuz, OUTDIR/initrd)
+# Usage: qemu-tests/build-guest.sh OUTDIR [minimal]
+#   writes OUTDIR/vmlinuz and OUTDIR/initrd; "minimal" carries only
+#   sg3_utils' sg_persist/sg_inq/sg_turs (the inner guest of nested tests).
 set -euo pipefail
 
-out=${1:?usage: build-guest.sh OUTDIR}
+out=${1:?usage: build-guest.sh OUTDIR [minimal]}
+minimal=${2:-}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,11 +44,15 @@ for applet in $("$root/bin/busybox" --list); do
 done
 
 # Programs and every library they load.
+if [[ $minimal == minimal ]]; then
+    progs=(sg_persist sg_inq sg_turs)
+else
 progs=(sg_inq sg_vpd sg_readcap sg_luns sg_opcodes sg_modes sg_unmap sg_write_same sg_sync
        sg_compare_and_write sg_get_lba_status sg_reset sg_turs sg_rtpg sg_requests sg_verify
        sg_raw sg_dd sg_persist sg_rep_zones sg_start sg_prevent sg_wr_mode sg_rdcap
        lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum
        qemu-pr-helper dmsetup)
+fi
 for p in "${progs[@]}"; do
     path=$(command -v "$p" 2>/dev/null || true)
     [[ -n $path ]] || continue
@@ -63,7 +70,8 @@ cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 # fio loads its io engines and libaio at run time; keep the synchronous ones.
 
 # Kernel modules the guest needs, with their dependencies resolved by modprobe.
-mods=(virtio_pci virtio_scsi sd_mod sg qemu_fw_cfg dm_mod dm_multipath dm_round_robin)
+mods=(virtio_pci virtio_scsi sd_mod sg qemu_fw_cfg)
+[[ $minimal == minimal ]] || mods+=(dm_mod dm_multipath dm_round_robin)
 kmod_root=$work/kernel
 depmod -b "$kmod_root" "$kver"
 for m in "${mods[@]}"; do

@@ -105,6 +105,29 @@ boot_guest() {
     return "${line##*: }"
 }
 
+# with_nested_qemu: put Debian's QEMU (binary, libraries, TCG module,
+# firmware) and a minimal inner guest (/inner/vmlinuz, /inner/initrd) into
+# the extra archive, so the guest can run QEMU itself. Call before
+# with_daemon_binary.
+with_nested_qemu() {
+    local d=$WORK/extra q
+    q=$(command -v qemu-system-x86_64)
+    "$(dirname "${BASH_SOURCE[0]}")/build-guest.sh" "$GUEST_DIR/inner" minimal >/dev/null
+    mkdir -p "$d/inner" "$d/usr/bin" "$d/usr/lib/x86_64-linux-gnu/qemu" "$d/usr/share/qemu" "$d/usr/share/seabios"
+    cp "$GUEST_DIR/vmlinuz" "$d/inner/vmlinuz"
+    cp "$GUEST_DIR/inner/initrd" "$d/inner/initrd"
+    cp -L "$q" "$d/usr/bin/qemu-system-x86_64"
+    cp -L /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so "$d/usr/lib/x86_64-linux-gnu/qemu/"
+    cp -L /usr/share/qemu/kvmvapic.bin /usr/share/qemu/linuxboot_dma.bin "$d/usr/share/qemu/"
+    cp -L /usr/share/seabios/bios-256k.bin "$d/usr/share/seabios/"
+    local lib
+    for lib in $( (ldd "$q"; ldd /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so) |
+                  awk '/=>/ {print $3}' | sort -u); do
+        mkdir -p "$d$(dirname "$lib")"
+        cp -Ln "$lib" "$d$lib"
+    done
+}
+
 # with_daemon_binary: boot guests of this scenario with our (stripped)
 # binary as /bin/vhost-user-scsi: a second cpio archive appended to the
 # initramfs (the kernel unpacks concatenated archives).
