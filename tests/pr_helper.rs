@@ -258,3 +258,120 @@ fn second_instance_with_the_same_pidfile_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another instance"), "{err}");
 }
+
+#[test]
+fn systemd_socket_activation_is_used_and_excludes_k() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("act.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let lfd = listener.as_raw_fd();
+    let spawn = |extra: &str| {
+        let script = format!(
+            "export LISTEN_PID=$$; exec {} pr-helper -f {} {extra}",
+            env!("CARGO_BIN_EXE_vhost-user-scsi"),
+            dir.path().join(format!("act{}.pid", extra.len())).display()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script])
+            .env("LISTEN_FDS", "1")
+            .stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe dup2/fcntl between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if lfd != 3 && libc::dup2(lfd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 onto itself keeps FD_CLOEXEC: clear it either way.
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    };
+    // With -k as well: refused.
+    let bad = spawn("-k /tmp/unused.sock").wait_with_output().unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("socket activation"));
+    // Alone: serves on the passed socket.
+    let mut child = spawn("");
+    let file = tempfile::tempfile().unwrap();
+    let r = request(&sock, &file, &read_keys_cdb(), &[]).unwrap();
+    assert_eq!(r.status(), 2);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn daemon_mode_detaches_and_writes_the_pidfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let pidfile = dir.path().join("d.pid");
+    let st = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(["pr-helper", "-d", "-k"])
+        .arg(&sock)
+        .arg("-f")
+        .arg(&pidfile)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no pidfile");
+        sleep(Duration::from_millis(20));
+    };
+    let file = tempfile::tempfile().unwrap();
+    assert_eq!(
+        request(&sock, &file, &read_keys_cdb(), &[])
+            .unwrap()
+            .status(),
+        2
+    );
+    // SAFETY: kill() on the daemon this test started (its PID from the pidfile).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
+#[test]
+fn serve_can_also_be_the_pr_helper() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let prsock = dir.path().join("pr.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("v.sock"))
+        .arg("--lun")
+        .arg(format!("file={}", disk.display()))
+        .arg("--pr-helper-socket")
+        .arg(&prsock)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !prsock.exists() {
+        assert!(Instant::now() < deadline);
+        sleep(Duration::from_millis(20));
+    }
+    let file = tempfile::tempfile().unwrap();
+    let r = request(&prsock, &file, &read_keys_cdb(), &[]).unwrap();
+    assert_eq!((r.status(), r.bytes[8 + 12]), (2, 0x25));
+    // SAFETY: kill() on the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -73,6 +73,8 @@ pub fn request(
     param: &[u8],
 ) -> io::Result<RawReply> {
     let mut s = UnixStream::connect(socket)?;
+    // The helper's own SG_IO timeout is 60 s: give up a little later.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(90)))?;
     let mut features = [0u8; 4];
     s.read_exact(&mut features)?;
     s.write_all(&0u32.to_be_bytes())?;

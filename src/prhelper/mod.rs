@@ -270,8 +270,17 @@ pub fn socket_activation() -> io::Result<Option<UnixListener>> {
         }
         None => return Ok(None),
     }
-    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID matched); we
-    // take ownership of it once.
+    // SAFETY: stat is plain data filled by fstat; fd 3 is only inspected.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer; an invalid fd just fails.
+    if unsafe { libc::fstat(3, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket activation: fd 3 is not an open socket",
+        ));
+    }
+    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID matched) and it
+    // is an open socket; we take ownership of it once.
     let l = unsafe { UnixListener::from_raw_fd(3) };
     // Keep it from leaking into children.
     // SAFETY: fcntl on the fd we now own.
