@@ -7,6 +7,7 @@ pub mod backstore;
 pub mod bench;
 pub mod config;
 pub mod device;
+pub mod iscsi;
 pub mod prhelper;
 pub mod scsi;
 pub mod server;

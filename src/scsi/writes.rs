@@ -127,8 +127,11 @@ mod tests {
         let t2 = t.clone();
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
+            // Taken before the release: the exclusive section cannot start
+            // earlier than this.
+            let released_at = Instant::now();
             t2.end(BlockRange::new(10, 5));
-            Instant::now()
+            released_at
         });
         let ran_at = t.exclusive(BlockRange::new(12, 1), Instant::now).unwrap();
         let ended_at = h.join().unwrap();

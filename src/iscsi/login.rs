@@ -1,0 +1,656 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The login phase (RFC 7143 6.3, 13): security negotiation with CHAP
+//! (one-way or mutual), operational negotiation, and the transition to the
+//! full-feature phase. Sans-IO: [`Login::start`] gives the first Login
+//! Request, [`Login::receive`] takes each Login Response and gives the next
+//! request or the negotiated parameters.
+
+use super::chap::{self, Algorithm};
+use super::pdu::{Digests, Opcode, Pdu};
+use super::text;
+
+/// Login stages (RFC 7143 11.12.3).
+const SECURITY: u8 = 0;
+const OPERATIONAL: u8 = 1;
+const FULL_FEATURE: u8 = 3;
+/// Defaults when a key is not negotiated (RFC 7143 13).
+const DEFAULT_MRDSL: u32 = 8192;
+/// Rounds a stage may take before we give up on a target that never
+/// transits.
+const MAX_ROUNDS: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: String,
+}
+
+/// What to log in to and how.
+#[derive(Clone, Debug)]
+pub struct LoginParams {
+    pub initiator_name: String,
+    /// None: a discovery session.
+    pub target_name: Option<String>,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// Our CHAP account on the target.
+    pub chap: Option<Credentials>,
+    /// The target's account, for mutual CHAP.
+    pub mutual: Option<Credentials>,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// What we can receive in one PDU.
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub initial_cmd_sn: u32,
+}
+
+/// The result of operational negotiation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub digests: Digests,
+    /// Largest data segment the target accepts from us.
+    pub max_xmit_data_segment_length: u32,
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub initial_r2t: bool,
+    pub immediate_data: bool,
+    pub max_outstanding_r2t: u32,
+    pub data_pdu_in_order: bool,
+    pub data_sequence_in_order: bool,
+    pub default_time2wait: u32,
+    pub default_time2retain: u32,
+    pub tsih: u16,
+    pub cmd_sn: u32,
+    pub exp_cmd_sn: u32,
+    pub max_cmd_sn: u32,
+    pub exp_stat_sn: u32,
+    /// Other keys the target sent (e.g. TargetAlias).
+    pub target_keys: Vec<(String, String)>,
+}
+
+/// Why a login failed, by class (RFC 7143 11.13.5).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("The target redirects to {0}")]
+    Redirect(String),
+    #[error("Authentication failed")]
+    AuthenticationFailed,
+    #[error("The initiator is not allowed to log in to this target (ACL)")]
+    Forbidden,
+    #[error("Target not found")]
+    TargetNotFound,
+    #[error("The target was removed")]
+    TargetRemoved,
+    #[error("Login rejected: initiator error {0:#04x}")]
+    InitiatorError(u8),
+    #[error("Login failed: target error {class:#04x}/{detail:#04x}")]
+    TargetError { class: u8, detail: u8 },
+    #[error("The target needs CHAP and no credentials are configured")]
+    ChapRequired,
+    #[error("The target failed mutual CHAP authentication")]
+    MutualChapFailed,
+    #[error("Login protocol error: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Sent the security-stage keys (AuthMethod).
+    Security,
+    /// Sent CHAP_A.
+    ChapAlgorithm,
+    /// Sent CHAP_N/CHAP_R (and our mutual challenge).
+    ChapResponse,
+    /// Sent operational keys.
+    Operational,
+    Done,
+}
+
+pub enum Step {
+    Send(Pdu),
+    Done(Negotiated),
+}
+
+pub struct Login {
+    p: LoginParams,
+    state: State,
+    itt: u32,
+    exp_stat_sn: u32,
+    rounds: usize,
+    mutual_challenge: Option<(Algorithm, u8, Vec<u8>)>,
+    keys_sent: bool,
+}
+
+fn protocol(msg: impl Into<String>) -> LoginError {
+    LoginError::Protocol(msg.into())
+}
+
+impl Login {
+    pub fn new(p: LoginParams) -> Login {
+        Login {
+            p,
+            state: State::Security,
+            itt: 0,
+            exp_stat_sn: 0,
+            rounds: 0,
+            mutual_challenge: None,
+            keys_sent: false,
+        }
+    }
+
+    fn request(&self, csg: u8, nsg: u8, transit: bool, keys: &[(String, String)]) -> Pdu {
+        let mut p = Pdu::new(Opcode::LoginRequest);
+        p.set_immediate();
+        let t = if transit { 0x80 } else { 0 };
+        p.set_flags(t | (csg << 2) | if transit { nsg } else { 0 });
+        p.bhs[8..14].copy_from_slice(&self.p.isid);
+        p.set_u16(14, self.p.tsih);
+        p.set_itt(self.itt);
+        p.set_u32(24, self.p.initial_cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        p.data = text::encode(keys);
+        p
+    }
+
+    fn identity_keys(&self) -> Vec<(String, String)> {
+        let mut k = vec![("InitiatorName".to_string(), self.p.initiator_name.clone())];
+        match &self.p.target_name {
+            Some(t) => {
+                k.push(("SessionType".into(), "Normal".into()));
+                k.push(("TargetName".into(), t.clone()));
+            }
+            None => k.push(("SessionType".into(), "Discovery".into())),
+        }
+        k
+    }
+
+    fn operational_keys(&self) -> Vec<(String, String)> {
+        let dg = |on: bool| if on { "CRC32C,None" } else { "None" };
+        let mut k: Vec<(String, String)> = vec![
+            ("HeaderDigest".into(), dg(self.p.header_digest).into()),
+            ("DataDigest".into(), dg(self.p.data_digest).into()),
+            (
+                "MaxRecvDataSegmentLength".into(),
+                self.p.max_recv_data_segment_length.to_string(),
+            ),
+        ];
+        if self.p.target_name.is_some() {
+            for (key, v) in [
+                ("InitialR2T", "No".to_string()),
+                ("ImmediateData", "Yes".to_string()),
+                ("MaxBurstLength", self.p.max_burst_length.to_string()),
+                ("FirstBurstLength", self.p.first_burst_length.to_string()),
+                ("MaxOutstandingR2T", "1".to_string()),
+                ("DataPDUInOrder", "Yes".to_string()),
+                ("DataSequenceInOrder", "Yes".to_string()),
+                ("DefaultTime2Wait", "2".to_string()),
+                ("DefaultTime2Retain", "0".to_string()),
+                ("ErrorRecoveryLevel", "0".to_string()),
+                ("MaxConnections", "1".to_string()),
+            ] {
+                k.push((key.into(), v));
+            }
+        }
+        k
+    }
+
+    /// The first Login Request.
+    pub fn start(&mut self) -> Pdu {
+        let mut keys = self.identity_keys();
+        self.keys_sent = true;
+        if self.p.chap.is_some() {
+            keys.push(("AuthMethod".into(), "CHAP,None".into()));
+            self.request(SECURITY, OPERATIONAL, false, &keys)
+        } else {
+            keys.push(("AuthMethod".into(), "None".into()));
+            self.request(SECURITY, OPERATIONAL, true, &keys)
+        }
+    }
+
+    fn operational(&mut self) -> Pdu {
+        self.state = State::Operational;
+        self.rounds = 0;
+        let mut keys = self.operational_keys();
+        if !self.keys_sent {
+            keys.splice(0..0, self.identity_keys());
+            self.keys_sent = true;
+        }
+        self.request(OPERATIONAL, FULL_FEATURE, true, &keys)
+    }
+
+    /// Handle one Login Response.
+    pub fn receive(&mut self, r: &Pdu) -> Result<Step, LoginError> {
+        if r.opcode() != Some(Opcode::LoginResponse) {
+            return Err(protocol(format!(
+                "expected a Login Response, got {:?}",
+                r.opcode()
+            )));
+        }
+        let (class, detail) = (r.byte(36), r.byte(37));
+        let keys = text::parse(&r.data);
+        match class {
+            0 => {}
+            1 => {
+                return Err(LoginError::Redirect(
+                    text::get(&keys, "TargetAddress").unwrap_or("?").to_string(),
+                ))
+            }
+            2 => {
+                return Err(match detail {
+                    0x01 => LoginError::AuthenticationFailed,
+                    0x02 => LoginError::Forbidden,
+                    0x03 => LoginError::TargetNotFound,
+                    0x04 => LoginError::TargetRemoved,
+                    d => LoginError::InitiatorError(d),
+                })
+            }
+            c => return Err(LoginError::TargetError { class: c, detail }),
+        }
+        self.exp_stat_sn = r.stat_sn().wrapping_add(1);
+        self.rounds += 1;
+        if self.rounds > MAX_ROUNDS {
+            return Err(protocol("the target does not finish the login stage"));
+        }
+        let transit = r.flags() & 0x80 != 0;
+        let nsg = r.flags() & 0x03;
+        match self.state {
+            State::Security => {
+                if transit && nsg == OPERATIONAL {
+                    return Ok(Step::Send(self.operational()));
+                }
+                match text::get(&keys, "AuthMethod") {
+                    Some("CHAP") if self.p.chap.is_some() => {
+                        self.state = State::ChapAlgorithm;
+                        let keys = vec![("CHAP_A".to_string(), chap::OFFER.to_string())];
+                        Ok(Step::Send(self.request(
+                            SECURITY,
+                            OPERATIONAL,
+                            false,
+                            &keys,
+                        )))
+                    }
+                    Some("CHAP") => Err(LoginError::ChapRequired),
+                    Some("None") => Ok(Step::Send(self.request(SECURITY, OPERATIONAL, true, &[]))),
+                    Some("Reject") | Some("NotUnderstood") | Some("Irrelevant") => Err(protocol(
+                        "the target refused every authentication method we offer",
+                    )),
+                    _ => Ok(Step::Send(self.request(SECURITY, OPERATIONAL, true, &[]))),
+                }
+            }
+            State::ChapAlgorithm => {
+                let creds = self.p.chap.clone().ok_or(LoginError::ChapRequired)?;
+                let alg = text::get(&keys, "CHAP_A")
+                    .and_then(Algorithm::from_code)
+                    .ok_or_else(|| protocol("no usable CHAP_A from the target"))?;
+                let id: u8 = text::get(&keys, "CHAP_I")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| protocol("bad CHAP_I"))?;
+                let challenge = text::get(&keys, "CHAP_C")
+                    .and_then(text::decode_binary)
+                    .filter(|c| !c.is_empty() && c.len() <= 1024)
+                    .ok_or_else(|| protocol("bad CHAP_C"))?;
+                let resp = chap::response(alg, id, creds.secret.as_bytes(), &challenge);
+                let mut out = vec![
+                    ("CHAP_N".to_string(), creds.user.clone()),
+                    ("CHAP_R".to_string(), text::encode_hex(&resp)),
+                ];
+                if self.p.mutual.is_some() {
+                    let mine = chap::random(alg.digest_len()).map_err(|e| protocol(e.to_string()))?;
+                    // An identifier different from the target's (RFC 7143 12.1.3).
+                    let my_id = id.wrapping_add(1);
+                    out.push(("CHAP_I".into(), my_id.to_string()));
+                    out.push(("CHAP_C".into(), text::encode_hex(&mine)));
+                    self.mutual_challenge = Some((alg, my_id, mine));
+                }
+                self.state = State::ChapResponse;
+                Ok(Step::Send(self.request(SECURITY, OPERATIONAL, true, &out)))
+            }
+            State::ChapResponse => {
+                if let (Some(m), Some((alg, id, challenge))) =
+                    (&self.p.mutual, &self.mutual_challenge)
+                {
+                    let name_ok = text::get(&keys, "CHAP_N") == Some(m.user.as_str());
+                    let expect = chap::response(*alg, *id, m.secret.as_bytes(), challenge);
+                    let got = text::get(&keys, "CHAP_R").and_then(text::decode_binary);
+                    if !name_ok || !got.is_some_and(|g| chap::same(&g, &expect)) {
+                        return Err(LoginError::MutualChapFailed);
+                    }
+                    // Checked once.
+                    self.mutual_challenge = None;
+                }
+                if transit && nsg == OPERATIONAL {
+                    Ok(Step::Send(self.operational()))
+                } else {
+                    Ok(Step::Send(self.request(SECURITY, OPERATIONAL, true, &[])))
+                }
+            }
+            State::Operational => {
+                if transit && nsg == FULL_FEATURE {
+                    self.state = State::Done;
+                    return Ok(Step::Done(self.negotiated(r, keys)));
+                }
+                Ok(Step::Send(self.request(
+                    OPERATIONAL,
+                    FULL_FEATURE,
+                    true,
+                    &[],
+                )))
+            }
+            State::Done => Err(protocol("Login Response after the login completed")),
+        }
+    }
+
+    fn negotiated(&self, r: &Pdu, keys: Vec<(String, String)>) -> Negotiated {
+        let yes = |k: &str, default: bool| match text::get(&keys, k) {
+            Some("Yes") => true,
+            Some("No") => false,
+            _ => default,
+        };
+        let num = |k: &str, default: u32| {
+            text::get(&keys, k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let crc = |k: &str| text::get(&keys, k) == Some("CRC32C");
+        let normal = self.p.target_name.is_some();
+        Negotiated {
+            digests: Digests {
+                header: crc("HeaderDigest"),
+                data: crc("DataDigest"),
+            },
+            max_xmit_data_segment_length: num("MaxRecvDataSegmentLength", DEFAULT_MRDSL)
+                .clamp(512, 1 << 24),
+            max_recv_data_segment_length: self.p.max_recv_data_segment_length,
+            // Not offered back: the target accepted ours (RFC 7143 6.2).
+            max_burst_length: num(
+                "MaxBurstLength",
+                if normal {
+                    self.p.max_burst_length
+                } else {
+                    262144
+                },
+            )
+            .clamp(512, 1 << 24),
+            first_burst_length: num(
+                "FirstBurstLength",
+                if normal {
+                    self.p.first_burst_length
+                } else {
+                    65536
+                },
+            )
+            .clamp(512, 1 << 24),
+            initial_r2t: yes("InitialR2T", true),
+            immediate_data: yes("ImmediateData", true),
+            max_outstanding_r2t: num("MaxOutstandingR2T", 1).max(1),
+            data_pdu_in_order: yes("DataPDUInOrder", true),
+            data_sequence_in_order: yes("DataSequenceInOrder", true),
+            default_time2wait: num("DefaultTime2Wait", 2),
+            default_time2retain: num("DefaultTime2Retain", 20),
+            tsih: r.u16_at(14),
+            cmd_sn: self.p.initial_cmd_sn,
+            exp_cmd_sn: r.exp_cmd_sn(),
+            max_cmd_sn: r.max_cmd_sn(),
+            exp_stat_sn: self.exp_stat_sn,
+            target_keys: keys,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(chap: bool, mutual: bool) -> LoginParams {
+        LoginParams {
+            initiator_name: "iqn.2026-11.test:init".into(),
+            target_name: Some("iqn.2026-11.test:tgt".into()),
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            chap: chap.then(|| Credentials {
+                user: "u".into(),
+                secret: "secret12345678".into(),
+            }),
+            mutual: mutual.then(|| Credentials {
+                user: "tgt".into(),
+                secret: "tsecret1234567".into(),
+            }),
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 262144,
+            max_burst_length: 1 << 20,
+            first_burst_length: 65536,
+            initial_cmd_sn: 1,
+        }
+    }
+
+    /// A scripted target's Login Response.
+    fn resp(transit: bool, csg: u8, nsg: u8, keys: &[(&str, &str)], stat_sn: u32) -> Pdu {
+        let mut p = Pdu::new(Opcode::LoginResponse);
+        p.set_flags(if transit {
+            0x80 | (csg << 2) | nsg
+        } else {
+            csg << 2
+        });
+        p.set_u16(14, 0x0123);
+        p.set_u32(24, stat_sn);
+        p.set_u32(28, 1);
+        p.set_u32(32, 64);
+        p.data = text::encode(keys);
+        p
+    }
+
+    fn keys_of(p: &Pdu) -> Vec<(String, String)> {
+        text::parse(&p.data)
+    }
+
+    #[test]
+    fn login_without_auth_goes_security_operational_full_feature() {
+        let mut l = Login::new(params(false, false));
+        let first = l.start();
+        assert_eq!(first.bhs[0], 0x43); // immediate Login Request
+        assert_eq!(first.flags(), 0x81); // T, CSG 0, NSG 1
+        assert_eq!(text::get(&keys_of(&first), "AuthMethod"), Some("None"));
+        let Step::Send(op) = l
+            .receive(&resp(true, 0, 1, &[("AuthMethod", "None")], 5))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(op.flags(), 0x87); // T, CSG 1, NSG 3
+        assert_eq!(op.u32_at(28), 6); // ExpStatSN
+        assert_eq!(text::get(&keys_of(&op), "InitialR2T"), Some("No"));
+        let fin = resp(
+            true,
+            1,
+            3,
+            &[
+                ("MaxRecvDataSegmentLength", "8192"),
+                ("InitialR2T", "Yes"),
+                ("FirstBurstLength", "65536"),
+                ("MaxBurstLength", "262144"),
+            ],
+            6,
+        );
+        let Step::Done(n) = l.receive(&fin).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.max_xmit_data_segment_length, 8192);
+        assert!(n.initial_r2t);
+        assert_eq!(n.max_burst_length, 262144);
+        assert_eq!(n.tsih, 0x0123);
+        assert_eq!(n.exp_stat_sn, 7);
+        assert_eq!(n.max_cmd_sn, 64);
+    }
+
+    #[test]
+    fn mutual_chap_answers_the_challenge_and_checks_the_target() {
+        let mut l = Login::new(params(true, true));
+        l.start();
+        let Step::Send(a) = l
+            .receive(&resp(false, 0, 0, &[("AuthMethod", "CHAP")], 1))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(text::get(&keys_of(&a), "CHAP_A"), Some("7,6,5"));
+        let Step::Send(r) = l
+            .receive(&resp(
+                false,
+                0,
+                0,
+                &[
+                    ("CHAP_A", "5"),
+                    ("CHAP_I", "9"),
+                    ("CHAP_C", "0x0102030405060708"),
+                ],
+                2,
+            ))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let k = keys_of(&r);
+        let expect = chap::response(
+            Algorithm::Md5,
+            9,
+            b"secret12345678",
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        );
+        assert_eq!(
+            text::get(&k, "CHAP_R"),
+            Some(text::encode_hex(&expect).as_str())
+        );
+        assert_eq!(text::get(&k, "CHAP_N"), Some("u"));
+        // The target proves itself with our challenge.
+        let id: u8 = text::get(&k, "CHAP_I").unwrap().parse().unwrap();
+        let c = text::decode_binary(text::get(&k, "CHAP_C").unwrap()).unwrap();
+        let good = text::encode_hex(&chap::response(Algorithm::Md5, id, b"tsecret1234567", &c));
+        let ok = l.receive(&resp(
+            true,
+            0,
+            1,
+            &[("CHAP_N", "tgt"), ("CHAP_R", &good)],
+            3,
+        ));
+        // Accepted: on to the operational stage.
+        let Ok(Step::Send(op)) = ok else {
+            panic!("mutual CHAP rejected")
+        };
+        assert_eq!(op.flags(), 0x87);
+    }
+
+    #[test]
+    fn mutual_chap_with_a_wrong_target_response_fails() {
+        let mut l = Login::new(params(true, true));
+        l.start();
+        l.receive(&resp(false, 0, 0, &[("AuthMethod", "CHAP")], 1))
+            .unwrap();
+        l.receive(&resp(
+            false,
+            0,
+            0,
+            &[("CHAP_A", "5"), ("CHAP_I", "9"), ("CHAP_C", "0x0102")],
+            2,
+        ))
+        .unwrap();
+        let r = l.receive(&resp(
+            true,
+            0,
+            1,
+            &[
+                ("CHAP_N", "tgt"),
+                ("CHAP_R", "0x00112233445566778899aabbccddeeff"),
+            ],
+            3,
+        ));
+        assert_eq!(r.err(), Some(LoginError::MutualChapFailed));
+    }
+
+    #[test]
+    fn login_failures_map_to_their_class() {
+        for (class, detail, err) in [
+            (2u8, 1u8, LoginError::AuthenticationFailed),
+            (2, 2, LoginError::Forbidden),
+            (2, 3, LoginError::TargetNotFound),
+            (
+                3,
+                1,
+                LoginError::TargetError {
+                    class: 3,
+                    detail: 1,
+                },
+            ),
+        ] {
+            let mut l = Login::new(params(false, false));
+            l.start();
+            let mut r = resp(false, 0, 0, &[], 0);
+            r.set_byte(36, class);
+            r.set_byte(37, detail);
+            assert_eq!(l.receive(&r).err(), Some(err));
+        }
+    }
+
+    #[test]
+    fn redirect_reports_the_new_address() {
+        let mut l = Login::new(params(false, false));
+        l.start();
+        let mut r = resp(false, 0, 0, &[("TargetAddress", "10.0.0.2:3260,1")], 0);
+        r.set_byte(36, 1);
+        r.set_byte(37, 1);
+        assert_eq!(
+            l.receive(&r).err(),
+            Some(LoginError::Redirect("10.0.0.2:3260,1".into()))
+        );
+    }
+
+    #[test]
+    fn target_demanding_chap_without_credentials_is_a_clear_error() {
+        let mut l = Login::new(params(false, false));
+        l.start();
+        assert_eq!(
+            l.receive(&resp(false, 0, 0, &[("AuthMethod", "CHAP")], 0))
+                .err(),
+            Some(LoginError::ChapRequired)
+        );
+    }
+
+    #[test]
+    fn digests_are_offered_and_taken_from_the_answer() {
+        let mut p = params(false, false);
+        p.header_digest = true;
+        p.data_digest = true;
+        let mut l = Login::new(p);
+        l.start();
+        let Step::Send(op) = l.receive(&resp(true, 0, 1, &[], 1)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            text::get(&keys_of(&op), "HeaderDigest"),
+            Some("CRC32C,None")
+        );
+        let Step::Done(n) = l
+            .receive(&resp(
+                true,
+                1,
+                3,
+                &[("HeaderDigest", "CRC32C"), ("DataDigest", "None")],
+                2,
+            ))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            n.digests,
+            Digests {
+                header: true,
+                data: false
+            }
+        );
+    }
+}

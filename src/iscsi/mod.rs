@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The built-in iSCSI initiator (RFC 7143). Protocol code is sans-IO
+//! (`pdu`, `text`, `chap`, `login`, `session`): bytes and PDUs in, PDUs and
+//! events out, tested without sockets. `conn` is the thin blocking driver
+//! over TCP.
+
+pub mod chap;
+pub mod conn;
+pub mod login;
+pub mod pdu;
+pub mod session;
+pub mod text;
+pub mod url;

@@ -1,0 +1,765 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The full-feature phase of one connection (RFC 7143 3.2, 4.2, 11): SCSI
+//! commands within the CmdSN window, immediate and unsolicited data within
+//! FirstBurstLength, R2T-driven Data-Out, Data-In with phase-collapsed
+//! status, SCSI Response with sense and residuals, NOP-In/Out, Text
+//! (SendTargets), Asynchronous Messages, Reject and Logout. Sans-IO: PDUs
+//! in, PDUs out (`poll_transmit`) and events.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::login::Negotiated;
+use super::pdu::{Opcode, Pdu, RESERVED_TAG};
+use super::text;
+
+/// Data direction of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    None,
+    /// Read up to this many bytes.
+    Read(u32),
+    /// Write these bytes.
+    Write(Vec<u8>),
+}
+
+/// A finished command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub tag: u64,
+    /// iSCSI response code (0: command completed at target; status valid).
+    pub response: u8,
+    pub status: u8,
+    pub sense: Vec<u8>,
+    pub data: Vec<u8>,
+    /// Residual count: positive underflow, negative overflow.
+    pub residual: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Completed(Completion),
+    /// Answer to our NOP-Out ping.
+    Pong,
+    /// SCSI asynchronous event (sense data) for a LUN.
+    ScsiEvent {
+        lun: [u8; 8],
+        sense: Vec<u8>,
+    },
+    /// The target asks us to log out within `within_secs`.
+    LogoutRequested {
+        within_secs: u16,
+    },
+    /// The target will drop the connection or session.
+    Dropping,
+    /// A complete Text Response (SendTargets and the like).
+    Text(Vec<(String, String)>),
+    LoggedOut {
+        response: u8,
+    },
+    TaskManagement {
+        tag: u64,
+        response: u8,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("Target protocol error: {0}")]
+    Protocol(String),
+}
+
+fn protocol(msg: impl Into<String>) -> SessionError {
+    SessionError::Protocol(msg.into())
+}
+
+struct Task {
+    tag: u64,
+    lun: [u8; 8],
+    cdb: Vec<u8>,
+    read_len: u32,
+    write: Vec<u8>,
+    data: Vec<u8>,
+    received: u32,
+    /// Whether the command PDU has gone out.
+    sent: bool,
+    tmf: Option<u8>,
+}
+
+/// `a <= b` in 32-bit serial number arithmetic (RFC 1982).
+fn sn_le(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) < 0x8000_0000
+}
+
+pub struct Session {
+    pub n: Negotiated,
+    cmd_sn: u32,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+    exp_stat_sn: u32,
+    next_itt: u32,
+    tasks: HashMap<u32, Task>,
+    waiting: VecDeque<u32>,
+    out: VecDeque<Pdu>,
+    text_acc: Vec<u8>,
+}
+
+impl Session {
+    pub fn new(n: Negotiated) -> Session {
+        Session {
+            cmd_sn: n.cmd_sn,
+            exp_cmd_sn: n.exp_cmd_sn,
+            max_cmd_sn: n.max_cmd_sn,
+            exp_stat_sn: n.exp_stat_sn,
+            n,
+            next_itt: 1,
+            tasks: HashMap::new(),
+            waiting: VecDeque::new(),
+            out: VecDeque::new(),
+            text_acc: Vec::new(),
+        }
+    }
+
+    /// Commands not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn alloc_itt(&mut self) -> u32 {
+        loop {
+            let itt = self.next_itt;
+            self.next_itt = self.next_itt.wrapping_add(1);
+            if itt != RESERVED_TAG && !self.tasks.contains_key(&itt) {
+                return itt;
+            }
+        }
+    }
+
+    /// Whether the window lets a non-immediate command with `cmd_sn` go.
+    fn window_open(&self) -> bool {
+        sn_le(self.cmd_sn, self.max_cmd_sn)
+    }
+
+    /// Queue a SCSI command; it goes out when the CmdSN window allows.
+    pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: &[u8], data: Data) -> u32 {
+        let itt = self.alloc_itt();
+        let (read_len, write) = match data {
+            Data::None => (0, Vec::new()),
+            Data::Read(n) => (n, Vec::new()),
+            Data::Write(w) => (0, w),
+        };
+        self.tasks.insert(
+            itt,
+            Task {
+                tag,
+                lun,
+                cdb: cdb.to_vec(),
+                read_len,
+                write,
+                data: Vec::new(),
+                received: 0,
+                sent: false,
+                tmf: None,
+            },
+        );
+        self.waiting.push_back(itt);
+        self.pump();
+        itt
+    }
+
+    /// Send what the window allows.
+    fn pump(&mut self) {
+        while self.window_open() {
+            let Some(itt) = self.waiting.pop_front() else {
+                break;
+            };
+            if let Some(t) = self.tasks.get(&itt) {
+                let pdus = self.command_pdus(itt, t);
+                self.cmd_sn = self.cmd_sn.wrapping_add(1);
+                self.out.extend(pdus);
+            }
+            if let Some(t) = self.tasks.get_mut(&itt) {
+                t.sent = true;
+            }
+        }
+    }
+
+    /// The SCSI Command PDU and any immediate / unsolicited data.
+    fn command_pdus(&self, itt: u32, t: &Task) -> Vec<Pdu> {
+        let mut p = Pdu::new(Opcode::ScsiCommand);
+        let mut flags = 0x01; // ATTR: SIMPLE
+        if t.read_len > 0 {
+            flags |= 0x40;
+        }
+        if !t.write.is_empty() {
+            flags |= 0x20;
+        }
+        p.set_lun(t.lun);
+        p.set_itt(itt);
+        let edtl = if t.write.is_empty() {
+            t.read_len
+        } else {
+            t.write.len() as u32
+        };
+        p.set_u32(20, edtl);
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        let n = t.cdb.len().min(16);
+        p.bhs[32..32 + n].copy_from_slice(&t.cdb[..n]);
+        if t.cdb.len() > 16 {
+            // Extended CDB AHS (RFC 7143 11.3.5): type 1, length incl. reserved byte.
+            let rest = &t.cdb[16..];
+            let mut ahs = Vec::new();
+            ahs.extend_from_slice(&((rest.len() + 1) as u16).to_be_bytes());
+            ahs.push(1);
+            ahs.push(0);
+            ahs.extend_from_slice(rest);
+            while ahs.len() % 4 != 0 {
+                ahs.push(0);
+            }
+            p.ahs = ahs;
+        }
+        let mut out = Vec::new();
+        let mut sent = 0usize;
+        let first_burst = self.n.first_burst_length as usize;
+        let mx = self.n.max_xmit_data_segment_length as usize;
+        if !t.write.is_empty() && self.n.immediate_data {
+            sent = t.write.len().min(first_burst).min(mx);
+            p.data = t.write[..sent].to_vec();
+        }
+        let unsolicited_end = if self.n.initial_r2t {
+            sent
+        } else {
+            t.write.len().min(first_burst)
+        };
+        if sent >= unsolicited_end {
+            flags |= 0x80; // F: no unsolicited Data-Out follows
+        }
+        p.set_flags(flags);
+        out.push(p);
+        if sent < unsolicited_end {
+            out.extend(self.data_out(itt, t, sent, unsolicited_end - sent, RESERVED_TAG));
+        }
+        out
+    }
+
+    /// Data-Out PDUs for `len` bytes from `offset` (RFC 7143 11.7).
+    fn data_out(&self, itt: u32, t: &Task, offset: usize, len: usize, ttt: u32) -> Vec<Pdu> {
+        let mx = self.n.max_xmit_data_segment_length as usize;
+        let end = (offset + len).min(t.write.len());
+        let mut out = Vec::new();
+        let mut at = offset;
+        let mut data_sn = 0u32;
+        while at < end {
+            let n = (end - at).min(mx);
+            let mut p = Pdu::new(Opcode::DataOut);
+            if at + n >= end {
+                p.set_flags(0x80);
+            }
+            p.set_lun(t.lun);
+            p.set_itt(itt);
+            p.set_u32(20, ttt);
+            p.set_u32(28, self.exp_stat_sn);
+            p.set_u32(36, data_sn);
+            p.set_u32(40, at as u32);
+            p.data = t.write[at..at + n].to_vec();
+            out.push(p);
+            at += n;
+            data_sn += 1;
+        }
+        out
+    }
+
+    /// The next PDU to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Pdu> {
+        self.out.pop_front()
+    }
+
+    /// NOP-Out ping (immediate; RFC 7143 11.18).
+    pub fn ping(&mut self) {
+        let mut p = Pdu::new(Opcode::NopOut);
+        p.set_immediate();
+        p.set_flags(0x80);
+        p.set_itt(self.alloc_itt());
+        p.set_u32(20, RESERVED_TAG);
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        self.out.push_back(p);
+    }
+
+    /// Text Request (SendTargets=All for discovery).
+    pub fn text_request(&mut self, keys: &[(&str, &str)]) {
+        let mut p = Pdu::new(Opcode::TextRequest);
+        p.set_immediate();
+        p.set_flags(0x80);
+        p.set_itt(self.alloc_itt());
+        p.set_u32(20, RESERVED_TAG);
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        p.data = text::encode(keys);
+        self.out.push_back(p);
+    }
+
+    /// Logout Request: close the session (immediate).
+    pub fn logout(&mut self) {
+        let mut p = Pdu::new(Opcode::LogoutRequest);
+        p.set_immediate();
+        p.set_flags(0x80);
+        p.set_itt(self.alloc_itt());
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        self.out.push_back(p);
+    }
+
+    /// Task management request (RFC 7143 11.5): `function` 1 ABORT TASK
+    /// (referencing `ref_itt`), 2 ABORT TASK SET, 5 LOGICAL UNIT RESET, 6
+    /// TARGET WARM RESET. Immediate.
+    pub fn task_management(&mut self, tag: u64, function: u8, lun: [u8; 8], ref_itt: u32) -> u32 {
+        let itt = self.alloc_itt();
+        let mut p = Pdu::new(Opcode::TaskMgmtRequest);
+        p.set_immediate();
+        p.set_flags(0x80 | function);
+        p.set_lun(lun);
+        p.set_itt(itt);
+        p.set_u32(20, ref_itt);
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        let ref_cmd_sn = self.cmd_sn;
+        p.set_u32(32, ref_cmd_sn);
+        self.tasks.insert(
+            itt,
+            Task {
+                tag,
+                lun,
+                cdb: Vec::new(),
+                read_len: 0,
+                write: Vec::new(),
+                data: Vec::new(),
+                received: 0,
+                sent: true,
+                tmf: Some(function),
+            },
+        );
+        self.out.push_back(p);
+        itt
+    }
+
+    /// Track StatSN and the command window from a target PDU.
+    fn update_sn(&mut self, p: &Pdu, has_stat_sn: bool) {
+        if has_stat_sn && sn_le(self.exp_stat_sn, p.stat_sn()) {
+            self.exp_stat_sn = p.stat_sn().wrapping_add(1);
+        }
+        let (exp, max) = (p.exp_cmd_sn(), p.max_cmd_sn());
+        // RFC 7143 4.2.2.1: ignore if MaxCmdSN < ExpCmdSN - 1.
+        if sn_le(exp.wrapping_sub(1), max) {
+            if sn_le(self.exp_cmd_sn, exp) {
+                self.exp_cmd_sn = exp;
+            }
+            if sn_le(self.max_cmd_sn, max) {
+                self.max_cmd_sn = max;
+            }
+        }
+    }
+
+    fn complete(
+        &mut self,
+        itt: u32,
+        response: u8,
+        status: u8,
+        sense: Vec<u8>,
+        residual: i64,
+    ) -> Option<Event> {
+        let t = self.tasks.remove(&itt)?;
+        let mut data = t.data;
+        data.truncate(t.received as usize);
+        Some(Event::Completed(Completion {
+            tag: t.tag,
+            response,
+            status,
+            sense,
+            data,
+            residual,
+        }))
+    }
+
+    fn residual(flags: u8, count: u32) -> i64 {
+        if flags & 0x04 != 0 {
+            -i64::from(count)
+        } else if flags & 0x02 != 0 {
+            i64::from(count)
+        } else {
+            0
+        }
+    }
+
+    /// Handle one PDU from the target.
+    pub fn receive(&mut self, p: Pdu) -> Result<Vec<Event>, SessionError> {
+        let mut ev = Vec::new();
+        let op = p.opcode().ok_or_else(|| protocol("unknown opcode"))?;
+        match op {
+            Opcode::DataIn => {
+                let status_here = p.flags() & 0x01 != 0;
+                self.update_sn(&p, status_here);
+                let itt = p.itt();
+                let t = self
+                    .tasks
+                    .get_mut(&itt)
+                    .ok_or_else(|| protocol(format!("Data-In for unknown task {itt:#x}")))?;
+                let offset = p.u32_at(40) as usize;
+                let end = offset
+                    .checked_add(p.data.len())
+                    .filter(|&e| e <= t.read_len as usize)
+                    .ok_or_else(|| protocol("Data-In beyond the expected transfer length"))?;
+                if t.data.len() < end {
+                    t.data.resize(end, 0);
+                }
+                t.data[offset..end].copy_from_slice(&p.data);
+                t.received = t.received.max(end as u32);
+                if status_here {
+                    let res = Self::residual(p.flags(), p.u32_at(44));
+                    ev.extend(self.complete(itt, 0, p.byte(3), Vec::new(), res));
+                }
+            }
+            Opcode::ScsiResponse => {
+                self.update_sn(&p, true);
+                let sense = match p.data.len() {
+                    0 | 1 => Vec::new(),
+                    _ => {
+                        let n = usize::from(u16::from_be_bytes([p.data[0], p.data[1]]));
+                        p.data.get(2..2 + n).unwrap_or(&p.data[2..]).to_vec()
+                    }
+                };
+                let res = Self::residual(p.flags(), p.u32_at(44));
+                ev.extend(self.complete(p.itt(), p.byte(2), p.byte(3), sense, res));
+            }
+            Opcode::ReadyToTransfer => {
+                self.update_sn(&p, false);
+                let itt = p.itt();
+                let t = self
+                    .tasks
+                    .get(&itt)
+                    .ok_or_else(|| protocol(format!("R2T for unknown task {itt:#x}")))?;
+                let (offset, len) = (p.u32_at(40) as usize, p.u32_at(44) as usize);
+                if offset.checked_add(len).is_none_or(|e| e > t.write.len()) {
+                    return Err(protocol("R2T beyond the write data"));
+                }
+                let pdus = self.data_out(itt, t, offset, len, p.ttt());
+                self.out.extend(pdus);
+            }
+            Opcode::NopIn => {
+                self.update_sn(&p, p.itt() != RESERVED_TAG);
+                if p.ttt() != RESERVED_TAG {
+                    // The target pings us: answer with its TTT (RFC 7143 11.18).
+                    let mut r = Pdu::new(Opcode::NopOut);
+                    r.set_immediate();
+                    r.set_flags(0x80);
+                    r.set_lun(p.lun());
+                    r.set_itt(RESERVED_TAG);
+                    r.set_u32(20, p.ttt());
+                    r.set_u32(24, self.cmd_sn);
+                    r.set_u32(28, self.exp_stat_sn);
+                    self.out.push_back(r);
+                }
+                if p.itt() != RESERVED_TAG {
+                    ev.push(Event::Pong);
+                }
+            }
+            Opcode::TextResponse => {
+                self.update_sn(&p, true);
+                self.text_acc.extend_from_slice(&p.data);
+                if p.flags() & 0x40 != 0 {
+                    // Continue: ask for the rest with the target's TTT.
+                    let mut r = Pdu::new(Opcode::TextRequest);
+                    r.set_immediate();
+                    r.set_flags(0x80);
+                    r.set_itt(p.itt());
+                    r.set_u32(20, p.ttt());
+                    r.set_u32(24, self.cmd_sn);
+                    r.set_u32(28, self.exp_stat_sn);
+                    self.out.push_back(r);
+                } else {
+                    let all = std::mem::take(&mut self.text_acc);
+                    ev.push(Event::Text(text::parse(&all)));
+                }
+            }
+            Opcode::AsyncMessage => {
+                self.update_sn(&p, true);
+                match p.byte(36) {
+                    0 => {
+                        let sense = p.data.get(2..).unwrap_or_default().to_vec();
+                        ev.push(Event::ScsiEvent {
+                            lun: p.lun(),
+                            sense,
+                        });
+                    }
+                    1 => ev.push(Event::LogoutRequested {
+                        within_secs: p.u16_at(40),
+                    }),
+                    2 | 3 => ev.push(Event::Dropping),
+                    _ => {}
+                }
+            }
+            Opcode::Reject => {
+                self.update_sn(&p, true);
+                // The rejected PDU's header is the data segment.
+                if p.data.len() >= 20 {
+                    let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+                    // A rejected command finishes with a target failure.
+                    ev.extend(self.complete(itt, 0x01, 0, Vec::new(), 0));
+                }
+            }
+            Opcode::TaskMgmtResponse => {
+                self.update_sn(&p, true);
+                if let Some(t) = self.tasks.remove(&p.itt()) {
+                    ev.push(Event::TaskManagement {
+                        tag: t.tag,
+                        response: p.byte(2),
+                    });
+                }
+            }
+            Opcode::LogoutResponse => {
+                self.update_sn(&p, true);
+                ev.push(Event::LoggedOut {
+                    response: p.byte(2),
+                });
+            }
+            other => {
+                return Err(protocol(format!(
+                    "unexpected {other:?} in full-feature phase"
+                )))
+            }
+        }
+        self.pump();
+        Ok(ev)
+    }
+
+    /// Every unfinished command, for retrying on a new session after a
+    /// connection loss: (tag, LUN, CDB, data).
+    pub fn take_unfinished(&mut self) -> Vec<(u64, [u8; 8], Vec<u8>, Data)> {
+        let mut v: Vec<(u32, Task)> = self.tasks.drain().collect();
+        v.sort_by_key(|(itt, _)| *itt);
+        self.waiting.clear();
+        v.into_iter()
+            .filter(|(_, t)| t.tmf.is_none())
+            .map(|(_, t)| {
+                let d = if !t.write.is_empty() {
+                    Data::Write(t.write)
+                } else if t.read_len > 0 {
+                    Data::Read(t.read_len)
+                } else {
+                    Data::None
+                };
+                (t.tag, t.lun, t.cdb, d)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::pdu::Digests;
+
+    fn negotiated(immediate: bool, initial_r2t: bool, max_cmd_sn: u32) -> Negotiated {
+        Negotiated {
+            digests: Digests::default(),
+            max_xmit_data_segment_length: 8192,
+            max_recv_data_segment_length: 262144,
+            max_burst_length: 262144,
+            first_burst_length: 65536,
+            initial_r2t,
+            immediate_data: immediate,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            default_time2wait: 2,
+            default_time2retain: 0,
+            tsih: 1,
+            cmd_sn: 10,
+            exp_cmd_sn: 10,
+            max_cmd_sn,
+            exp_stat_sn: 5,
+            target_keys: vec![],
+        }
+    }
+
+    fn drain(s: &mut Session) -> Vec<Pdu> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    const LUN: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+
+    #[test]
+    fn commands_wait_for_the_cmd_sn_window() {
+        // Window of 2 commands: CmdSN 10 and 11 (MaxCmdSN 11).
+        let mut s = Session::new(negotiated(true, true, 11));
+        for i in 0..4 {
+            s.submit(i, LUN, &[0x00; 6], Data::None);
+        }
+        let sent = drain(&mut s);
+        assert_eq!(sent.len(), 2);
+        assert_eq!((sent[0].u32_at(24), sent[1].u32_at(24)), (10, 11));
+        // The target completes the first and opens the window by one.
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(sent[0].itt());
+        r.set_u32(24, 5);
+        r.set_u32(28, 11);
+        r.set_u32(32, 12);
+        let ev = s.receive(r).unwrap();
+        assert!(matches!(&ev[0], Event::Completed(c) if c.tag == 0 && c.status == 0));
+        let next = drain(&mut s);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].u32_at(24), 12);
+        assert_eq!(next[0].u32_at(28), 6); // ExpStatSN advanced
+    }
+
+    #[test]
+    fn immediate_data_then_r2t_driven_data_out_in_mrdsl_chunks() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let data: Vec<u8> = (0..40000u32).map(|i| i as u8).collect();
+        let itt = s.submit(1, LUN, &[0x2a; 10], Data::Write(data.clone()));
+        let cmd = drain(&mut s);
+        assert_eq!(cmd.len(), 1);
+        // Immediate data up to min(FirstBurstLength, MRDSL) = 8192, F set
+        // because InitialR2T=Yes forbids unsolicited Data-Out.
+        assert_eq!(cmd[0].data.len(), 8192);
+        assert_eq!(cmd[0].flags() & 0xe0, 0xa0);
+        let mut r2t = Pdu::new(Opcode::ReadyToTransfer);
+        r2t.set_flags(0x80);
+        r2t.set_itt(itt);
+        r2t.set_u32(20, 0x77);
+        r2t.set_u32(40, 8192);
+        r2t.set_u32(44, 40000 - 8192);
+        s.receive(r2t).unwrap();
+        let outs = drain(&mut s);
+        assert_eq!(outs.len(), 4); // 31808 bytes in 8192-byte PDUs
+        let mut off = 8192;
+        for (i, p) in outs.iter().enumerate() {
+            assert_eq!(p.opcode(), Some(Opcode::DataOut));
+            assert_eq!(p.ttt(), 0x77);
+            assert_eq!(p.u32_at(36), i as u32); // DataSN
+            assert_eq!(p.u32_at(40), off as u32);
+            assert_eq!(p.data[..], data[off..off + p.data.len()]);
+            assert_eq!(p.flags() & 0x80 != 0, i == 3);
+            off += p.data.len();
+        }
+        assert_eq!(off, 40000);
+    }
+
+    #[test]
+    fn unsolicited_data_out_fills_the_first_burst_when_initial_r2t_is_no() {
+        let mut s = Session::new(negotiated(false, false, 100));
+        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 70000]));
+        let pdus = drain(&mut s);
+        // Command with F=0, then 65536 bytes of Data-Out (TTT reserved).
+        assert_eq!(pdus[0].flags() & 0x80, 0);
+        let total: usize = pdus[1..].iter().map(|p| p.data.len()).sum();
+        assert_eq!(total, 65536);
+        assert!(pdus[1..].iter().all(|p| p.ttt() == RESERVED_TAG));
+        assert!(pdus.last().unwrap().flags() & 0x80 != 0);
+    }
+
+    #[test]
+    fn data_in_with_status_completes_with_data_and_residual() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(7, LUN, &[0x28; 10], Data::Read(1024));
+        drain(&mut s);
+        let mut d1 = Pdu::new(Opcode::DataIn);
+        d1.set_itt(itt);
+        d1.set_u32(40, 0);
+        d1.data = vec![0xaa; 512];
+        assert!(s.receive(d1).unwrap().is_empty());
+        let mut d2 = Pdu::new(Opcode::DataIn);
+        d2.set_flags(0x80 | 0x02 | 0x01); // F, U, S
+        d2.set_itt(itt);
+        d2.set_u32(24, 5);
+        d2.set_u32(40, 512);
+        d2.set_u32(44, 256);
+        d2.data = vec![0xbb; 256];
+        let ev = s.receive(d2).unwrap();
+        let Event::Completed(c) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (c.tag, c.status, c.residual, c.data.len()),
+            (7, 0, 256, 768)
+        );
+    }
+
+    #[test]
+    fn check_condition_carries_the_sense_unchanged() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(3, LUN, &[0x00; 6], Data::None);
+        drain(&mut s);
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_byte(3, 0x02);
+        r.set_itt(itt);
+        r.data = vec![
+            0, 18, 0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0, 0, 0, 0, 0,
+        ];
+        let ev = s.receive(r).unwrap();
+        let Event::Completed(c) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!(c.status, 0x02);
+        assert_eq!(c.sense.len(), 18);
+        assert_eq!(c.sense[12], 0x29);
+    }
+
+    #[test]
+    fn target_nop_in_ping_is_answered_with_its_ttt() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let mut n = Pdu::new(Opcode::NopIn);
+        n.set_itt(RESERVED_TAG);
+        n.set_u32(20, 0x1234);
+        s.receive(n).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out[0].opcode(), Some(Opcode::NopOut));
+        assert_eq!((out[0].itt(), out[0].ttt()), (RESERVED_TAG, 0x1234));
+    }
+
+    #[test]
+    fn data_in_past_the_expected_length_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        drain(&mut s);
+        let mut d = Pdu::new(Opcode::DataIn);
+        d.set_itt(itt);
+        d.set_u32(40, 256);
+        d.data = vec![0; 512];
+        assert!(s.receive(d).is_err());
+    }
+
+    #[test]
+    fn r2t_for_an_unknown_task_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let mut r = Pdu::new(Opcode::ReadyToTransfer);
+        r.set_itt(99);
+        assert!(s.receive(r).is_err());
+    }
+
+    #[test]
+    fn async_logout_request_is_reported() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let mut a = Pdu::new(Opcode::AsyncMessage);
+        a.set_byte(36, 1);
+        a.set_u16(40, 5);
+        assert_eq!(
+            s.receive(a).unwrap(),
+            vec![Event::LogoutRequested { within_secs: 5 }]
+        );
+    }
+
+    #[test]
+    fn unfinished_commands_can_be_taken_for_retry() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 512]));
+        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        let v = s.take_unfinished();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].0, 1);
+        assert_eq!(s.in_flight(), 0);
+    }
+}

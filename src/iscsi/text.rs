@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Text key=value pairs (RFC 7143 6.1): NUL-terminated UTF-8 strings in
+//! the data segment of Login and Text PDUs, and binary values (6.1: "0x"
+//! hex or "0b" base64).
+
+/// Parse a data segment into (key, value) pairs, in order. Malformed
+/// entries (no '=', not UTF-8) are skipped.
+pub fn parse(data: &[u8]) -> Vec<(String, String)> {
+    data.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter_map(|s| s.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Encode pairs as key=value\0...
+pub fn encode<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_ref().as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(v.as_ref().as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// The value of `key` in `pairs` (the last one, if repeated).
+pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Decode a binary value: 0x/0X hex or 0b/0B base64 (RFC 7143 6.1).
+pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
+    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        let h = if h.len() % 2 == 1 {
+            format!("0{h}")
+        } else {
+            h.to_string()
+        };
+        return (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+            .collect();
+    }
+    if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
+        return base64_decode(b);
+    }
+    None
+}
+
+pub fn encode_hex(b: &[u8]) -> String {
+    let mut s = String::from("0x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip() {
+        let d = encode(&[("InitiatorName", "iqn.a:b"), ("SessionType", "Normal")]);
+        assert_eq!(d, b"InitiatorName=iqn.a:b\0SessionType=Normal\0");
+        let p = parse(&d);
+        assert_eq!(get(&p, "SessionType"), Some("Normal"));
+    }
+
+    #[test]
+    fn garbage_entries_are_skipped() {
+        let p = parse(b"novalue\0\xff\xfe=x\0A=1\0\0");
+        assert_eq!(p, vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn binary_values_in_hex_and_base64() {
+        assert_eq!(decode_binary("0x0aff"), Some(vec![0x0a, 0xff]));
+        assert_eq!(decode_binary("0xabc"), Some(vec![0x0a, 0xbc]));
+        assert_eq!(decode_binary("0bAQID"), Some(vec![1, 2, 3]));
+        assert_eq!(decode_binary("12"), None);
+        assert_eq!(encode_hex(&[0, 0xab]), "0x00ab");
+    }
+}
