@@ -75,6 +75,8 @@ enum Command {
     /// Send one PERSISTENT RESERVE command through a pr-helper socket, as
     /// QEMU does, and print the raw response (a debugging aid).
     PrClient(PrClientArgs),
+    /// List the targets and portals of an iSCSI portal (SendTargets).
+    Discover(DiscoverArgs),
     /// Drive any vhost-user-scsi backend as QEMU would, and measure it.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
@@ -212,6 +214,64 @@ fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+struct DiscoverArgs {
+    /// iscsi://[user[%password]@]host[:port]
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Our initiator name.
+    #[arg(
+        long,
+        value_name = "IQN",
+        default_value = "iqn.2026-11.org.vhost-user-scsi:discover"
+    )]
+    initiator_name: String,
+    /// CHAP credentials file (user, password, target-user, target-password),
+    /// instead of putting secrets in the URL.
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<std::path::PathBuf>,
+}
+
+fn discover(a: DiscoverArgs) -> Result<(), String> {
+    use vhost_user_scsi::iscsi::{chap, conn, credentials, login, url};
+    let u = url::parse(&a.url).map_err(|e| e.to_string())?;
+    let mut creds = match &a.credentials {
+        Some(f) => credentials::load(f).map_err(|e| error_chain(&e))?,
+        None => credentials::ChapConfig::default(),
+    };
+    if let (Some(user), Some(secret)) = (u.user.clone(), u.password.clone()) {
+        creds.chap = Some(login::Credentials { user, secret });
+    }
+    let params = login::LoginParams {
+        initiator_name: a.initiator_name,
+        target_name: None,
+        isid: [0x80, 0x56, 0x55, 0x53, 0x00, 0x01],
+        tsih: 0,
+        chap: creds.chap,
+        mutual: creds.mutual,
+        header_digest: false,
+        data_digest: false,
+        max_recv_data_segment_length: 65536,
+        max_burst_length: 262144,
+        first_burst_length: 65536,
+        initial_cmd_sn: 1,
+        chap_offer: chap::OFFERS[0],
+    };
+    let mut c = conn::Connection::login(&u.address(), params, std::time::Duration::from_secs(15))
+        .map_err(|e| error_chain(&e))?;
+    let targets = c.send_targets().map_err(|e| error_chain(&e))?;
+    for (name, portals) in &targets {
+        if portals.is_empty() {
+            println!("{name}");
+        }
+        for p in portals {
+            println!("{name} {p}");
+        }
+    }
+    let _ = c.logout();
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -429,6 +489,7 @@ fn main() -> ExitCode {
         }
         Command::PrHelper(a) => pr_helper(a),
         Command::PrClient(a) => pr_client(a),
+        Command::Discover(a) => discover(a),
         Command::Bench(a) => bench(a),
     };
     match result {

@@ -34,8 +34,10 @@ impl Algorithm {
     }
 }
 
-/// What we offer in CHAP_A, strongest first.
-pub const OFFER: &str = "7,6,5";
+/// CHAP_A lists to offer, strongest first. Some targets (tgt 1.0.85) fail
+/// the login when the list names an algorithm they do not know instead of
+/// choosing one they do, so a refused list is retried with the next one.
+pub const OFFERS: [&str; 3] = ["7,6,5", "6,5", "5"];
 
 pub fn response(alg: Algorithm, id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
     fn h<D: Digest>(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {

@@ -66,8 +66,31 @@ fn read_pdu(
 }
 
 impl Connection {
-    /// Connect to `addr` (host:port) and log in.
-    pub fn login(addr: &str, params: LoginParams, timeout: Duration) -> Result<Connection, Error> {
+    /// Connect to `addr` (host:port) and log in; with CHAP, fall back to
+    /// shorter CHAP_A lists if the target refuses one (see `chap::OFFERS`).
+    pub fn login(
+        addr: &str,
+        mut params: LoginParams,
+        timeout: Duration,
+    ) -> Result<Connection, Error> {
+        let offers = super::chap::OFFERS;
+        let start = offers
+            .iter()
+            .position(|o| *o == params.chap_offer)
+            .unwrap_or(0);
+        for offer in &offers[start..] {
+            params.chap_offer = offer;
+            match Self::login_once(addr, params.clone(), timeout) {
+                Err(Error::Login(LoginError::ChapAlgorithmsRefused(o))) => {
+                    log::debug!("iSCSI: target refused CHAP_A={o}, trying a shorter list");
+                }
+                other => return other,
+            }
+        }
+        Err(Error::Login(LoginError::ChapAlgorithmsRefused("5")))
+    }
+
+    fn login_once(addr: &str, params: LoginParams, timeout: Duration) -> Result<Connection, Error> {
         let connect_err = |source| Error::Connect {
             addr: addr.to_string(),
             source,

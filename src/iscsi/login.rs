@@ -45,6 +45,8 @@ pub struct LoginParams {
     pub max_burst_length: u32,
     pub first_burst_length: u32,
     pub initial_cmd_sn: u32,
+    /// CHAP_A list to offer (one of `chap::OFFERS`).
+    pub chap_offer: &'static str,
 }
 
 /// The result of operational negotiation.
@@ -93,6 +95,8 @@ pub enum LoginError {
     ChapRequired,
     #[error("The target failed mutual CHAP authentication")]
     MutualChapFailed,
+    #[error("The target refused the CHAP algorithms {0}")]
+    ChapAlgorithmsRefused(&'static str),
     #[error("Login protocol error: {0}")]
     Protocol(String),
 }
@@ -239,6 +243,14 @@ impl Login {
                     text::get(&keys, "TargetAddress").unwrap_or("?").to_string(),
                 ))
             }
+            // A miscellaneous initiator error while CHAP is being set up:
+            // the algorithm list was not acceptable (see chap::OFFERS).
+            2 if detail == 0
+                && matches!(self.state, State::ChapAlgorithm | State::ChapResponse)
+                && self.p.chap_offer != "5" =>
+            {
+                return Err(LoginError::ChapAlgorithmsRefused(self.p.chap_offer))
+            }
             2 => {
                 return Err(match detail {
                     0x01 => LoginError::AuthenticationFailed,
@@ -265,7 +277,7 @@ impl Login {
                 match text::get(&keys, "AuthMethod") {
                     Some("CHAP") if self.p.chap.is_some() => {
                         self.state = State::ChapAlgorithm;
-                        let keys = vec![("CHAP_A".to_string(), chap::OFFER.to_string())];
+                        let keys = vec![("CHAP_A".to_string(), self.p.chap_offer.to_string())];
                         Ok(Step::Send(self.request(
                             SECURITY,
                             OPERATIONAL,
@@ -299,7 +311,8 @@ impl Login {
                     ("CHAP_R".to_string(), text::encode_hex(&resp)),
                 ];
                 if self.p.mutual.is_some() {
-                    let mine = chap::random(alg.digest_len()).map_err(|e| protocol(e.to_string()))?;
+                    let mine =
+                        chap::random(alg.digest_len()).map_err(|e| protocol(e.to_string()))?;
                     // An identifier different from the target's (RFC 7143 12.1.3).
                     let my_id = id.wrapping_add(1);
                     out.push(("CHAP_I".into(), my_id.to_string()));
@@ -425,6 +438,7 @@ mod tests {
             max_burst_length: 1 << 20,
             first_burst_length: 65536,
             initial_cmd_sn: 1,
+            chap_offer: chap::OFFERS[0],
         }
     }
 
@@ -652,5 +666,49 @@ mod tests {
                 data: false
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+
+    #[test]
+    fn misc_initiator_error_during_chap_setup_asks_for_a_shorter_offer() {
+        let mut p = LoginParams {
+            initiator_name: "iqn.2026-11.test:i".into(),
+            target_name: Some("iqn.2026-11.test:t".into()),
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            chap: Some(Credentials {
+                user: "u".into(),
+                secret: "s".into(),
+            }),
+            mutual: None,
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 8192,
+            max_burst_length: 262144,
+            first_burst_length: 65536,
+            initial_cmd_sn: 1,
+            chap_offer: chap::OFFERS[0],
+        };
+        let mut l = Login::new(p.clone());
+        l.start();
+        let mut chap = Pdu::new(Opcode::LoginResponse);
+        chap.data = text::encode(&[("AuthMethod", "CHAP")]);
+        l.receive(&chap).unwrap();
+        let mut fail = Pdu::new(Opcode::LoginResponse);
+        fail.set_byte(36, 2);
+        assert_eq!(
+            l.receive(&fail).err(),
+            Some(LoginError::ChapAlgorithmsRefused("7,6,5"))
+        );
+        // With the last offer the same answer is just an initiator error.
+        p.chap_offer = "5";
+        let mut l = Login::new(p);
+        l.start();
+        l.receive(&chap).unwrap();
+        assert_eq!(l.receive(&fail).err(), Some(LoginError::InitiatorError(0)));
     }
 }

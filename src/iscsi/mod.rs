@@ -7,6 +7,7 @@
 
 pub mod chap;
 pub mod conn;
+pub mod credentials;
 pub mod login;
 pub mod pdu;
 pub mod session;

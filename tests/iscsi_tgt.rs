@@ -1,0 +1,555 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The initiator against a real target: tgtd, started by each test on a
+//! free loopback port with its own control socket.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use vhost_user_scsi::iscsi::conn::{Connection, Error};
+use vhost_user_scsi::iscsi::login::{Credentials, LoginError, LoginParams};
+use vhost_user_scsi::iscsi::session::Data;
+
+const INITIATOR: &str = "iqn.2026-11.org.vhost-user-scsi:test";
+const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+
+struct Tgt {
+    child: Child,
+    port: u16,
+    ctl: String,
+    dir: tempfile::TempDir,
+    next_tid: u32,
+}
+
+impl Tgt {
+    fn start() -> Tgt {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        // -C takes at most 32767; the socket directory is ours anyway.
+        let ctl = (port % 32000 + 1).to_string();
+        let child = Command::new("tgtd")
+            .args(["-f", "-C", &ctl, "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{port}"))
+            .env("TGT_IPC_SOCKET", dir.path().join("ipc"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tgtd (Debian package tgt) is needed");
+        let t = Tgt {
+            child,
+            port,
+            ctl,
+            dir,
+            next_tid: 1,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.try_adm(&["--mode", "sys", "--op", "show"]) {
+            assert!(Instant::now() < deadline, "tgtd did not start");
+            sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    fn try_adm(&self, args: &[&str]) -> bool {
+        Command::new("tgtadm")
+            .args(["-C", &self.ctl, "--lld", "iscsi"])
+            .args(args)
+            .env("TGT_IPC_SOCKET", self.dir.path().join("ipc"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn adm(&self, args: &[&str]) {
+        assert!(self.try_adm(args), "tgtadm {args:?} failed");
+    }
+
+    /// A target with one 16 MiB LUN (bstype rdwr) on a file in /dev/shm.
+    fn target(&mut self, name: &str) -> (u32, PathBuf) {
+        let tid = self.next_tid;
+        self.next_tid += 1;
+        let t = tid.to_string();
+        self.adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            &t,
+            "--targetname",
+            name,
+        ]);
+        let img = PathBuf::from(format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        self.adm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            &t,
+            "--lun",
+            "1",
+            "--bstype",
+            "rdwr",
+            "--backing-store",
+            img.to_str().unwrap(),
+        ]);
+        (tid, img)
+    }
+
+    fn bind_all(&self, tid: u32) {
+        self.adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "bind",
+            "--tid",
+            &tid.to_string(),
+            "--initiator-address",
+            "ALL",
+        ]);
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        self.try_adm(&[
+            "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline",
+        ]);
+        for tid in 1..self.next_tid {
+            self.try_adm(&[
+                "--mode",
+                "target",
+                "--op",
+                "delete",
+                "--force",
+                "--tid",
+                &tid.to_string(),
+            ]);
+            let _ = std::fs::remove_file(format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port));
+        }
+        self.try_adm(&["--mode", "system", "--op", "delete"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn params(target: Option<&str>) -> LoginParams {
+    LoginParams {
+        initiator_name: INITIATOR.into(),
+        target_name: target.map(str::to_string),
+        isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x01],
+        tsih: 0,
+        chap: None,
+        mutual: None,
+        header_digest: false,
+        data_digest: false,
+        max_recv_data_segment_length: 262144,
+        max_burst_length: 1 << 20,
+        first_burst_length: 65536,
+        initial_cmd_sn: 1,
+        chap_offer: vhost_user_scsi::iscsi::chap::OFFERS[0],
+    }
+}
+
+fn login(t: &Tgt, p: LoginParams) -> Result<Connection, Error> {
+    Connection::login(&t.addr(), p, Duration::from_secs(10))
+}
+
+/// TEST UNIT READY until the new session's unit attention (29h/00h) is gone.
+fn clear_unit_attention(c: &mut Connection) {
+    for _ in 0..5 {
+        let r = c.execute(LUN1, &[0, 0, 0, 0, 0, 0], Data::None).unwrap();
+        if r.status == 0 {
+            return;
+        }
+        assert_eq!(
+            (r.status, r.sense.get(2).map(|k| k & 0xf)),
+            (2, Some(6)),
+            "{r:?}"
+        );
+    }
+    panic!("unit attention does not clear");
+}
+
+fn write16(lba: u64, blocks: u32) -> Vec<u8> {
+    let mut c = vec![0x8a, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&blocks.to_be_bytes());
+    c.extend_from_slice(&[0, 0]);
+    c
+}
+
+fn read16(lba: u64, blocks: u32) -> Vec<u8> {
+    let mut c = write16(lba, blocks);
+    c[0] = 0x88;
+    c
+}
+
+/// Write and read back: 32 4-KiB writes in flight, then 1 MiB in one
+/// command (several R2Ts past FirstBurstLength, Data-In split by our
+/// MaxRecvDataSegmentLength), and compare.
+fn write_read_verify(c: &mut Connection) {
+    let writes: Vec<_> = (0..32u64)
+        .map(|i| {
+            let data: Vec<u8> = (0..4096u32).map(|b| (b as u64 ^ (i * 7)) as u8).collect();
+            (LUN1, write16(i * 8, 8), Data::Write(data))
+        })
+        .collect();
+    let expect: Vec<Vec<u8>> = writes
+        .iter()
+        .map(|(_, _, d)| match d {
+            Data::Write(w) => w.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    for r in c.execute_many(writes).unwrap() {
+        assert_eq!((r.response, r.status), (0, 0), "{r:?}");
+    }
+    let reads: Vec<_> = (0..32u64)
+        .map(|i| (LUN1, read16(i * 8, 8), Data::Read(4096)))
+        .collect();
+    for (i, r) in c.execute_many(reads).unwrap().into_iter().enumerate() {
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data, expect[i], "read-back of write {i}");
+    }
+    let big: Vec<u8> = (0..(1u32 << 20)).map(|b| (b % 251) as u8).collect();
+    let w = c
+        .execute(LUN1, &write16(4096, 2048), Data::Write(big.clone()))
+        .unwrap();
+    assert_eq!(w.status, 0, "{w:?}");
+    let r = c
+        .execute(LUN1, &read16(4096, 2048), Data::Read(1 << 20))
+        .unwrap();
+    assert_eq!(r.status, 0);
+    assert!(r.data == big, "1 MiB read-back differs");
+}
+
+#[test]
+fn discovery_lists_targets_and_portals() {
+    let mut t = Tgt::start();
+    for n in ["iqn.2026-11.test:one", "iqn.2026-11.test:two"] {
+        let (tid, _) = t.target(n);
+        t.bind_all(tid);
+    }
+    let mut c = login(&t, params(None)).unwrap();
+    let list = c.send_targets().unwrap();
+    let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"iqn.2026-11.test:one") && names.contains(&"iqn.2026-11.test:two"),
+        "{list:?}"
+    );
+    assert!(
+        list[0]
+            .1
+            .iter()
+            .any(|p| p.starts_with(&format!("127.0.0.1:{}", t.port))),
+        "{list:?}"
+    );
+    c.logout().unwrap();
+}
+
+#[test]
+fn plain_login_reads_and_writes_with_many_commands_in_flight() {
+    let mut t = Tgt::start();
+    let (tid, img) = t.target("iqn.2026-11.test:plain");
+    t.bind_all(tid);
+    let mut c = login(&t, params(Some("iqn.2026-11.test:plain"))).unwrap();
+    clear_unit_attention(&mut c);
+    let inq = c
+        .execute(LUN1, &[0x12, 0, 0, 0, 96, 0], Data::Read(96))
+        .unwrap();
+    assert_eq!(inq.status, 0);
+    assert_eq!(&inq.data[8..11], b"IET");
+    let cap = c
+        .execute(
+            LUN1,
+            &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+            Data::Read(32),
+        )
+        .unwrap();
+    assert_eq!(
+        u64::from_be_bytes(cap.data[0..8].try_into().unwrap()) + 1,
+        (16 << 20) / 512
+    );
+    write_read_verify(&mut c);
+    c.logout().unwrap();
+    // The data is on the target's backing file.
+    let on_disk = std::fs::read(&img).unwrap();
+    assert_eq!(on_disk[4096 * 512 + 1000], (1000 % 251) as u8);
+}
+
+#[test]
+fn sense_from_the_target_comes_back_unchanged() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:sense");
+    t.bind_all(tid);
+    let mut c = login(&t, params(Some("iqn.2026-11.test:sense"))).unwrap();
+    clear_unit_attention(&mut c);
+    // READ(16) far past the end: ILLEGAL REQUEST, LBA OUT OF RANGE.
+    let r = c
+        .execute(LUN1, &read16(1 << 40, 1), Data::Read(512))
+        .unwrap();
+    assert_eq!(r.status, 2);
+    assert_eq!((r.sense[2] & 0xf, r.sense[12]), (0x5, 0x21));
+}
+
+#[test]
+fn chap_with_the_right_secret_logs_in_and_a_wrong_one_fails() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:chap");
+    t.bind_all(tid);
+    t.adm(&[
+        "--mode",
+        "account",
+        "--op",
+        "new",
+        "--user",
+        "alice",
+        "--password",
+        "alicesecret12",
+    ]);
+    t.adm(&[
+        "--mode",
+        "account",
+        "--op",
+        "bind",
+        "--tid",
+        &tid.to_string(),
+        "--user",
+        "alice",
+    ]);
+    let mut p = params(Some("iqn.2026-11.test:chap"));
+    p.chap = Some(Credentials {
+        user: "alice".into(),
+        secret: "alicesecret12".into(),
+    });
+    let mut c = login(&t, p.clone()).unwrap();
+    clear_unit_attention(&mut c);
+    c.logout().unwrap();
+    p.chap = Some(Credentials {
+        user: "alice".into(),
+        secret: "wrongsecret12".into(),
+    });
+    assert!(matches!(
+        login(&t, p.clone()),
+        Err(Error::Login(LoginError::AuthenticationFailed))
+    ));
+    p.chap = None;
+    let e = login(&t, p)
+        .err()
+        .expect("login without credentials must fail");
+    assert!(
+        matches!(
+            e,
+            Error::Login(LoginError::AuthenticationFailed | LoginError::ChapRequired)
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn mutual_chap_verifies_the_target() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:mutual");
+    t.bind_all(tid);
+    let tids = tid.to_string();
+    t.adm(&[
+        "--mode",
+        "account",
+        "--op",
+        "new",
+        "--user",
+        "alice",
+        "--password",
+        "alicesecret12",
+    ]);
+    t.adm(&[
+        "--mode", "account", "--op", "bind", "--tid", &tids, "--user", "alice",
+    ]);
+    t.adm(&[
+        "--mode",
+        "account",
+        "--op",
+        "new",
+        "--user",
+        "tgtuser",
+        "--password",
+        "targetsecret1",
+    ]);
+    t.adm(&[
+        "--mode",
+        "account",
+        "--op",
+        "bind",
+        "--tid",
+        &tids,
+        "--user",
+        "tgtuser",
+        "--outgoing",
+    ]);
+    let mut p = params(Some("iqn.2026-11.test:mutual"));
+    p.chap = Some(Credentials {
+        user: "alice".into(),
+        secret: "alicesecret12".into(),
+    });
+    p.mutual = Some(Credentials {
+        user: "tgtuser".into(),
+        secret: "targetsecret1".into(),
+    });
+    let mut c = login(&t, p.clone()).unwrap();
+    clear_unit_attention(&mut c);
+    c.logout().unwrap();
+    p.mutual = Some(Credentials {
+        user: "tgtuser".into(),
+        secret: "not-the-one12".into(),
+    });
+    assert!(matches!(
+        login(&t, p),
+        Err(Error::Login(LoginError::MutualChapFailed))
+    ));
+}
+
+#[test]
+fn acl_refuses_other_initiators_and_unknown_targets_are_not_found() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:acl");
+    t.adm(&[
+        "--mode",
+        "target",
+        "--op",
+        "bind",
+        "--tid",
+        &tid.to_string(),
+        "--initiator-name",
+        "iqn.2026-11.test:allowed",
+    ]);
+    let e = login(&t, params(Some("iqn.2026-11.test:acl")))
+        .err()
+        .expect("ACL must refuse");
+    assert!(
+        matches!(
+            e,
+            Error::Login(LoginError::Forbidden | LoginError::TargetNotFound)
+        ),
+        "{e:?}"
+    );
+    let mut p = params(Some("iqn.2026-11.test:acl"));
+    p.initiator_name = "iqn.2026-11.test:allowed".into();
+    login(&t, p).unwrap().logout().unwrap();
+    let e = login(&t, params(Some("iqn.2026-11.test:nope")))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::Login(LoginError::TargetNotFound)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn header_and_data_digests_protect_every_pdu() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:digest");
+    t.bind_all(tid);
+    let tids = tid.to_string();
+    t.adm(&[
+        "--mode",
+        "target",
+        "--op",
+        "update",
+        "--tid",
+        &tids,
+        "--name",
+        "HeaderDigest",
+        "--value",
+        "CRC32C",
+    ]);
+    t.adm(&[
+        "--mode",
+        "target",
+        "--op",
+        "update",
+        "--tid",
+        &tids,
+        "--name",
+        "DataDigest",
+        "--value",
+        "CRC32C",
+    ]);
+    let mut p = params(Some("iqn.2026-11.test:digest"));
+    p.header_digest = true;
+    p.data_digest = true;
+    let mut c = login(&t, p).unwrap();
+    assert!(c.session.n.digests.header && c.session.n.digests.data);
+    clear_unit_attention(&mut c);
+    write_read_verify(&mut c);
+    c.logout().unwrap();
+}
+
+#[test]
+fn discover_command_prints_targets_and_reads_a_credentials_file() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:listed");
+    t.bind_all(tid);
+    // tgt does not authenticate discovery sessions unless told to: an empty
+    // credentials file (comments only) must be accepted.
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(creds.path(), "# none needed\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .arg("discover")
+        .arg(format!("iscsi://127.0.0.1:{}", t.port))
+        .arg("--credentials")
+        .arg(creds.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("iqn.2026-11.test:listed 127.0.0.1:{},1", t.port)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn discover_against_a_closed_port_is_one_line() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(["discover", &format!("iscsi://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("Cannot connect"), "{err}");
+}
