@@ -22,7 +22,10 @@ DAEMON_PID=
 DAEMON_LOG=$LOG_DIR/daemon.log
 GUEST_N=0
 
+TGTD_PID=
+TGT_PORT=
 cleanup() {
+    stop_tgtd
     if [[ -n ${DAEMON_PID} ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
         kill -KILL "$DAEMON_PID" 2>/dev/null || true
         wait "$DAEMON_PID" 2>/dev/null || true
@@ -38,6 +41,46 @@ fail() {
 
 log() {
     echo "  $*"
+}
+
+# start_tgtd: tgtd on a free loopback port ($TGT_PORT), its own control
+# socket in $WORK. tgtadm_ ARGS... talks to it.
+tgtadm_() {
+    TGT_IPC_SOCKET=$WORK/tgt-ipc tgtadm -C 7 --lld iscsi "$@"
+}
+start_tgtd() {
+    [[ -n $TGT_PORT ]] || TGT_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    TGT_IPC_SOCKET=$WORK/tgt-ipc tgtd -f -C 7 --iscsi portal=127.0.0.1:$TGT_PORT >>"$LOG_DIR/tgtd.log" 2>&1 &
+    TGTD_PID=$!
+    # Subshells may restart tgtd: the PID file is the truth.
+    echo "$TGTD_PID" >"$WORK/tgtd.pid"
+    local i
+    for i in $(seq 100); do
+        tgtadm_ --mode sys --op show >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    fail "tgtd did not start"
+}
+# tgt_target TID IQN IMAGE: a target with LUN 1 on IMAGE, open to all.
+tgt_target() {
+    tgtadm_ --mode target --op new --tid "$1" --targetname "$2"
+    tgtadm_ --mode logicalunit --op new --tid "$1" --lun 1 --bstype rdwr --backing-store "$3"
+    tgtadm_ --mode target --op bind --tid "$1" --initiator-address ALL
+}
+# kill_tgtd: the target dies (tgtd ignores SIGTERM).
+kill_tgtd() {
+    local pid
+    pid=$(cat "$WORK/tgtd.pid" 2>/dev/null) || return 0
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    TGTD_PID=
+    rm -f "$WORK"/tgt-ipc* "$WORK/tgtd.pid"
+}
+stop_tgtd() {
+    [[ -e ${WORK:-/nonexistent}/tgtd.pid ]] || return 0
+    tgtadm_ --mode sys --op update --name State -v offline >/dev/null 2>&1 || true
+    kill_tgtd
 }
 
 # make_disk NAME SIZE: a sparse file in $WORK; prints its path.

@@ -39,6 +39,17 @@ pub struct LunConfig {
     pub pr_file: Option<PathBuf>,
     /// A null backstore of this many bytes instead of a file.
     pub null_size: Option<u64>,
+    /// An iSCSI LUN passed through instead of a local backstore.
+    pub iscsi: Option<IscsiLun>,
+}
+
+/// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IscsiLun {
+    pub url: crate::iscsi::url::IscsiUrl,
+    pub credentials: Option<PathBuf>,
+    pub header_digest: bool,
+    pub data_digest: bool,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
@@ -92,7 +103,33 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         serial: None,
         pr_file: None,
         null_size: None,
+        iscsi: None,
     };
+    if rest.starts_with("iscsi://") {
+        let mut parts = rest.split(',');
+        let url = crate::iscsi::url::parse(parts.next().unwrap_or_default())
+            .map_err(|e| bad_lun(spec, e.to_string()))?;
+        if url.target.is_none() || url.lun.is_none() {
+            return Err(bad_lun(spec, "the URL needs /target-iqn/lun"));
+        }
+        let mut l = IscsiLun {
+            url,
+            credentials: None,
+            header_digest: false,
+            data_digest: false,
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
+                None if opt == "header-digest" => l.header_digest = true,
+                None if opt == "data-digest" => l.data_digest = true,
+                _ => return Err(bad_lun(spec, format!("unknown iSCSI option '{opt}'"))),
+            }
+        }
+        cfg.path = PathBuf::from(rest.split(',').next().unwrap_or_default());
+        cfg.iscsi = Some(l);
+        return Ok((lun, cfg));
+    }
     let mut null = false;
     for opt in rest.split(',') {
         match opt.split_once('=') {
@@ -334,6 +371,20 @@ mod tests {
         let c = parse_socket("/s,initiator=iqn.2026-11.org.example:vm1").unwrap();
         assert_eq!(c.initiator, "iqn.2026-11.org.example:vm1");
         assert!(parse_socket("/s,initiator=IQN.Bad Name").is_err());
+    }
+
+    #[test]
+    fn iscsi_lun_takes_a_url_and_options() {
+        let (n, l) = parse_lun(
+            "2:iscsi://127.0.0.1:3261/iqn.2026-11.t:x/1,credentials=/etc/c,header-digest",
+        )
+        .unwrap();
+        assert_eq!(n, Some(2));
+        let i = l.iscsi.unwrap();
+        assert_eq!(i.url.lun, Some(1));
+        assert!(i.header_digest && !i.data_digest);
+        assert!(parse_lun("iscsi://127.0.0.1/iqn.x").is_err());
+        assert!(parse_lun("iscsi://127.0.0.1/iqn.x/1,bogus").is_err());
     }
 
     #[test]

@@ -45,6 +45,13 @@ pub enum Error {
     NoController,
     #[error(transparent)]
     PrState(#[from] crate::scsi::pr::PersistError),
+    #[error("iSCSI LUN {lun} of {socket}")]
+    Iscsi {
+        lun: u16,
+        socket: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// State shared between the accept threads and the signal handler.
@@ -60,6 +67,10 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
     for c in &cfg.controllers {
         let mut luns = BTreeMap::new();
         for (&n, lc) in &c.luns {
+            if lc.iscsi.is_some() {
+                // Served by the controller's iSCSI session (remote_luns).
+                continue;
+            }
             if let Some(size) = lc.null_size {
                 // Null LUs are never shared: each --lun null is its own LU.
                 let key = lc
@@ -181,6 +192,74 @@ fn default_pr_file(path: &std::path::Path, kind: backstore::Kind, serial: &str) 
 /// Where state of block-device LUs lives by default.
 pub const STATE_DIR: &str = "/var/lib/vhost-user-scsi";
 
+/// Log in to every iSCSI target a controller's LUNs name: one session per
+/// (controller, portal, target), with the controller's initiator name and
+/// an ISID derived from the socket and target (stable across restarts).
+fn remote_luns(
+    c: &crate::config::ControllerConfig,
+) -> Result<BTreeMap<u16, crate::device::RemoteLun>, Error> {
+    use crate::iscsi::{chap, client::Client, credentials, login};
+    let mut sessions: HashMap<(String, String), Client> = HashMap::new();
+    let mut out = BTreeMap::new();
+    for (&n, lc) in &c.luns {
+        let Some(il) = &lc.iscsi else { continue };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Iscsi {
+            lun: n,
+            socket: c.socket.clone(),
+            source,
+        };
+        let target = il.url.target.clone().unwrap_or_default();
+        let key = (il.url.address(), target.clone());
+        if !sessions.contains_key(&key) {
+            let mut creds = match &il.credentials {
+                Some(f) => credentials::load(f).map_err(|e| err(Box::new(e)))?,
+                None => credentials::ChapConfig::default(),
+            };
+            if let (Some(user), Some(secret)) = (il.url.user.clone(), il.url.password.clone()) {
+                creds.chap = Some(login::Credentials { user, secret });
+            }
+            let h = crate::scsi::Identity::derive(&format!(
+                "{}|{}|{}",
+                c.socket.display(),
+                key.0,
+                key.1
+            ))
+            .naa;
+            let b = h.to_be_bytes();
+            // ISID type 10b (random qualifier), RFC 7143 11.12.5.
+            let isid = [0x80 | (b[2] & 0x3f), b[3], b[4], b[5], b[6], b[7]];
+            let params = login::LoginParams {
+                initiator_name: c.initiator.clone(),
+                target_name: Some(target.clone()),
+                isid,
+                tsih: 0,
+                chap: creds.chap,
+                mutual: creds.mutual,
+                header_digest: il.header_digest,
+                data_digest: il.data_digest,
+                max_recv_data_segment_length: 262144,
+                max_burst_length: 1 << 20,
+                first_burst_length: 65536,
+                initial_cmd_sn: 1,
+                chap_offer: chap::OFFERS[0],
+            };
+            let name = format!("{} -> {}/{}", c.socket.display(), key.0, target);
+            let client =
+                Client::start(&name, key.0.clone(), params).map_err(|e| err(Box::new(e)))?;
+            sessions.insert(key.clone(), client);
+        }
+        let l = il.url.lun.unwrap_or(0);
+        out.insert(
+            n,
+            crate::device::RemoteLun {
+                client: sessions[&key].clone(),
+                lun: crate::scsi::target::encode_lun(l),
+            },
+        );
+    }
+    Ok(out)
+}
+
 /// Block SIGINT and SIGTERM in this thread and every thread it starts, so
 /// that `wait_for_signal` receives them.
 fn block_signals() -> io::Result<libc::sigset_t> {
@@ -231,9 +310,11 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             luns.len(),
             c.request_queues
         );
+        let remote = remote_luns(c)?;
         controllers.push(Arc::new(Controller {
             name: c.socket.display().to_string(),
-            target: Target::new(luns),
+            target: Target::with_passthrough(luns, remote.keys().copied().collect()),
+            remote,
             nexus: Nexus {
                 id: i as u32 + 1,
                 relative_port: i as u16 + 1,
@@ -275,6 +356,12 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     let sig = wait_for_signal(&sigset);
     info!("Signal {sig} received: shutting down");
     shared.stop.store(true, Ordering::SeqCst);
+    // Fail what iSCSI targets still owe, so that connections can drain.
+    for c in &controllers {
+        for r in c.remote.values() {
+            r.client.shutdown();
+        }
+    }
     for fd in &listen_fds {
         // Wakes the accept() blocked on this listening socket.
         // SAFETY: shutdown on a socket fd the listener still owns.

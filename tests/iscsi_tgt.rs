@@ -122,6 +122,58 @@ impl Tgt {
         ]);
     }
 
+    /// Kill tgtd (it ignores SIGTERM) and start a new one on the same port
+    /// with the same targets and backing files.
+    fn restart(&mut self, targets: &[(u32, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}", self.ctl)));
+        let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}.lock", self.ctl)));
+        sleep(Duration::from_millis(500));
+        self.child = Command::new("tgtd")
+            .args(["-f", "-C", &self.ctl, "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{}", self.port))
+            .env("TGT_IPC_SOCKET", self.dir.path().join("ipc"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.try_adm(&["--mode", "sys", "--op", "show"]) {
+            assert!(Instant::now() < deadline, "tgtd did not restart");
+            sleep(Duration::from_millis(50));
+        }
+        for &(tid, name) in targets {
+            let t = tid.to_string();
+            let img = format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port);
+            self.adm(&[
+                "--mode",
+                "target",
+                "--op",
+                "new",
+                "--tid",
+                &t,
+                "--targetname",
+                name,
+            ]);
+            self.adm(&[
+                "--mode",
+                "logicalunit",
+                "--op",
+                "new",
+                "--tid",
+                &t,
+                "--lun",
+                "1",
+                "--bstype",
+                "rdwr",
+                "--backing-store",
+                &img,
+            ]);
+            self.bind_all(tid);
+        }
+    }
+
     fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -552,4 +604,112 @@ fn discover_against_a_closed_port_is_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("Cannot connect"), "{err}");
+}
+
+/// Run commands through the asynchronous client, retrying unit attentions
+/// (a new session's first command may get 29h/00h).
+fn run_async(
+    c: &vhost_user_scsi::iscsi::client::Client,
+    cmds: Vec<(Vec<u8>, Data)>,
+) -> Vec<vhost_user_scsi::iscsi::session::Completion> {
+    use std::sync::mpsc;
+    let mut results: Vec<Option<vhost_user_scsi::iscsi::session::Completion>> =
+        vec![None; cmds.len()];
+    let mut todo: Vec<usize> = (0..cmds.len()).collect();
+    for _ in 0..10 {
+        if todo.is_empty() {
+            break;
+        }
+        let (tx, rx) = mpsc::channel();
+        for &i in &todo {
+            let tx = tx.clone();
+            let (cdb, data) = cmds[i].clone();
+            c.submit(
+                LUN1,
+                &cdb,
+                data,
+                Box::new(move |r| {
+                    let _ = tx.send((i, r));
+                }),
+            );
+        }
+        drop(tx);
+        let mut again = Vec::new();
+        for (i, r) in rx.iter() {
+            let r = r.expect("the client gave up");
+            if r.status == 2 && r.sense.get(2).map(|k| k & 0xf) == Some(6) {
+                again.push(i);
+            } else {
+                results[i] = Some(r);
+            }
+        }
+        todo = again;
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("unit attentions did not clear"))
+        .collect()
+}
+
+#[test]
+fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:recover");
+    t.bind_all(tid);
+    let client = vhost_user_scsi::iscsi::client::Client::start(
+        "test",
+        t.addr(),
+        params(Some("iqn.2026-11.test:recover")),
+    )
+    .unwrap();
+    let pattern = |i: u64| -> Vec<u8> { (0..4096u64).map(|b| (b * 31 + i * 7) as u8).collect() };
+    let writes = |from: u64| {
+        (from..from + 16)
+            .map(|i| (write16(i * 8, 8), Data::Write(pattern(i))))
+            .collect()
+    };
+    for r in run_async(&client, writes(0)) {
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    // Freeze the target so the next writes are surely in flight when it
+    // dies, then kill and restart it: the client must reinstate the session
+    // and send the unfinished writes again.
+    // SAFETY: kill() on the tgtd this test started.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGSTOP) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let batch: Vec<(Vec<u8>, Data)> = writes(16);
+    for (i, (cdb, data)) in (16..32u64).zip(batch) {
+        let tx = tx.clone();
+        client.submit(
+            LUN1,
+            &cdb,
+            data,
+            Box::new(move |r| {
+                let _ = tx.send((i, r));
+            }),
+        );
+    }
+    drop(tx);
+    sleep(Duration::from_millis(300));
+    t.restart(&[(tid, "iqn.2026-11.test:recover")]);
+    let mut retry = Vec::new();
+    for (i, r) in rx.iter() {
+        let r = r.expect("the client gave up");
+        if r.status != 0 {
+            // The new session's unit attention: write again.
+            assert_eq!(r.sense.get(2).map(|k| k & 0xf), Some(6), "{r:?}");
+            retry.push((write16(i * 8, 8), Data::Write(pattern(i))));
+        }
+    }
+    for r in run_async(&client, retry) {
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    let reads = (0..32u64)
+        .map(|i| (read16(i * 8, 8), Data::Read(4096)))
+        .collect();
+    for (i, r) in run_async(&client, reads).into_iter().enumerate() {
+        assert_eq!(r.status, 0);
+        assert!(r.data == pattern(i as u64), "write {i} was lost");
+    }
+    client.shutdown();
 }

@@ -55,6 +55,15 @@ pub struct Controller {
     pub target: Target,
     pub nexus: Nexus,
     pub request_queues: usize,
+    /// LUNs served by iSCSI sessions (passed through unchanged).
+    pub remote: std::collections::BTreeMap<u16, RemoteLun>,
+}
+
+/// A LUN on an iSCSI target, reached through this controller's session.
+pub struct RemoteLun {
+    pub client: crate::iscsi::client::Client,
+    /// The LUN field as the target knows it (SAM-5 single level).
+    pub lun: [u8; 8],
 }
 
 /// The backend for one connection. Cloned into every worker thread.

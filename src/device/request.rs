@@ -40,11 +40,27 @@ struct Pending {
 // (it moves between threads only inside the worker's Mutex).
 unsafe impl Send for Pending {}
 
+/// A command passed through to an iSCSI target, waiting for its answer.
+struct RemotePending {
+    head: u16,
+    bufs: ChainBuffers,
+    mem: Arc<GuestMemory>,
+    key: u64,
+    data_in_len: u64,
+    write: bool,
+}
+
+type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
+
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
     /// Request queue number (0 = virtqueue 2).
     index: usize,
-    eventfd: vmm_sys_util::eventfd::EventFd,
+    eventfd: Arc<vmm_sys_util::eventfd::EventFd>,
+    remote: Vec<Option<RemotePending>>,
+    remote_free: Vec<usize>,
+    /// Completions the iSCSI client threads hand back (slot, result).
+    remote_done: Arc<std::sync::Mutex<Vec<(usize, RemoteResult)>>>,
     /// Created on first I/O, so idle queues cost no kernel ring.
     engine: Option<Engine>,
     slots: Vec<Option<Pending>>,
@@ -57,7 +73,10 @@ impl Worker {
     pub fn new(index: usize) -> io::Result<Worker> {
         Ok(Worker {
             index,
-            eventfd: completion_eventfd()?,
+            eventfd: Arc::new(completion_eventfd()?),
+            remote: Vec::new(),
+            remote_free: Vec::new(),
+            remote_done: Arc::default(),
             engine: None,
             slots: Vec::new(),
             free: Vec::new(),
@@ -246,6 +265,18 @@ impl ScsiBackend {
             },
         );
         match outcome {
+            Outcome::Passthrough(l) => self.start_remote(
+                w,
+                vring,
+                mem,
+                head,
+                bufs,
+                &req,
+                l,
+                key,
+                data_in_len,
+                data_out_len,
+            ),
             Outcome::Done(resp) => {
                 let n = (resp.data.len() as u64).min(data_in_len);
                 let hdr = match self.inner.inflight.finish(w.index, key) {
@@ -300,6 +331,120 @@ impl ScsiBackend {
                 )
             }
         }
+    }
+
+    /// Send a command to the iSCSI target serving LUN `l`; returns true if
+    /// it had to complete at once.
+    #[allow(clippy::too_many_arguments)]
+    fn start_remote(
+        &self,
+        w: &mut Worker,
+        vring: &Vring,
+        mem: &Arc<GuestMemory>,
+        head: u16,
+        bufs: ChainBuffers,
+        req: &RequestHeader,
+        l: u16,
+        key: u64,
+        data_in_len: u64,
+        data_out_len: u64,
+    ) -> bool {
+        use crate::iscsi::session::Data;
+        let fail = |bufs: &ChainBuffers, r: Response| {
+            self.inner.inflight.finish(w.index, key);
+            respond(mem, vring, head, bufs, &encode_response(r, 0, &[], 0), 0);
+            true
+        };
+        let Some(remote) = self.inner.controller.remote.get(&l) else {
+            return fail(&bufs, Response::Failure);
+        };
+        let data = if data_out_len > 0 {
+            let mut v = vec![0u8; data_out_len as usize];
+            if bufs
+                .readable
+                .read_at(mem, REQ_HEADER_LEN as u64, &mut v)
+                .is_err()
+            {
+                return fail(&bufs, Response::Failure);
+            }
+            Data::Write(v)
+        } else if data_in_len > 0 {
+            Data::Read(data_in_len.min(u64::from(u32::MAX)) as u32)
+        } else {
+            Data::None
+        };
+        let p = RemotePending {
+            head,
+            bufs,
+            mem: mem.clone(),
+            key,
+            data_in_len,
+            write: data_out_len > 0,
+        };
+        let slot = match w.remote_free.pop() {
+            Some(i) => {
+                w.remote[i] = Some(p);
+                i
+            }
+            None => {
+                w.remote.push(Some(p));
+                w.remote.len() - 1
+            }
+        };
+        let (done, efd) = (w.remote_done.clone(), w.eventfd.clone());
+        remote.client.submit(
+            remote.lun,
+            &req.cdb[..cdb_len(&req.cdb)],
+            data,
+            Box::new(move |r| {
+                done.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((slot, r));
+                let _ = efd.write(1);
+            }),
+        );
+        false
+    }
+
+    /// Complete passed-through commands whose answers came back.
+    fn reap_remote(&self, w: &mut Worker, vring: &Vring) -> bool {
+        let done: Vec<(usize, RemoteResult)> =
+            std::mem::take(&mut *w.remote_done.lock().unwrap_or_else(|e| e.into_inner()));
+        let any = !done.is_empty();
+        for (slot, r) in done {
+            let Some(p) = w.remote.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            w.remote_free.push(slot);
+            let (hdr, n) = match (self.inner.inflight.finish(w.index, p.key), r) {
+                (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len as u32), 0),
+                (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
+                // Not completed at the target: let the guest retry.
+                (None, Ok(c)) if c.response != 0 => {
+                    (encode_response(Response::TransportFailure, 0, &[], 0), 0)
+                }
+                (None, Ok(c)) => {
+                    let n = (c.data.len() as u64).min(p.data_in_len);
+                    if n > 0
+                        && p.bufs
+                            .writable
+                            .write_at(&p.mem, RESP_HEADER_LEN as u64, &c.data[..n as usize])
+                            .is_err()
+                    {
+                        (encode_response(Response::Failure, 0, &[], 0), 0)
+                    } else {
+                        let resid = if p.write {
+                            c.residual.max(0) as u32
+                        } else {
+                            (p.data_in_len - n) as u32
+                        };
+                        (encode_response(Response::Ok, c.status, &c.sense, resid), n)
+                    }
+                }
+            };
+            respond(&p.mem, vring, p.head, &p.bufs, &hdr, n);
+        }
+        any
     }
 
     /// Start a block I/O; returns true if it had to complete at once.
@@ -413,7 +558,8 @@ impl ScsiBackend {
 
     pub(super) fn process_completions(&self, w: &mut Worker, vring: &Vring) {
         let _ = w.eventfd.read();
-        if self.reap(w, vring) {
+        let local = self.reap(w, vring);
+        if self.reap_remote(w, vring) || local {
             notify(vring);
         }
     }
@@ -470,6 +616,19 @@ impl ScsiBackend {
         if any {
             notify(vring);
         }
+    }
+}
+
+/// Length of a CDB from its group code (SPC-4 4.2.5.1); variable-length
+/// CDBs (7Fh) carry their additional length in byte 7.
+fn cdb_len(cdb: &[u8; crate::virtio::CDB_SIZE]) -> usize {
+    match cdb[0] >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        _ if cdb[0] == 0x7f => (8 + usize::from(cdb[7])).min(cdb.len()),
+        _ => 16,
     }
 }
 

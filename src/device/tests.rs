@@ -85,6 +85,7 @@ impl Harness {
                 initiator: "iqn.2026-11.test:mock".into(),
             },
             request_queues: 1,
+            remote: Default::default(),
         });
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),

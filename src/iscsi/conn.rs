@@ -135,6 +135,17 @@ impl Connection {
         Ok(())
     }
 
+    /// Hand the parts to another driver (the asynchronous client).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>, Digests, usize, Session) {
+        (
+            self.stream,
+            self.rx,
+            self.digests,
+            self.max_data,
+            self.session,
+        )
+    }
+
     /// Send what is queued, read one PDU and return its events.
     pub fn step(&mut self) -> Result<Vec<Event>, Error> {
         self.flush()?;

@@ -6,6 +6,7 @@
 //! over TCP.
 
 pub mod chap;
+pub mod client;
 pub mod conn;
 pub mod credentials;
 pub mod login;

@@ -156,4 +156,7 @@ pub struct BlockIo {
 pub enum Outcome {
     Done(Response),
     Io(BlockIo),
+    /// The LUN is served by another SCSI target (an iSCSI LUN): the
+    /// transport sends the command there unchanged.
+    Passthrough(u16),
 }

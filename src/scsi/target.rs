@@ -56,13 +56,34 @@ pub fn encode_lun(lun: u16) -> [u8; 8] {
 #[derive(Clone, Default)]
 pub struct Target {
     luns: BTreeMap<u16, Arc<LogicalUnit>>,
+    /// LUNs whose commands go to another target unchanged.
+    passthrough: Vec<u16>,
     lun_list: Vec<u16>,
 }
 
 impl Target {
     pub fn new(luns: BTreeMap<u16, Arc<LogicalUnit>>) -> Target {
-        let lun_list = luns.keys().copied().collect();
-        Target { luns, lun_list }
+        Target::with_passthrough(luns, Vec::new())
+    }
+
+    /// A target whose `passthrough` LUNs are served elsewhere; this target
+    /// still answers REPORT LUNS for all of them.
+    pub fn with_passthrough(
+        luns: BTreeMap<u16, Arc<LogicalUnit>>,
+        passthrough: Vec<u16>,
+    ) -> Target {
+        let mut lun_list: Vec<u16> = luns
+            .keys()
+            .copied()
+            .chain(passthrough.iter().copied())
+            .collect();
+        lun_list.sort_unstable();
+        lun_list.dedup();
+        Target {
+            luns,
+            passthrough,
+            lun_list,
+        }
     }
 
     pub fn lu(&self, lun: u16) -> Option<&Arc<LogicalUnit>> {
@@ -78,6 +99,10 @@ impl Target {
         if let LunAddress::Lun(l) = addr {
             if let Some(lu) = self.luns.get(&l) {
                 return lu.execute(cmd, &self.lun_list);
+            }
+            // REPORT LUNS lists this target's LUNs, not the remote one's.
+            if self.passthrough.contains(&l) && cmd.cdb.first() != Some(&0xa0) {
+                return Outcome::Passthrough(l);
             }
         }
         Outcome::Done(self.execute_without_lu(addr, cmd))

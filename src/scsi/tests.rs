@@ -65,6 +65,7 @@ fn run_lun(f: &Fixture, lun: LunAddress, cdb: &[u8], data_out: &[u8], alloc: usi
     );
     match outcome {
         Outcome::Done(r) => r,
+        Outcome::Passthrough(l) => panic!("no passthrough LUN {l} in this fixture"),
         Outcome::Io(io) => {
             let mut buf = match io.kind {
                 IoKind::Write => data_out.to_vec(),
@@ -107,6 +108,7 @@ fn run_as(f: &Fixture, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Response {
         },
     ) {
         Outcome::Done(r) => r,
+        Outcome::Passthrough(l) => panic!("no passthrough LUN {l} in this fixture"),
         Outcome::Io(io) => {
             let mut buf = vec![0u8; io.len as usize];
             if io.kind == IoKind::Write {
@@ -1015,5 +1017,41 @@ mod reservations {
         );
         f.lu.lun_reset();
         good(&run_as(&f, &nexus_b(), &READ10, &[]));
+    }
+}
+
+mod passthrough {
+    use super::*;
+
+    #[test]
+    fn commands_to_a_passthrough_lun_go_through_but_report_luns_is_answered_here() {
+        let f = fixture();
+        let t = Target::with_passthrough(BTreeMap::from([(0, f.lu.clone())]), vec![3]);
+        let mut dout: &[u8] = &[];
+        let o = t.execute(
+            LunAddress::Lun(3),
+            Command {
+                cdb: &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                nexus: &nexus(),
+                data_out: &mut dout,
+                data_in_len: 512,
+            },
+        );
+        assert_eq!(o, Outcome::Passthrough(3));
+        let o = t.execute(
+            LunAddress::Lun(3),
+            Command {
+                cdb: &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0],
+                nexus: &nexus(),
+                data_out: &mut dout,
+                data_in_len: 255,
+            },
+        );
+        let Outcome::Done(r) = o else {
+            panic!("REPORT LUNS was passed through")
+        };
+        // LUNs 0 and 3.
+        assert_eq!(&r.data[0..4], &[0, 0, 0, 16]);
+        assert_eq!(r.data[8 + 8 + 1], 3);
     }
 }
