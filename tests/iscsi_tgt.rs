@@ -16,6 +16,17 @@ use vhost_user_scsi::iscsi::session::Data;
 const INITIATOR: &str = "iqn.2026-11.org.vhost-user-scsi:test";
 const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
 
+fn spawn_tgtd(ctl: &str, port: u16, dir: &tempfile::TempDir) -> Child {
+    Command::new("tgtd")
+        .args(["-f", "-C", ctl, "--iscsi"])
+        .arg(format!("portal=127.0.0.1:{port}"))
+        .env("TGT_IPC_SOCKET", dir.path().join("ipc"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tgtd (Debian package tgt) is needed")
+}
+
 struct Tgt {
     child: Child,
     port: u16,
@@ -34,14 +45,7 @@ impl Tgt {
         let dir = tempfile::tempdir().unwrap();
         // -C takes at most 32767; the socket directory is ours anyway.
         let ctl = (port % 32000 + 1).to_string();
-        let child = Command::new("tgtd")
-            .args(["-f", "-C", &ctl, "--iscsi"])
-            .arg(format!("portal=127.0.0.1:{port}"))
-            .env("TGT_IPC_SOCKET", dir.path().join("ipc"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tgtd (Debian package tgt) is needed");
+        let child = spawn_tgtd(&ctl, port, &dir);
         let t = Tgt {
             child,
             port,
@@ -76,36 +80,12 @@ impl Tgt {
     fn target(&mut self, name: &str) -> (u32, PathBuf) {
         let tid = self.next_tid;
         self.next_tid += 1;
-        let t = tid.to_string();
-        self.adm(&[
-            "--mode",
-            "target",
-            "--op",
-            "new",
-            "--tid",
-            &t,
-            "--targetname",
-            name,
-        ]);
         let img = PathBuf::from(format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port));
         std::fs::File::create(&img)
             .unwrap()
             .set_len(16 << 20)
             .unwrap();
-        self.adm(&[
-            "--mode",
-            "logicalunit",
-            "--op",
-            "new",
-            "--tid",
-            &t,
-            "--lun",
-            "1",
-            "--bstype",
-            "rdwr",
-            "--backing-store",
-            img.to_str().unwrap(),
-        ]);
+        self.create(tid, name, &img);
         (tid, img)
     }
 
@@ -130,48 +110,85 @@ impl Tgt {
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}", self.ctl)));
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}.lock", self.ctl)));
         sleep(Duration::from_millis(500));
-        self.child = Command::new("tgtd")
-            .args(["-f", "-C", &self.ctl, "--iscsi"])
-            .arg(format!("portal=127.0.0.1:{}", self.port))
-            .env("TGT_IPC_SOCKET", self.dir.path().join("ipc"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.child = spawn_tgtd(&self.ctl, self.port, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.try_adm(&["--mode", "sys", "--op", "show"]) {
             assert!(Instant::now() < deadline, "tgtd did not restart");
             sleep(Duration::from_millis(50));
         }
         for &(tid, name) in targets {
-            let t = tid.to_string();
             let img = format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port);
-            self.adm(&[
-                "--mode",
-                "target",
-                "--op",
-                "new",
-                "--tid",
-                &t,
-                "--targetname",
-                name,
-            ]);
-            self.adm(&[
-                "--mode",
-                "logicalunit",
-                "--op",
-                "new",
-                "--tid",
-                &t,
-                "--lun",
-                "1",
-                "--bstype",
-                "rdwr",
-                "--backing-store",
-                &img,
-            ]);
+            self.create(tid, name, std::path::Path::new(&img));
             self.bind_all(tid);
         }
+    }
+
+    /// Target `tid` named `name` with LUN 1 (bstype rdwr) on `img`.
+    fn create(&self, tid: u32, name: &str, img: &std::path::Path) {
+        let t = tid.to_string();
+        self.adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            &t,
+            "--targetname",
+            name,
+        ]);
+        self.adm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            &t,
+            "--lun",
+            "1",
+            "--bstype",
+            "rdwr",
+            "--backing-store",
+            &img.to_string_lossy(),
+        ]);
+    }
+
+    /// A CHAP account bound to target `tid` (`outgoing`: the target's own,
+    /// for mutual CHAP).
+    fn account(&self, tid: u32, user: &str, password: &str, outgoing: bool) {
+        self.adm(&[
+            "--mode",
+            "account",
+            "--op",
+            "new",
+            "--user",
+            user,
+            "--password",
+            password,
+        ]);
+        let t = tid.to_string();
+        let mut bind = vec![
+            "--mode", "account", "--op", "bind", "--tid", &t, "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        self.adm(&bind);
+    }
+
+    /// Set a target parameter (HeaderDigest, DataDigest, ...).
+    fn param(&self, tid: u32, name: &str, value: &str) {
+        self.adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "update",
+            "--tid",
+            &tid.to_string(),
+            "--name",
+            name,
+            "--value",
+            value,
+        ]);
     }
 
     fn addr(&self) -> String {
@@ -374,26 +391,7 @@ fn chap_with_the_right_secret_logs_in_and_a_wrong_one_fails() {
     let mut t = Tgt::start();
     let (tid, _) = t.target("iqn.2026-11.test:chap");
     t.bind_all(tid);
-    t.adm(&[
-        "--mode",
-        "account",
-        "--op",
-        "new",
-        "--user",
-        "alice",
-        "--password",
-        "alicesecret12",
-    ]);
-    t.adm(&[
-        "--mode",
-        "account",
-        "--op",
-        "bind",
-        "--tid",
-        &tid.to_string(),
-        "--user",
-        "alice",
-    ]);
+    t.account(tid, "alice", "alicesecret12", false);
     let mut p = params(Some("iqn.2026-11.test:chap"));
     p.chap = Some(Credentials {
         user: "alice".into(),
@@ -428,41 +426,8 @@ fn mutual_chap_verifies_the_target() {
     let mut t = Tgt::start();
     let (tid, _) = t.target("iqn.2026-11.test:mutual");
     t.bind_all(tid);
-    let tids = tid.to_string();
-    t.adm(&[
-        "--mode",
-        "account",
-        "--op",
-        "new",
-        "--user",
-        "alice",
-        "--password",
-        "alicesecret12",
-    ]);
-    t.adm(&[
-        "--mode", "account", "--op", "bind", "--tid", &tids, "--user", "alice",
-    ]);
-    t.adm(&[
-        "--mode",
-        "account",
-        "--op",
-        "new",
-        "--user",
-        "tgtuser",
-        "--password",
-        "targetsecret1",
-    ]);
-    t.adm(&[
-        "--mode",
-        "account",
-        "--op",
-        "bind",
-        "--tid",
-        &tids,
-        "--user",
-        "tgtuser",
-        "--outgoing",
-    ]);
+    t.account(tid, "alice", "alicesecret12", false);
+    t.account(tid, "tgtuser", "targetsecret1", true);
     let mut p = params(Some("iqn.2026-11.test:mutual"));
     p.chap = Some(Credentials {
         user: "alice".into(),
@@ -526,31 +491,8 @@ fn header_and_data_digests_protect_every_pdu() {
     let mut t = Tgt::start();
     let (tid, _) = t.target("iqn.2026-11.test:digest");
     t.bind_all(tid);
-    let tids = tid.to_string();
-    t.adm(&[
-        "--mode",
-        "target",
-        "--op",
-        "update",
-        "--tid",
-        &tids,
-        "--name",
-        "HeaderDigest",
-        "--value",
-        "CRC32C",
-    ]);
-    t.adm(&[
-        "--mode",
-        "target",
-        "--op",
-        "update",
-        "--tid",
-        &tids,
-        "--name",
-        "DataDigest",
-        "--value",
-        "CRC32C",
-    ]);
+    t.param(tid, "HeaderDigest", "CRC32C");
+    t.param(tid, "DataDigest", "CRC32C");
     let mut p = params(Some("iqn.2026-11.test:digest"));
     p.header_digest = true;
     p.data_digest = true;
