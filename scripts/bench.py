@@ -75,6 +75,83 @@ def fio(path, seconds, rw, bs, qd):
             "cpu_us_per_io": cpu * 1e6 / ios}
 
 
+class Tgtd:
+    """tgtd with a 1 TiB null LUN (reads zeros, drops writes) on loopback."""
+    IQN = "iqn.2026-11.org.vhost-user-scsi:bench-null"
+
+    def __init__(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.dir = tempfile.mkdtemp(prefix="vus-tgt-")
+        self.env = dict(os.environ, TGT_IPC_SOCKET=os.path.join(self.dir, "ipc"))
+        self.proc = subprocess.Popen(["tgtd", "-f", "-C", "9", "--iscsi", f"portal=127.0.0.1:{self.port}"],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if self.adm("--mode", "sys", "--op", "show", check=False):
+                break
+            time.sleep(0.05)
+        self.adm("--mode", "target", "--op", "new", "--tid", "1", "--targetname", self.IQN)
+        self.adm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
+                 "--bstype", "null", "--backing-store", "null_bench")
+        self.adm("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL")
+        self.url = f"iscsi://127.0.0.1:{self.port}/{self.IQN}/1"
+
+    def adm(self, *args, check=True):
+        r = subprocess.run(["tgtadm", "-C", "9", "--lld", "iscsi", *args], env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"tgtadm {args} failed")
+        return r.returncode == 0
+
+    def stop(self):
+        self.adm("--mode", "sys", "--op", "update", "--name", "State", "-v", "offline", check=False)
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+def iscsi_perf(url, seconds, qd):
+    """libiscsi's iscsi-perf: 4 KiB (8 x 512-byte blocks) random reads."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = sh("iscsi-perf", "-t", str(int(seconds)), "-b", "8", "-m", str(qd), "-r", url,
+             capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    iops = float(re.findall(r"iops average (\d+)", out)[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"iops": iops, "cpu_us_per_io": cpu * 1e6 / (iops * int(seconds))}
+
+
+def iscsi_rows(a):
+    """The daemon passing a tgtd null LUN through (guest side: the load
+    generator) next to libiscsi's iscsi-perf on the same LUN."""
+    rows = []
+    t = Tgtd()
+    try:
+        d = Daemon(["--lun", t.url])
+        try:
+            for qd in (1, 32):
+                ours = [bench(d, a.seconds, ["--rw", "randread", "--qd", str(qd)]) for _ in range(a.repeat)]
+                base = [iscsi_perf(t.url, a.seconds, qd) for _ in range(a.repeat)]
+                rows.append({"case": f"4 KiB randread QD{qd}, tgtd null LUN via iSCSI",
+                             "iops": median(ours, "iops"), "cpu": median(ours, "backend_cpu_us_per_io"),
+                             "base": "libiscsi iscsi-perf, same LUN", "base_iops": median(base, "iops"),
+                             "base_cpu": median(base, "cpu_us_per_io")})
+            for rw in ("read", "write"):
+                ours = [bench(d, a.seconds, ["--rw", rw, "--qd", "4", "--bs", "1M"]) for _ in range(a.repeat)]
+                rows.append({"case": f"1M sequential {rw} QD4, tgtd null LUN via iSCSI",
+                             "iops": median(ours, "iops"), "cpu": median(ours, "backend_cpu_us_per_io"),
+                             "bench_cpu": median(ours, "bench_cpu_us_per_io"),
+                             "mib_s_only": median(ours, "mib_s")})
+        finally:
+            d.stop()
+    finally:
+        t.stop()
+    return rows
+
+
 def median(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -123,6 +200,8 @@ def main():
     finally:
         d.stop()
 
+    rows += iscsi_rows(a)
+
     # Memory: 16 LUNs (null, 1 TiB each), idle and under load.
     luns = sum((["--lun", "null,size=1T"] for _ in range(16)), [])
     d = Daemon(luns)
@@ -150,6 +229,9 @@ def main():
 
 
 def fmt_row(r):
+    if "mib_s_only" in r:
+        return (f"| {r['case']} | {r['mib_s_only']:.0f} MiB/s | {r['cpu']:.2f} | "
+                f"(iscsi-perf only reads 4 KiB here) | | |")
     if "base" not in r:
         return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS | {r['cpu']:.2f} | "
                 f"bench's own CPU {r['bench_cpu']:.2f} µs/IO | | |")
@@ -184,13 +266,14 @@ def write_svg(rows):
     """Bars of the daemon's CPU per I/O as a multiple of fio's, with the
     1.0 (parity) and 1.5 (goal) lines; absolute values as labels."""
     w, bar, gap, left = 760, 16, 10, 300
-    h = 70 + len(rows) * (bar + gap)
+    h = 80 + len(rows) * (bar + gap)
     top = max(2.0, max(r["cpu"] / r["base_cpu"] for r in rows) * 1.1)
     scale = (w - left - 150) / top
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
-           '<text x="10" y="20" font-size="14">Daemon CPU per I/O as a multiple of fio io_uring on the same file (lower is better)</text>']
-    y0, y1 = 40, h - 10
+           '<text x="10" y="18" font-size="14">Daemon CPU per I/O as a multiple of the baseline measured in the same run (lower is better)</text>',
+           '<text x="10" y="34" font-size="11">files: fio io_uring on the same file; iSCSI: libiscsi iscsi-perf on the same LUN</text>']
+    y0, y1 = 44, h - 10
     for ref, label in ((1.0, "parity"), (1.5, "goal 1.5x")):
         x = left + ref * scale
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#c33" stroke-dasharray="4,3"/>')
