@@ -47,6 +47,8 @@ pub struct LunConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IscsiLun {
     pub url: crate::iscsi::url::IscsiUrl,
+    /// More portals of the same target (`portal=HOST:PORT`), for failover.
+    pub portals: Vec<String>,
     pub credentials: Option<PathBuf>,
     pub header_digest: bool,
     pub data_digest: bool,
@@ -114,6 +116,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         }
         let mut l = IscsiLun {
             url,
+            portals: Vec::new(),
             credentials: None,
             header_digest: false,
             data_digest: false,
@@ -121,6 +124,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         for opt in parts {
             match opt.split_once('=') {
                 Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
+                Some(("portal", p)) if p.contains(':') => l.portals.push(p.to_string()),
                 None if opt == "header-digest" => l.header_digest = true,
                 None if opt == "data-digest" => l.data_digest = true,
                 _ => return Err(bad_lun(spec, format!("unknown iSCSI option '{opt}'"))),
@@ -385,6 +389,9 @@ mod tests {
         assert!(i.header_digest && !i.data_digest);
         assert!(parse_lun("iscsi://127.0.0.1/iqn.x").is_err());
         assert!(parse_lun("iscsi://127.0.0.1/iqn.x/1,bogus").is_err());
+        let (_, l) =
+            parse_lun("iscsi://127.0.0.1:1/iqn.x/1,portal=127.0.0.1:2,portal=[::1]:3").unwrap();
+        assert_eq!(l.iscsi.unwrap().portals, vec!["127.0.0.1:2", "[::1]:3"]);
     }
 
     #[test]

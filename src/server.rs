@@ -244,8 +244,9 @@ fn remote_luns(
                 chap_offer: chap::OFFERS[0],
             };
             let name = format!("{} -> {}/{}", c.socket.display(), key.0, target);
-            let client =
-                Client::start(&name, key.0.clone(), params).map_err(|e| err(Box::new(e)))?;
+            let mut portals = vec![key.0.clone()];
+            portals.extend(il.portals.iter().cloned());
+            let client = Client::start(&name, portals, params).map_err(|e| err(Box::new(e)))?;
             sessions.insert(key.clone(), client);
         }
         let l = il.url.lun.unwrap_or(0);

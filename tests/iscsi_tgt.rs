@@ -600,7 +600,7 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
     t.bind_all(tid);
     let client = vhost_user_scsi::iscsi::client::Client::start(
         "test",
-        t.addr(),
+        vec![t.addr()],
         params(Some("iqn.2026-11.test:recover")),
     )
     .unwrap();
@@ -654,4 +654,57 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
         assert!(r.data == pattern(i as u64), "write {i} was lost");
     }
     client.shutdown();
+}
+
+#[test]
+fn client_fails_over_to_the_next_portal_when_one_dies() {
+    // Two tgtd instances export the same backing file: two portals of "one"
+    // target (bstype rdwr does not cache, so both see the same blocks).
+    let img = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+    img.as_file().set_len(16 << 20).unwrap();
+    let name = "iqn.2026-11.test:portals";
+    let mut a = Tgt::start();
+    let b = Tgt::start();
+    for t in [&a, &b] {
+        t.create(1, name, img.path());
+        t.bind_all(1);
+    }
+    a.next_tid = 2;
+    // The first portal in the list is dead from the start: skipped.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let client = vhost_user_scsi::iscsi::client::Client::start(
+        "portals",
+        vec![dead, a.addr(), b.addr()],
+        params(Some(name)),
+    )
+    .unwrap();
+    let pattern = |i: u64| -> Vec<u8> { (0..4096u64).map(|x| (x * 13 + i) as u8).collect() };
+    let w = |r: std::ops::Range<u64>| {
+        r.map(|i| (write16(i * 8, 8), Data::Write(pattern(i))))
+            .collect()
+    };
+    for r in run_async(&client, w(0..8)) {
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    // Portal a goes away for good: the session moves to b.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    for r in run_async(&client, w(8..16)) {
+        assert_eq!(r.status, 0, "{r:?}");
+    }
+    let reads = (0..16u64)
+        .map(|i| (read16(i * 8, 8), Data::Read(4096)))
+        .collect();
+    for (i, r) in run_async(&client, reads).into_iter().enumerate() {
+        assert!(
+            r.data == pattern(i as u64),
+            "block {i} differs after failover"
+        );
+    }
+    client.shutdown();
+    drop(b);
 }

@@ -66,11 +66,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Client {
-    /// Log in (a failure here is reported: the configuration is wrong or the
-    /// target is down at start), then serve from a thread.
-    pub fn start(name: &str, addr: String, params: LoginParams) -> Result<Client, Error> {
-        let conn = Connection::login(&addr, params.clone(), LOGIN_TIMEOUT)?;
-        info!("iSCSI {name}: logged in to {addr}");
+    /// Log in through the first portal that answers (a failure on all of
+    /// them is reported: the configuration is wrong or the target is down at
+    /// start), then serve from a thread. On a connection loss the current
+    /// portal is retried first, then the others in turn.
+    pub fn start(name: &str, portals: Vec<String>, params: LoginParams) -> Result<Client, Error> {
+        let mut last = None;
+        let mut found = None;
+        for (i, addr) in portals.iter().enumerate() {
+            match Connection::login(addr, params.clone(), LOGIN_TIMEOUT) {
+                Ok(c) => {
+                    found = Some((i, c));
+                    break;
+                }
+                // A refused login is final; an unreachable portal is not.
+                Err(e @ Error::Login(_)) => return Err(e),
+                Err(e) => {
+                    warn!("iSCSI {name}: portal {addr}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((current, conn)) = found else {
+            return Err(last.unwrap_or(Error::Closed));
+        };
+        info!("iSCSI {name}: logged in to {}", portals[current]);
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
@@ -83,7 +103,7 @@ impl Client {
         let tname: Arc<str> = name.into();
         std::thread::Builder::new()
             .name("iscsi".into())
-            .spawn(move || run(&tname, &shared, conn, addr, params))?;
+            .spawn(move || run(&tname, &shared, conn, portals, current, params))?;
         Ok(client)
     }
 
@@ -185,7 +205,14 @@ fn wait_fd(fd: i32, events: i16, timeout_ms: i32) {
     unsafe { libc::poll(&mut p, 1, timeout_ms) };
 }
 
-fn run(name: &str, shared: &Shared, conn: Connection, addr: String, params: LoginParams) {
+fn run(
+    name: &str,
+    shared: &Shared,
+    conn: Connection,
+    portals: Vec<String>,
+    mut current: usize,
+    params: LoginParams,
+) {
     let mut callbacks: HashMap<u64, Callback> = HashMap::new();
     let mut next_tag = 0u64;
     let mut live = match Live::from(conn) {
@@ -219,28 +246,38 @@ fn run(name: &str, shared: &Shared, conn: Connection, addr: String, params: Logi
             return;
         }
         let Some(l) = live.as_mut() else {
-            // Reconnect, then send everything unfinished again.
+            // Reconnect (the current portal first, then the others), then
+            // send everything unfinished again.
             std::thread::sleep(backoff);
-            match Connection::login(&addr, params.clone(), LOGIN_TIMEOUT)
-                .and_then(|c| Live::from(c).map_err(Error::from))
-            {
-                Ok(mut nl) => {
-                    info!(
-                        "iSCSI {name}: session reinstated, retrying {} command(s)",
-                        retry.len()
-                    );
-                    for (tag, lun, cdb, data) in retry.drain(..) {
-                        nl.session.submit(tag, lun, &cdb, data);
+            for k in 0..portals.len() {
+                let i = (current + k) % portals.len();
+                let addr = &portals[i];
+                match Connection::login(addr, params.clone(), LOGIN_TIMEOUT)
+                    .and_then(|c| Live::from(c).map_err(Error::from))
+                {
+                    Ok(mut nl) => {
+                        if i != current {
+                            info!("iSCSI {name}: failed over to portal {addr}");
+                        }
+                        current = i;
+                        info!(
+                            "iSCSI {name}: session reinstated, retrying {} command(s)",
+                            retry.len()
+                        );
+                        for (tag, lun, cdb, data) in retry.drain(..) {
+                            nl.session.submit(tag, lun, &cdb, data);
+                        }
+                        live = Some(nl);
+                        backoff = BACKOFF_MIN;
+                        last_heard = Instant::now();
+                        ping_sent = None;
+                        break;
                     }
-                    live = Some(nl);
-                    backoff = BACKOFF_MIN;
-                    last_heard = Instant::now();
-                    ping_sent = None;
+                    Err(e) => warn!("iSCSI {name}: reconnecting to {addr} failed: {e}"),
                 }
-                Err(e) => {
-                    warn!("iSCSI {name}: reconnecting to {addr} failed: {e}");
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
+            }
+            if live.is_none() {
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
             continue;
         };
