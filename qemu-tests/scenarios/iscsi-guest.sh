@@ -24,6 +24,9 @@ e2fsck -fn "$sd"
 mount -t ext4 -o ro "$sd" /mnt
 (cd /mnt && sha256sum -c /tmp/sum)
 umount /mnt
+# A LUN reset from the guest on the passed-through disk is answered.
+sg_reset -d "$sd"
+sg_turs "$sd" || sg_turs "$sd"
 echo FIO-START
 fio --name=v --filename="$sd" --offset=64M --size=48M --ioengine=io_uring --direct=1 \
     --rw=randwrite --bs=4k --iodepth=32 --verify=crc32c --verify_fatal=1 --do_verify=1 \

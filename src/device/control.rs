@@ -118,7 +118,10 @@ impl ScsiBackend {
             LunAddress::Lun(l) => controller.target.lu(l).cloned(),
             _ => None,
         };
-        if lu.is_none() && subtype != TmfSubtype::ITNexusReset {
+        // A passed-through (iSCSI) LUN exists too: its commands are aborted
+        // and waited for here like local ones.
+        let remote = matches!(addr, LunAddress::Lun(l) if controller.remote.contains_key(&l));
+        if lu.is_none() && !remote && subtype != TmfSubtype::ITNexusReset {
             return Response::IncorrectLun;
         }
         let inflight = &self.inner.inflight;
