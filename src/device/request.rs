@@ -397,10 +397,15 @@ impl ScsiBackend {
             &req.cdb[..cdb_len(&req.cdb)],
             data,
             Box::new(move |r| {
-                done.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((slot, r));
-                let _ = efd.write(1);
+                let mut q = done.lock().unwrap_or_else(|e| e.into_inner());
+                // The worker takes the whole queue when woken: one wake-up
+                // per batch of completions is enough.
+                let wake = q.is_empty();
+                q.push((slot, r));
+                drop(q);
+                if wake {
+                    let _ = efd.write(1);
+                }
             }),
         );
         false

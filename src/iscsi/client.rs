@@ -139,6 +139,8 @@ struct Live {
     digests: Digests,
     max_data: usize,
     rx: Vec<u8>,
+    /// Socket read buffer, allocated once.
+    scratch: Vec<u8>,
 }
 
 impl Live {
@@ -151,6 +153,7 @@ impl Live {
             digests,
             max_data,
             rx,
+            scratch: vec![0u8; 256 * 1024],
         })
     }
 
@@ -176,22 +179,33 @@ impl Live {
 
     /// Read what is there and return the events of every whole PDU.
     fn read(&mut self) -> Result<Vec<Event>, Error> {
-        let mut buf = [0u8; 65536];
         loop {
-            match self.stream.read(&mut buf) {
+            match self.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(Error::Closed),
-                Ok(n) => self.rx.extend_from_slice(&buf[..n]),
+                Ok(n) => self.rx.extend_from_slice(&self.scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
         let mut ev = Vec::new();
-        while let Some((p, used)) = pdu::decode(&self.rx, self.digests, self.max_data)? {
-            self.rx.drain(..used);
-            ev.extend(self.session.receive(p)?);
-        }
-        Ok(ev)
+        let mut at = 0;
+        let result = loop {
+            match pdu::decode(&self.rx[at..], self.digests, self.max_data) {
+                Ok(Some((p, used))) => {
+                    at += used;
+                    match self.session.receive(p) {
+                        Ok(e) => ev.extend(e),
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        // Consume every decoded PDU at once.
+        self.rx.drain(..at);
+        result.map(|()| ev)
     }
 }
 
