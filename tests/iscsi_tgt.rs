@@ -708,3 +708,83 @@ fn client_fails_over_to_the_next_portal_when_one_dies() {
     client.shutdown();
     drop(b);
 }
+
+#[test]
+fn reservation_is_reestablished_after_the_session_is_reinstated() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:prkeep");
+    t.bind_all(tid);
+    let client = vhost_user_scsi::iscsi::client::Client::start(
+        "prkeep",
+        vec![t.addr()],
+        params(Some("iqn.2026-11.test:prkeep")),
+    )
+    .unwrap();
+    let prout = |sa: u8, ty: u8, rk: u64, sark: u64| {
+        let mut p = rk.to_be_bytes().to_vec();
+        p.extend_from_slice(&sark.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        (vec![0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0], Data::Write(p))
+    };
+    // Register 0x77, then hold Write Exclusive (one after the other: the
+    // session's first command draws a unit attention and is resent).
+    for cmd in [prout(0, 0, 0, 0x77), prout(1, 1, 0x77, 0)] {
+        let r = run_async(&client, vec![cmd]);
+        assert_eq!(r[0].status, 0, "{:?}", r[0]);
+    }
+    let w = |i: u64| (write16(i, 8), Data::Write(vec![i as u8; 4096]));
+    assert_eq!(run_async(&client, vec![w(0)])[0].status, 0);
+    // The target drops the connection (its PR state stays, tied to the old
+    // session).
+    let out = Command::new("tgtadm")
+        .args([
+            "-C",
+            &t.ctl,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "conn",
+            "--op",
+            "show",
+            "--tid",
+            &tid.to_string(),
+        ])
+        .env("TGT_IPC_SOCKET", t.dir.path().join("ipc"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sid = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Session: "))
+        .expect("no session listed")
+        .trim()
+        .to_string();
+    t.adm(&[
+        "--mode",
+        "conn",
+        "--op",
+        "delete",
+        "--tid",
+        &tid.to_string(),
+        "--sid",
+        &sid,
+        "--cid",
+        "0",
+    ]);
+    // Writes go on succeeding: the client re-registered and took the
+    // reservation back on the new session.
+    for r in run_async(&client, (1..9).map(w).collect()) {
+        assert_eq!(r.status, 0, "write after reinstatement: {r:?}");
+    }
+    let keys = run_async(
+        &client,
+        vec![(vec![0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], Data::Read(256))],
+    );
+    let k = &keys[0].data;
+    let n = u32::from_be_bytes(k[4..8].try_into().unwrap()) as usize / 8;
+    let listed: Vec<u64> = (0..n)
+        .map(|i| u64::from_be_bytes(k[8 + 8 * i..16 + 8 * i].try_into().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![0x77], "stale registration left behind");
+    client.shutdown();
+}

@@ -10,6 +10,14 @@
 //! (session reinstatement, RFC 7143 6.3.5) and every unfinished command is
 //! sent again, so an acknowledged write is never lost and the guest sees at
 //! worst a delay.
+//!
+//! Some targets (tgt) tie persistent reservation registrations to the
+//! session, so after reinstatement the guest's registration belongs to a dead
+//! nexus and its writes conflict. The client remembers the key and
+//! reservation type that went through successfully (`PrMemory`) and, before
+//! resending anything, re-registers the key (REGISTER AND IGNORE EXISTING
+//! KEY) and takes the reservation back from the stale registration (PREEMPT
+//! with the same key and type).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -42,6 +50,76 @@ struct Submission {
     data: Data,
     done: Callback,
 }
+
+/// What this nexus holds at the target, from the PR OUT commands that
+/// succeeded through the session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrMemory {
+    pub lun: [u8; 8],
+    pub key: Option<u64>,
+    pub reservation: Option<u8>,
+}
+
+impl PrMemory {
+    /// Account for a PERSISTENT RESERVE OUT that completed with GOOD.
+    pub fn observe(&mut self, lun: [u8; 8], cdb: &[u8], param: &[u8]) {
+        if cdb.first() != Some(&0x5f) || param.len() < 24 {
+            return;
+        }
+        let sa_key = u64::from_be_bytes(param[8..16].try_into().unwrap_or_default());
+        let ty = cdb.get(2).map_or(0, |b| b & 0x0f);
+        self.lun = lun;
+        match cdb.get(1).map_or(0xff, |b| b & 0x1f) {
+            // REGISTER, REGISTER AND IGNORE EXISTING KEY
+            0x00 | 0x06 => {
+                self.key = (sa_key != 0).then_some(sa_key);
+                if sa_key == 0 {
+                    self.reservation = None;
+                }
+            }
+            0x01 | 0x04 | 0x05 => self.reservation = Some(ty),
+            0x02 => self.reservation = None,
+            0x03 => {
+                *self = PrMemory {
+                    lun,
+                    ..PrMemory::default()
+                }
+            }
+            // REGISTER AND MOVE hands the reservation to another nexus.
+            0x07 => {
+                self.reservation = None;
+                if param.get(17).is_some_and(|b| b & 0x02 != 0) {
+                    self.key = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The commands that re-establish this state on a new session.
+    pub fn restore(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(key) = self.key else {
+            return Vec::new();
+        };
+        let param = |rk: u64, sark: u64| {
+            let mut p = rk.to_be_bytes().to_vec();
+            p.extend_from_slice(&sark.to_be_bytes());
+            p.extend_from_slice(&[0; 8]);
+            p
+        };
+        let mut v = vec![(vec![0x5f, 0x06, 0, 0, 0, 0, 0, 0, 24, 0], param(0, key))];
+        if let Some(t) = self.reservation {
+            v.push((vec![0x5f, 0x04, t, 0, 0, 0, 0, 0, 24, 0], param(key, key)));
+        }
+        v
+    }
+}
+
+/// A PERSISTENT RESERVE OUT in flight: LUN, CDB, parameter list.
+type PrOut = ([u8; 8], Vec<u8>, Vec<u8>);
+
+/// Tags above this are the client's own commands (PR restoration).
+const INTERNAL_TAG: u64 = u64::MAX - 1024;
 
 struct Shared {
     queue: Mutex<VecDeque<Submission>>,
@@ -228,6 +306,14 @@ fn run(
     params: LoginParams,
 ) {
     let mut callbacks: HashMap<u64, Callback> = HashMap::new();
+    // PR OUT commands in flight, to learn from when they succeed.
+    let mut pr_out: HashMap<u64, PrOut> = HashMap::new();
+    let mut pr = PrMemory::default();
+    // Internal commands still to run after a reinstatement, and the guest
+    // commands held back until they are done.
+    let mut restoring: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut held: Vec<(u64, [u8; 8], Vec<u8>, Data)> = Vec::new();
+    let mut internal_tries = 0u32;
     let mut next_tag = 0u64;
     let mut live = match Live::from(conn) {
         Ok(l) => Some(l),
@@ -278,6 +364,18 @@ fn run(
                             "iSCSI {name}: session reinstated, retrying {} command(s)",
                             retry.len()
                         );
+                        // Our own commands are re-derived from `pr`; guest
+                        // commands held back by an earlier restoration go too.
+                        retry.retain(|t| t.0 < INTERNAL_TAG);
+                        retry.append(&mut held);
+                        restoring = pr.restore();
+                        internal_tries = 0;
+                        if let Some((cdb, p)) = restoring.first() {
+                            info!("iSCSI {name}: re-registering the persistent reservation key");
+                            nl.session
+                                .submit(INTERNAL_TAG, pr.lun, cdb, Data::Write(p.clone()));
+                            held.append(&mut retry);
+                        }
                         for (tag, lun, cdb, data) in retry.drain(..) {
                             nl.session.submit(tag, lun, &cdb, data);
                         }
@@ -304,9 +402,16 @@ fn run(
             .collect();
         for s in new {
             let tag = next_tag;
-            next_tag = next_tag.wrapping_add(1);
+            next_tag = (next_tag + 1) % INTERNAL_TAG;
             callbacks.insert(tag, s.done);
-            l.session.submit(tag, s.lun, &s.cdb, s.data);
+            if let (Some(0x5f), Data::Write(p)) = (s.cdb.first(), &s.data) {
+                pr_out.insert(tag, (s.lun, s.cdb.clone(), p.clone()));
+            }
+            if restoring.is_empty() {
+                l.session.submit(tag, s.lun, &s.cdb, s.data);
+            } else {
+                held.push((tag, s.lun, s.cdb, s.data));
+            }
         }
         // Keepalive and dead-target detection.
         if let Some(t) = ping_sent {
@@ -352,7 +457,43 @@ fn run(
                 }
                 for e in events {
                     match e {
+                        Event::Completed(c) if c.tag >= INTERNAL_TAG => {
+                            let unit_attention =
+                                c.status == 2 && c.sense.get(2).is_some_and(|k| k & 0x0f == 6);
+                            if unit_attention && internal_tries < 8 {
+                                internal_tries += 1;
+                            } else {
+                                if c.status != 0 {
+                                    warn!(
+                                        "iSCSI {name}: restoring the reservation state: status {:#04x}",
+                                        c.status
+                                    );
+                                }
+                                restoring.remove(0);
+                                internal_tries = 0;
+                            }
+                            match restoring.first() {
+                                Some((cdb, p)) => {
+                                    l.session.submit(
+                                        INTERNAL_TAG,
+                                        pr.lun,
+                                        cdb,
+                                        Data::Write(p.clone()),
+                                    );
+                                }
+                                None => {
+                                    for (tag, lun, cdb, data) in held.drain(..) {
+                                        l.session.submit(tag, lun, &cdb, data);
+                                    }
+                                }
+                            }
+                        }
                         Event::Completed(c) => {
+                            if let Some((lun, cdb, p)) = pr_out.remove(&c.tag) {
+                                if c.status == 0 && c.response == 0 {
+                                    pr.observe(lun, &cdb, &p);
+                                }
+                            }
                             if let Some(cb) = callbacks.remove(&c.tag) {
                                 cb(Ok(c));
                             }
@@ -375,5 +516,72 @@ fn run(
                 live = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LUN: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+
+    fn param(rk: u64, sark: u64) -> Vec<u8> {
+        let mut p = rk.to_be_bytes().to_vec();
+        p.extend_from_slice(&sark.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        p
+    }
+
+    #[test]
+    fn register_and_reserve_are_remembered_and_restored() {
+        let mut m = PrMemory::default();
+        m.observe(
+            LUN,
+            &[0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0],
+            &param(0, 0xabc),
+        );
+        m.observe(
+            LUN,
+            &[0x5f, 0x01, 0x03, 0, 0, 0, 0, 0, 24, 0],
+            &param(0xabc, 0),
+        );
+        assert_eq!((m.key, m.reservation), (Some(0xabc), Some(3)));
+        let r = m.restore();
+        // REGISTER AND IGNORE EXISTING KEY with the key, then PREEMPT the
+        // stale registration (same key) with the same type.
+        assert_eq!(r[0].0[1], 0x06);
+        assert_eq!(&r[0].1[8..16], &0xabcu64.to_be_bytes());
+        assert_eq!((r[1].0[1], r[1].0[2]), (0x04, 0x03));
+        assert_eq!(&r[1].1[0..8], &0xabcu64.to_be_bytes());
+        assert_eq!(&r[1].1[8..16], &0xabcu64.to_be_bytes());
+    }
+
+    #[test]
+    fn release_clear_and_unregister_forget() {
+        let mut m = PrMemory::default();
+        m.observe(LUN, &[0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0], &param(0, 7));
+        m.observe(LUN, &[0x5f, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0], &param(7, 0));
+        m.observe(LUN, &[0x5f, 0x02, 0x01, 0, 0, 0, 0, 0, 24, 0], &param(7, 0));
+        assert_eq!((m.key, m.reservation), (Some(7), None));
+        assert_eq!(m.restore().len(), 1);
+        m.observe(LUN, &[0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0], &param(7, 0));
+        assert_eq!(m.key, None);
+        assert!(m.restore().is_empty());
+        m.observe(LUN, &[0x5f, 0x06, 0, 0, 0, 0, 0, 0, 24, 0], &param(0, 9));
+        m.observe(LUN, &[0x5f, 0x03, 0, 0, 0, 0, 0, 0, 24, 0], &param(9, 0));
+        assert_eq!(
+            m,
+            PrMemory {
+                lun: LUN,
+                ..PrMemory::default()
+            }
+        );
+    }
+
+    #[test]
+    fn other_commands_are_ignored() {
+        let mut m = PrMemory::default();
+        m.observe(LUN, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0; 512]);
+        assert_eq!(m, PrMemory::default());
     }
 }
