@@ -40,6 +40,10 @@ struct Pending {
 // (it moves between threads only inside the worker's Mutex).
 unsafe impl Send for Pending {}
 
+/// Largest data transfer passed through to an iSCSI LUN in one command
+/// (QEMU's default max_sectors, 65535 x 512 bytes, fits).
+const MAX_PASSTHROUGH: u64 = 32 << 20;
+
 /// A command passed through to an iSCSI target, waiting for its answer.
 struct RemotePending {
     head: u16,
@@ -152,7 +156,8 @@ fn respond(
         Ok(()) => RESP_HEADER_LEN as u64 + data_len,
         Err(_) => 0,
     };
-    if let Err(e) = vring.add_used(head, used as u32) {
+    let used = u32::try_from(used).unwrap_or(u32::MAX);
+    if let Err(e) = vring.add_used(head, used) {
         error!("Cannot return descriptor {head} to the used ring: {e}");
     }
 }
@@ -280,7 +285,7 @@ impl ScsiBackend {
             Outcome::Done(resp) => {
                 let n = (resp.data.len() as u64).min(data_in_len);
                 let hdr = match self.inner.inflight.finish(w.index, key) {
-                    Some(r) => encode_response(r, 0, &[], data_in_len as u32),
+                    Some(r) => encode_response(r, 0, &[], data_in_len),
                     None => {
                         if bufs
                             .writable
@@ -291,12 +296,7 @@ impl ScsiBackend {
                             respond(mem, vring, head, &bufs, &hdr, 0);
                             return true;
                         }
-                        encode_response(
-                            Response::Ok,
-                            resp.status,
-                            &resp.sense,
-                            (data_in_len - n) as u32,
-                        )
+                        encode_response(Response::Ok, resp.status, &resp.sense, data_in_len - n)
                     }
                 };
                 respond(mem, vring, head, &bufs, &hdr, n);
@@ -355,6 +355,16 @@ impl ScsiBackend {
             respond(mem, vring, head, bufs, &encode_response(r, 0, &[], 0), 0);
             true
         };
+        // Descriptor lengths come from the guest: bound what is buffered
+        // (and what a target may send back) before allocating anything.
+        if data_out_len > MAX_PASSTHROUGH {
+            self.guest_error(format_args!(
+                "Request queue {}: {data_out_len}-byte data-out for an iSCSI LUN",
+                w.index
+            ));
+            return fail(&bufs, Response::Overrun);
+        }
+        let data_in_len = data_in_len.min(MAX_PASSTHROUGH);
         let Some(remote) = self.inner.controller.remote.get(&l) else {
             return fail(&bufs, Response::Failure);
         };
@@ -369,7 +379,7 @@ impl ScsiBackend {
             }
             Data::Write(v)
         } else if data_in_len > 0 {
-            Data::Read(data_in_len.min(u64::from(u32::MAX)) as u32)
+            Data::Read(data_in_len as u32)
         } else {
             Data::None
         };
@@ -422,7 +432,7 @@ impl ScsiBackend {
             };
             w.remote_free.push(slot);
             let (hdr, n) = match (self.inner.inflight.finish(w.index, p.key), r) {
-                (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len as u32), 0),
+                (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
                 (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
                 // Not completed at the target: let the guest retry.
                 (None, Ok(c)) if c.response != 0 => {
@@ -439,9 +449,9 @@ impl ScsiBackend {
                         (encode_response(Response::Failure, 0, &[], 0), 0)
                     } else {
                         let resid = if p.write {
-                            c.residual.max(0) as u32
+                            c.residual.max(0) as u64
                         } else {
-                            (p.data_in_len - n) as u32
+                            p.data_in_len - n
                         };
                         (encode_response(Response::Ok, c.status, &c.sense, resid), n)
                     }
@@ -547,14 +557,14 @@ impl ScsiBackend {
             IoKind::Flush => (p.data_in_len.max(p.data_out_len), 0),
         };
         let (hdr, data_len) = match self.inner.inflight.finish(w.index, p.key) {
-            Some(r) => (encode_response(r, 0, &[], avail as u32), 0),
+            Some(r) => (encode_response(r, 0, &[], avail), 0),
             None if resp.status == scsi::Status::Good as u8 => {
                 let data_len = if p.io.kind == IoKind::Read { moved } else { 0 };
-                let hdr = encode_response(Response::Ok, resp.status, &[], (avail - moved) as u32);
+                let hdr = encode_response(Response::Ok, resp.status, &[], avail - moved);
                 (hdr, data_len)
             }
             None => (
-                encode_response(Response::Ok, resp.status, &resp.sense, avail as u32),
+                encode_response(Response::Ok, resp.status, &resp.sense, avail),
                 0,
             ),
         };

@@ -26,7 +26,7 @@ const HDR: u64 = 0x10000;
 const DOUT: u64 = 0x11000;
 const RESP: u64 = 0x20000;
 const DIN: u64 = 0x21000;
-const MEM_SIZE: usize = 0x100000;
+const MEM_SIZE: usize = 0x800000;
 
 struct Harness {
     /// Leaked so that the mock rings (which borrow it) can live here too;
@@ -78,7 +78,9 @@ impl Harness {
         ));
         let controller = Arc::new(Controller {
             name: "mock".into(),
-            target: Target::new(BTreeMap::from([(0, lu)])),
+            // LUN 5 is passed through (to no session: commands that reach
+            // the lookup fail with FAILURE).
+            target: Target::with_passthrough(BTreeMap::from([(0, lu)]), vec![5]),
             nexus: Nexus {
                 id: 1,
                 relative_port: 1,
@@ -319,6 +321,38 @@ fn data_in_outside_guest_memory_gets_response_failure_and_queue_keeps_working() 
         ],
     );
     assert_eq!(h.run_requests(2).len(), 2);
+}
+
+#[test]
+fn huge_data_out_for_a_passthrough_lun_is_refused_before_buffering() {
+    let mut h = Harness::new();
+    h.write_header(
+        [1, 0, 0, 5, 0, 0, 0, 0],
+        13,
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+    );
+    // 36 MiB of data-out: nine 4 MiB descriptors over the same guest pages.
+    let mut chain = vec![(HDR, REQ_HEADER_LEN as u32, false)];
+    chain.extend(std::iter::repeat_n((DOUT, 4 << 20, false), 9));
+    chain.push((RESP, RESP_HEADER_LEN as u32, true));
+    h.add_chain(0, &chain);
+    assert_eq!(h.run_requests(1), vec![(0, RESP_HEADER_LEN as u32)]);
+    assert_eq!(h.response()[11], 1); // VIRTIO_SCSI_S_OVERRUN
+}
+
+#[test]
+fn passthrough_lun_without_a_session_gets_failure() {
+    let mut h = Harness::new();
+    h.write_header([1, 0, 0, 5, 0, 0, 0, 0], 14, &[0x00, 0, 0, 0, 0, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+        ],
+    );
+    h.run_requests(1);
+    assert_eq!(h.response()[11], 9); // VIRTIO_SCSI_S_FAILURE
 }
 
 #[test]

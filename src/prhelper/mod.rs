@@ -171,7 +171,8 @@ fn recvmsg_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<
         let hdr = unsafe { &*cmsg };
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN(0) is a constant computation.
-            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len =
+                (hdr.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: CMSG_DATA points at data_len bytes of fds in the buffer.
             let data = unsafe { libc::CMSG_DATA(cmsg) };
             for i in 0..data_len / std::mem::size_of::<RawFd>() {

@@ -145,15 +145,17 @@ impl RequestHeader {
     }
 }
 
-/// Encode a command response header.
+/// Encode a command response header. The residual saturates at the
+/// field's 32 bits (a guest can describe buffers larger than that).
 pub fn encode_response(
     response: Response,
     status: u8,
     sense: &[u8],
-    residual: u32,
+    residual: u64,
 ) -> [u8; RESP_HEADER_LEN] {
     let mut r = [0u8; RESP_HEADER_LEN];
     let sense_len = sense.len().min(SENSE_SIZE);
+    let residual = u32::try_from(residual).unwrap_or(u32::MAX);
     r[0..4].copy_from_slice(&(sense_len as u32).to_le_bytes());
     r[4..8].copy_from_slice(&residual.to_le_bytes());
     r[10] = status;
