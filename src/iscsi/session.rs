@@ -86,6 +86,10 @@ struct Task {
     tmf: Option<u8>,
 }
 
+/// Most text a target may send in one continued Text Response (SendTargets
+/// lists): a target that never stops continuing is cut off.
+const MAX_TEXT: usize = 1 << 20;
+
 /// `a <= b` in 32-bit serial number arithmetic (RFC 1982).
 fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
@@ -466,6 +470,9 @@ impl Session {
             }
             Opcode::TextResponse => {
                 self.update_sn(&p, true);
+                if self.text_acc.len() + p.data.len() > MAX_TEXT {
+                    return Err(protocol("Text Response longer than 1 MiB"));
+                }
                 self.text_acc.extend_from_slice(&p.data);
                 if p.flags() & 0x40 != 0 {
                     // Continue: ask for the rest with the target's TTT.
@@ -750,6 +757,48 @@ mod tests {
             s.receive(a).unwrap(),
             vec![Event::LogoutRequested { within_secs: 5 }]
         );
+    }
+
+    #[test]
+    fn endless_text_continuation_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.text_request(&[("SendTargets", "All")]);
+        drain(&mut s);
+        let mut failed = false;
+        for _ in 0..40 {
+            let mut r = Pdu::new(Opcode::TextResponse);
+            r.set_flags(0x40); // C: more to come
+            r.data = vec![b'x'; 65536];
+            if s.receive(r).is_err() {
+                failed = true;
+                break;
+            }
+            drain(&mut s);
+        }
+        assert!(failed);
+    }
+
+    #[test]
+    fn lun_reset_request_and_response() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.task_management(9, 5, LUN, RESERVED_TAG);
+        let out = drain(&mut s);
+        assert_eq!(out[0].opcode(), Some(Opcode::TaskMgmtRequest));
+        assert_eq!(out[0].bhs[0] & 0x40, 0x40); // immediate
+        assert_eq!(out[0].flags(), 0x85); // F + LOGICAL UNIT RESET
+        assert_eq!(out[0].lun(), LUN);
+        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
+        r.set_itt(itt);
+        r.set_byte(2, 0);
+        assert_eq!(
+            s.receive(r).unwrap(),
+            vec![Event::TaskManagement {
+                tag: 9,
+                response: 0
+            }]
+        );
+        // Not a SCSI command: nothing to retry.
+        assert!(s.take_unfinished().is_empty());
     }
 
     #[test]
