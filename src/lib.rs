@@ -12,3 +12,15 @@ pub mod prhelper;
 pub mod scsi;
 pub mod server;
 pub mod virtio;
+
+/// An error and its sources, joined with ": " (for one-line reports).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vhost_user_scsi::config::Config;
+use vhost_user_scsi::error_chain;
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
@@ -436,17 +437,6 @@ fn ordered_serve_args(m: &ArgMatches) -> Vec<(bool, String)> {
     }
     v.sort_by_key(|(i, _, _)| *i);
     v.into_iter().map(|(_, s, v)| (s, v)).collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {

@@ -158,7 +158,8 @@ impl Backstore {
         sync: bool,
     ) -> io::Result<()> {
         let fd = self.file()?.as_raw_fd();
-        let mut iov: Vec<libc::iovec> = iovecs.to_vec();
+        // Copied only if a short transfer stops inside a buffer.
+        let mut iov: std::borrow::Cow<[libc::iovec]> = std::borrow::Cow::Borrowed(iovecs);
         let mut start = 0usize;
         let mut off = offset;
         while start < iov.len() {
@@ -195,11 +196,12 @@ impl Backstore {
             let mut n = n as usize;
             off += n as u64;
             while n > 0 && start < iov.len() {
-                let v = &mut iov[start];
-                if n >= v.iov_len {
-                    n -= v.iov_len;
+                let len = iov[start].iov_len;
+                if n >= len {
+                    n -= len;
                     start += 1;
                 } else {
+                    let v = &mut iov.to_mut()[start];
                     // SAFETY: advancing within the same buffer.
                     v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
                     v.iov_len -= n;
@@ -512,6 +514,29 @@ mod tests {
         c.fill(0);
         b.vectored(false, &iov, 512, false).unwrap();
         assert_eq!((a[0], c[411]), (1, 2));
+    }
+
+    #[test]
+    fn vectored_read_across_end_of_file_resumes_inside_a_buffer_then_zero_fills() {
+        let f = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        std::fs::write(f.path(), [7u8; 600]).unwrap();
+        let b = Backstore::open(f.path(), false, false).unwrap();
+        let mut a = [1u8; 512];
+        let mut c = [1u8; 512];
+        let iov = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: c.as_mut_ptr().cast(),
+                iov_len: c.len(),
+            },
+        ];
+        b.vectored(false, &iov, 0, false).unwrap();
+        assert_eq!(a, [7u8; 512]);
+        assert_eq!(&c[..88], &[7u8; 88][..]);
+        assert_eq!(&c[88..], &[0u8; 424][..]);
     }
 
     #[test]

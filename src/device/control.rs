@@ -118,10 +118,10 @@ impl ScsiBackend {
             LunAddress::Lun(l) => controller.target.lu(l).cloned(),
             _ => None,
         };
-        // A passed-through (iSCSI) LUN exists too: its commands are aborted
+        // Passed-through (iSCSI) LUNs exist too: their commands are aborted
         // and waited for here like local ones.
-        let remote = matches!(addr, LunAddress::Lun(l) if controller.remote.contains_key(&l));
-        if lu.is_none() && !remote && subtype != TmfSubtype::ITNexusReset {
+        let exists = matches!(addr, LunAddress::Lun(l) if controller.target.has_lun(l));
+        if !exists && subtype != TmfSubtype::ITNexusReset {
             return Response::IncorrectLun;
         }
         let inflight = &self.inner.inflight;

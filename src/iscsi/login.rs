@@ -126,7 +126,6 @@ pub struct Login {
     exp_stat_sn: u32,
     rounds: usize,
     mutual_challenge: Option<(Algorithm, u8, Vec<u8>)>,
-    keys_sent: bool,
 }
 
 fn protocol(msg: impl Into<String>) -> LoginError {
@@ -142,7 +141,6 @@ impl Login {
             exp_stat_sn: 0,
             rounds: 0,
             mutual_challenge: None,
-            keys_sent: false,
         }
     }
 
@@ -205,7 +203,6 @@ impl Login {
     /// The first Login Request.
     pub fn start(&mut self) -> Pdu {
         let mut keys = self.identity_keys();
-        self.keys_sent = true;
         if self.p.chap.is_some() {
             keys.push(("AuthMethod".into(), "CHAP,None".into()));
             self.request(SECURITY, OPERATIONAL, false, &keys)
@@ -218,11 +215,8 @@ impl Login {
     fn operational(&mut self) -> Pdu {
         self.state = State::Operational;
         self.rounds = 0;
-        let mut keys = self.operational_keys();
-        if !self.keys_sent {
-            keys.splice(0..0, self.identity_keys());
-            self.keys_sent = true;
-        }
+        // The identity keys went out with the first request (start()).
+        let keys = self.operational_keys();
         self.request(OPERATIONAL, FULL_FEATURE, true, &keys)
     }
 

@@ -72,13 +72,7 @@ fn on_path(name: &str, cdb: &[u8; 16], out: &[u8], in_len: usize) -> Reply {
         Ok(f) => f,
         Err(e) => {
             log::warn!("multipath: cannot open path /dev/{name}: {e}");
-            return sgio::check_condition(&Sense {
-                key: crate::scsi::SenseKey::AbortedCommand,
-                asc: 0x08,
-                ascq: 0x00,
-                information: None,
-                field: None,
-            });
+            return check_condition(&sgio::COMM_FAILURE);
         }
     };
     let mut r = sgio::execute(f.as_fd(), cdb, out, in_len);
@@ -154,13 +148,7 @@ fn register_everywhere(paths: &[String], cdb: &[u8; 16], out: &[u8]) -> Reply {
         (Some(f), _) => f,
         (None, Some(g)) => g,
         // Every path failed at the transport level.
-        (None, None) => check_condition(&Sense {
-            key: crate::scsi::SenseKey::AbortedCommand,
-            asc: 0x08,
-            ascq: 0x00,
-            information: None,
-            field: None,
-        }),
+        (None, None) => check_condition(&sgio::COMM_FAILURE),
     }
 }
 

@@ -52,7 +52,7 @@ struct SgIoHdr {
 }
 
 /// LOGICAL UNIT COMMUNICATION FAILURE / TIME-OUT (SPC-4: 08h/00h, 08h/01h).
-const COMM_FAILURE: Sense = Sense {
+pub(super) const COMM_FAILURE: Sense = Sense {
     key: SenseKey::AbortedCommand,
     asc: 0x08,
     ascq: 0x00,

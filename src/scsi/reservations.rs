@@ -117,7 +117,7 @@ pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
     if (st.aptpl || before.aptpl) && *st != before {
         if let Some(path) = &lu.pr_file {
             if let Err(e) = pr::save(path, lu.identity().naa, &st) {
-                error!("{e}: {}", e.source_chain());
+                error!("{}", crate::error_chain(&e));
                 *st = before;
                 return Err(INSUFFICIENT_REGISTRATION_RESOURCES.into());
             }
@@ -169,23 +169,4 @@ pub(crate) fn reserve10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fail
 pub(crate) fn release10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     check_third_party(ctx)?;
     legacy(lu, ctx, false)
-}
-
-trait SourceChain {
-    fn source_chain(&self) -> String;
-}
-
-impl<E: std::error::Error> SourceChain for E {
-    fn source_chain(&self) -> String {
-        let mut s = String::new();
-        let mut src = self.source();
-        while let Some(e) = src {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
-    }
 }

@@ -86,6 +86,11 @@ impl Target {
         }
     }
 
+    /// Whether `lun` exists here, emulated or passed through.
+    pub fn has_lun(&self, lun: u16) -> bool {
+        self.lun_list.binary_search(&lun).is_ok()
+    }
+
     pub fn lu(&self, lun: u16) -> Option<&Arc<LogicalUnit>> {
         self.luns.get(&lun)
     }

@@ -26,6 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::{ItNexus, PrState, PrType, Registration, Reservation, MAX_REGISTRATIONS};
+use crate::scsi::lu::fnv1a64;
 
 const MAGIC: &str = "vhost-user-scsi persistent reservations v1";
 
@@ -55,12 +56,6 @@ pub enum PersistError {
         #[source]
         source: io::Error,
     },
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn encode(naa: u64, st: &PrState) -> String {
