@@ -23,6 +23,10 @@ Examples:
       --socket /run/vm1.sock --lun file=/srv/vm1.img --lun 1:file=/srv/shared.img \\
       --socket /run/vm2.sock,queues=4 --lun file=/srv/vm2.img --lun 1:file=/srv/shared.img
 
+  # A LUN on an iSCSI target (CHAP secrets in a file, not on the command line):
+  vhost-user-scsi serve --socket /run/vm1.sock \\
+      --lun iscsi://192.0.2.10/iqn.2026-11.org.example:disk1/1,credentials=/etc/vus/san1.chap
+
   # QEMU side (guest RAM must be shared with the daemon):
   qemu-system-x86_64 -m 1G \\
       -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\
@@ -59,6 +63,11 @@ enum Command {
         /// derived from the canonical path, stable across restarts); pr-file:
         /// where APTPL reservation state is kept (default PATH.pr, or
         /// /var/lib/vhost-user-scsi/SERIAL.pr for a block device).
+        /// Other forms: [N:]null,size=SIZE (reads zeros, drops writes; SIZE
+        /// with K/M/G/T), and
+        /// [N:]iscsi://[user[%pw]@]host[:port]/target-iqn/lun[,credentials=FILE]
+        /// [,header-digest][,data-digest][,portal=HOST:PORT]... (a LUN on an
+        /// iSCSI target, passed through by the built-in initiator).
         #[arg(
             long,
             value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
