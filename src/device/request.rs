@@ -357,14 +357,16 @@ impl ScsiBackend {
         };
         // Descriptor lengths come from the guest: bound what is buffered
         // (and what a target may send back) before allocating anything.
-        if data_out_len > MAX_PASSTHROUGH {
+        // The Expected Data Transfer Length sent to the target is the
+        // guest's buffer size, so both directions are refused alike.
+        if data_out_len.max(data_in_len) > MAX_PASSTHROUGH {
             self.guest_error(format_args!(
-                "Request queue {}: {data_out_len}-byte data-out for an iSCSI LUN",
+                "Request queue {}: {data_out_len}-byte data-out, {data_in_len}-byte data-in \
+                 for an iSCSI LUN (limit {MAX_PASSTHROUGH})",
                 w.index
             ));
             return fail(&bufs, Response::Overrun);
         }
-        let data_in_len = data_in_len.min(MAX_PASSTHROUGH);
         let Some(remote) = self.inner.controller.remote.get(&l) else {
             return fail(&bufs, Response::Failure);
         };

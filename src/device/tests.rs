@@ -341,6 +341,24 @@ fn huge_data_out_for_a_passthrough_lun_is_refused_before_buffering() {
 }
 
 #[test]
+fn huge_data_in_for_a_passthrough_lun_is_refused() {
+    let mut h = Harness::new();
+    h.write_header(
+        [1, 0, 0, 5, 0, 0, 0, 0],
+        15,
+        &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+    );
+    let mut chain = vec![
+        (HDR, REQ_HEADER_LEN as u32, false),
+        (RESP, RESP_HEADER_LEN as u32, true),
+    ];
+    chain.extend(std::iter::repeat_n((DOUT, 4 << 20, true), 9));
+    h.add_chain(0, &chain);
+    assert_eq!(h.run_requests(1), vec![(0, RESP_HEADER_LEN as u32)]);
+    assert_eq!(h.response()[11], 1); // VIRTIO_SCSI_S_OVERRUN
+}
+
+#[test]
 fn passthrough_lun_without_a_session_gets_failure() {
     let mut h = Harness::new();
     h.write_header([1, 0, 0, 5, 0, 0, 0, 0], 14, &[0x00, 0, 0, 0, 0, 0]);
