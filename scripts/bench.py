@@ -9,7 +9,7 @@ Every figure is the median of --repeat runs. CPU per I/O is process CPU time
 the child for fio, so io_uring's io-wq workers are counted on both sides)
 divided by the I/Os done.
 
-Usage: scripts/bench.py [--seconds 4] [--repeat 3] [--no-docs]
+Usage: scripts/bench.py [--seconds 4] [--repeat 3] [--no-docs] [--only-iscsi]
        scripts/bench.py --from-json docs/performance-results.json  (redraw only)
 """
 import argparse
@@ -124,6 +124,18 @@ def iscsi_perf(url, seconds, qd):
     return {"iops": iops, "cpu_us_per_io": cpu * 1e6 / (iops * int(seconds))}
 
 
+def qemu_img_bench(url, count, qd, bs, write=False):
+    """QEMU's block layer on libiscsi: `qemu-img bench` (sequential offsets;
+    the LUN is a null device, so the pattern does not matter to it)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = sh("qemu-img", "bench", "-f", "raw", "-c", str(count), "-d", str(qd), "-s", str(bs),
+             *(["-w"] if write else []), url, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    secs = float(re.search(r"Run completed in ([0-9.]+) seconds", out).group(1))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"iops": count / secs, "mib_s": count * bs / secs / 2**20, "cpu_us_per_io": cpu * 1e6 / count}
+
+
 def iscsi_rows(a):
     """The daemon passing a tgtd null LUN through (guest side: the load
     generator) next to libiscsi's iscsi-perf on the same LUN."""
@@ -135,16 +147,22 @@ def iscsi_rows(a):
             for qd in (1, 32):
                 ours = [bench(d, a.seconds, ["--rw", "randread", "--qd", str(qd)]) for _ in range(a.repeat)]
                 base = [iscsi_perf(t.url, a.seconds, qd) for _ in range(a.repeat)]
+                count = int(median(ours, "iops") * a.seconds)
+                qimg = [qemu_img_bench(t.url, count, qd, 4096) for _ in range(a.repeat)]
                 rows.append({"case": f"4 KiB randread QD{qd}, tgtd null LUN via iSCSI",
                              "iops": median(ours, "iops"), "cpu": median(ours, "backend_cpu_us_per_io"),
                              "base": "libiscsi iscsi-perf, same LUN", "base_iops": median(base, "iops"),
-                             "base_cpu": median(base, "cpu_us_per_io")})
+                             "base_cpu": median(base, "cpu_us_per_io"),
+                             "base2": "qemu-img bench (libiscsi), same LUN",
+                             "base2_iops": median(qimg, "iops"), "base2_cpu": median(qimg, "cpu_us_per_io")})
             for rw in ("read", "write"):
                 ours = [bench(d, a.seconds, ["--rw", rw, "--qd", "4", "--bs", "1M"]) for _ in range(a.repeat)]
+                count = int(median(ours, "iops") * a.seconds)
+                base = [qemu_img_bench(t.url, count, 4, 1 << 20, rw == "write") for _ in range(a.repeat)]
                 rows.append({"case": f"1M sequential {rw} QD4, tgtd null LUN via iSCSI",
-                             "iops": median(ours, "iops"), "cpu": median(ours, "backend_cpu_us_per_io"),
-                             "bench_cpu": median(ours, "bench_cpu_us_per_io"),
-                             "mib_s_only": median(ours, "mib_s")})
+                             "mib_s": median(ours, "mib_s"), "cpu": median(ours, "backend_cpu_us_per_io"),
+                             "base": "qemu-img bench (libiscsi), same LUN",
+                             "base_mib_s": median(base, "mib_s"), "base_cpu": median(base, "cpu_us_per_io")})
         finally:
             d.stop()
     finally:
@@ -161,6 +179,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--only-iscsi", action="store_true",
+                    help="measure only the iSCSI rows and print them (implies --no-docs)")
     ap.add_argument("--from-json", help="regenerate the docs from a saved result instead of measuring")
     a = ap.parse_args()
     if a.from_json:
@@ -168,6 +188,9 @@ def main():
             write_docs(json.load(f))
         return 0
     sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+    if a.only_iscsi:
+        print(json.dumps(iscsi_rows(a), indent=1))
+        return 0
     img = "/dev/shm/vus-bench.img"
     if not os.path.exists(img) or os.path.getsize(img) != 1 << 30:
         sh("rm", "-f", img)
@@ -238,8 +261,12 @@ def fmt_row(r):
     if "mib_s" in r:
         return (f"| {r['case']} | {r['mib_s']:.0f} MiB/s | {r['cpu']:.2f} | {r['base']}: "
                 f"{r['base_mib_s']:.0f} MiB/s | {r['base_cpu']:.2f} | {r['cpu']/r['base_cpu']:.2f}x |")
-    return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS | {r['cpu']:.2f} | {r['base']}: "
+    line = (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS | {r['cpu']:.2f} | {r['base']}: "
             f"{r['base_iops']/1000:.0f}k IOPS | {r['base_cpu']:.2f} | {r['cpu']/r['base_cpu']:.2f}x |")
+    if "base2" in r:
+        line += (f"\n| (same) | | | {r['base2']}: {r['base2_iops']/1000:.0f}k IOPS | "
+                 f"{r['base2_cpu']:.2f} | {r['cpu']/r['base2_cpu']:.2f}x |")
+    return line
 
 
 def write_docs(res):

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 busybox-static sg3-utils fio lsscsi kmod cpio lz4 e2fsprogs
-          util-linux coreutils dmsetup tgt libiscsi-bin)
+          util-linux coreutils dmsetup tgt libiscsi-bin qemu-utils)
 
 backports=/etc/apt/sources.list.d/bookworm-backports.sources
 if [[ ! -e $backports ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then
