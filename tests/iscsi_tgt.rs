@@ -572,6 +572,7 @@ fn run_async(
                 data,
                 Box::new(move |r| {
                     let _ = tx.send((i, r));
+                    None
                 }),
             );
         }
@@ -628,6 +629,7 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
             data,
             Box::new(move |r| {
                 let _ = tx.send((i, r));
+                None
             }),
         );
     }

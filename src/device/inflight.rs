@@ -110,6 +110,11 @@ impl Inflight {
         self.table(queue)?.entries.remove(&key)?.abort
     }
 
+    /// The response a TMF asked for, if any, without finishing the command.
+    pub fn aborted(&self, queue: usize, key: u64) -> Option<Response> {
+        self.table(queue)?.entries.get(&key)?.abort
+    }
+
     /// Whether any command matches.
     pub fn any(&self, scope: Scope) -> bool {
         (0..self.queues.len()).any(|q| {

@@ -46,6 +46,8 @@ const MAX_PASSTHROUGH: u64 = 32 << 20;
 
 /// A command passed through to an iSCSI target, waiting for its answer.
 struct RemotePending {
+    vring: Vring,
+    queue: usize,
     head: u16,
     bufs: ChainBuffers,
     mem: Arc<GuestMemory>,
@@ -55,18 +57,17 @@ struct RemotePending {
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
+use crate::iscsi::client::{Client, Deferred, Request};
 
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
     /// Request queue number (0 = virtqueue 2).
     index: usize,
     eventfd: Arc<vmm_sys_util::eventfd::EventFd>,
-    remote: Vec<Option<RemotePending>>,
-    remote_free: Vec<usize>,
-    /// Completions the iSCSI client threads hand back (slot, result).
-    remote_done: Arc<std::sync::Mutex<Vec<(usize, RemoteResult)>>>,
     /// Created on first I/O, so idle queues cost no kernel ring.
     engine: Option<Engine>,
+    /// Commands for iSCSI sessions, sent once the virtqueue is read.
+    to_send: Vec<(Client, Vec<Request>)>,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     in_flight: usize,
@@ -78,10 +79,8 @@ impl Worker {
         Ok(Worker {
             index,
             eventfd: Arc::new(completion_eventfd()?),
-            remote: Vec::new(),
-            remote_free: Vec::new(),
-            remote_done: Arc::default(),
             engine: None,
+            to_send: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
@@ -189,6 +188,7 @@ impl ScsiBackend {
                 _ => break,
             }
         }
+        self.send_remote(w);
         if let Some(engine) = w.engine.as_mut() {
             if let Err(e) = engine.submit() {
                 error!("Request queue {}: io_uring submit failed: {e}", w.index);
@@ -386,6 +386,8 @@ impl ScsiBackend {
             Data::None
         };
         let p = RemotePending {
+            vring: vring.clone(),
+            queue: w.index,
             head,
             bufs,
             mem: mem.clone(),
@@ -393,75 +395,69 @@ impl ScsiBackend {
             data_in_len,
             write: data_out_len > 0,
         };
-        let slot = match w.remote_free.pop() {
-            Some(i) => {
-                w.remote[i] = Some(p);
-                i
-            }
-            None => {
-                w.remote.push(Some(p));
-                w.remote.len() - 1
-            }
-        };
-        let (done, efd) = (w.remote_done.clone(), w.eventfd.clone());
-        remote.client.submit(
-            remote.lun,
-            &req.cdb[..cdb_len(&req.cdb)],
+        let backend = self.clone();
+        let r = Request {
+            lun: remote.lun,
+            cdb: req.cdb[..cdb_len(&req.cdb)].to_vec(),
             data,
-            Box::new(move |r| {
-                let mut q = done.lock().unwrap_or_else(|e| e.into_inner());
-                // The worker takes the whole queue when woken: one wake-up
-                // per batch of completions is enough.
-                let wake = q.is_empty();
-                q.push((slot, r));
-                drop(q);
-                if wake {
-                    let _ = efd.write(1);
-                }
-            }),
-        );
+            done: Box::new(move |r| backend.complete_remote(p, r)),
+        };
+        // Sent together after this round of the virtqueue (one write).
+        match w.to_send.last_mut() {
+            Some((c, v)) if c.same_session(&remote.client) => v.push(r),
+            _ => w.to_send.push((remote.client.clone(), vec![r])),
+        }
         false
     }
 
-    /// Complete passed-through commands whose answers came back.
-    fn reap_remote(&self, w: &mut Worker, vring: &Vring) -> bool {
-        let done: Vec<(usize, RemoteResult)> =
-            std::mem::take(&mut *w.remote_done.lock().unwrap_or_else(|e| e.into_inner()));
-        let any = !done.is_empty();
-        for (slot, r) in done {
-            let Some(p) = w.remote.get_mut(slot).and_then(Option::take) else {
-                continue;
-            };
-            w.remote_free.push(slot);
-            let (hdr, n) = match (self.inner.inflight.finish(w.index, p.key), r) {
-                (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
-                (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
-                // Not completed at the target: let the guest retry.
-                (None, Ok(c)) if c.response != 0 => {
-                    (encode_response(Response::TransportFailure, 0, &[], 0), 0)
-                }
-                (None, Ok(c)) => {
-                    let n = (c.data.len() as u64).min(p.data_in_len);
-                    if n > 0
-                        && p.bufs
-                            .writable
-                            .write_at(&p.mem, RESP_HEADER_LEN as u64, &c.data[..n as usize])
-                            .is_err()
-                    {
-                        (encode_response(Response::Failure, 0, &[], 0), 0)
-                    } else {
-                        let resid = if p.write {
-                            c.residual.max(0) as u64
-                        } else {
-                            p.data_in_len - n
-                        };
-                        (encode_response(Response::Ok, c.status, &c.sense, resid), n)
-                    }
-                }
-            };
-            respond(&p.mem, vring, p.head, &p.bufs, &hdr, n);
+    /// Send the commands for iSCSI LUNs gathered from the virtqueue.
+    fn send_remote(&self, w: &mut Worker) {
+        for (client, batch) in w.to_send.drain(..) {
+            client.submit_all(batch);
         }
-        any
+    }
+
+    /// Complete a passed-through command, on the thread that learnt its
+    /// outcome (the iSCSI session thread): the answer goes straight into
+    /// guest memory and the used ring, with no hop through the worker.
+    fn complete_remote(&self, p: RemotePending, r: RemoteResult) -> Option<Deferred> {
+        let (hdr, n) = match (self.inner.inflight.aborted(p.queue, p.key), r) {
+            (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
+            (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
+            // Not completed at the target: let the guest retry.
+            (None, Ok(c)) if c.response != 0 => {
+                (encode_response(Response::TransportFailure, 0, &[], 0), 0)
+            }
+            (None, Ok(c)) => {
+                let n = (c.data.len() as u64).min(p.data_in_len);
+                if n > 0
+                    && p.bufs
+                        .writable
+                        .write_at(&p.mem, RESP_HEADER_LEN as u64, &c.data[..n as usize])
+                        .is_err()
+                {
+                    (encode_response(Response::Failure, 0, &[], 0), 0)
+                } else {
+                    let resid = if p.write {
+                        c.residual.max(0) as u64
+                    } else {
+                        p.data_in_len - n
+                    };
+                    (encode_response(Response::Ok, c.status, &c.sense, resid), n)
+                }
+            }
+        };
+        respond(&p.mem, &p.vring, p.head, &p.bufs, &hdr, n);
+        // Only now: a device reset or GET_VRING_BASE waiting for the queue
+        // to drain must not proceed while the used ring is being written.
+        // (The notification below may then reach a stopped ring, which
+        // ignores it.)
+        self.inner.inflight.finish(p.queue, p.key);
+        let vring = p.vring;
+        Some(Deferred {
+            key: Arc::as_ptr(&self.inner) as usize + p.queue,
+            run: Box::new(move || notify(&vring)),
+        })
     }
 
     /// Start a block I/O; returns true if it had to complete at once.
@@ -575,8 +571,7 @@ impl ScsiBackend {
 
     pub(super) fn process_completions(&self, w: &mut Worker, vring: &Vring) {
         let _ = w.eventfd.read();
-        let local = self.reap(w, vring);
-        if self.reap_remote(w, vring) || local {
+        if self.reap(w, vring) {
             notify(vring);
         }
     }

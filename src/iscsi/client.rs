@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The asynchronous driver used to serve iSCSI LUNs to guests: one thread
-//! owns the TCP connection of one session and runs the sans-IO session.
-//! Request-queue workers submit commands from any thread; each command's
-//! callback runs on the client thread when it completes.
+//! The asynchronous driver used to serve iSCSI LUNs to guests. The sans-IO
+//! session and the sending half of its TCP connection sit behind one lock:
+//! a request-queue worker submitting a command encodes it and writes it to
+//! the socket itself, without waking another thread. One thread per session
+//! owns the receiving half: it decodes the target's PDUs outside the lock,
+//! feeds them to the session, and runs each finished command's callback
+//! (which completes the request in guest memory directly). That is two
+//! thread wake-ups per command, the minimum with a guest kick on one side
+//! and a socket on the other.
 //!
 //! A broken connection (I/O error, protocol error, target gone) is retried
 //! with backoff: a new session is logged in with the same ISID and TSIH 0
@@ -19,12 +24,11 @@
 //! KEY) and takes the reservation back from the stale registration (PREEMPT
 //! with the same key and type).
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -32,7 +36,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::pdu::{self, Digests};
+use super::pdu::{self, Digests, Pdu};
 use super::session::{Completion, Data, Event, Session};
 
 /// Why a command did not complete at the target.
@@ -42,13 +46,37 @@ pub enum Failure {
     Shutdown,
 }
 
-pub type Callback = Box<dyn FnOnce(Result<Completion, Failure>) + Send>;
+/// Work a completion leaves for the end of its batch, done once per `key`
+/// however many completions of the batch asked for it (one guest
+/// notification per virtqueue instead of one per command).
+pub struct Deferred {
+    pub key: usize,
+    pub run: Box<dyn FnOnce() + Send>,
+}
 
-struct Submission {
-    lun: [u8; 8],
-    cdb: Vec<u8>,
-    data: Data,
-    done: Callback,
+pub type Callback = Box<dyn FnOnce(Result<Completion, Failure>) -> Option<Deferred> + Send>;
+
+/// Run callbacks, then their deferred work once per key.
+fn complete_all(results: impl IntoIterator<Item = (Callback, Result<Completion, Failure>)>) {
+    let mut deferred: Vec<Deferred> = Vec::new();
+    for (cb, r) in results {
+        if let Some(d) = cb(r) {
+            if !deferred.iter().any(|x| x.key == d.key) {
+                deferred.push(d);
+            }
+        }
+    }
+    for d in deferred {
+        (d.run)();
+    }
+}
+
+/// A command for the target: LUN, CDB, data, and what to do with the answer.
+pub struct Request {
+    pub lun: [u8; 8],
+    pub cdb: Vec<u8>,
+    pub data: Data,
+    pub done: Callback,
 }
 
 /// What this nexus holds at the target, from the PR OUT commands that
@@ -118,20 +146,30 @@ impl PrMemory {
 /// A PERSISTENT RESERVE OUT in flight: LUN, CDB, parameter list.
 type PrOut = ([u8; 8], Vec<u8>, Vec<u8>);
 
+/// A command to send (again): tag, LUN, CDB, data.
+type Cmd = (u64, [u8; 8], Vec<u8>, Data);
+
 /// Tags above this are the client's own commands (PR restoration).
 const INTERNAL_TAG: u64 = u64::MAX - 1024;
-
-struct Shared {
-    queue: Mutex<VecDeque<Submission>>,
-    wake: EventFd,
-    stop: AtomicBool,
-}
 
 /// Handle to one session; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
     pub name: Arc<str>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the session thread: shutdown, bytes left to send, or a broken
+    /// connection seen by a submitter.
+    wake: EventFd,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Time between a NOP-Out keepalive and the next, when idle.
@@ -142,6 +180,8 @@ const DEAD_AFTER: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Transmit buffer capacity kept between bursts.
+const TX_KEEP: usize = 256 * 1024;
 
 impl Client {
     /// Log in through the first portal that answers (a failure on all of
@@ -169,271 +209,453 @@ impl Client {
             return Err(last.unwrap_or(Error::Closed));
         };
         info!("iSCSI {name}: logged in to {}", portals[current]);
+        let (reader, writer) = split(conn)?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
+            state: Mutex::new(State {
+                writer: Some(writer),
+                ..State::default()
+            }),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
-            stop: AtomicBool::new(false),
         });
         let client = Client {
             shared: shared.clone(),
             name: name.into(),
         };
-        let tname: Arc<str> = name.into();
+        let mut thread = SessionThread {
+            name: name.into(),
+            shared,
+            portals,
+            current,
+            params,
+        };
         std::thread::Builder::new()
             .name("iscsi".into())
-            .spawn(move || run(&tname, &shared, conn, portals, current, params))?;
+            .spawn(move || thread.run(reader))?;
         Ok(client)
     }
 
-    /// Queue a command; `done` runs on the client thread when it completes.
+    /// Send a command. The caller's thread writes it to the socket when the
+    /// session is up (no hand-off to another thread); `done` runs on the
+    /// session thread when the answer arrives, or on the caller's thread if
+    /// the client is shutting down.
     pub fn submit(&self, lun: [u8; 8], cdb: &[u8], data: Data, done: Callback) {
-        if self.shared.stop.load(Ordering::Acquire) {
-            done(Err(Failure::Shutdown));
+        self.submit_all([Request {
+            lun,
+            cdb: cdb.to_vec(),
+            data,
+            done,
+        }]);
+    }
+
+    /// Send several commands with one write to the socket.
+    pub fn submit_all(&self, requests: impl IntoIterator<Item = Request>) {
+        let mut st = self.shared.lock();
+        if st.stopping {
+            drop(st);
+            complete_all(
+                requests
+                    .into_iter()
+                    .map(|r| (r.done, Err(Failure::Shutdown))),
+            );
             return;
         }
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(Submission {
-                lun,
-                cdb: cdb.to_vec(),
-                data,
-                done,
-            });
-        let _ = self.shared.wake.write(1);
+        let st = &mut *st;
+        let mut up =
+            st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
+        for r in requests {
+            let tag = st.next_tag;
+            st.next_tag = (st.next_tag + 1) % INTERNAL_TAG;
+            st.callbacks.insert(tag, r.done);
+            if let (Some(0x5f), Data::Write(p)) = (r.cdb.first(), &r.data) {
+                st.pr_out.insert(tag, (r.lun, r.cdb.clone(), p.clone()));
+            }
+            match st.writer.as_mut() {
+                Some(w) if up => {
+                    w.session.submit(tag, r.lun, &r.cdb, r.data);
+                }
+                _ => {
+                    up = false;
+                    st.held.push((tag, r.lun, r.cdb, r.data));
+                }
+            }
+        }
+        if up && !st.writer.as_mut().is_some_and(Writer::flush) {
+            let _ = self.shared.wake.write(1);
+        }
+    }
+
+    /// Whether two handles drive the same session.
+    pub fn same_session(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// Fail everything pending and stop (daemon shutdown).
     pub fn shutdown(&self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.lock().stopping = true;
         let _ = self.shared.wake.write(1);
     }
 }
 
-struct Live {
+/// The sending half of a live connection and its session, used under the
+/// state lock by whichever thread has something to send.
+struct Writer {
     stream: TcpStream,
     session: Session,
     digests: Digests,
-    max_data: usize,
-    rx: Vec<u8>,
-    /// Socket read buffer, allocated once.
-    scratch: Vec<u8>,
+    tx: Vec<u8>,
+    sent: usize,
+    /// Why a write failed; the session thread then reconnects.
+    broken: Option<String>,
 }
 
-impl Live {
-    fn from(conn: Connection) -> io::Result<Live> {
-        let (stream, rx, digests, max_data, session) = conn.into_parts();
-        stream.set_nonblocking(true)?;
-        Ok(Live {
-            stream,
-            session,
-            digests,
-            max_data,
-            rx,
-            scratch: vec![0u8; 256 * 1024],
-        })
-    }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        let mut buf = Vec::new();
+impl Writer {
+    /// Encode what the session has to send and write what the socket takes
+    /// without blocking; true when nothing is left over.
+    fn flush(&mut self) -> bool {
         while let Some(p) = self.session.poll_transmit() {
-            buf.extend_from_slice(&p.encode(self.digests));
+            p.encode_into(self.digests, &mut self.tx);
         }
-        let mut at = 0;
-        while at < buf.len() {
-            match self.stream.write(&buf[at..]) {
-                Ok(0) => return Err(Error::Closed),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_fd(self.stream.as_raw_fd(), libc::POLLOUT, 1000)
+        while self.sent < self.tx.len() {
+            match (&self.stream).write(&self.tx[self.sent..]) {
+                Ok(0) => {
+                    self.broken = Some("connection closed".into());
+                    return false;
                 }
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.broken = Some(e.to_string());
+                    return false;
+                }
             }
         }
-        Ok(())
+        self.tx.clear();
+        self.tx.shrink_to(TX_KEEP);
+        self.sent = 0;
+        true
     }
 
-    /// Read what is there and return the events of every whole PDU.
-    fn read(&mut self) -> Result<Vec<Event>, Error> {
-        loop {
-            match self.stream.read(&mut self.scratch) {
-                Ok(0) => return Err(Error::Closed),
-                Ok(n) => self.rx.extend_from_slice(&self.scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut ev = Vec::new();
-        let mut at = 0;
-        let result = loop {
-            match pdu::decode(&self.rx[at..], self.digests, self.max_data) {
-                Ok(Some((p, used))) => {
-                    at += used;
-                    match self.session.receive(p) {
-                        Ok(e) => ev.extend(e),
-                        Err(e) => break Err(e.into()),
+    fn pending(&self) -> bool {
+        self.sent < self.tx.len()
+    }
+}
+
+/// The receiving half, owned by the session thread: reads and decodes
+/// without holding the state lock.
+struct Reader {
+    stream: TcpStream,
+    digests: Digests,
+    max_data: usize,
+    /// Bytes received; those before `head` are decoded already.
+    rx: Vec<u8>,
+    head: usize,
+}
+
+/// Bytes read from the socket per round before decoding.
+const READ_ROUND: usize = 1 << 20;
+/// Room made in the receive buffer for each read.
+const READ_CHUNK: usize = 256 * 1024;
+
+impl Reader {
+    /// Read what is there (up to `READ_ROUND`) and decode every whole PDU
+    /// into `out`. On an error, the PDUs decoded before it are in `out` too.
+    fn read(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+        let mut result = Ok(());
+        let mut got = 0;
+        while got < READ_ROUND {
+            self.rx.reserve(READ_CHUNK);
+            let spare = self.rx.spare_capacity_mut();
+            // SAFETY: the kernel writes at most `spare.len()` bytes into the
+            // vector's unused capacity; only what it wrote is then counted.
+            let n = unsafe {
+                libc::read(
+                    self.stream.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                )
+            };
+            match n {
+                0 => {
+                    result = Err(Error::Closed);
+                    break;
+                }
+                n if n > 0 => {
+                    let n = n as usize;
+                    // SAFETY: `n` bytes after the old length were written.
+                    unsafe { self.rx.set_len(self.rx.len() + n) };
+                    got += n;
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => {}
+                        _ => {
+                            result = Err(e.into());
+                            break;
+                        }
                     }
                 }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e.into()),
             }
-        };
-        // Consume every decoded PDU at once.
-        self.rx.drain(..at);
-        result.map(|()| ev)
+        }
+        loop {
+            match pdu::decode(&self.rx[self.head..], self.digests, self.max_data) {
+                Ok(Some((p, used))) => {
+                    self.head += used;
+                    out.push(p);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        // Drop what was decoded: free when everything was, otherwise move
+        // the partial PDU to the front once it is worth it.
+        if self.head == self.rx.len() {
+            self.rx.clear();
+            self.rx.shrink_to(READ_ROUND + READ_CHUNK);
+            self.head = 0;
+        } else if self.head >= READ_CHUNK {
+            self.rx.drain(..self.head);
+            self.head = 0;
+        }
+        result
     }
 }
 
-fn wait_fd(fd: i32, events: i16, timeout_ms: i32) {
+/// Split a logged-in connection into its two halves (non-blocking).
+fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
+    let (stream, rx, digests, max_data, session) = conn.into_parts();
+    stream.set_nonblocking(true)?;
+    let reader = Reader {
+        stream: stream.try_clone()?,
+        digests,
+        max_data,
+        rx,
+        head: 0,
+    };
+    let writer = Writer {
+        stream,
+        session,
+        digests,
+        tx: Vec::new(),
+        sent: 0,
+        broken: None,
+    };
+    Ok((reader, writer))
+}
+
+/// Everything about the session that submitters and the session thread
+/// share.
+#[derive(Default)]
+struct State {
+    stopping: bool,
+    /// None while the connection is down.
+    writer: Option<Writer>,
+    callbacks: HashMap<u64, Callback>,
+    /// PR OUT commands in flight, to learn from when they succeed.
+    pr_out: HashMap<u64, PrOut>,
+    pr: PrMemory,
+    /// Internal commands still to run after a reinstatement.
+    restoring: Vec<(Vec<u8>, Vec<u8>)>,
+    internal_tries: u32,
+    /// Guest commands not in the session: the connection is down, or they
+    /// wait for the restoration to finish.
+    held: Vec<Cmd>,
+    next_tag: u64,
+}
+
+impl State {
+    /// The connection is gone: keep every unfinished guest command for the
+    /// next session (our own are re-derived from `pr`).
+    fn link_down(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            let mut again = w.session.take_unfinished();
+            again.retain(|c| c.0 < INTERNAL_TAG);
+            again.append(&mut self.held);
+            self.held = again;
+        }
+        self.restoring.clear();
+    }
+
+    /// A new session is up: restore the reservation state, then resend.
+    fn link_up(&mut self, name: &str, mut w: Writer) {
+        info!(
+            "iSCSI {name}: session reinstated, retrying {} command(s)",
+            self.held.len()
+        );
+        self.restoring = self.pr.restore();
+        self.internal_tries = 0;
+        if let Some((cdb, p)) = self.restoring.first() {
+            info!("iSCSI {name}: re-registering the persistent reservation key");
+            w.session
+                .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+        } else {
+            for (tag, lun, cdb, data) in self.held.drain(..) {
+                w.session.submit(tag, lun, &cdb, data);
+            }
+        }
+        w.flush();
+        self.writer = Some(w);
+    }
+
+    /// Feed received PDUs to the session. Finished guest commands are moved
+    /// to `done`; an error (protocol violation, logout requested) means the
+    /// connection must be dropped, after every event before it was handled.
+    fn receive(
+        &mut self,
+        name: &str,
+        pdus: &mut Vec<Pdu>,
+        done: &mut Vec<(Callback, Completion)>,
+    ) -> Result<(), String> {
+        let Some(w) = self.writer.as_mut() else {
+            pdus.clear();
+            return Err("no session".into());
+        };
+        let mut events = Vec::new();
+        let mut result = Ok(());
+        for p in pdus.drain(..) {
+            match w.session.receive(p) {
+                Ok(e) => events.extend(e),
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        for e in events {
+            match e {
+                Event::Completed(c) if c.tag >= INTERNAL_TAG => self.restored(name, &c),
+                Event::Completed(c) => {
+                    if let Some((lun, cdb, p)) = self.pr_out.remove(&c.tag) {
+                        if c.status == 0 && c.response == 0 {
+                            self.pr.observe(lun, &cdb, &p);
+                        }
+                    }
+                    if let Some(cb) = self.callbacks.remove(&c.tag) {
+                        done.push((cb, c));
+                    }
+                }
+                Event::LogoutRequested { .. } | Event::Dropping if result.is_ok() => {
+                    if let Some(w) = self.writer.as_mut() {
+                        w.session.logout();
+                        w.flush();
+                    }
+                    result = Err("the target asks to log out".into());
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// One of our restoration commands finished: run the next, or release
+    /// the guest commands held back.
+    fn restored(&mut self, name: &str, c: &Completion) {
+        let unit_attention = c.status == 2 && c.sense.get(2).is_some_and(|k| k & 0x0f == 6);
+        if unit_attention && self.internal_tries < 8 {
+            self.internal_tries += 1;
+        } else {
+            if c.status != 0 {
+                warn!(
+                    "iSCSI {name}: restoring the reservation state: status {:#04x}",
+                    c.status
+                );
+            }
+            if !self.restoring.is_empty() {
+                self.restoring.remove(0);
+            }
+            self.internal_tries = 0;
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        match self.restoring.first() {
+            Some((cdb, p)) => {
+                w.session
+                    .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+            }
+            None => {
+                for (tag, lun, cdb, data) in self.held.drain(..) {
+                    w.session.submit(tag, lun, &cdb, data);
+                }
+            }
+        }
+    }
+}
+
+fn wait_fd(fd: i32, events: i16, timeout: Duration) {
     let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd for the call.
-    unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
-fn run(
-    name: &str,
-    shared: &Shared,
-    conn: Connection,
+/// The thread that reads the target's answers, completes commands, keeps
+/// the session alive and reconnects.
+struct SessionThread {
+    name: Arc<str>,
+    shared: Arc<Shared>,
     portals: Vec<String>,
-    mut current: usize,
+    current: usize,
     params: LoginParams,
-) {
-    let mut callbacks: HashMap<u64, Callback> = HashMap::new();
-    // PR OUT commands in flight, to learn from when they succeed.
-    let mut pr_out: HashMap<u64, PrOut> = HashMap::new();
-    let mut pr = PrMemory::default();
-    // Internal commands still to run after a reinstatement, and the guest
-    // commands held back until they are done.
-    let mut restoring: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut held: Vec<(u64, [u8; 8], Vec<u8>, Data)> = Vec::new();
-    let mut internal_tries = 0u32;
-    let mut next_tag = 0u64;
-    let mut live = match Live::from(conn) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            warn!("iSCSI {name}: {e}");
-            None
-        }
-    };
-    let mut backoff = BACKOFF_MIN;
-    let mut retry: Vec<(u64, [u8; 8], Vec<u8>, Data)> = Vec::new();
-    let mut last_heard = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
-    loop {
-        if shared.stop.load(Ordering::Acquire) {
-            for (_, cb) in callbacks.drain() {
-                cb(Err(Failure::Shutdown));
-            }
-            for s in shared
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-            {
-                (s.done)(Err(Failure::Shutdown));
-            }
-            if let Some(l) = live.as_mut() {
-                l.session.logout();
-                let _ = l.flush();
-            }
-            return;
-        }
-        let Some(l) = live.as_mut() else {
-            // Reconnect (the current portal first, then the others), then
-            // send everything unfinished again.
-            std::thread::sleep(backoff);
-            for k in 0..portals.len() {
-                let i = (current + k) % portals.len();
-                let addr = &portals[i];
-                match Connection::login(addr, params.clone(), LOGIN_TIMEOUT)
-                    .and_then(|c| Live::from(c).map_err(Error::from))
-                {
-                    Ok(mut nl) => {
-                        if i != current {
-                            info!("iSCSI {name}: failed over to portal {addr}");
+}
+
+impl SessionThread {
+    fn run(&mut self, reader: Reader) {
+        let name = self.name.clone();
+        let mut reader = Some(reader);
+        let mut backoff = BACKOFF_MIN;
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut pdus = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let Some(r) = reader.as_mut() else {
+                // Reconnect after the backoff (a shutdown interrupts it).
+                wait_fd(self.shared.wake.as_raw_fd(), libc::POLLIN, backoff);
+                let _ = self.shared.wake.read();
+                if self.shared.lock().stopping {
+                    return self.shutdown();
+                }
+                match self.reconnect() {
+                    Some((r, w)) => {
+                        let mut st = self.shared.lock();
+                        if st.stopping {
+                            drop(st);
+                            return self.shutdown();
                         }
-                        current = i;
-                        info!(
-                            "iSCSI {name}: session reinstated, retrying {} command(s)",
-                            retry.len()
-                        );
-                        // Our own commands are re-derived from `pr`; guest
-                        // commands held back by an earlier restoration go too.
-                        retry.retain(|t| t.0 < INTERNAL_TAG);
-                        retry.append(&mut held);
-                        restoring = pr.restore();
-                        internal_tries = 0;
-                        if let Some((cdb, p)) = restoring.first() {
-                            info!("iSCSI {name}: re-registering the persistent reservation key");
-                            nl.session
-                                .submit(INTERNAL_TAG, pr.lun, cdb, Data::Write(p.clone()));
-                            held.append(&mut retry);
-                        }
-                        for (tag, lun, cdb, data) in retry.drain(..) {
-                            nl.session.submit(tag, lun, &cdb, data);
-                        }
-                        live = Some(nl);
+                        st.link_up(&name, w);
+                        reader = Some(r);
                         backoff = BACKOFF_MIN;
                         last_heard = Instant::now();
                         ping_sent = None;
-                        break;
                     }
-                    Err(e) => warn!("iSCSI {name}: reconnecting to {addr} failed: {e}"),
+                    None => backoff = (backoff * 2).min(BACKOFF_MAX),
                 }
-            }
-            if live.is_none() {
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-            continue;
-        };
-        // New submissions.
-        let new: Vec<Submission> = shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for s in new {
-            let tag = next_tag;
-            next_tag = (next_tag + 1) % INTERNAL_TAG;
-            callbacks.insert(tag, s.done);
-            if let (Some(0x5f), Data::Write(p)) = (s.cdb.first(), &s.data) {
-                pr_out.insert(tag, (s.lun, s.cdb.clone(), p.clone()));
-            }
-            if restoring.is_empty() {
-                l.session.submit(tag, s.lun, &s.cdb, s.data);
-            } else {
-                held.push((tag, s.lun, s.cdb, s.data));
-            }
-        }
-        // Keepalive and dead-target detection.
-        if let Some(t) = ping_sent {
-            if t.elapsed() > DEAD_AFTER {
-                warn!("iSCSI {name}: no answer from the target for {DEAD_AFTER:?}");
-                retry = l.session.take_unfinished();
-                live = None;
                 continue;
-            }
-        } else if last_heard.elapsed() > KEEPALIVE {
-            l.session.ping();
-            ping_sent = Some(Instant::now());
-        }
-        let result = l.flush().and_then(|()| {
+            };
+            let want_out = self
+                .shared
+                .lock()
+                .writer
+                .as_ref()
+                .is_some_and(Writer::pending);
             let mut fds = [
                 libc::pollfd {
-                    fd: l.stream.as_raw_fd(),
-                    events: libc::POLLIN,
+                    fd: r.stream.as_raw_fd(),
+                    events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: shared.wake.as_raw_fd(),
+                    fd: self.shared.wake.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -441,79 +663,97 @@ fn run(
             // SAFETY: two valid pollfds for the call.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
             if fds[1].revents != 0 {
-                let _ = shared.wake.read();
+                let _ = self.shared.wake.read();
             }
-            if fds[0].revents != 0 {
-                l.read()
-            } else {
-                Ok(Vec::new())
-            }
-        });
-        match result {
-            Ok(events) => {
-                if !events.is_empty() {
-                    last_heard = Instant::now();
-                    ping_sent = None;
+            let mut failure = None;
+            if fds[0].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+                if let Err(e) = r.read(&mut pdus) {
+                    failure = Some(format!("connection lost: {e}"));
                 }
-                for e in events {
-                    match e {
-                        Event::Completed(c) if c.tag >= INTERNAL_TAG => {
-                            let unit_attention =
-                                c.status == 2 && c.sense.get(2).is_some_and(|k| k & 0x0f == 6);
-                            if unit_attention && internal_tries < 8 {
-                                internal_tries += 1;
-                            } else {
-                                if c.status != 0 {
-                                    warn!(
-                                        "iSCSI {name}: restoring the reservation state: status {:#04x}",
-                                        c.status
-                                    );
-                                }
-                                restoring.remove(0);
-                                internal_tries = 0;
-                            }
-                            match restoring.first() {
-                                Some((cdb, p)) => {
-                                    l.session.submit(
-                                        INTERNAL_TAG,
-                                        pr.lun,
-                                        cdb,
-                                        Data::Write(p.clone()),
-                                    );
-                                }
-                                None => {
-                                    for (tag, lun, cdb, data) in held.drain(..) {
-                                        l.session.submit(tag, lun, &cdb, data);
-                                    }
-                                }
-                            }
-                        }
-                        Event::Completed(c) => {
-                            if let Some((lun, cdb, p)) = pr_out.remove(&c.tag) {
-                                if c.status == 0 && c.response == 0 {
-                                    pr.observe(lun, &cdb, &p);
-                                }
-                            }
-                            if let Some(cb) = callbacks.remove(&c.tag) {
-                                cb(Ok(c));
-                            }
-                        }
-                        Event::LogoutRequested { .. } | Event::Dropping => {
-                            info!("iSCSI {name}: the target asks to log out: reconnecting");
-                            retry = l.session.take_unfinished();
-                            l.session.logout();
-                            let _ = l.flush();
-                            live = None;
-                            break;
-                        }
-                        _ => {}
+            }
+            let mut st = self.shared.lock();
+            if st.stopping {
+                drop(st);
+                return self.shutdown();
+            }
+            if !pdus.is_empty() {
+                last_heard = Instant::now();
+                ping_sent = None;
+            }
+            if let Err(e) = st.receive(&name, &mut pdus, &mut done) {
+                failure.get_or_insert(e);
+            }
+            if let Some(w) = st.writer.as_mut() {
+                // Keepalive and dead-target detection.
+                match ping_sent {
+                    Some(t) if t.elapsed() > DEAD_AFTER => {
+                        failure
+                            .get_or_insert(format!("no answer from the target for {DEAD_AFTER:?}"));
                     }
+                    None if last_heard.elapsed() > KEEPALIVE => {
+                        w.session.ping();
+                        ping_sent = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+                w.flush();
+                if let Some(e) = w.broken.take() {
+                    failure.get_or_insert(format!("connection lost: {e}"));
                 }
             }
-            Err(e) => {
-                warn!("iSCSI {name}: connection lost: {e}");
-                retry = l.session.take_unfinished();
-                live = None;
+            if let Some(e) = failure {
+                warn!("iSCSI {name}: {e}");
+                st.link_down();
+                reader = None;
+            }
+            drop(st);
+            complete_all(done.drain(..).map(|(cb, c)| (cb, Ok(c))));
+        }
+    }
+
+    /// Log in again: the current portal first, then the others.
+    fn reconnect(&mut self) -> Option<(Reader, Writer)> {
+        let name = &self.name;
+        for k in 0..self.portals.len() {
+            let i = (self.current + k) % self.portals.len();
+            let addr = &self.portals[i];
+            match Connection::login(addr, self.params.clone(), LOGIN_TIMEOUT)
+                .and_then(|c| split(c).map_err(Error::from))
+            {
+                Ok(halves) => {
+                    if i != self.current {
+                        info!("iSCSI {name}: failed over to portal {addr}");
+                    }
+                    self.current = i;
+                    return Some(halves);
+                }
+                Err(e) => warn!("iSCSI {name}: reconnecting to {addr} failed: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Fail every command still pending and log out.
+    fn shutdown(&self) {
+        let (callbacks, writer) = {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.held.clear();
+            (std::mem::take(&mut st.callbacks), st.writer.take())
+        };
+        complete_all(
+            callbacks
+                .into_values()
+                .map(|cb| (cb, Err(Failure::Shutdown))),
+        );
+        if let Some(mut w) = writer {
+            w.session.logout();
+            let fd = w.stream.as_raw_fd();
+            for _ in 0..100 {
+                if w.flush() || w.broken.is_some() {
+                    break;
+                }
+                wait_fd(fd, libc::POLLOUT, Duration::from_millis(10));
             }
         }
     }

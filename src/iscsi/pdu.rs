@@ -194,11 +194,18 @@ impl Pdu {
     /// Encode with the given digests. The length fields come from `ahs`
     /// and `data`.
     pub fn encode(&self, dg: Digests) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BHS_LEN + self.ahs.len() + self.data.len() + 12);
+        self.encode_into(dg, &mut out);
+        out
+    }
+
+    /// Append the wire form to `out` (a transmit buffer reused across PDUs).
+    pub fn encode_into(&self, dg: Digests, out: &mut Vec<u8>) {
         let mut bhs = self.bhs;
         bhs[4] = (self.ahs.len() / 4) as u8;
         let dsl = self.data.len() as u32;
         bhs[5..8].copy_from_slice(&dsl.to_be_bytes()[1..4]);
-        let mut out = Vec::with_capacity(BHS_LEN + self.ahs.len() + self.data.len() + 12);
+        out.reserve(BHS_LEN + self.ahs.len() + self.data.len() + 12);
         out.extend_from_slice(&bhs);
         out.extend_from_slice(&self.ahs);
         if dg.header {
@@ -214,7 +221,6 @@ impl Pdu {
                 out.extend_from_slice(&digest(&[&self.data, p]));
             }
         }
-        out
     }
 }
 

@@ -397,7 +397,7 @@ impl Session {
     }
 
     /// Handle one PDU from the target.
-    pub fn receive(&mut self, p: Pdu) -> Result<Vec<Event>, SessionError> {
+    pub fn receive(&mut self, mut p: Pdu) -> Result<Vec<Event>, SessionError> {
         let mut ev = Vec::new();
         let op = p.opcode().ok_or_else(|| protocol("unknown opcode"))?;
         match op {
@@ -414,10 +414,18 @@ impl Session {
                     .checked_add(p.data.len())
                     .filter(|&e| e <= t.read_len as usize)
                     .ok_or_else(|| protocol("Data-In beyond the expected transfer length"))?;
-                if t.data.len() < end {
-                    t.data.resize(end, 0);
+                if offset == 0 && t.data.is_empty() {
+                    // The usual first (often only) segment: keep its buffer.
+                    t.data = std::mem::take(&mut p.data);
+                    t.data.reserve_exact(t.read_len as usize - end);
+                } else if offset == t.data.len() {
+                    t.data.extend_from_slice(&p.data);
+                } else {
+                    if t.data.len() < end {
+                        t.data.resize(end, 0);
+                    }
+                    t.data[offset..end].copy_from_slice(&p.data);
                 }
-                t.data[offset..end].copy_from_slice(&p.data);
                 t.received = t.received.max(end as u32);
                 if status_here {
                     let res = Self::residual(p.flags(), p.u32_at(44));
