@@ -43,7 +43,8 @@ pub struct LunConfig {
     pub iscsi: Option<IscsiLun>,
 }
 
-/// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]`.
+/// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]
+/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IscsiLun {
     pub url: crate::iscsi::url::IscsiUrl,
@@ -52,6 +53,9 @@ pub struct IscsiLun {
     pub credentials: Option<PathBuf>,
     pub header_digest: bool,
     pub data_digest: bool,
+    /// How long commands wait for a lost session before failing (None:
+    /// forever).
+    pub recovery_timeout: Option<std::time::Duration>,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
@@ -120,11 +124,24 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
             credentials: None,
             header_digest: false,
             data_digest: false,
+            recovery_timeout: Some(crate::iscsi::client::DEFAULT_RECOVERY_TIMEOUT),
         };
         for opt in parts {
             match opt.split_once('=') {
                 Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
                 Some(("portal", p)) if p.contains(':') => l.portals.push(p.to_string()),
+                Some(("recovery-timeout", "infinite")) => l.recovery_timeout = None,
+                Some(("recovery-timeout", v)) => match v.parse::<u64>() {
+                    Ok(secs @ 1..=86400) => {
+                        l.recovery_timeout = Some(std::time::Duration::from_secs(secs))
+                    }
+                    _ => {
+                        return Err(bad_lun(
+                            spec,
+                            "recovery-timeout must be 1..86400 seconds or 'infinite'",
+                        ))
+                    }
+                },
                 None if opt == "header-digest" => l.header_digest = true,
                 None if opt == "data-digest" => l.data_digest = true,
                 _ => return Err(bad_lun(spec, format!("unknown iSCSI option '{opt}'"))),
@@ -392,6 +409,18 @@ mod tests {
         let (_, l) =
             parse_lun("iscsi://127.0.0.1:1/iqn.x/1,portal=127.0.0.1:2,portal=[::1]:3").unwrap();
         assert_eq!(l.iscsi.unwrap().portals, vec!["127.0.0.1:2", "[::1]:3"]);
+    }
+
+    #[test]
+    fn iscsi_recovery_timeout_defaults_to_two_minutes() {
+        let t = |spec: &str| parse_lun(spec).map(|(_, l)| l.iscsi.unwrap().recovery_timeout);
+        let secs = |s| Ok(Some(std::time::Duration::from_secs(s)));
+        assert_eq!(t("iscsi://h/iqn.x/1"), secs(120));
+        assert_eq!(t("iscsi://h/iqn.x/1,recovery-timeout=5"), secs(5));
+        assert_eq!(t("iscsi://h/iqn.x/1,recovery-timeout=infinite"), Ok(None));
+        for bad in ["0", "-1", "86401", "soon", ""] {
+            assert!(t(&format!("iscsi://h/iqn.x/1,recovery-timeout={bad}")).is_err());
+        }
     }
 
     #[test]

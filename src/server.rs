@@ -246,7 +246,11 @@ fn remote_luns(
             let name = format!("{} -> {}/{}", c.socket.display(), key.0, target);
             let mut portals = vec![key.0.clone()];
             portals.extend(il.portals.iter().cloned());
-            let client = Client::start(&name, portals, params).map_err(|e| err(Box::new(e)))?;
+            let options = crate::iscsi::client::Options {
+                recovery_timeout: il.recovery_timeout,
+            };
+            let client =
+                Client::start(&name, portals, params, options).map_err(|e| err(Box::new(e)))?;
             sessions.insert(key.clone(), client);
         }
         let l = il.url.lun.unwrap_or(0);

@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
 use vhost_user_scsi::iscsi::conn::{Connection, Error};
 use vhost_user_scsi::iscsi::login::{Credentials, LoginError, LoginParams};
-use vhost_user_scsi::iscsi::session::Data;
+use vhost_user_scsi::iscsi::session::{Completion, Data};
 
 const INITIATOR: &str = "iqn.2026-11.org.vhost-user-scsi:test";
 const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
@@ -70,6 +71,30 @@ impl Tgt {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// The I_T nexus numbers tgtd shows for target `tid` (one per session).
+    fn nexuses(&self, tid: u32) -> Vec<String> {
+        let out = Command::new("tgtadm")
+            .args([
+                "-C", &self.ctl, "--lld", "iscsi", "--mode", "target", "--op", "show",
+            ])
+            .env("TGT_IPC_SOCKET", self.dir.path().join("ipc"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut v = Vec::new();
+        let mut ours = false;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("Target ") {
+                ours = rest.starts_with(&format!("{tid}:"));
+            } else if let Some(n) = line.trim().strip_prefix("I_T nexus: ") {
+                if ours {
+                    v.push(n.to_string());
+                }
+            }
+        }
+        v
     }
 
     fn adm(&self, args: &[&str]) {
@@ -603,6 +628,7 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
         "test",
         vec![t.addr()],
         params(Some("iqn.2026-11.test:recover")),
+        vhost_user_scsi::iscsi::client::Options::default(),
     )
     .unwrap();
     let pattern = |i: u64| -> Vec<u8> { (0..4096u64).map(|b| (b * 31 + i * 7) as u8).collect() };
@@ -682,6 +708,7 @@ fn client_fails_over_to_the_next_portal_when_one_dies() {
         "portals",
         vec![dead, a.addr(), b.addr()],
         params(Some(name)),
+        vhost_user_scsi::iscsi::client::Options::default(),
     )
     .unwrap();
     let pattern = |i: u64| -> Vec<u8> { (0..4096u64).map(|x| (x * 13 + i) as u8).collect() };
@@ -720,6 +747,7 @@ fn reservation_is_reestablished_after_the_session_is_reinstated() {
         "prkeep",
         vec![t.addr()],
         params(Some("iqn.2026-11.test:prkeep")),
+        vhost_user_scsi::iscsi::client::Options::default(),
     )
     .unwrap();
     let prout = |sa: u8, ty: u8, rk: u64, sark: u64| {
@@ -789,4 +817,143 @@ fn reservation_is_reestablished_after_the_session_is_reinstated() {
         .collect();
     assert_eq!(listed, vec![0x77], "stale registration left behind");
     client.shutdown();
+}
+
+fn client(t: &Tgt, target: &str, initiator: &str, options: Options) -> Client {
+    let mut p = params(Some(target));
+    p.initiator_name = initiator.into();
+    p.isid[5] = initiator.len() as u8;
+    Client::start(initiator, vec![t.addr()], p, options).unwrap()
+}
+
+/// Submit one command and wait for its outcome.
+fn one(c: &Client, cdb: &[u8], data: Data) -> Result<Completion, Failure> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.submit(
+        LUN1,
+        cdb,
+        data,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+            None
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("no answer within a minute")
+}
+
+#[test]
+fn task_management_reaches_the_target_and_aborts_what_waits_here() {
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:tmf");
+    t.bind_all(tid);
+    let name = "iqn.2026-11.test:tmf";
+    let a = client(&t, name, "iqn.2026-11.test:tmf-a", Options::default());
+    let b = client(&t, name, "iqn.2026-11.test:tmf-b", Options::default());
+    let tur = || (vec![0u8; 6], Data::None);
+    for c in [&a, &b] {
+        run_async(c, vec![tur()]);
+    }
+    // LOGICAL UNIT RESET from a: the target resets the LU, which the other
+    // nexus sees as a unit attention (29h: reset occurred).
+    assert_eq!(a.task_management(5, LUN1, None), 0);
+    let r = one(&b, &[0; 6], Data::None).unwrap();
+    assert_eq!((r.status, r.sense.get(12)), (2, Some(&0x29)), "{r:?}");
+    // ABORT TASK of a command that is not outstanding: no such task.
+    assert_eq!(a.task_management(1, LUN1, Some(12345)), 1);
+    // With the target gone, a command waits for a new session; a LUN reset
+    // then aborts it here at once instead of waiting for the target.
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    let (tx, rx) = std::sync::mpsc::channel();
+    a.submit(
+        LUN1,
+        &write16(0, 8),
+        Data::Write(vec![7; 4096]),
+        Box::new(move |r| {
+            let _ = tx.send(r);
+            None
+        }),
+    );
+    sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert_eq!(a.task_management(5, LUN1, None), 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Err(Failure::Aborted)
+    );
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn commands_fail_after_the_recovery_timeout_and_work_again_when_the_target_returns() {
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:recovery";
+    let (tid, _) = t.target(name);
+    t.bind_all(tid);
+    let c = client(
+        &t,
+        name,
+        "iqn.2026-11.test:recovery-i",
+        Options {
+            recovery_timeout: Some(Duration::from_secs(2)),
+        },
+    );
+    run_async(&c, vec![(vec![0u8; 6], Data::None)]);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    let start = Instant::now();
+    assert_eq!(
+        one(&c, &read16(0, 8), Data::Read(4096)),
+        Err(Failure::Timeout)
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // Past the timeout, new commands fail at once (the guest can use
+    // another path) until a session is back.
+    let start = Instant::now();
+    assert_eq!(
+        one(&c, &read16(0, 8), Data::Read(4096)),
+        Err(Failure::Timeout)
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
+    t.restart(&[(tid, name)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match one(&c, &read16(0, 8), Data::Read(4096)) {
+            Ok(r) if r.status == 0 => break,
+            // The new session's unit attention, or not reconnected yet.
+            Ok(_) | Err(Failure::Timeout) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(Instant::now() < deadline, "the session did not come back");
+        sleep(Duration::from_millis(200));
+    }
+    c.shutdown();
+}
+
+#[test]
+fn i_t_nexus_reset_closes_the_session_and_logs_in_again() {
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:nexus";
+    let (tid, _) = t.target(name);
+    t.bind_all(tid);
+    let c = client(&t, name, "iqn.2026-11.test:nexus-i", Options::default());
+    run_async(&c, vec![(write16(0, 8), Data::Write(vec![5; 4096]))]);
+    let before = t.nexuses(tid);
+    assert_eq!(before.len(), 1, "{before:?}");
+    c.reset_nexus();
+    let r = run_async(&c, vec![(read16(0, 8), Data::Read(4096))]);
+    assert_eq!(r[0].status, 0);
+    assert!(r[0].data == vec![5; 4096]);
+    // A new session replaced the old one at the target.
+    let after = t.nexuses(tid);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after);
+    c.shutdown();
 }

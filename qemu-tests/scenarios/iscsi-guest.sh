@@ -24,7 +24,7 @@ e2fsck -fn "$sd"
 mount -t ext4 -o ro "$sd" /mnt
 (cd /mnt && sha256sum -c /tmp/sum)
 umount /mnt
-# A LUN reset from the guest on the passed-through disk is answered.
+# A LUN reset from the guest goes to the target as an iSCSI LUN RESET.
 sg_reset -d "$sd"
 sg_turs "$sd" || sg_turs "$sd"
 echo FIO-START
@@ -55,4 +55,6 @@ GUEST_TIMEOUT=400 boot_guest "$script" $(vhost_scsi_dev "$WORK/s0" c0) || fail "
 wait "$chaos"
 grep -q "tgtd restarted" "$LOG_DIR/events.log" || fail "the target was never restarted during the run"
 grep -q "session reinstated" "$DAEMON_LOG" || fail "the daemon did not reinstate the session"
+grep -q "logical unit reset of .* (at the iSCSI target)" "$DAEMON_LOG" ||
+    fail "the guest's LUN reset did not go to the target"
 stop_daemon

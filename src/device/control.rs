@@ -129,6 +129,13 @@ impl ScsiBackend {
             "{}: TMF {subtype:?} lun {addr:?} tag {tag:#x}",
             controller.name
         );
+        let remote = match addr {
+            LunAddress::Lun(l) => controller.remote.get(&l),
+            _ => None,
+        };
+        if let Some(remote) = remote {
+            return self.remote_tmf(subtype, addr, tag, remote);
+        }
         match subtype {
             TmfSubtype::AbortTask => {
                 inflight.abort_and_wait(Scope::Task(addr, tag), Response::Aborted);
@@ -142,6 +149,14 @@ impl ScsiBackend {
             TmfSubtype::ClearAca => Response::FunctionRejected,
             TmfSubtype::ITNexusReset => {
                 info!("{}: I_T nexus reset", controller.name);
+                // Every iSCSI session of this controller is its nexus too.
+                let mut reset: Vec<&crate::iscsi::client::Client> = Vec::new();
+                for r in controller.remote.values() {
+                    if !reset.iter().any(|c| c.same_session(&r.client)) {
+                        r.client.reset_nexus();
+                        reset.push(&r.client);
+                    }
+                }
                 inflight.abort_and_wait(Scope::All, Response::Reset);
                 for (_, lu) in controller.target.luns() {
                     lu.nexus_reset(&controller.nexus);
@@ -158,6 +173,55 @@ impl ScsiBackend {
             }
             TmfSubtype::QueryTask => query(inflight.any(Scope::Task(addr, tag))),
             TmfSubtype::QueryTaskSet => query(inflight.any(Scope::Lun(addr))),
+        }
+    }
+}
+
+impl ScsiBackend {
+    /// A TMF on a LUN of an iSCSI target: the target performs it (RFC 7143
+    /// 11.5) on this controller's session; the commands it ended complete
+    /// with VIRTIO_SCSI_S_ABORTED (or RESET) before the answer goes back.
+    fn remote_tmf(
+        &self,
+        subtype: TmfSubtype,
+        addr: LunAddress,
+        tag: u64,
+        remote: &super::RemoteLun,
+    ) -> Response {
+        let (function, id, scope, ended) = match subtype {
+            TmfSubtype::AbortTask => (1, Some(tag), Scope::Task(addr, tag), Response::Aborted),
+            TmfSubtype::AbortTaskSet => (2, None, Scope::Lun(addr), Response::Aborted),
+            TmfSubtype::ClearAca => (3, None, Scope::Lun(addr), Response::Aborted),
+            TmfSubtype::ClearTaskSet => (4, None, Scope::Lun(addr), Response::Aborted),
+            TmfSubtype::LogicalUnitReset => (5, None, Scope::Lun(addr), Response::Reset),
+            // Answered from what is in flight here; I_T NEXUS RESET is not
+            // per LUN (handled for the whole controller).
+            TmfSubtype::QueryTask => return query(self.inner.inflight.any(Scope::Task(addr, tag))),
+            TmfSubtype::QueryTaskSet => return query(self.inner.inflight.any(Scope::Lun(addr))),
+            TmfSubtype::ITNexusReset => return Response::FunctionRejected,
+        };
+        if subtype == TmfSubtype::LogicalUnitReset {
+            info!(
+                "{}: logical unit reset of {addr:?} (at the iSCSI target)",
+                self.inner.controller.name
+            );
+        }
+        match remote.client.task_management(function, remote.lun, id) {
+            // Function complete; no such task (it completed already).
+            0 | 1 => {
+                if function != 3 {
+                    self.inner.inflight.abort_and_wait(scope, ended);
+                }
+                Response::Ok
+            }
+            2 => Response::IncorrectLun,
+            other => {
+                debug!(
+                    "{}: the iSCSI target answered TMF {subtype:?} with {other}",
+                    self.inner.controller.name
+                );
+                Response::FunctionRejected
+            }
         }
     }
 }

@@ -57,7 +57,7 @@ struct RemotePending {
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
-use crate::iscsi::client::{Client, Deferred, Request};
+use crate::iscsi::client::{Client, Deferred, Failure, Request};
 
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
@@ -397,6 +397,7 @@ impl ScsiBackend {
         };
         let backend = self.clone();
         let r = Request {
+            id: req.tag,
             lun: remote.lun,
             cdb: req.cdb[..cdb_len(&req.cdb)].to_vec(),
             data,
@@ -423,6 +424,12 @@ impl ScsiBackend {
     fn complete_remote(&self, p: RemotePending, r: RemoteResult) -> Option<Deferred> {
         let (hdr, n) = match (self.inner.inflight.aborted(p.queue, p.key), r) {
             (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
+            (None, Err(Failure::Aborted)) => {
+                (encode_response(Response::Aborted, 0, &[], p.data_in_len), 0)
+            }
+            // Shutting down, or the target stayed unreachable past the
+            // recovery timeout: a transport failure the guest may retry
+            // elsewhere (another path) or report.
             (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
             // Not completed at the target: let the guest retry.
             (None, Ok(c)) if c.response != 0 => {

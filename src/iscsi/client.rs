@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -44,6 +44,31 @@ use super::session::{Completion, Data, Event, Session};
 pub enum Failure {
     /// The daemon is shutting down.
     Shutdown,
+    /// Task management aborted it (at the target, or before it got there).
+    Aborted,
+    /// No session could be re-established within the recovery timeout.
+    Timeout,
+}
+
+/// How long commands wait for a lost session by default (open-iscsi's
+/// replacement_timeout has the same default).
+pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Client behaviour beyond the login parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Fail commands (`Failure::Timeout`) that have waited this long for a
+    /// new session after a connection loss, and fail new ones at once
+    /// while the target stays unreachable past it. None: wait forever.
+    pub recovery_timeout: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            recovery_timeout: Some(DEFAULT_RECOVERY_TIMEOUT),
+        }
+    }
 }
 
 /// Work a completion leaves for the end of its batch, done once per `key`
@@ -73,6 +98,8 @@ fn complete_all(results: impl IntoIterator<Item = (Callback, Result<Completion, 
 
 /// A command for the target: LUN, CDB, data, and what to do with the answer.
 pub struct Request {
+    /// The caller's name for the command (ABORT TASK refers to it).
+    pub id: u64,
     pub lun: [u8; 8],
     pub cdb: Vec<u8>,
     pub data: Data,
@@ -180,6 +207,11 @@ const DEAD_AFTER: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A target that does not answer task management for this long is
+/// treated as dead (the connection is dropped and the commands recovered).
+const TMF_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tags of our task management requests: above the restoration tag.
+const TMF_TAGS: u64 = 1000;
 /// Transmit buffer capacity kept between bursts.
 const TX_KEEP: usize = 256 * 1024;
 
@@ -188,7 +220,12 @@ impl Client {
     /// them is reported: the configuration is wrong or the target is down at
     /// start), then serve from a thread. On a connection loss the current
     /// portal is retried first, then the others in turn.
-    pub fn start(name: &str, portals: Vec<String>, params: LoginParams) -> Result<Client, Error> {
+    pub fn start(
+        name: &str,
+        portals: Vec<String>,
+        params: LoginParams,
+        options: Options,
+    ) -> Result<Client, Error> {
         let mut last = None;
         let mut found = None;
         for (i, addr) in portals.iter().enumerate() {
@@ -213,6 +250,7 @@ impl Client {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 writer: Some(writer),
+                recovery: options.recovery_timeout,
                 ..State::default()
             }),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
@@ -240,6 +278,7 @@ impl Client {
     /// the client is shutting down.
     pub fn submit(&self, lun: [u8; 8], cdb: &[u8], data: Data, done: Callback) {
         self.submit_all([Request {
+            id: u64::MAX,
             lun,
             cdb: cdb.to_vec(),
             data,
@@ -259,13 +298,37 @@ impl Client {
             );
             return;
         }
+        if st.writer.is_none() && st.past_recovery(st.down_since) {
+            // Unreachable for longer than the recovery timeout: fail fast
+            // until a session is back.
+            drop(st);
+            complete_all(
+                requests
+                    .into_iter()
+                    .map(|r| (r.done, Err(Failure::Timeout))),
+            );
+            return;
+        }
         let st = &mut *st;
         let mut up =
             st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
         for r in requests {
             let tag = st.next_tag;
             st.next_tag = (st.next_tag + 1) % INTERNAL_TAG;
-            st.callbacks.insert(tag, r.done);
+            let lost_at = if st.writer.is_none() {
+                st.down_since
+            } else {
+                None
+            };
+            st.pending.insert(
+                tag,
+                Pending {
+                    done: r.done,
+                    lun: r.lun,
+                    id: r.id,
+                    lost_at,
+                },
+            );
             if let (Some(0x5f), Data::Write(p)) = (r.cdb.first(), &r.data) {
                 st.pr_out.insert(tag, (r.lun, r.cdb.clone(), p.clone()));
             }
@@ -282,6 +345,118 @@ impl Client {
         if up && !st.writer.as_mut().is_some_and(Writer::flush) {
             let _ = self.shared.wake.write(1);
         }
+    }
+
+    /// Run a task management function (RFC 7143 11.5 function codes) on
+    /// this session's commands for `lun`: 1 ABORT TASK (of the command
+    /// submitted with `id`), 2 ABORT TASK SET, 3 CLEAR ACA, 4 CLEAR TASK
+    /// SET, 5 LOGICAL UNIT RESET. Commands that are not at the target (not
+    /// sent yet, or waiting for a lost session) are aborted here; the
+    /// others by the target. Returns the iSCSI response (0: function
+    /// complete, 1: no such task, 5: not supported, ...) once every command
+    /// the function ended has completed with `Failure::Aborted`. A target
+    /// that does not answer within `TMF_TIMEOUT` loses the connection, and
+    /// the commands are aborted here.
+    pub fn task_management(&self, function: u8, lun: [u8; 8], id: Option<u64>) -> u8 {
+        loop {
+            let (rx, aborted) = {
+                let mut guard = self.shared.lock();
+                if guard.writer.as_ref().is_some_and(|w| w.broken.is_some()) {
+                    // The session thread is about to recover the commands
+                    // from the broken connection: abort them after that.
+                    drop(guard);
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let st = &mut *guard;
+                if st.stopping {
+                    return 0;
+                }
+                let target = id.and_then(|id| {
+                    st.pending
+                        .iter()
+                        .find(|(_, p)| p.id == id && p.lun == lun)
+                        .map(|(&tag, _)| tag)
+                });
+                if function == 1 && target.is_none() {
+                    return 1;
+                }
+                let mut aborted = Vec::new();
+                let in_scope = |c: &Cmd| match function {
+                    1 => Some(c.0) == target,
+                    2 | 4 | 5 => c.1 == lun,
+                    _ => false,
+                };
+                let (gone, kept): (Vec<Cmd>, Vec<Cmd>) =
+                    std::mem::take(&mut st.held).into_iter().partition(in_scope);
+                st.held = kept;
+                for c in gone {
+                    st.abort_here(c.0, &mut aborted);
+                }
+                let mut rx = None;
+                if let (Some(w), true) = (st.writer.as_mut(), st.restoring.is_empty()) {
+                    let tag = INTERNAL_TAG + 1 + st.next_tmf;
+                    st.next_tmf = (st.next_tmf + 1) % TMF_TAGS;
+                    let start = w.session.task_management(tag, function, lun, target);
+                    if start.sent {
+                        let (tx, r) = mpsc::channel();
+                        st.tmf_waiters.insert(tag, tx);
+                        rx = Some(r);
+                        if !w.flush() {
+                            let _ = self.shared.wake.write(1);
+                        }
+                    }
+                    for t in start.aborted {
+                        st.abort_here(t, &mut aborted);
+                    }
+                }
+                (rx, aborted)
+            };
+            complete_all(aborted);
+            let Some(rx) = rx else {
+                return 0;
+            };
+            match rx.recv_timeout(TMF_TIMEOUT) {
+                Ok(response) => return response,
+                // The connection was lost: its commands are held now.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    warn!(
+                        "iSCSI {}: no answer to task management for {TMF_TIMEOUT:?}",
+                        self.name
+                    );
+                    if let Some(w) = self.shared.lock().writer.as_mut() {
+                        w.broken
+                            .get_or_insert_with(|| "task management timed out".into());
+                    }
+                    let _ = self.shared.wake.write(1);
+                }
+            }
+        }
+    }
+
+    /// I_T NEXUS RESET: close the session (the target ends its tasks when
+    /// the session is reinstated, RFC 7143 6.3.5), abort every command of
+    /// this client, and log in again at once.
+    pub fn reset_nexus(&self) {
+        let aborted = {
+            let mut st = self.shared.lock();
+            let st = &mut *st;
+            if let Some(w) = st.writer.as_mut() {
+                w.session.logout();
+                w.flush();
+            }
+            st.link_down();
+            let mut aborted = Vec::new();
+            for c in std::mem::take(&mut st.held) {
+                st.abort_here(c.0, &mut aborted);
+            }
+            st.reconnect_now = true;
+            aborted
+        };
+        info!("iSCSI {}: I_T nexus reset: session closed", self.name);
+        let _ = self.shared.wake.write(1);
+        complete_all(aborted);
     }
 
     /// Whether two handles drive the same session.
@@ -448,6 +623,18 @@ fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
     Ok((reader, writer))
 }
 
+/// A command the client has to answer.
+struct Pending {
+    done: Callback,
+    lun: [u8; 8],
+    id: u64,
+    /// When a connection loss first caught it (recovery timeout).
+    lost_at: Option<Instant>,
+}
+
+/// A callback and what to tell it.
+type Answer = (Callback, Result<Completion, Failure>);
+
 /// Everything about the session that submitters and the session thread
 /// share.
 #[derive(Default)]
@@ -455,7 +642,15 @@ struct State {
     stopping: bool,
     /// None while the connection is down.
     writer: Option<Writer>,
-    callbacks: HashMap<u64, Callback>,
+    /// Since when the connection is down.
+    down_since: Option<Instant>,
+    recovery: Option<Duration>,
+    /// Set by an I_T nexus reset: log in again without a backoff.
+    reconnect_now: bool,
+    /// Guest commands not answered yet, by tag.
+    pending: HashMap<u64, Pending>,
+    tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
+    next_tmf: u64,
     /// PR OUT commands in flight, to learn from when they succeed.
     pr_out: HashMap<u64, PrOut>,
     pr: PrMemory,
@@ -472,17 +667,64 @@ impl State {
     /// The connection is gone: keep every unfinished guest command for the
     /// next session (our own are re-derived from `pr`).
     fn link_down(&mut self) {
+        let now = Instant::now();
+        self.down_since.get_or_insert(now);
         if let Some(mut w) = self.writer.take() {
             let mut again = w.session.take_unfinished();
             again.retain(|c| c.0 < INTERNAL_TAG);
             again.append(&mut self.held);
             self.held = again;
         }
+        for c in &self.held {
+            if let Some(p) = self.pending.get_mut(&c.0) {
+                p.lost_at.get_or_insert(now);
+            }
+        }
         self.restoring.clear();
+        // Task management waiting for an answer learns that none will come.
+        self.tmf_waiters.clear();
+    }
+
+    /// Whether a loss at `since` is older than the recovery timeout.
+    fn past_recovery(&self, since: Option<Instant>) -> bool {
+        matches!((self.recovery, since), (Some(limit), Some(t)) if t.elapsed() >= limit)
+    }
+
+    /// Forget a command and have it answered `Failure::Aborted`.
+    fn abort_here(&mut self, tag: u64, out: &mut Vec<Answer>) {
+        self.pr_out.remove(&tag);
+        if let Some(p) = self.pending.remove(&tag) {
+            out.push((p.done, Err(Failure::Aborted)));
+        }
+    }
+
+    /// Fail the held commands that have waited past the recovery timeout.
+    fn expire(&mut self, name: &str, out: &mut Vec<Answer>) {
+        let (old, young): (Vec<Cmd>, Vec<Cmd>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|c| self.past_recovery(self.pending.get(&c.0).and_then(|p| p.lost_at)));
+        self.held = young;
+        if old.is_empty() {
+            return;
+        }
+        warn!(
+            "iSCSI {name}: {} command(s) failed: no session within the recovery timeout",
+            old.len()
+        );
+        for c in old {
+            self.pr_out.remove(&c.0);
+            if let Some(p) = self.pending.remove(&c.0) {
+                out.push((p.done, Err(Failure::Timeout)));
+            }
+        }
     }
 
     /// A new session is up: restore the reservation state, then resend.
-    fn link_up(&mut self, name: &str, mut w: Writer) {
+    fn link_up(&mut self, name: &str, mut w: Writer, out: &mut Vec<Answer>) {
+        // Commands that already waited too long (a target that keeps
+        // breaking the connection on one of them, say) are not resent.
+        self.expire(name, out);
+        self.down_since = None;
         info!(
             "iSCSI {name}: session reinstated, retrying {} command(s)",
             self.held.len()
@@ -509,7 +751,7 @@ impl State {
         &mut self,
         name: &str,
         pdus: &mut Vec<Pdu>,
-        done: &mut Vec<(Callback, Completion)>,
+        done: &mut Vec<Answer>,
     ) -> Result<(), String> {
         let Some(w) = self.writer.as_mut() else {
             pdus.clear();
@@ -535,8 +777,14 @@ impl State {
                             self.pr.observe(lun, &cdb, &p);
                         }
                     }
-                    if let Some(cb) = self.callbacks.remove(&c.tag) {
-                        done.push((cb, c));
+                    if let Some(p) = self.pending.remove(&c.tag) {
+                        done.push((p.done, Ok(c)));
+                    }
+                }
+                Event::Terminated { tag } => self.abort_here(tag, done),
+                Event::TaskManagement { tag, response } => {
+                    if let Some(tx) = self.tmf_waiters.remove(&tag) {
+                        let _ = tx.send(response);
                     }
                 }
                 Event::LogoutRequested { .. } | Event::Dropping if result.is_ok() => {
@@ -619,11 +867,29 @@ impl SessionThread {
         let mut done = Vec::new();
         loop {
             let Some(r) = reader.as_mut() else {
-                // Reconnect after the backoff (a shutdown interrupts it).
-                wait_fd(self.shared.wake.as_raw_fd(), libc::POLLIN, backoff);
-                let _ = self.shared.wake.read();
-                if self.shared.lock().stopping {
-                    return self.shutdown();
+                // Reconnect after the backoff, in steps of at most a second
+                // that fail the commands whose recovery timeout passes.
+                let until = Instant::now() + backoff;
+                loop {
+                    let mut st = self.shared.lock();
+                    if st.stopping {
+                        drop(st);
+                        return self.shutdown();
+                    }
+                    st.expire(&name, &mut done);
+                    let now_please = std::mem::take(&mut st.reconnect_now);
+                    drop(st);
+                    complete_all(done.drain(..));
+                    let left = until.saturating_duration_since(Instant::now());
+                    if now_please || left.is_zero() {
+                        break;
+                    }
+                    wait_fd(
+                        self.shared.wake.as_raw_fd(),
+                        libc::POLLIN,
+                        left.min(Duration::from_secs(1)),
+                    );
+                    let _ = self.shared.wake.read();
                 }
                 match self.reconnect() {
                     Some((r, w)) => {
@@ -632,7 +898,9 @@ impl SessionThread {
                             drop(st);
                             return self.shutdown();
                         }
-                        st.link_up(&name, w);
+                        st.link_up(&name, w, &mut done);
+                        drop(st);
+                        complete_all(done.drain(..));
                         reader = Some(r);
                         backoff = BACKOFF_MIN;
                         last_heard = Instant::now();
@@ -683,6 +951,10 @@ impl SessionThread {
             if let Err(e) = st.receive(&name, &mut pdus, &mut done) {
                 failure.get_or_insert(e);
             }
+            if st.writer.is_none() {
+                // Closed under us (I_T nexus reset): drop this connection.
+                failure.get_or_insert_with(|| "session closed".into());
+            }
             if let Some(w) = st.writer.as_mut() {
                 // Keepalive and dead-target detection.
                 match ping_sent {
@@ -707,7 +979,7 @@ impl SessionThread {
                 reader = None;
             }
             drop(st);
-            complete_all(done.drain(..).map(|(cb, c)| (cb, Ok(c))));
+            complete_all(done.drain(..));
         }
     }
 
@@ -735,16 +1007,17 @@ impl SessionThread {
 
     /// Fail every command still pending and log out.
     fn shutdown(&self) {
-        let (callbacks, writer) = {
+        let (pending, writer) = {
             let mut st = self.shared.lock();
             st.stopping = true;
             st.held.clear();
-            (std::mem::take(&mut st.callbacks), st.writer.take())
+            st.tmf_waiters.clear();
+            (std::mem::take(&mut st.pending), st.writer.take())
         };
         complete_all(
-            callbacks
+            pending
                 .into_values()
-                .map(|cb| (cb, Err(Failure::Shutdown))),
+                .map(|p| (p.done, Err(Failure::Shutdown))),
         );
         if let Some(mut w) = writer {
             w.session.logout();

@@ -57,10 +57,25 @@ pub enum Event {
     LoggedOut {
         response: u8,
     },
+    /// Answer to a task management request (RFC 7143 11.6.1 codes).
     TaskManagement {
         tag: u64,
         response: u8,
     },
+    /// A command that task management terminated at the target: it gets
+    /// no response.
+    Terminated {
+        tag: u64,
+    },
+}
+
+/// What `Session::task_management` did at once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TmfStart {
+    /// Whether a request went to the target (an answer will come).
+    pub sent: bool,
+    /// Commands dropped before they reached the target.
+    pub aborted: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,7 +98,12 @@ struct Task {
     received: u32,
     /// Whether the command PDU has gone out.
     sent: bool,
+    /// CmdSN the command went out with (for a TMF: the one it carried).
+    cmd_sn: u32,
+    /// For a task management request: its function and, for ABORT TASK,
+    /// the ITT of the task it aborts.
     tmf: Option<u8>,
+    ref_itt: u32,
 }
 
 /// Most text a target may send in one continued Text Response (SendTargets
@@ -93,6 +113,11 @@ const MAX_TEXT: usize = 1 << 20;
 /// `a <= b` in 32-bit serial number arithmetic (RFC 1982).
 fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
+}
+
+/// `a < b` in 32-bit serial number arithmetic.
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && sn_le(a, b)
 }
 
 pub struct Session {
@@ -163,7 +188,9 @@ impl Session {
                 data: Vec::new(),
                 received: 0,
                 sent: false,
+                cmd_sn: 0,
                 tmf: None,
+                ref_itt: RESERVED_TAG,
             },
         );
         self.waiting.push_back(itt);
@@ -179,12 +206,13 @@ impl Session {
             };
             if let Some(t) = self.tasks.get(&itt) {
                 let pdus = self.command_pdus(itt, t);
-                self.cmd_sn = self.cmd_sn.wrapping_add(1);
                 self.out.extend(pdus);
             }
             if let Some(t) = self.tasks.get_mut(&itt) {
                 t.sent = true;
+                t.cmd_sn = self.cmd_sn;
             }
+            self.cmd_sn = self.cmd_sn.wrapping_add(1);
         }
     }
 
@@ -316,9 +344,50 @@ impl Session {
     }
 
     /// Task management request (RFC 7143 11.5): `function` 1 ABORT TASK
-    /// (referencing `ref_itt`), 2 ABORT TASK SET, 5 LOGICAL UNIT RESET, 6
-    /// TARGET WARM RESET. Immediate.
-    pub fn task_management(&mut self, tag: u64, function: u8, lun: [u8; 8], ref_itt: u32) -> u32 {
+    /// (of the command tagged `target`), 2 ABORT TASK SET, 3 CLEAR ACA, 4
+    /// CLEAR TASK SET, 5 LOGICAL UNIT RESET, 6 TARGET WARM RESET, 7 TARGET
+    /// COLD RESET. Commands in its scope still waiting for the CmdSN window
+    /// never reached the target: they are dropped here and their tags
+    /// returned. The request itself is sent (immediate) unless ABORT TASK
+    /// has nothing left to abort at the target.
+    pub fn task_management(
+        &mut self,
+        tag: u64,
+        function: u8,
+        lun: [u8; 8],
+        target: Option<u64>,
+    ) -> TmfStart {
+        let in_scope = |t: &Task| {
+            t.tmf.is_none()
+                && match function {
+                    1 => Some(t.tag) == target && t.lun == lun,
+                    2 | 4 | 5 => t.lun == lun,
+                    6 | 7 => true,
+                    _ => false,
+                }
+        };
+        let unsent: Vec<u32> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|itt| self.tasks.get(itt).is_some_and(in_scope))
+            .collect();
+        self.waiting.retain(|itt| !unsent.contains(itt));
+        let aborted = unsent
+            .iter()
+            .filter_map(|itt| self.tasks.remove(itt))
+            .map(|t| t.tag)
+            .collect();
+        let (ref_itt, ref_cmd_sn) = match self.tasks.iter().find(|(_, t)| in_scope(t)) {
+            Some((&itt, t)) if function == 1 => (itt, t.cmd_sn),
+            None if function == 1 => {
+                return TmfStart {
+                    sent: false,
+                    aborted,
+                }
+            }
+            _ => (RESERVED_TAG, self.cmd_sn),
+        };
         let itt = self.alloc_itt();
         let mut p = Pdu::new(Opcode::TaskMgmtRequest);
         p.set_immediate();
@@ -328,7 +397,6 @@ impl Session {
         p.set_u32(20, ref_itt);
         p.set_u32(24, self.cmd_sn);
         p.set_u32(28, self.exp_stat_sn);
-        let ref_cmd_sn = self.cmd_sn;
         p.set_u32(32, ref_cmd_sn);
         self.tasks.insert(
             itt,
@@ -341,11 +409,49 @@ impl Session {
                 data: Vec::new(),
                 received: 0,
                 sent: true,
+                cmd_sn: self.cmd_sn,
                 tmf: Some(function),
+                ref_itt,
             },
         );
         self.out.push_back(p);
-        itt
+        TmfStart {
+            sent: true,
+            aborted,
+        }
+    }
+
+    /// The commands a task management function that completed terminated
+    /// at the target: they get no response of their own (RFC 7143 4.2.3.3).
+    fn terminated_by(&mut self, tmf: &Task, response: u8) -> Vec<u64> {
+        let function = tmf.tmf.unwrap_or(0);
+        // 0: Function complete; 1: Task does not exist (for ABORT TASK the
+        // target has no record of it, so no answer will ever come).
+        let done = response == 0 || (response == 1 && function == 1);
+        if !done {
+            return Vec::new();
+        }
+        let hit: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(&itt, t)| {
+                t.tmf.is_none()
+                    && t.sent
+                    && match function {
+                        1 => itt == tmf.ref_itt,
+                        // Commands sent before the TMF (its CmdSN is the
+                        // next one, it being immediate).
+                        2 | 4 | 5 => t.lun == tmf.lun && sn_lt(t.cmd_sn, tmf.cmd_sn),
+                        6 | 7 => sn_lt(t.cmd_sn, tmf.cmd_sn),
+                        _ => false,
+                    }
+            })
+            .map(|(&itt, _)| itt)
+            .collect();
+        hit.iter()
+            .filter_map(|itt| self.tasks.remove(itt))
+            .map(|t| t.tag)
+            .collect()
     }
 
     /// Track StatSN and the command window from a target PDU.
@@ -526,9 +632,15 @@ impl Session {
             Opcode::TaskMgmtResponse => {
                 self.update_sn(&p, true);
                 if let Some(t) = self.tasks.remove(&p.itt()) {
+                    let response = p.byte(2);
+                    ev.extend(
+                        self.terminated_by(&t, response)
+                            .into_iter()
+                            .map(|tag| Event::Terminated { tag }),
+                    );
                     ev.push(Event::TaskManagement {
                         tag: t.tag,
-                        response: p.byte(2),
+                        response,
                     });
                 }
             }
@@ -789,8 +901,10 @@ mod tests {
     #[test]
     fn lun_reset_request_and_response() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let itt = s.task_management(9, 5, LUN, RESERVED_TAG);
+        let start = s.task_management(9, 5, LUN, None);
+        assert!(start.sent && start.aborted.is_empty());
         let out = drain(&mut s);
+        let itt = out[0].itt();
         assert_eq!(out[0].opcode(), Some(Opcode::TaskMgmtRequest));
         assert_eq!(out[0].bhs[0] & 0x40, 0x40); // immediate
         assert_eq!(out[0].flags(), 0x85); // F + LOGICAL UNIT RESET
@@ -818,5 +932,110 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].0, 1);
         assert_eq!(s.in_flight(), 0);
+    }
+    fn tmf_response(itt: u32, response: u8) -> Pdu {
+        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
+        r.set_itt(itt);
+        r.set_byte(2, response);
+        r
+    }
+
+    #[test]
+    fn abort_task_refers_to_the_command_and_terminates_it() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        let cmds = drain(&mut s);
+        let start = s.task_management(50, 1, LUN, Some(2));
+        assert_eq!(
+            start,
+            TmfStart {
+                sent: true,
+                aborted: vec![]
+            }
+        );
+        let tmf = drain(&mut s).remove(0);
+        assert_eq!(tmf.flags(), 0x81);
+        assert_eq!(tmf.u32_at(20), cmds[1].itt()); // Referenced Task Tag
+        assert_eq!(tmf.u32_at(32), 11); // RefCmdSN: the command's CmdSN
+        assert_eq!(tmf.u32_at(24), 12); // CmdSN: the next one
+        assert_eq!(
+            s.receive(tmf_response(tmf.itt(), 0)).unwrap(),
+            vec![
+                Event::Terminated { tag: 2 },
+                Event::TaskManagement {
+                    tag: 50,
+                    response: 0
+                }
+            ]
+        );
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn abort_of_a_command_not_sent_yet_is_local() {
+        // The window admits one command: the second waits.
+        let mut s = Session::new(negotiated(true, true, 10));
+        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        assert_eq!(drain(&mut s).len(), 1);
+        assert_eq!(
+            s.task_management(50, 1, LUN, Some(2)),
+            TmfStart {
+                sent: false,
+                aborted: vec![2]
+            }
+        );
+        // Unknown task: nothing to do anywhere.
+        assert_eq!(
+            s.task_management(51, 1, LUN, Some(7)),
+            TmfStart {
+                sent: false,
+                aborted: vec![]
+            }
+        );
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn lun_reset_terminates_earlier_commands_of_that_lun_only() {
+        let other = [0, 2, 0, 0, 0, 0, 0, 0];
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(2, other, &[0x28; 10], Data::Read(512));
+        drain(&mut s);
+        assert!(s.task_management(50, 5, LUN, None).sent);
+        let tmf = drain(&mut s).remove(0);
+        // A command after the reset is not affected by it.
+        s.submit(3, LUN, &[0x28; 10], Data::Read(512));
+        assert_eq!(
+            s.receive(tmf_response(tmf.itt(), 0)).unwrap(),
+            vec![
+                Event::Terminated { tag: 1 },
+                Event::TaskManagement {
+                    tag: 50,
+                    response: 0
+                }
+            ]
+        );
+        assert_eq!(s.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_rejected_function_terminates_nothing() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        drain(&mut s);
+        s.task_management(50, 2, LUN, None);
+        let tmf = drain(&mut s).remove(0);
+        assert_eq!(
+            s.receive(tmf_response(tmf.itt(), 5)).unwrap(),
+            vec![Event::TaskManagement {
+                tag: 50,
+                response: 5
+            }]
+        );
+        assert_eq!(s.in_flight(), 1);
     }
 }
