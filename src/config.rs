@@ -44,7 +44,7 @@ pub struct LunConfig {
 }
 
 /// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]
-/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite]`.
+/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite][,discover-portals=yes|no]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IscsiLun {
     pub url: crate::iscsi::url::IscsiUrl,
@@ -56,6 +56,8 @@ pub struct IscsiLun {
     /// How long commands wait for a lost session before failing (None:
     /// forever).
     pub recovery_timeout: Option<std::time::Duration>,
+    /// Learn the target's other portals by SendTargets (`discover-portals`).
+    pub discover_portals: bool,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
@@ -125,12 +127,15 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
             header_digest: false,
             data_digest: false,
             recovery_timeout: Some(crate::iscsi::client::DEFAULT_RECOVERY_TIMEOUT),
+            discover_portals: true,
         };
         for opt in parts {
             match opt.split_once('=') {
                 Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
                 Some(("portal", p)) if p.contains(':') => l.portals.push(p.to_string()),
                 Some(("recovery-timeout", "infinite")) => l.recovery_timeout = None,
+                Some(("discover-portals", "yes")) => l.discover_portals = true,
+                Some(("discover-portals", "no")) => l.discover_portals = false,
                 Some(("recovery-timeout", v)) => match v.parse::<u64>() {
                     Ok(secs @ 1..=86400) => {
                         l.recovery_timeout = Some(std::time::Duration::from_secs(secs))
@@ -421,6 +426,10 @@ mod tests {
         for bad in ["0", "-1", "86401", "soon", ""] {
             assert!(t(&format!("iscsi://h/iqn.x/1,recovery-timeout={bad}")).is_err());
         }
+        let d = |spec: &str| parse_lun(spec).map(|(_, l)| l.iscsi.unwrap().discover_portals);
+        assert_eq!(d("iscsi://h/iqn.x/1"), Ok(true));
+        assert_eq!(d("iscsi://h/iqn.x/1,discover-portals=no"), Ok(false));
+        assert!(d("iscsi://h/iqn.x/1,discover-portals=maybe").is_err());
     }
 
     #[test]

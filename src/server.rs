@@ -248,6 +248,7 @@ fn remote_luns(
             portals.extend(il.portals.iter().cloned());
             let options = crate::iscsi::client::Options {
                 recovery_timeout: il.recovery_timeout,
+                discover_portals: il.discover_portals,
             };
             let client =
                 Client::start(&name, portals, params, options).map_err(|e| err(Box::new(e)))?;

@@ -899,6 +899,7 @@ fn commands_fail_after_the_recovery_timeout_and_work_again_when_the_target_retur
         "iqn.2026-11.test:recovery-i",
         Options {
             recovery_timeout: Some(Duration::from_secs(2)),
+            ..Options::default()
         },
     );
     run_async(&c, vec![(vec![0u8; 6], Data::None)]);

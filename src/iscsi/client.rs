@@ -31,13 +31,14 @@ use std::os::fd::AsRawFd;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
 use super::pdu::{self, Digests, Pdu};
 use super::session::{Completion, Data, Event, Session};
+use super::url::portal_address;
 
 /// Why a command did not complete at the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +62,51 @@ pub struct Options {
     /// new session after a connection loss, and fail new ones at once
     /// while the target stays unreachable past it. None: wait forever.
     pub recovery_timeout: Option<Duration>,
+    /// Ask the target (SendTargets, after the first login) for its other
+    /// portals and fail over to them too.
+    pub discover_portals: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             recovery_timeout: Some(DEFAULT_RECOVERY_TIMEOUT),
+            discover_portals: true,
+        }
+    }
+}
+
+/// Unit attentions from asynchronous events kept per session at most (the
+/// oldest are dropped: a target flooding events cannot grow memory).
+const MAX_EVENTS: usize = 16;
+
+/// The portals the target reports for itself, through a discovery session
+/// on `addr`. Discovery is a convenience: a failure is only logged.
+fn discovered_portals(name: &str, addr: &str, params: &LoginParams) -> Vec<String> {
+    let Some(target) = params.target_name.clone() else {
+        return Vec::new();
+    };
+    let mut p = params.clone();
+    p.target_name = None;
+    // A session of its own, not a reinstatement of the normal one.
+    p.isid[5] ^= 0x80;
+    p.header_digest = false;
+    p.data_digest = false;
+    let list = Connection::login(addr, p, LOGIN_TIMEOUT).and_then(|mut c| {
+        let t = c.send_targets();
+        let _ = c.logout();
+        t
+    });
+    match list {
+        Ok(list) => list
+            .into_iter()
+            .filter(|(t, _)| *t == target)
+            .flat_map(|(_, portals)| portals)
+            .filter_map(|a| portal_address(&a))
+            .collect(),
+        Err(e) => {
+            debug!("iSCSI {name}: no portal discovery through {addr}: {e}");
+            Vec::new()
         }
     }
 }
@@ -245,7 +285,23 @@ impl Client {
         let Some((current, conn)) = found else {
             return Err(last.unwrap_or(Error::Closed));
         };
+        let mut portals = portals;
         info!("iSCSI {name}: logged in to {}", portals[current]);
+        if let Some(moved) = conn.moved_to.clone() {
+            info!(
+                "iSCSI {name}: using {moved} instead of {} from now on",
+                portals[current]
+            );
+            portals[current] = moved;
+        }
+        if options.discover_portals {
+            for p in discovered_portals(name, &portals[current], &params) {
+                if !portals.contains(&p) {
+                    info!("iSCSI {name}: the target also has portal {p}");
+                    portals.push(p);
+                }
+            }
+        }
         let (reader, writer) = split(conn)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -288,31 +344,38 @@ impl Client {
 
     /// Send several commands with one write to the socket.
     pub fn submit_all(&self, requests: impl IntoIterator<Item = Request>) {
-        let mut st = self.shared.lock();
-        if st.stopping {
-            drop(st);
-            complete_all(
-                requests
-                    .into_iter()
-                    .map(|r| (r.done, Err(Failure::Shutdown))),
-            );
-            return;
-        }
-        if st.writer.is_none() && st.past_recovery(st.down_since) {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        let refuse = if st.stopping {
+            Some(Failure::Shutdown)
+        } else if st.writer.is_none() && st.past_recovery(st.down_since) {
             // Unreachable for longer than the recovery timeout: fail fast
             // until a session is back.
-            drop(st);
-            complete_all(
-                requests
-                    .into_iter()
-                    .map(|r| (r.done, Err(Failure::Timeout))),
-            );
+            Some(Failure::Timeout)
+        } else {
+            None
+        };
+        if let Some(f) = refuse {
+            drop(guard);
+            complete_all(requests.into_iter().map(|r| (r.done, Err(f))));
             return;
         }
-        let st = &mut *st;
         let mut up =
             st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
+        let mut now = Vec::new();
         for r in requests {
+            if let Some(sense) = st.take_event(r.lun, &r.cdb) {
+                let c = Completion {
+                    tag: 0,
+                    response: 0,
+                    status: 2,
+                    sense,
+                    data: Vec::new(),
+                    residual: 0,
+                };
+                now.push((r.done, Ok(c)));
+                continue;
+            }
             let tag = st.next_tag;
             st.next_tag = (st.next_tag + 1) % INTERNAL_TAG;
             let lost_at = if st.writer.is_none() {
@@ -345,6 +408,8 @@ impl Client {
         if up && !st.writer.as_mut().is_some_and(Writer::flush) {
             let _ = self.shared.wake.write(1);
         }
+        drop(guard);
+        complete_all(now);
     }
 
     /// Run a task management function (RFC 7143 11.5 function codes) on
@@ -651,6 +716,10 @@ struct State {
     pending: HashMap<u64, Pending>,
     tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
     next_tmf: u64,
+    /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
+    /// each is reported once, as a unit attention, to the next command for
+    /// that LUN (SAM-5 6.6: the alternative to asynchronous event reporting).
+    events: Vec<([u8; 8], Vec<u8>)>,
     /// PR OUT commands in flight, to learn from when they succeed.
     pr_out: HashMap<u64, PrOut>,
     pr: PrMemory,
@@ -688,6 +757,17 @@ impl State {
     /// Whether a loss at `since` is older than the recovery timeout.
     fn past_recovery(&self, since: Option<Instant>) -> bool {
         matches!((self.recovery, since), (Some(limit), Some(t)) if t.elapsed() >= limit)
+    }
+
+    /// The unit attention to report instead of running `cdb` on `lun`, if
+    /// an asynchronous event left one. INQUIRY, REPORT LUNS and REQUEST
+    /// SENSE do not report unit attentions (SAM-5 5.14).
+    fn take_event(&mut self, lun: [u8; 8], cdb: &[u8]) -> Option<Vec<u8>> {
+        if matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03) | None) {
+            return None;
+        }
+        let i = self.events.iter().position(|e| e.0 == lun)?;
+        Some(self.events.remove(i).1)
     }
 
     /// Forget a command and have it answered `Failure::Aborted`.
@@ -782,6 +862,19 @@ impl State {
                     }
                 }
                 Event::Terminated { tag } => self.abort_here(tag, done),
+                Event::ScsiEvent { lun, sense } if sense.len() >= 8 => {
+                    info!(
+                        "iSCSI {name}: asynchronous event for LUN {}: sense {}",
+                        u16::from_be_bytes([lun[0] & 0x3f, lun[1]]),
+                        sense_summary(&sense)
+                    );
+                    if self.events.len() >= MAX_EVENTS {
+                        self.events.remove(0);
+                    }
+                    if !self.events.iter().any(|e| e.0 == lun && e.1 == sense) {
+                        self.events.push((lun, sense));
+                    }
+                }
                 Event::TaskManagement { tag, response } => {
                     if let Some(tx) = self.tmf_waiters.remove(&tag) {
                         let _ = tx.send(response);
@@ -833,6 +926,17 @@ impl State {
             }
         }
     }
+}
+
+/// Sense key and additional sense code of fixed or descriptor sense data.
+fn sense_summary(sense: &[u8]) -> String {
+    let at = |i: usize| sense.get(i).copied().unwrap_or(0);
+    let (key, asc, ascq) = if at(0) & 0x7f >= 0x72 {
+        (at(1) & 0x0f, at(2), at(3))
+    } else {
+        (at(2) & 0x0f, at(12), at(13))
+    };
+    format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
 }
 
 fn wait_fd(fd: i32, events: i16, timeout: Duration) {
@@ -989,15 +1093,20 @@ impl SessionThread {
         for k in 0..self.portals.len() {
             let i = (self.current + k) % self.portals.len();
             let addr = &self.portals[i];
-            match Connection::login(addr, self.params.clone(), LOGIN_TIMEOUT)
-                .and_then(|c| split(c).map_err(Error::from))
-            {
-                Ok(halves) => {
+            match Connection::login(addr, self.params.clone(), LOGIN_TIMEOUT) {
+                Ok(c) => {
                     if i != self.current {
                         info!("iSCSI {name}: failed over to portal {addr}");
                     }
                     self.current = i;
-                    return Some(halves);
+                    if let Some(moved) = c.moved_to.clone() {
+                        info!("iSCSI {name}: using {moved} instead of {addr} from now on");
+                        self.portals[i] = moved;
+                    }
+                    match split(c) {
+                        Ok(halves) => return Some(halves),
+                        Err(e) => warn!("iSCSI {name}: {e}"),
+                    }
                 }
                 Err(e) => warn!("iSCSI {name}: reconnecting to {addr} failed: {e}"),
             }

@@ -42,7 +42,12 @@ pub struct Connection {
     digests: Digests,
     max_data: usize,
     pub session: Session,
+    /// Where a permanent login redirect sent us (use it from now on).
+    pub moved_to: Option<String>,
 }
+
+/// Login redirects followed in a row before giving up (a redirect loop).
+const MAX_REDIRECTS: usize = 4;
 
 /// Read one PDU from `stream` (buffering partial reads in `rx`).
 fn read_pdu(
@@ -66,9 +71,47 @@ fn read_pdu(
 }
 
 impl Connection {
-    /// Connect to `addr` (host:port) and log in; with CHAP, fall back to
-    /// shorter CHAP_A lists if the target refuses one (see `chap::OFFERS`).
-    pub fn login(
+    /// Connect to `addr` (host:port) and log in, following login redirects
+    /// (RFC 7143 6.2.1); with CHAP, fall back to shorter CHAP_A lists if
+    /// the target refuses one (see `chap::OFFERS`).
+    pub fn login(addr: &str, params: LoginParams, timeout: Duration) -> Result<Connection, Error> {
+        let mut at = addr.to_string();
+        let mut moved_to = None;
+        for _ in 0..=MAX_REDIRECTS {
+            match Self::login_at(&at, params.clone(), timeout) {
+                Err(Error::Login(LoginError::Redirect { address, permanent })) => {
+                    let next = super::url::portal_address(&address).ok_or_else(|| {
+                        Error::Login(LoginError::Protocol(format!(
+                            "redirect to an unusable address '{address}'"
+                        )))
+                    })?;
+                    let how = if permanent {
+                        "permanently"
+                    } else {
+                        "temporarily"
+                    };
+                    log::info!("iSCSI: {at} redirects us {how} to {next}");
+                    // Only a chain of permanent moves replaces the portal.
+                    if permanent && (moved_to.is_some() || at == addr) {
+                        moved_to = Some(next.clone());
+                    } else {
+                        moved_to = None;
+                    }
+                    at = next;
+                }
+                Ok(mut c) => {
+                    c.moved_to = moved_to;
+                    return Ok(c);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Login(LoginError::Protocol(format!(
+            "more than {MAX_REDIRECTS} login redirects in a row"
+        ))))
+    }
+
+    fn login_at(
         addr: &str,
         mut params: LoginParams,
         timeout: Duration,
@@ -121,6 +164,7 @@ impl Connection {
             digests: n.digests,
             max_data: max_recv,
             session: Session::new(n),
+            moved_to: None,
         })
     }
 

@@ -77,8 +77,8 @@ pub struct Negotiated {
 /// Why a login failed, by class (RFC 7143 11.13.5).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
-    #[error("The target redirects to {0}")]
-    Redirect(String),
+    #[error("The target redirects to {address}")]
+    Redirect { address: String, permanent: bool },
     #[error("Authentication failed")]
     AuthenticationFailed,
     #[error("The initiator is not allowed to log in to this target (ACL)")]
@@ -233,9 +233,13 @@ impl Login {
         match class {
             0 => {}
             1 => {
-                return Err(LoginError::Redirect(
-                    text::get(&keys, "TargetAddress").unwrap_or("?").to_string(),
-                ))
+                return Err(LoginError::Redirect {
+                    address: text::get(&keys, "TargetAddress")
+                        .unwrap_or_default()
+                        .to_string(),
+                    // 0101h: moved temporarily; 0102h: moved permanently.
+                    permanent: detail == 0x02,
+                });
             }
             // A miscellaneous initiator error while CHAP is being set up:
             // the algorithm list was not acceptable (see chap::OFFERS).
@@ -612,7 +616,10 @@ mod tests {
         r.set_byte(37, 1);
         assert_eq!(
             l.receive(&r).err(),
-            Some(LoginError::Redirect("10.0.0.2:3260,1".into()))
+            Some(LoginError::Redirect {
+                address: "10.0.0.2:3260,1".into(),
+                permanent: false
+            })
         );
     }
 

@@ -607,7 +607,17 @@ impl Session {
                 self.update_sn(&p, true);
                 match p.byte(36) {
                     0 => {
-                        let sense = p.data.get(2..).unwrap_or_default().to_vec();
+                        // SenseLength, then the sense data (then iSCSI
+                        // event data, not ours to interpret).
+                        let n = usize::from(u16::from_be_bytes([
+                            p.data.first().copied().unwrap_or(0),
+                            p.data.get(1).copied().unwrap_or(0),
+                        ]));
+                        let sense = p
+                            .data
+                            .get(2..)
+                            .map(|d| d[..n.min(d.len())].to_vec())
+                            .unwrap_or_default();
                         ev.push(Event::ScsiEvent {
                             lun: p.lun(),
                             sense,

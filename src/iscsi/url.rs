@@ -27,6 +27,31 @@ impl IscsiUrl {
     }
 }
 
+/// The `host:port` to connect to from a TargetAddress value (RFC 7143
+/// 13.9: `domainname[:port][,portal-group-tag]`, IPv6 in brackets, port
+/// 3260 by default), as found in SendTargets answers and login redirects.
+pub fn portal_address(target_address: &str) -> Option<String> {
+    let v = target_address.split(',').next()?.trim();
+    let (host, port): (String, u16) = if let Some(rest) = v.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => 3260,
+            p => p.strip_prefix(':')?.parse().ok()?,
+        };
+        (format!("[{host}]"), port)
+    } else {
+        match v.split_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (v.to_string(), 3260),
+        }
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || "-._:[]".contains(c);
+    if host.is_empty() || host == "[]" || port == 0 || !host.chars().all(valid) {
+        return None;
+    }
+    Some(format!("{host}:{port}"))
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("'{url}' is not an iscsi:// URL: {why}")]
 pub struct UrlError {
@@ -135,6 +160,21 @@ mod tests {
             "iscsi://h/t/1/2",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn target_addresses_become_portals() {
+        let p = |s| portal_address(s);
+        assert_eq!(p("10.0.0.2:3261,1"), Some("10.0.0.2:3261".into()));
+        assert_eq!(p("10.0.0.2"), Some("10.0.0.2:3260".into()));
+        assert_eq!(p("[fd00::2]:3262,7"), Some("[fd00::2]:3262".into()));
+        assert_eq!(p("[fd00::2]"), Some("[fd00::2]:3260".into()));
+        assert_eq!(p("san.example.com,2"), Some("san.example.com:3260".into()));
+        for bad in [
+            "", ",1", "[fd00::2", "h:port", "h:0", "[]:1", "a b:1", "h:70000",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
         }
     }
 }

@@ -1,0 +1,380 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The initiator against a scripted target on loopback, for behaviour tgt
+//! does not show: login redirects (temporary and permanent), portals learnt
+//! by SendTargets and used for failover, and asynchronous SCSI events.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use vhost_user_scsi::iscsi::chap;
+use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
+use vhost_user_scsi::iscsi::login::LoginParams;
+use vhost_user_scsi::iscsi::pdu::{self, Digests, Opcode, Pdu};
+use vhost_user_scsi::iscsi::session::{Completion, Data};
+use vhost_user_scsi::iscsi::text;
+
+const TARGET: &str = "iqn.2026-11.test:fake";
+const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+
+#[derive(Clone)]
+enum Role {
+    /// Answer every login with a redirect.
+    Redirect { to: String, permanent: bool },
+    /// Logins succeed; SendTargets lists `portals`; every SCSI command
+    /// gets GOOD; `event` (sense data) is sent as an asynchronous SCSI
+    /// event after each normal login.
+    Target {
+        portals: Vec<String>,
+        event: Option<Vec<u8>>,
+    },
+}
+
+struct Fake {
+    addr: String,
+    logins: Arc<AtomicUsize>,
+    commands: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn start(role: Role) -> Fake {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Fake::on(l, role)
+    }
+
+    fn on(l: TcpListener, role: Role) -> Fake {
+        l.set_nonblocking(true).unwrap();
+        let f = Fake {
+            addr: l.local_addr().unwrap().to_string(),
+            logins: Arc::default(),
+            commands: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (logins, commands, stop) = (f.logins.clone(), f.commands.clone(), f.stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let (role, logins, commands, stop) =
+                            (role.clone(), logins.clone(), commands.clone(), stop.clone());
+                        thread::spawn(move || serve(s, role, &logins, &commands, &stop));
+                    }
+                    Err(_) => sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        f
+    }
+
+    /// Close the portal and every connection to it.
+    fn kill(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        sleep(Duration::from_millis(300));
+    }
+
+    fn logins(&self) -> usize {
+        self.logins.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_pdu(s: &mut TcpStream, rx: &mut Vec<u8>, stop: &AtomicBool) -> Option<Pdu> {
+    loop {
+        if let Ok(Some((p, used))) = pdu::decode(rx, Digests::default(), 1 << 20) {
+            rx.drain(..used);
+            return Some(p);
+        }
+        let mut buf = [0u8; 65536];
+        match s.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => rx.extend_from_slice(&buf[..n]),
+            Err(_) if !stop.load(Ordering::Relaxed) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn serve(
+    mut s: TcpStream,
+    role: Role,
+    logins: &AtomicUsize,
+    commands: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut rx = Vec::new();
+    let mut stat_sn = 1u32;
+    let mut exp_cmd_sn = 1u32;
+    let mut first = true;
+    let mut normal = false;
+    let send = |s: &mut TcpStream, mut r: Pdu, exp: u32, stat: &mut u32| {
+        r.set_u32(24, *stat);
+        r.set_u32(28, exp);
+        r.set_u32(32, exp.wrapping_add(31));
+        *stat = stat.wrapping_add(1);
+        let _ = s.write_all(&r.encode(Digests::default()));
+    };
+    while let Some(p) = read_pdu(&mut s, &mut rx, stop) {
+        if p.bhs[0] & 0x40 == 0 && p.opcode() == Some(Opcode::ScsiCommand) {
+            exp_cmd_sn = p.u32_at(24).wrapping_add(1);
+        }
+        match p.opcode() {
+            Some(Opcode::LoginRequest) => {
+                let keys = text::parse(&p.data);
+                if first {
+                    logins.fetch_add(1, Ordering::Relaxed);
+                    first = false;
+                    normal = text::get(&keys, "SessionType") != Some("Discovery");
+                    exp_cmd_sn = p.u32_at(24);
+                }
+                let mut r = Pdu::new(Opcode::LoginResponse);
+                r.set_itt(p.itt());
+                r.bhs[8..14].copy_from_slice(&p.bhs[8..14]);
+                match &role {
+                    Role::Redirect { to, permanent } => {
+                        r.set_byte(36, 1);
+                        r.set_byte(37, if *permanent { 2 } else { 1 });
+                        r.data = text::encode(&[("TargetAddress", format!("{to},1"))]);
+                        send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                        return;
+                    }
+                    Role::Target { event, .. } => {
+                        if (p.flags() >> 2) & 3 == 0 {
+                            r.set_flags(0x81);
+                            r.data = text::encode(&[("AuthMethod", "None")]);
+                            send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                        } else {
+                            r.set_flags(0x87);
+                            r.set_u16(14, 1);
+                            r.data = text::encode(&[
+                                ("HeaderDigest", "None"),
+                                ("DataDigest", "None"),
+                                ("MaxRecvDataSegmentLength", "65536"),
+                            ]);
+                            send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                            if let (true, Some(sense)) = (normal, event) {
+                                let mut a = Pdu::new(Opcode::AsyncMessage);
+                                a.set_flags(0x80);
+                                a.set_lun(LUN1);
+                                a.set_itt(0xffff_ffff);
+                                a.data = (sense.len() as u16).to_be_bytes().to_vec();
+                                a.data.extend_from_slice(sense);
+                                send(&mut s, a, exp_cmd_sn, &mut stat_sn);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Opcode::TextRequest) => {
+                let Role::Target { portals, .. } = &role else {
+                    return;
+                };
+                let mut keys = vec![("TargetName", TARGET.to_string())];
+                keys.extend(portals.iter().map(|a| ("TargetAddress", format!("{a},1"))));
+                let mut r = Pdu::new(Opcode::TextResponse);
+                r.set_flags(0x80);
+                r.set_itt(p.itt());
+                r.set_u32(20, 0xffff_ffff);
+                r.data = text::encode(&keys);
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+            }
+            Some(Opcode::ScsiCommand) => {
+                commands.fetch_add(1, Ordering::Relaxed);
+                let mut r = Pdu::new(Opcode::ScsiResponse);
+                r.set_flags(0x80);
+                r.set_itt(p.itt());
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+            }
+            Some(Opcode::NopOut) if p.itt() != 0xffff_ffff => {
+                let mut r = Pdu::new(Opcode::NopIn);
+                r.set_flags(0x80);
+                r.set_itt(p.itt());
+                r.set_u32(20, 0xffff_ffff);
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+            }
+            Some(Opcode::LogoutRequest) => {
+                let mut r = Pdu::new(Opcode::LogoutResponse);
+                r.set_flags(0x80);
+                r.set_itt(p.itt());
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn params() -> LoginParams {
+    LoginParams {
+        initiator_name: "iqn.2026-11.test:fake-initiator".into(),
+        target_name: Some(TARGET.into()),
+        isid: [0x80, 0, 0, 0, 0, 9],
+        tsih: 0,
+        chap: None,
+        mutual: None,
+        header_digest: false,
+        data_digest: false,
+        max_recv_data_segment_length: 65536,
+        max_burst_length: 262144,
+        first_burst_length: 65536,
+        initial_cmd_sn: 1,
+        chap_offer: chap::OFFERS[0],
+    }
+}
+
+fn no_discovery() -> Options {
+    Options {
+        discover_portals: false,
+        ..Options::default()
+    }
+}
+
+fn target() -> Fake {
+    Fake::start(Role::Target {
+        portals: vec![],
+        event: None,
+    })
+}
+
+fn one(c: &Client, cdb: &[u8]) -> Result<Completion, Failure> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.submit(
+        LUN1,
+        cdb,
+        Data::None,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+            None
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(60)).expect("no answer")
+}
+
+const TUR: [u8; 6] = [0; 6];
+
+#[test]
+fn a_temporary_redirect_is_followed_and_the_portal_kept() {
+    let t = target();
+    let r = Fake::start(Role::Redirect {
+        to: t.addr.clone(),
+        permanent: false,
+    });
+    let c = Client::start("redirect", vec![r.addr.clone()], params(), no_discovery()).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!((r.logins(), t.logins()), (1, 1));
+    // The next login goes to the original portal again.
+    c.reset_nexus();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!((r.logins(), t.logins()), (2, 2));
+    c.shutdown();
+}
+
+#[test]
+fn a_permanent_redirect_replaces_the_portal() {
+    let t = target();
+    let r = Fake::start(Role::Redirect {
+        to: t.addr.clone(),
+        permanent: true,
+    });
+    let c = Client::start("moved", vec![r.addr.clone()], params(), no_discovery()).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    c.reset_nexus();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!((r.logins(), t.logins()), (1, 2));
+    c.shutdown();
+}
+
+#[test]
+fn a_redirect_loop_is_a_login_error() {
+    // Two redirectors sending the initiator to each other.
+    let la = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a_addr, b_addr) = (
+        la.local_addr().unwrap().to_string(),
+        lb.local_addr().unwrap().to_string(),
+    );
+    let _a = Fake::on(
+        la,
+        Role::Redirect {
+            to: b_addr,
+            permanent: false,
+        },
+    );
+    let _b = Fake::on(
+        lb,
+        Role::Redirect {
+            to: a_addr.clone(),
+            permanent: false,
+        },
+    );
+    let e = Client::start("loop", vec![a_addr], params(), no_discovery())
+        .err()
+        .expect("a redirect loop cannot log in");
+    assert!(e.to_string().contains("redirects"), "{e}");
+}
+
+#[test]
+fn portals_learnt_by_discovery_take_over_when_the_first_dies() {
+    for discover in [true, false] {
+        let b = target();
+        let a = Fake::start(Role::Target {
+            portals: vec!["127.0.0.1:1".into(), b.addr.clone()],
+            event: None,
+        });
+        let options = Options {
+            recovery_timeout: Some(Duration::from_secs(3)),
+            discover_portals: discover,
+        };
+        let c = Client::start("discover", vec![a.addr.clone()], params(), options).unwrap();
+        assert_eq!(one(&c, &TUR).unwrap().status, 0);
+        a.kill();
+        let start = Instant::now();
+        let r = one(&c, &TUR);
+        if discover {
+            assert_eq!(r.unwrap().status, 0);
+            assert!(b.commands.load(Ordering::Relaxed) >= 1);
+        } else {
+            // Only the configured (dead) portal: the command times out.
+            assert_eq!(r, Err(Failure::Timeout));
+            assert!(start.elapsed() >= Duration::from_secs(2));
+        }
+        c.shutdown();
+    }
+}
+
+#[test]
+fn an_asynchronous_event_is_reported_once_as_a_unit_attention() {
+    // UNIT ATTENTION, 2Ah/09h CAPACITY DATA HAS CHANGED (fixed format).
+    let mut sense = vec![0u8; 18];
+    sense[0] = 0x70;
+    sense[2] = 0x06;
+    sense[7] = 10;
+    sense[12] = 0x2a;
+    sense[13] = 0x09;
+    let t = Fake::start(Role::Target {
+        portals: vec![],
+        event: Some(sense.clone()),
+    });
+    let c = Client::start("event", vec![t.addr.clone()], params(), no_discovery()).unwrap();
+    sleep(Duration::from_millis(300));
+    // INQUIRY does not report unit attentions.
+    let inquiry = [0x12, 0, 0, 0, 36, 0];
+    assert_eq!(one(&c, &inquiry).unwrap().status, 0);
+    let r = one(&c, &TUR).unwrap();
+    assert_eq!((r.status, r.sense), (2, sense));
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    // The unit attention was answered here: only INQUIRY and one TUR
+    // reached the target.
+    assert_eq!(t.commands.load(Ordering::Relaxed), 2);
+    c.shutdown();
+}
