@@ -299,7 +299,7 @@ def write_svg(rows):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
            '<text x="10" y="18" font-size="14">Daemon CPU per I/O as a multiple of the baseline measured in the same run (lower is better)</text>',
-           '<text x="10" y="34" font-size="11">files: fio io_uring on the same file; iSCSI: libiscsi iscsi-perf on the same LUN</text>']
+           '<text x="10" y="34" font-size="11">files: fio io_uring on the same file; iSCSI: libiscsi iscsi-perf (4 KiB) or qemu-img bench (1 MiB) on the same LUN</text>']
     y0, y1 = 44, h - 10
     for ref, label in ((1.0, "parity"), (1.5, "goal 1.5x")):
         x = left + ref * scale
