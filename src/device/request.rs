@@ -170,13 +170,13 @@ impl ScsiBackend {
         loop {
             if let Err(e) = vring.disable_notification() {
                 self.guest_error(format_args!("Request queue {}: {e}", w.index));
-                return;
+                break;
             }
             let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
                 Ok(it) => it.collect(),
                 Err(e) => {
                     self.guest_error(format_args!("Request queue {}: {e}", w.index));
-                    return;
+                    break;
                 }
             };
             for chain in chains {
