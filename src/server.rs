@@ -237,7 +237,7 @@ fn remote_luns(
                 mutual: creds.mutual,
                 header_digest: il.header_digest,
                 data_digest: il.data_digest,
-                max_recv_data_segment_length: 262144,
+                max_recv_data_segment_length: 1 << 20,
                 max_burst_length: 1 << 20,
                 first_burst_length: 65536,
                 initial_cmd_sn: 1,
