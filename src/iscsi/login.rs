@@ -668,6 +668,45 @@ mod tests {
             }
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary Login Responses end in a step or an error, never a
+            /// panic, with or without CHAP (mutual).
+            #[test]
+            fn receive_never_panics(
+                responses in proptest::collection::vec(
+                    (proptest::collection::vec(any::<u8>(), 48), proptest::collection::vec(any::<u8>(), 0..200), any::<bool>()),
+                    1..8),
+                chap in any::<bool>(),
+                keys in proptest::collection::vec("(AuthMethod|CHAP_A|CHAP_I|CHAP_C|CHAP_N|CHAP_R|TargetAddress|MaxRecvDataSegmentLength)=[0-9A-Za-z,x]{0,12}", 0..6),
+            ) {
+                let mut l = Login::new(params(chap, chap));
+                let _ = l.start();
+                for (bhs, raw, use_keys) in responses {
+                    let mut r = Pdu::new(Opcode::LoginResponse);
+                    r.bhs[1..].copy_from_slice(&bhs[1..]);
+                    r.data = if use_keys {
+                        let mut d = Vec::new();
+                        for k in &keys {
+                            d.extend_from_slice(k.as_bytes());
+                            d.push(0);
+                        }
+                        d
+                    } else {
+                        raw
+                    };
+                    match l.receive(&r) {
+                        Ok(Step::Send(_)) => {}
+                        Ok(Step::Done(_)) | Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
