@@ -552,9 +552,7 @@ impl Writer {
     /// Encode what the session has to send and write what the socket takes
     /// without blocking; true when nothing is left over.
     fn flush(&mut self) -> bool {
-        while let Some(p) = self.session.poll_transmit() {
-            p.encode_into(self.digests, &mut self.tx);
-        }
+        self.session.transmit_into(self.digests, &mut self.tx);
         while self.sent < self.tx.len() {
             match (&self.stream).write(&self.tx[self.sent..]) {
                 Ok(0) => {

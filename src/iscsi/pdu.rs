@@ -201,24 +201,31 @@ impl Pdu {
 
     /// Append the wire form to `out` (a transmit buffer reused across PDUs).
     pub fn encode_into(&self, dg: Digests, out: &mut Vec<u8>) {
+        self.encode_with(&self.data, dg, out);
+    }
+
+    /// Append the wire form with `data` as the data segment (instead of
+    /// `self.data`, which is ignored): write data goes from the command's
+    /// buffer to the transmit buffer with one copy.
+    pub fn encode_with(&self, data: &[u8], dg: Digests, out: &mut Vec<u8>) {
         let mut bhs = self.bhs;
         bhs[4] = (self.ahs.len() / 4) as u8;
-        let dsl = self.data.len() as u32;
+        let dsl = data.len() as u32;
         bhs[5..8].copy_from_slice(&dsl.to_be_bytes()[1..4]);
-        out.reserve(BHS_LEN + self.ahs.len() + self.data.len() + 12);
+        out.reserve(BHS_LEN + self.ahs.len() + data.len() + 12);
         out.extend_from_slice(&bhs);
         out.extend_from_slice(&self.ahs);
         if dg.header {
             let d = digest(&[&bhs, &self.ahs]);
             out.extend_from_slice(&d);
         }
-        if !self.data.is_empty() {
-            out.extend_from_slice(&self.data);
+        if !data.is_empty() {
+            out.extend_from_slice(data);
             let pad = [0u8; 3];
-            let p = &pad[..pad4(self.data.len())];
+            let p = &pad[..pad4(data.len())];
             out.extend_from_slice(p);
             if dg.data {
-                out.extend_from_slice(&digest(&[&self.data, p]));
+                out.extend_from_slice(&digest(&[data, p]));
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::login::Negotiated;
-use super::pdu::{Opcode, Pdu, RESERVED_TAG};
+use super::pdu::{Digests, Opcode, Pdu, RESERVED_TAG};
 use super::text;
 
 /// Data direction of a command.
@@ -120,6 +120,20 @@ fn sn_lt(a: u32, b: u32) -> bool {
     a != b && sn_le(a, b)
 }
 
+/// A PDU waiting to be sent. Write data is not copied into it: `data`
+/// names the range of a command's buffer (ITT, tag, offset, length) that
+/// becomes its data segment when it is encoded.
+struct Outgoing {
+    pdu: Pdu,
+    data: Option<(u32, u64, usize, usize)>,
+}
+
+impl From<Pdu> for Outgoing {
+    fn from(pdu: Pdu) -> Outgoing {
+        Outgoing { pdu, data: None }
+    }
+}
+
 pub struct Session {
     pub n: Negotiated,
     cmd_sn: u32,
@@ -129,7 +143,7 @@ pub struct Session {
     next_itt: u32,
     tasks: HashMap<u32, Task>,
     waiting: VecDeque<u32>,
-    out: VecDeque<Pdu>,
+    out: VecDeque<Outgoing>,
     text_acc: Vec<u8>,
 }
 
@@ -217,7 +231,7 @@ impl Session {
     }
 
     /// The SCSI Command PDU and any immediate / unsolicited data.
-    fn command_pdus(&self, itt: u32, t: &Task) -> Vec<Pdu> {
+    fn command_pdus(&self, itt: u32, t: &Task) -> Vec<Outgoing> {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         let mut flags = 0x01; // ATTR: SIMPLE
         if t.read_len > 0 {
@@ -257,7 +271,6 @@ impl Session {
         let mx = self.n.max_xmit_data_segment_length as usize;
         if !t.write.is_empty() && self.n.immediate_data {
             sent = t.write.len().min(first_burst).min(mx);
-            p.data = t.write[..sent].to_vec();
         }
         let unsolicited_end = if self.n.initial_r2t {
             sent
@@ -268,7 +281,10 @@ impl Session {
             flags |= 0x80; // F: no unsolicited Data-Out follows
         }
         p.set_flags(flags);
-        out.push(p);
+        out.push(Outgoing {
+            pdu: p,
+            data: (sent > 0).then_some((itt, t.tag, 0, sent)),
+        });
         if sent < unsolicited_end {
             out.extend(self.data_out(itt, t, sent, unsolicited_end - sent, RESERVED_TAG));
         }
@@ -276,7 +292,7 @@ impl Session {
     }
 
     /// Data-Out PDUs for `len` bytes from `offset` (RFC 7143 11.7).
-    fn data_out(&self, itt: u32, t: &Task, offset: usize, len: usize, ttt: u32) -> Vec<Pdu> {
+    fn data_out(&self, itt: u32, t: &Task, offset: usize, len: usize, ttt: u32) -> Vec<Outgoing> {
         let mx = self.n.max_xmit_data_segment_length as usize;
         let end = (offset + len).min(t.write.len());
         let mut out = Vec::new();
@@ -294,8 +310,10 @@ impl Session {
             p.set_u32(28, self.exp_stat_sn);
             p.set_u32(36, data_sn);
             p.set_u32(40, at as u32);
-            p.data = t.write[at..at + n].to_vec();
-            out.push(p);
+            out.push(Outgoing {
+                pdu: p,
+                data: Some((itt, t.tag, at, n)),
+            });
             at += n;
             data_sn += 1;
         }
@@ -304,7 +322,41 @@ impl Session {
 
     /// The next PDU to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        self.out.pop_front()
+        while let Some(o) = self.out.pop_front() {
+            match o.data {
+                None => return Some(o.pdu),
+                Some(range) => {
+                    if let Some(d) = self.write_data(range) {
+                        let mut p = o.pdu;
+                        p.data = d.to_vec();
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Encode every PDU waiting to be sent onto `buf`, data segments
+    /// straight from the commands' buffers.
+    pub fn transmit_into(&mut self, dg: Digests, buf: &mut Vec<u8>) {
+        while let Some(o) = self.out.pop_front() {
+            match o.data {
+                None => o.pdu.encode_into(dg, buf),
+                Some(range) => {
+                    if let Some(d) = self.write_data(range) {
+                        o.pdu.encode_with(d, dg, buf);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The write data an outgoing PDU refers to, if its command still
+    /// exists (one ended by task management sends nothing more).
+    fn write_data(&self, (itt, tag, at, n): (u32, u64, usize, usize)) -> Option<&[u8]> {
+        let t = self.tasks.get(&itt).filter(|t| t.tag == tag)?;
+        t.write.get(at..at.checked_add(n)?)
     }
 
     /// NOP-Out ping (immediate; RFC 7143 11.18).
@@ -316,7 +368,7 @@ impl Session {
         p.set_u32(20, RESERVED_TAG);
         p.set_u32(24, self.cmd_sn);
         p.set_u32(28, self.exp_stat_sn);
-        self.out.push_back(p);
+        self.out.push_back(p.into());
     }
 
     /// Text Request (SendTargets=All for discovery).
@@ -329,7 +381,7 @@ impl Session {
         p.set_u32(24, self.cmd_sn);
         p.set_u32(28, self.exp_stat_sn);
         p.data = text::encode(keys);
-        self.out.push_back(p);
+        self.out.push_back(p.into());
     }
 
     /// Logout Request: close the session (immediate).
@@ -340,7 +392,7 @@ impl Session {
         p.set_itt(self.alloc_itt());
         p.set_u32(24, self.cmd_sn);
         p.set_u32(28, self.exp_stat_sn);
-        self.out.push_back(p);
+        self.out.push_back(p.into());
     }
 
     /// Task management request (RFC 7143 11.5): `function` 1 ABORT TASK
@@ -414,7 +466,7 @@ impl Session {
                 ref_itt,
             },
         );
-        self.out.push_back(p);
+        self.out.push_back(p.into());
         TmfStart {
             sent: true,
             aborted,
@@ -576,7 +628,7 @@ impl Session {
                     r.set_u32(20, p.ttt());
                     r.set_u32(24, self.cmd_sn);
                     r.set_u32(28, self.exp_stat_sn);
-                    self.out.push_back(r);
+                    self.out.push_back(r.into());
                 }
                 if p.itt() != RESERVED_TAG {
                     ev.push(Event::Pong);
@@ -597,7 +649,7 @@ impl Session {
                     r.set_u32(20, p.ttt());
                     r.set_u32(24, self.cmd_sn);
                     r.set_u32(28, self.exp_stat_sn);
-                    self.out.push_back(r);
+                    self.out.push_back(r.into());
                 } else {
                     let all = std::mem::take(&mut self.text_acc);
                     ev.push(Event::Text(text::parse(&all)));
@@ -943,6 +995,50 @@ mod tests {
         assert_eq!(v[0].0, 1);
         assert_eq!(s.in_flight(), 0);
     }
+    #[test]
+    fn transmit_into_encodes_what_poll_transmit_returns() {
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
+        let run = |direct: bool| {
+            let mut s = Session::new(negotiated(true, false, 100));
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+            s.submit(1, LUN, &[0x2a; 10], Data::Write(data));
+            s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+            let mut out = Vec::new();
+            if direct {
+                s.transmit_into(dg, &mut out);
+            } else {
+                while let Some(p) = s.poll_transmit() {
+                    out.extend_from_slice(&p.encode(dg));
+                }
+            }
+            out
+        };
+        let direct = run(true);
+        assert!(direct.len() > 65536);
+        assert_eq!(direct, run(false));
+    }
+
+    #[test]
+    fn data_out_of_a_command_that_ended_is_not_sent() {
+        let mut s = Session::new(negotiated(false, true, 100));
+        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 4096]));
+        let cmd = drain(&mut s).remove(0);
+        let mut r2t = Pdu::new(Opcode::ReadyToTransfer);
+        r2t.set_itt(cmd.itt());
+        r2t.set_u32(20, 0x99);
+        r2t.set_u32(44, 4096);
+        s.receive(r2t).unwrap();
+        // The task goes away (the connection is given up) before the
+        // Data-Out is encoded: nothing refers to freed data.
+        s.take_unfinished();
+        let mut out = Vec::new();
+        s.transmit_into(Digests::default(), &mut out);
+        assert!(out.is_empty());
+    }
+
     fn tmf_response(itt: u32, response: u8) -> Pdu {
         let mut r = Pdu::new(Opcode::TaskMgmtResponse);
         r.set_itt(itt);
