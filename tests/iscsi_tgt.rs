@@ -958,3 +958,74 @@ fn i_t_nexus_reset_closes_the_session_and_logs_in_again() {
     assert_ne!(before, after);
     c.shutdown();
 }
+
+#[test]
+fn the_daemon_answers_task_set_full_past_its_iscsi_buffer_budget() {
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:budget";
+    let tid = t.next_tid;
+    t.next_tid += 1;
+    let tids = tid.to_string();
+    t.adm(&[
+        "--mode",
+        "target",
+        "--op",
+        "new",
+        "--tid",
+        &tids,
+        "--targetname",
+        name,
+    ]);
+    t.adm(&[
+        "--mode",
+        "logicalunit",
+        "--op",
+        "new",
+        "--tid",
+        &tids,
+        "--lun",
+        "1",
+        "--bstype",
+        "null",
+        "--backing-store",
+        "budget_null",
+    ]);
+    t.bind_all(tid);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
+    let mut daemon = Command::new(bin)
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .arg("--lun")
+        .arg(format!("iscsi://{}/{name}/1", t.addr()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        sleep(Duration::from_millis(50));
+    }
+    let bench = |args: &[&str]| -> String {
+        let out = Command::new(bin)
+            .args(["bench", "--socket"])
+            .arg(&sock)
+            .args(["--json", "--rw", "write"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // 16 writes of 32 MiB at once: 8 fit the 256 MiB budget, the others
+    // are answered TASK SET FULL (the load generator counts them as errors;
+    // a guest retries them).
+    let r = bench(&["--bs", "32M", "--qd", "16", "--ios", "16"]);
+    assert!(r.contains("\"ios\":8,\"errors\":8,"), "{r}");
+    // The budget came back: ordinary I/O flows.
+    let r = bench(&["--bs", "4K", "--qd", "8", "--ios", "200"]);
+    assert!(r.contains("\"ios\":200,\"errors\":0,"), "{r}");
+    // SAFETY: kill() on the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+}

@@ -79,6 +79,8 @@ struct Inner {
     workers: Vec<Mutex<Worker>>,
     inflight: Inflight,
     guest_errors: AtomicU32,
+    /// Bytes buffered for commands in flight to iSCSI targets.
+    remote_budget: request::Budget,
 }
 
 impl ScsiBackend {
@@ -95,6 +97,7 @@ impl ScsiBackend {
                 workers,
                 inflight: Inflight::new(n),
                 guest_errors: AtomicU32::new(0),
+                remote_budget: request::Budget::default(),
             }),
         })
     }

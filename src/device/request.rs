@@ -9,13 +9,15 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use log::error;
+use log::{debug, error};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueOwnedT;
 
 use super::engine::Engine;
 use super::{completion_eventfd, notify, ScsiBackend, Vring, MAX_QUEUE_SIZE};
-use crate::scsi::{self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome};
+use crate::scsi::{
+    self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome, Status,
+};
 use crate::virtio::buffers::{Buffer, ChainBuffers, GuestMemory};
 use crate::virtio::{
     encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
@@ -44,6 +46,36 @@ unsafe impl Send for Pending {}
 /// (QEMU's default max_sectors, 65535 x 512 bytes, fits).
 const MAX_PASSTHROUGH: u64 = 32 << 20;
 
+/// Most bytes buffered for commands in flight to iSCSI targets per
+/// connection (data-out copies and data-in space). A guest can alias the
+/// same pages in every descriptor of every queue; with a slow or stalled
+/// target that would otherwise become gigabytes of copies.
+const MAX_REMOTE_BUFFERED: u64 = 256 << 20;
+
+/// A byte budget shared by the threads of one connection.
+#[derive(Default)]
+pub(super) struct Budget {
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    /// Take `n` bytes if that stays within `cap`, or if nothing is taken
+    /// (one command of any allowed size always goes).
+    fn take(&self, n: u64, cap: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.used.fetch_add(n, Relaxed);
+        if before > 0 && before.saturating_add(n) > cap {
+            self.used.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A command passed through to an iSCSI target, waiting for its answer.
 struct RemotePending {
     vring: Vring,
@@ -54,6 +86,8 @@ struct RemotePending {
     key: u64,
     data_in_len: u64,
     write: bool,
+    /// Bytes taken from the connection's budget.
+    reserved: u64,
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
@@ -370,6 +404,19 @@ impl ScsiBackend {
         let Some(remote) = self.inner.controller.remote.get(&l) else {
             return fail(&bufs, Response::Failure);
         };
+        let reserved = data_out_len + data_in_len;
+        if !self.inner.remote_budget.take(reserved, MAX_REMOTE_BUFFERED) {
+            // TASK SET FULL: the guest retries once commands complete.
+            debug!(
+                "Request queue {}: {MAX_REMOTE_BUFFERED} bytes in flight to iSCSI targets: \
+                 TASK SET FULL",
+                w.index
+            );
+            self.inner.inflight.finish(w.index, key);
+            let hdr = encode_response(Response::Ok, Status::TaskSetFull as u8, &[], data_in_len);
+            respond(mem, vring, head, &bufs, &hdr, 0);
+            return true;
+        }
         let data = if data_out_len > 0 {
             let mut v = vec![0u8; data_out_len as usize];
             if bufs
@@ -377,6 +424,7 @@ impl ScsiBackend {
                 .read_at(mem, REQ_HEADER_LEN as u64, &mut v)
                 .is_err()
             {
+                self.inner.remote_budget.give(reserved);
                 return fail(&bufs, Response::Failure);
             }
             Data::Write(v)
@@ -394,6 +442,7 @@ impl ScsiBackend {
             key,
             data_in_len,
             write: data_out_len > 0,
+            reserved,
         };
         let backend = self.clone();
         let r = Request {
@@ -455,6 +504,7 @@ impl ScsiBackend {
             }
         };
         respond(&p.mem, &p.vring, p.head, &p.bufs, &hdr, n);
+        self.inner.remote_budget.give(p.reserved);
         // Only now: a device reset or GET_VRING_BASE waiting for the queue
         // to drain must not proceed while the used ring is being written.
         // (The notification below may then reach a stopped ring, which
@@ -672,5 +722,26 @@ fn sync_io(p: &Pending) -> io::Result<()> {
             p.lu.run_io_sync(&p.io, &mut buf)
         }
         IoKind::Flush => p.lu.run_io_sync(&p.io, &mut []),
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::Budget;
+
+    #[test]
+    fn budget_admits_up_to_the_cap_and_always_one_command() {
+        let b = Budget::default();
+        assert!(b.take(100, 250));
+        assert!(b.take(100, 250));
+        assert!(!b.take(100, 250));
+        b.give(100);
+        assert!(b.take(150, 250));
+        b.give(250);
+        // Nothing taken: even a command over the cap goes.
+        assert!(b.take(1000, 250));
+        assert!(!b.take(1, 250));
+        b.give(1000);
+        assert!(b.take(1, 250));
     }
 }
