@@ -1029,3 +1029,39 @@ fn the_daemon_answers_task_set_full_past_its_iscsi_buffer_budget() {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn shutdown_answers_what_a_frozen_target_owes_at_once() {
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:frozen";
+    let (tid, _) = t.target(name);
+    t.bind_all(tid);
+    let c = client(&t, name, "iqn.2026-11.test:frozen-i", Options::default());
+    run_async(&c, vec![(vec![0u8; 6], Data::None)]);
+    // SAFETY: kill() on the tgtd this test started.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGSTOP) };
+    // Log in again: the TCP connection is accepted by the kernel, the
+    // login is never answered, so the session thread sits in the login.
+    c.reset_nexus();
+    sleep(Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.submit(
+        LUN1,
+        &read16(0, 8),
+        Data::Read(4096),
+        Box::new(move |r| {
+            let _ = tx.send(r);
+            None
+        }),
+    );
+    sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    c.shutdown();
+    let r = rx.recv_timeout(Duration::from_secs(5));
+    let took = start.elapsed();
+    // Thaw tgtd before asserting: its teardown talks to it.
+    // SAFETY: as above.
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGCONT) };
+    assert_eq!(r, Ok(Err(Failure::Shutdown)));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}

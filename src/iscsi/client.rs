@@ -531,8 +531,20 @@ impl Client {
 
     /// Fail everything pending and stop (daemon shutdown).
     pub fn shutdown(&self) {
-        self.shared.lock().stopping = true;
+        // Answered here, not by the session thread, which may be blocked
+        // in a login to a target that does not answer.
+        let pending = {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.held.clear();
+            std::mem::take(&mut st.pending)
+        };
         let _ = self.shared.wake.write(1);
+        complete_all(
+            pending
+                .into_values()
+                .map(|p| (p.done, Err(Failure::Shutdown))),
+        );
     }
 }
 
