@@ -600,66 +600,70 @@ struct Reader {
     /// Bytes received; those before `head` are decoded already.
     rx: Vec<u8>,
     head: usize,
+    /// A PDU with a big data segment, being read into its own buffer.
+    direct: Option<Direct>,
+}
+
+/// The header of a PDU whose data segment (padded, with its digest) is read
+/// straight into `payload`, which then becomes the PDU's data: a 1 MiB
+/// Data-In is not copied out of the receive buffer.
+struct Direct {
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    len: usize,
 }
 
 /// Bytes read from the socket per round before decoding.
 const READ_ROUND: usize = 1 << 20;
 /// Room made in the receive buffer for each read.
 const READ_CHUNK: usize = 256 * 1024;
+/// Data segments at least this long are read into their own buffer.
+const DIRECT_MIN: usize = 64 * 1024;
+
+/// read(2) up to `max` bytes onto the end of `buf`.
+fn read_some(fd: i32, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = &mut buf.spare_capacity_mut()[..max];
+    // SAFETY: the kernel writes at most `max` bytes into the vector's
+    // unused capacity (at least `max` long after the reserve).
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), max) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel wrote `n` bytes after the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
 
 impl Reader {
     /// Read what is there (up to `READ_ROUND`) and decode every whole PDU
     /// into `out`. On an error, the PDUs decoded before it are in `out` too.
     fn read(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+        let fd = self.stream.as_raw_fd();
         let mut result = Ok(());
         let mut got = 0;
         while got < READ_ROUND {
-            self.rx.reserve(READ_CHUNK);
-            let spare = self.rx.spare_capacity_mut();
-            // SAFETY: the kernel writes at most `spare.len()` bytes into the
-            // vector's unused capacity; only what it wrote is then counted.
-            let n = unsafe {
-                libc::read(
-                    self.stream.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                )
+            let r = match self.direct.as_mut() {
+                Some(d) => {
+                    let want = d.len - d.payload.len();
+                    read_some(fd, &mut d.payload, want)
+                }
+                None => read_some(fd, &mut self.rx, READ_CHUNK),
             };
-            match n {
-                0 => {
+            match r {
+                Ok(0) => {
                     result = Err(Error::Closed);
                     break;
                 }
-                n if n > 0 => {
-                    let n = n as usize;
-                    // SAFETY: `n` bytes after the old length were written.
-                    unsafe { self.rx.set_len(self.rx.len() + n) };
-                    got += n;
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => {}
-                        _ => {
-                            result = Err(e.into());
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        loop {
-            match pdu::decode(&self.rx[self.head..], self.digests, self.max_data) {
-                Ok(Some((p, used))) => {
-                    self.head += used;
-                    out.push(p);
-                }
-                Ok(None) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     result = Err(e.into());
                     break;
                 }
+            }
+            if let Err(e) = self.decode(out) {
+                result = Err(e);
+                break;
             }
         }
         // Drop what was decoded: free when everything was, otherwise move
@@ -674,6 +678,44 @@ impl Reader {
         }
         result
     }
+
+    /// Decode every whole PDU received; start reading a big data segment
+    /// into its own buffer once its header is in.
+    fn decode(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+        let dg = self.digests;
+        if let Some(d) = self.direct.take_if(|d| d.payload.len() == d.len) {
+            out.push(pdu::decode_split(&d.header, d.payload, dg)?);
+        }
+        if self.direct.is_some() {
+            return Ok(());
+        }
+        loop {
+            let buf = &self.rx[self.head..];
+            let Some(l) = pdu::layout(buf, dg, self.max_data)? else {
+                return Ok(());
+            };
+            if buf.len() >= l.total {
+                let payload = buf[l.header..l.total].to_vec();
+                out.push(pdu::decode_split(&buf[..l.header], payload, dg)?);
+                self.head += l.total;
+            } else if l.data >= DIRECT_MIN && buf.len() >= l.header {
+                // Everything after `head` belongs to this PDU.
+                let len = l.total - l.header;
+                let mut payload = Vec::with_capacity(len);
+                payload.extend_from_slice(&buf[l.header..]);
+                self.direct = Some(Direct {
+                    header: buf[..l.header].to_vec(),
+                    payload,
+                    len,
+                });
+                self.rx.clear();
+                self.head = 0;
+                return Ok(());
+            } else {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Split a logged-in connection into its two halves (non-blocking).
@@ -686,6 +728,7 @@ fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
         max_data,
         rx,
         head: 0,
+        direct: None,
     };
     let writer = Writer {
         stream,

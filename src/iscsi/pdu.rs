@@ -71,6 +71,8 @@ pub enum PduError {
     HeaderDigest,
     #[error("Data digest mismatch")]
     DataDigest,
+    #[error("PDU parts do not match its header")]
+    Truncated,
 }
 
 /// Which digests are in use on a connection (negotiated at login).
@@ -231,9 +233,21 @@ impl Pdu {
     }
 }
 
-/// Decode one PDU from the front of `buf`: Ok(None) while incomplete,
-/// otherwise the PDU and the number of bytes it used.
-pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, usize)>, PduError> {
+/// Where the parts of a PDU are, from its BHS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// BHS, AHS and header digest.
+    pub header: usize,
+    /// DataSegmentLength.
+    pub data: usize,
+    /// Everything: header, padded data, data digest.
+    pub total: usize,
+}
+
+/// The layout of the PDU at the front of `buf`, once its BHS is there
+/// (Ok(None) before); unknown opcodes and data segments over `max_data`
+/// are errors.
+pub fn layout(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<Layout>, PduError> {
     if buf.len() < BHS_LEN {
         return Ok(None);
     }
@@ -250,33 +264,53 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
         });
     }
     let hd = if dg.header { 4 } else { 0 };
-    let padded = dsl + pad4(dsl);
     let dd = if dg.data && dsl > 0 { 4 } else { 0 };
-    let total = BHS_LEN + ahs_len + hd + padded + dd;
-    if buf.len() < total {
+    let header = BHS_LEN + ahs_len + hd;
+    Ok(Some(Layout {
+        header,
+        data: dsl,
+        total: header + dsl + pad4(dsl) + dd,
+    }))
+}
+
+/// Decode one PDU from the front of `buf`: Ok(None) while incomplete,
+/// otherwise the PDU and the number of bytes it used.
+pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, usize)>, PduError> {
+    let Some(l) = layout(buf, dg, max_data)? else {
+        return Ok(None);
+    };
+    if buf.len() < l.total {
         return Ok(None);
     }
-    let header_end = BHS_LEN + ahs_len;
-    if dg.header && buf[header_end..header_end + 4] != digest(&[&buf[..header_end]]) {
+    let p = decode_split(&buf[..l.header], buf[l.header..l.total].to_vec(), dg)?;
+    Ok(Some((p, l.total)))
+}
+
+/// Decode a PDU received in two parts: `header` (BHS, AHS, header digest)
+/// and `payload` (padded data segment and data digest), whose buffer
+/// becomes the PDU's data without a copy. The lengths must agree with the
+/// header's (`layout`).
+pub fn decode_split(header: &[u8], mut payload: Vec<u8>, dg: Digests) -> Result<Pdu, PduError> {
+    let l = layout(header, dg, usize::MAX)?
+        .filter(|l| l.header == header.len() && l.total - l.header == payload.len())
+        .ok_or(PduError::Truncated)?;
+    let hd = if dg.header { 4 } else { 0 };
+    let header_end = l.header - hd;
+    if dg.header && header[header_end..] != digest(&[&header[..header_end]]) {
         return Err(PduError::HeaderDigest);
     }
-    let data_start = header_end + hd;
-    if dd > 0 {
-        let d = &buf[data_start + padded..data_start + padded + 4];
-        if d != digest(&[&buf[data_start..data_start + padded]]) {
-            return Err(PduError::DataDigest);
-        }
+    let padded = l.data + pad4(l.data);
+    if dg.data && l.data > 0 && payload[padded..] != digest(&[&payload[..padded]]) {
+        return Err(PduError::DataDigest);
     }
+    payload.truncate(l.data);
     let mut bhs = [0u8; BHS_LEN];
-    bhs.copy_from_slice(&buf[..BHS_LEN]);
-    Ok(Some((
-        Pdu {
-            bhs,
-            ahs: buf[BHS_LEN..header_end].to_vec(),
-            data: buf[data_start..data_start + dsl].to_vec(),
-        },
-        total,
-    )))
+    bhs.copy_from_slice(&header[..BHS_LEN]);
+    Ok(Pdu {
+        bhs,
+        ahs: header[BHS_LEN..header_end].to_vec(),
+        data: payload,
+    })
 }
 
 #[cfg(test)]
@@ -362,6 +396,36 @@ mod tests {
             decode(&b, Digests::default(), 1 << 20),
             Err(PduError::UnknownOpcode(0x1f))
         );
+    }
+
+    #[test]
+    fn a_pdu_decoded_in_two_parts_equals_one_decoded_whole() {
+        for dg in [
+            Digests::default(),
+            Digests {
+                header: true,
+                data: true,
+            },
+        ] {
+            let mut p = Pdu::new(Opcode::DataIn);
+            p.set_itt(7);
+            p.data = (0..70_001u32).map(|i| i as u8).collect();
+            let wire = p.encode(dg);
+            let l = layout(&wire, dg, 1 << 20).unwrap().unwrap();
+            assert_eq!(l.total, wire.len());
+            let split = decode_split(&wire[..l.header], wire[l.header..].to_vec(), dg).unwrap();
+            assert_eq!(split, decode(&wire, dg, 1 << 20).unwrap().unwrap().0);
+            assert_eq!(split.data, p.data);
+            // A damaged payload or a wrong length is an error, not a panic.
+            let mut bad = wire[l.header..].to_vec();
+            bad[5] ^= 1;
+            let r = decode_split(&wire[..l.header], bad, dg);
+            assert_eq!(r.is_err(), dg.data);
+            assert_eq!(
+                decode_split(&wire[..l.header], wire[l.header + 1..].to_vec(), dg),
+                Err(PduError::Truncated)
+            );
+        }
     }
 
     mod properties {
