@@ -881,7 +881,7 @@ fn task_management_reaches_the_target_and_aborts_what_waits_here() {
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(5)).unwrap(),
-        Err(Failure::Aborted)
+        Err(Failure::Reset)
     );
     a.shutdown();
     b.shutdown();

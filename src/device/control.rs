@@ -206,7 +206,14 @@ impl ScsiBackend {
                 self.inner.controller.name
             );
         }
-        match remote.client.task_management(function, remote.lun, id) {
+        let answer = remote.client.task_management(function, remote.lun, id);
+        if subtype == TmfSubtype::AbortTask {
+            info!(
+                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer}",
+                self.inner.controller.name
+            );
+        }
+        match answer {
             // Function complete; no such task (it completed already).
             0 | 1 => {
                 if function != 3 {

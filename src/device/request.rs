@@ -476,6 +476,10 @@ impl ScsiBackend {
             (None, Err(Failure::Aborted)) => {
                 (encode_response(Response::Aborted, 0, &[], p.data_in_len), 0)
             }
+            // Guests retry commands a reset ended (Linux: DID_RESET).
+            (None, Err(Failure::Reset)) => {
+                (encode_response(Response::Reset, 0, &[], p.data_in_len), 0)
+            }
             // Shutting down, or the target stayed unreachable past the
             // recovery timeout: a transport failure the guest may retry
             // elsewhere (another path) or report.

@@ -47,6 +47,8 @@ pub enum Failure {
     Shutdown,
     /// Task management aborted it (at the target, or before it got there).
     Aborted,
+    /// A LUN reset or an I_T nexus reset ended it.
+    Reset,
     /// No session could be re-established within the recovery timeout.
     Timeout,
 }
@@ -419,10 +421,16 @@ impl Client {
     /// sent yet, or waiting for a lost session) are aborted here; the
     /// others by the target. Returns the iSCSI response (0: function
     /// complete, 1: no such task, 5: not supported, ...) once every command
-    /// the function ended has completed with `Failure::Aborted`. A target
+    /// the function ended has completed with `Failure::Aborted` (`Reset`
+    /// for a LUN reset). A target
     /// that does not answer within `TMF_TIMEOUT` loses the connection, and
     /// the commands are aborted here.
     pub fn task_management(&self, function: u8, lun: [u8; 8], id: Option<u64>) -> u8 {
+        let why = if function == 5 {
+            Failure::Reset
+        } else {
+            Failure::Aborted
+        };
         loop {
             let (rx, aborted) = {
                 let mut guard = self.shared.lock();
@@ -456,7 +464,7 @@ impl Client {
                     std::mem::take(&mut st.held).into_iter().partition(in_scope);
                 st.held = kept;
                 for c in gone {
-                    st.abort_here(c.0, &mut aborted);
+                    st.abort_here(c.0, why, &mut aborted);
                 }
                 let mut rx = None;
                 if let (Some(w), true) = (st.writer.as_mut(), st.restoring.is_empty()) {
@@ -472,7 +480,7 @@ impl Client {
                         }
                     }
                     for t in start.aborted {
-                        st.abort_here(t, &mut aborted);
+                        st.abort_here(t, why, &mut aborted);
                     }
                 }
                 (rx, aborted)
@@ -514,7 +522,7 @@ impl Client {
             st.link_down();
             let mut aborted = Vec::new();
             for c in std::mem::take(&mut st.held) {
-                st.abort_here(c.0, &mut aborted);
+                st.abort_here(c.0, Failure::Reset, &mut aborted);
             }
             st.reconnect_now = true;
             aborted
@@ -823,11 +831,11 @@ impl State {
         Some(self.events.remove(i).1)
     }
 
-    /// Forget a command and have it answered `Failure::Aborted`.
-    fn abort_here(&mut self, tag: u64, out: &mut Vec<Answer>) {
+    /// Forget a command and have it answered `why` (Aborted or Reset).
+    fn abort_here(&mut self, tag: u64, why: Failure, out: &mut Vec<Answer>) {
         self.pr_out.remove(&tag);
         if let Some(p) = self.pending.remove(&tag) {
-            out.push((p.done, Err(Failure::Aborted)));
+            out.push((p.done, Err(why)));
         }
     }
 
@@ -914,7 +922,14 @@ impl State {
                         done.push((p.done, Ok(c)));
                     }
                 }
-                Event::Terminated { tag } => self.abort_here(tag, done),
+                Event::Terminated { tag, reset } => {
+                    let why = if reset {
+                        Failure::Reset
+                    } else {
+                        Failure::Aborted
+                    };
+                    self.abort_here(tag, why, done);
+                }
                 Event::ScsiEvent { lun, sense } if sense.len() >= 8 => {
                     info!(
                         "iSCSI {name}: asynchronous event for LUN {}: sense {}",

@@ -63,9 +63,10 @@ pub enum Event {
         response: u8,
     },
     /// A command that task management terminated at the target: it gets
-    /// no response.
+    /// no response. `reset`: by a LUN or target reset (not an abort).
     Terminated {
         tag: u64,
+        reset: bool,
     },
 }
 
@@ -695,10 +696,11 @@ impl Session {
                 self.update_sn(&p, true);
                 if let Some(t) = self.tasks.remove(&p.itt()) {
                     let response = p.byte(2);
+                    let reset = matches!(t.tmf, Some(5..=7));
                     ev.extend(
                         self.terminated_by(&t, response)
                             .into_iter()
-                            .map(|tag| Event::Terminated { tag }),
+                            .map(|tag| Event::Terminated { tag, reset }),
                     );
                     ev.push(Event::TaskManagement {
                         tag: t.tag,
@@ -1068,7 +1070,10 @@ mod tests {
         assert_eq!(
             s.receive(tmf_response(tmf.itt(), 0)).unwrap(),
             vec![
-                Event::Terminated { tag: 2 },
+                Event::Terminated {
+                    tag: 2,
+                    reset: false
+                },
                 Event::TaskManagement {
                     tag: 50,
                     response: 0
@@ -1118,7 +1123,10 @@ mod tests {
         assert_eq!(
             s.receive(tmf_response(tmf.itt(), 0)).unwrap(),
             vec![
-                Event::Terminated { tag: 1 },
+                Event::Terminated {
+                    tag: 1,
+                    reset: true
+                },
                 Event::TaskManagement {
                     tag: 50,
                     response: 0
