@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The two halves of a live connection: the writer, used under the state
+//! lock by whichever thread has something to send, and the reader, owned by
+//! the session thread.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+
+use crate::iscsi::conn::{Connection, Error};
+use crate::iscsi::pdu::{self, Digests, Pdu};
+use crate::iscsi::session::Session;
+
+/// Transmit buffer capacity kept between bursts.
+const TX_KEEP: usize = 256 * 1024;
+
+/// The sending half of a live connection and its session, used under the
+/// state lock by whichever thread has something to send.
+pub(super) struct Writer {
+    pub(super) stream: TcpStream,
+    pub(super) session: Session,
+    pub(super) digests: Digests,
+    pub(super) tx: Vec<u8>,
+    pub(super) sent: usize,
+    /// Why a write failed; the session thread then reconnects.
+    pub(super) broken: Option<String>,
+}
+
+impl Writer {
+    /// Encode what the session has to send and write what the socket takes
+    /// without blocking; true when nothing is left over.
+    pub(super) fn flush(&mut self) -> bool {
+        self.session.transmit_into(self.digests, &mut self.tx);
+        while self.sent < self.tx.len() {
+            match (&self.stream).write(&self.tx[self.sent..]) {
+                Ok(0) => {
+                    self.broken = Some("connection closed".into());
+                    return false;
+                }
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.broken = Some(e.to_string());
+                    return false;
+                }
+            }
+        }
+        self.tx.clear();
+        self.tx.shrink_to(TX_KEEP);
+        self.sent = 0;
+        true
+    }
+
+    pub(super) fn pending(&self) -> bool {
+        self.sent < self.tx.len()
+    }
+}
+
+/// The receiving half, owned by the session thread: reads and decodes
+/// without holding the state lock.
+pub(super) struct Reader {
+    pub(super) stream: TcpStream,
+    pub(super) digests: Digests,
+    pub(super) max_data: usize,
+    /// Bytes received; those before `head` are decoded already.
+    pub(super) rx: Vec<u8>,
+    pub(super) head: usize,
+    /// A PDU with a big data segment, being read into its own buffer.
+    pub(super) direct: Option<Direct>,
+}
+
+/// The header of a PDU whose data segment (padded, with its digest) is read
+/// straight into `payload`, which then becomes the PDU's data: a 1 MiB
+/// Data-In is not copied out of the receive buffer.
+pub(super) struct Direct {
+    pub(super) header: Vec<u8>,
+    pub(super) payload: Vec<u8>,
+    pub(super) len: usize,
+}
+
+/// Bytes read from the socket per round before decoding.
+pub(super) const READ_ROUND: usize = 1 << 20;
+/// Room made in the receive buffer for each read.
+pub(super) const READ_CHUNK: usize = 256 * 1024;
+/// Data segments at least this long are read into their own buffer.
+pub(super) const DIRECT_MIN: usize = 64 * 1024;
+
+/// read(2) up to `max` bytes onto the end of `buf`.
+pub(super) fn read_some(fd: i32, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = &mut buf.spare_capacity_mut()[..max];
+    // SAFETY: the kernel writes at most `max` bytes into the vector's
+    // unused capacity (at least `max` long after the reserve).
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), max) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel wrote `n` bytes after the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+impl Reader {
+    /// Read what is there (up to `READ_ROUND`) and decode every whole PDU
+    /// into `out`. On an error, the PDUs decoded before it are in `out` too.
+    pub(super) fn read(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+        let fd = self.stream.as_raw_fd();
+        let mut result = Ok(());
+        let mut got = 0;
+        while got < READ_ROUND {
+            let r = match self.direct.as_mut() {
+                Some(d) => {
+                    let want = d.len - d.payload.len();
+                    read_some(fd, &mut d.payload, want)
+                }
+                None => read_some(fd, &mut self.rx, READ_CHUNK),
+            };
+            match r {
+                Ok(0) => {
+                    result = Err(Error::Closed);
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+            if let Err(e) = self.decode(out) {
+                result = Err(e);
+                break;
+            }
+        }
+        // Drop what was decoded: free when everything was, otherwise move
+        // the partial PDU to the front once it is worth it.
+        if self.head == self.rx.len() {
+            self.rx.clear();
+            self.rx.shrink_to(READ_ROUND + READ_CHUNK);
+            self.head = 0;
+        } else if self.head >= READ_CHUNK {
+            self.rx.drain(..self.head);
+            self.head = 0;
+        }
+        result
+    }
+
+    /// Decode every whole PDU received; start reading a big data segment
+    /// into its own buffer once its header is in.
+    pub(super) fn decode(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+        let dg = self.digests;
+        if let Some(d) = self.direct.take_if(|d| d.payload.len() == d.len) {
+            out.push(pdu::decode_split(&d.header, d.payload, dg)?);
+        }
+        if self.direct.is_some() {
+            return Ok(());
+        }
+        loop {
+            let buf = &self.rx[self.head..];
+            let Some(l) = pdu::layout(buf, dg, self.max_data)? else {
+                return Ok(());
+            };
+            if buf.len() >= l.total {
+                let payload = buf[l.header..l.total].to_vec();
+                out.push(pdu::decode_split(&buf[..l.header], payload, dg)?);
+                self.head += l.total;
+            } else if l.data >= DIRECT_MIN && buf.len() >= l.header {
+                // Everything after `head` belongs to this PDU.
+                let len = l.total - l.header;
+                let mut payload = Vec::with_capacity(len);
+                payload.extend_from_slice(&buf[l.header..]);
+                self.direct = Some(Direct {
+                    header: buf[..l.header].to_vec(),
+                    payload,
+                    len,
+                });
+                self.rx.clear();
+                self.head = 0;
+                return Ok(());
+            } else {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Split a logged-in connection into its two halves (non-blocking).
+pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
+    let (stream, rx, digests, max_data, session) = conn.into_parts();
+    stream.set_nonblocking(true)?;
+    let reader = Reader {
+        stream: stream.try_clone()?,
+        digests,
+        max_data,
+        rx,
+        head: 0,
+        direct: None,
+    };
+    let writer = Writer {
+        stream,
+        session,
+        digests,
+        tx: Vec::new(),
+        sent: 0,
+        broken: None,
+    };
+    Ok((reader, writer))
+}

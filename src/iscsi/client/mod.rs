@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The asynchronous driver used to serve iSCSI LUNs to guests. The sans-IO
+//! session and the sending half of its TCP connection sit behind one lock:
+//! a request-queue worker submitting a command encodes it and writes it to
+//! the socket itself, without waking another thread. One thread per session
+//! owns the receiving half: it decodes the target's PDUs outside the lock,
+//! feeds them to the session, and runs each finished command's callback
+//! (which completes the request in guest memory directly). That is two
+//! thread wake-ups per command, the minimum with a guest kick on one side
+//! and a socket on the other.
+//!
+//! A broken connection (I/O error, protocol error, target gone) is retried
+//! with backoff: a new session is logged in with the same ISID and TSIH 0
+//! (session reinstatement, RFC 7143 6.3.5) and every unfinished command is
+//! sent again, so an acknowledged write is never lost and the guest sees at
+//! worst a delay.
+//!
+//! Some targets (tgt) tie persistent reservation registrations to the
+//! session, so after reinstatement the guest's registration belongs to a dead
+//! nexus and its writes conflict. The client remembers the key and
+//! reservation type that went through successfully (`PrMemory`) and, before
+//! resending anything, re-registers the key (REGISTER AND IGNORE EXISTING
+//! KEY) and takes the reservation back from the stale registration (PREEMPT
+//! with the same key and type).
+
+mod halves;
+mod pr;
+mod state;
+mod thread;
+
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::conn::{Connection, Error};
+use super::login::LoginParams;
+use super::session::{Completion, Data};
+use halves::{split, Writer};
+pub use pr::PrMemory;
+use state::{Pending, State};
+use thread::{discovered_portals, SessionThread};
+
+/// Why a command did not complete at the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The daemon is shutting down.
+    Shutdown,
+    /// Task management aborted it (at the target, or before it got there).
+    Aborted,
+    /// A LUN reset or an I_T nexus reset ended it.
+    Reset,
+    /// No session could be re-established within the recovery timeout.
+    Timeout,
+}
+
+/// How long commands wait for a lost session by default (open-iscsi's
+/// replacement_timeout has the same default).
+pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Client behaviour beyond the login parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Fail commands (`Failure::Timeout`) that have waited this long for a
+    /// new session after a connection loss, and fail new ones at once
+    /// while the target stays unreachable past it. None: wait forever.
+    pub recovery_timeout: Option<Duration>,
+    /// Ask the target (SendTargets, after the first login) for its other
+    /// portals and fail over to them too.
+    pub discover_portals: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            recovery_timeout: Some(DEFAULT_RECOVERY_TIMEOUT),
+            discover_portals: true,
+        }
+    }
+}
+
+/// Work a completion leaves for the end of its batch, done once per `key`
+/// however many completions of the batch asked for it (one guest
+/// notification per virtqueue instead of one per command).
+pub struct Deferred {
+    pub key: usize,
+    pub run: Box<dyn FnOnce() + Send>,
+}
+
+pub type Callback = Box<dyn FnOnce(Result<Completion, Failure>) -> Option<Deferred> + Send>;
+
+/// Run callbacks, then their deferred work once per key.
+fn complete_all(results: impl IntoIterator<Item = (Callback, Result<Completion, Failure>)>) {
+    let mut deferred: Vec<Deferred> = Vec::new();
+    for (cb, r) in results {
+        if let Some(d) = cb(r) {
+            if !deferred.iter().any(|x| x.key == d.key) {
+                deferred.push(d);
+            }
+        }
+    }
+    for d in deferred {
+        (d.run)();
+    }
+}
+
+/// A command for the target: LUN, CDB, data, and what to do with the answer.
+pub struct Request {
+    /// The caller's name for the command (ABORT TASK refers to it).
+    pub id: u64,
+    pub lun: [u8; 8],
+    pub cdb: Vec<u8>,
+    pub data: Data,
+    pub done: Callback,
+}
+
+/// A PERSISTENT RESERVE OUT in flight: LUN, CDB, parameter list.
+type PrOut = ([u8; 8], Vec<u8>, Vec<u8>);
+
+/// A command to send (again): tag, LUN, CDB, data.
+type Cmd = (u64, [u8; 8], Vec<u8>, Data);
+
+/// Tags above this are the client's own commands (PR restoration).
+const INTERNAL_TAG: u64 = u64::MAX - 1024;
+
+/// Handle to one session; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    pub name: Arc<str>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the session thread: shutdown, bytes left to send, or a broken
+    /// connection seen by a submitter.
+    wake: EventFd,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A target that does not answer task management for this long is
+/// treated as dead (the connection is dropped and the commands recovered).
+const TMF_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tags of our task management requests: above the restoration tag.
+const TMF_TAGS: u64 = 1000;
+
+impl Client {
+    /// Log in through the first portal that answers (a failure on all of
+    /// them is reported: the configuration is wrong or the target is down at
+    /// start), then serve from a thread. On a connection loss the current
+    /// portal is retried first, then the others in turn.
+    pub fn start(
+        name: &str,
+        portals: Vec<String>,
+        params: LoginParams,
+        options: Options,
+    ) -> Result<Client, Error> {
+        let mut last = None;
+        let mut found = None;
+        for (i, addr) in portals.iter().enumerate() {
+            match Connection::login(addr, params.clone(), LOGIN_TIMEOUT) {
+                Ok(c) => {
+                    found = Some((i, c));
+                    break;
+                }
+                // A refused login is final; an unreachable portal is not.
+                Err(e @ Error::Login(_)) => return Err(e),
+                Err(e) => {
+                    warn!("iSCSI {name}: portal {addr}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((current, conn)) = found else {
+            return Err(last.unwrap_or(Error::Closed));
+        };
+        let mut portals = portals;
+        info!("iSCSI {name}: logged in to {}", portals[current]);
+        if let Some(moved) = conn.moved_to.clone() {
+            info!(
+                "iSCSI {name}: using {moved} instead of {} from now on",
+                portals[current]
+            );
+            portals[current] = moved;
+        }
+        if options.discover_portals {
+            for p in discovered_portals(name, &portals[current], &params) {
+                if !portals.contains(&p) {
+                    info!("iSCSI {name}: the target also has portal {p}");
+                    portals.push(p);
+                }
+            }
+        }
+        let (reader, writer) = split(conn)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                writer: Some(writer),
+                recovery: options.recovery_timeout,
+                ..State::default()
+            }),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        });
+        let client = Client {
+            shared: shared.clone(),
+            name: name.into(),
+        };
+        let mut thread = SessionThread {
+            name: name.into(),
+            shared,
+            portals,
+            current,
+            params,
+        };
+        std::thread::Builder::new()
+            .name("iscsi".into())
+            .spawn(move || thread.run(reader))?;
+        Ok(client)
+    }
+
+    /// Send a command. The caller's thread writes it to the socket when the
+    /// session is up (no hand-off to another thread); `done` runs on the
+    /// session thread when the answer arrives, or on the caller's thread if
+    /// the client is shutting down.
+    pub fn submit(&self, lun: [u8; 8], cdb: &[u8], data: Data, done: Callback) {
+        self.submit_all([Request {
+            id: u64::MAX,
+            lun,
+            cdb: cdb.to_vec(),
+            data,
+            done,
+        }]);
+    }
+
+    /// Send several commands with one write to the socket.
+    pub fn submit_all(&self, requests: impl IntoIterator<Item = Request>) {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        let refuse = if st.stopping {
+            Some(Failure::Shutdown)
+        } else if st.writer.is_none() && st.past_recovery(st.down_since) {
+            // Unreachable for longer than the recovery timeout: fail fast
+            // until a session is back.
+            Some(Failure::Timeout)
+        } else {
+            None
+        };
+        if let Some(f) = refuse {
+            drop(guard);
+            complete_all(requests.into_iter().map(|r| (r.done, Err(f))));
+            return;
+        }
+        let mut up =
+            st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
+        let mut now = Vec::new();
+        for r in requests {
+            if let Some(sense) = st.take_event(r.lun, &r.cdb) {
+                let c = Completion {
+                    tag: 0,
+                    response: 0,
+                    status: 2,
+                    sense,
+                    data: Vec::new(),
+                    residual: 0,
+                };
+                now.push((r.done, Ok(c)));
+                continue;
+            }
+            let tag = st.next_tag;
+            st.next_tag = (st.next_tag + 1) % INTERNAL_TAG;
+            let lost_at = if st.writer.is_none() {
+                st.down_since
+            } else {
+                None
+            };
+            st.pending.insert(
+                tag,
+                Pending {
+                    done: r.done,
+                    lun: r.lun,
+                    id: r.id,
+                    lost_at,
+                },
+            );
+            if let (Some(0x5f), Data::Write(p)) = (r.cdb.first(), &r.data) {
+                st.pr_out.insert(tag, (r.lun, r.cdb.clone(), p.clone()));
+            }
+            match st.writer.as_mut() {
+                Some(w) if up => {
+                    w.session.submit(tag, r.lun, &r.cdb, r.data);
+                }
+                _ => {
+                    up = false;
+                    st.held.push((tag, r.lun, r.cdb, r.data));
+                }
+            }
+        }
+        if up && !st.writer.as_mut().is_some_and(Writer::flush) {
+            let _ = self.shared.wake.write(1);
+        }
+        drop(guard);
+        complete_all(now);
+    }
+
+    /// Run a task management function (RFC 7143 11.5 function codes) on
+    /// this session's commands for `lun`: 1 ABORT TASK (of the command
+    /// submitted with `id`), 2 ABORT TASK SET, 3 CLEAR ACA, 4 CLEAR TASK
+    /// SET, 5 LOGICAL UNIT RESET. Commands that are not at the target (not
+    /// sent yet, or waiting for a lost session) are aborted here; the
+    /// others by the target. Returns the iSCSI response (0: function
+    /// complete, 1: no such task, 5: not supported, ...) once every command
+    /// the function ended has completed with `Failure::Aborted` (`Reset`
+    /// for a LUN reset). A target
+    /// that does not answer within `TMF_TIMEOUT` loses the connection, and
+    /// the commands are aborted here.
+    pub fn task_management(&self, function: u8, lun: [u8; 8], id: Option<u64>) -> u8 {
+        let why = if function == 5 {
+            Failure::Reset
+        } else {
+            Failure::Aborted
+        };
+        loop {
+            let (rx, aborted) = {
+                let mut guard = self.shared.lock();
+                if guard.writer.as_ref().is_some_and(|w| w.broken.is_some()) {
+                    // The session thread is about to recover the commands
+                    // from the broken connection: abort them after that.
+                    drop(guard);
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let st = &mut *guard;
+                if st.stopping {
+                    return 0;
+                }
+                let target = id.and_then(|id| {
+                    st.pending
+                        .iter()
+                        .find(|(_, p)| p.id == id && p.lun == lun)
+                        .map(|(&tag, _)| tag)
+                });
+                if function == 1 && target.is_none() {
+                    return 1;
+                }
+                let mut aborted = Vec::new();
+                let in_scope = |c: &Cmd| match function {
+                    1 => Some(c.0) == target,
+                    2 | 4 | 5 => c.1 == lun,
+                    _ => false,
+                };
+                let (gone, kept): (Vec<Cmd>, Vec<Cmd>) =
+                    std::mem::take(&mut st.held).into_iter().partition(in_scope);
+                st.held = kept;
+                for c in gone {
+                    st.abort_here(c.0, why, &mut aborted);
+                }
+                let mut rx = None;
+                if let (Some(w), true) = (st.writer.as_mut(), st.restoring.is_empty()) {
+                    let tag = INTERNAL_TAG + 1 + st.next_tmf;
+                    st.next_tmf = (st.next_tmf + 1) % TMF_TAGS;
+                    let start = w.session.task_management(tag, function, lun, target);
+                    if start.sent {
+                        let (tx, r) = mpsc::channel();
+                        st.tmf_waiters.insert(tag, tx);
+                        rx = Some(r);
+                        if !w.flush() {
+                            let _ = self.shared.wake.write(1);
+                        }
+                    }
+                    for t in start.aborted {
+                        st.abort_here(t, why, &mut aborted);
+                    }
+                }
+                (rx, aborted)
+            };
+            complete_all(aborted);
+            let Some(rx) = rx else {
+                return 0;
+            };
+            match rx.recv_timeout(TMF_TIMEOUT) {
+                Ok(response) => return response,
+                // The connection was lost: its commands are held now.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    warn!(
+                        "iSCSI {}: no answer to task management for {TMF_TIMEOUT:?}",
+                        self.name
+                    );
+                    if let Some(w) = self.shared.lock().writer.as_mut() {
+                        w.broken
+                            .get_or_insert_with(|| "task management timed out".into());
+                    }
+                    let _ = self.shared.wake.write(1);
+                }
+            }
+        }
+    }
+
+    /// I_T NEXUS RESET: close the session (the target ends its tasks when
+    /// the session is reinstated, RFC 7143 6.3.5), abort every command of
+    /// this client, and log in again at once.
+    pub fn reset_nexus(&self) {
+        let aborted = {
+            let mut st = self.shared.lock();
+            let st = &mut *st;
+            if let Some(w) = st.writer.as_mut() {
+                w.session.logout();
+                w.flush();
+            }
+            st.link_down();
+            let mut aborted = Vec::new();
+            for c in std::mem::take(&mut st.held) {
+                st.abort_here(c.0, Failure::Reset, &mut aborted);
+            }
+            st.reconnect_now = true;
+            aborted
+        };
+        info!("iSCSI {}: I_T nexus reset: session closed", self.name);
+        let _ = self.shared.wake.write(1);
+        complete_all(aborted);
+    }
+
+    /// Whether two handles drive the same session.
+    pub fn same_session(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Fail everything pending and stop (daemon shutdown).
+    pub fn shutdown(&self) {
+        // Answered here, not by the session thread, which may be blocked
+        // in a login to a target that does not answer.
+        let pending = {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.held.clear();
+            std::mem::take(&mut st.pending)
+        };
+        let _ = self.shared.wake.write(1);
+        complete_all(
+            pending
+                .into_values()
+                .map(|p| (p.done, Err(Failure::Shutdown))),
+        );
+    }
+}

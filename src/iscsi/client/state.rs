@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What submitters and the session thread share about a session, and how
+//! it changes as PDUs arrive and the connection comes and goes.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::halves::Writer;
+use super::{Callback, Cmd, Failure, PrMemory, PrOut, INTERNAL_TAG};
+use crate::iscsi::pdu::Pdu;
+use crate::iscsi::session::{Completion, Data, Event};
+
+/// Unit attentions from asynchronous events kept per session at most (the
+/// oldest are dropped: a target flooding events cannot grow memory).
+pub(super) const MAX_EVENTS: usize = 16;
+
+/// A command the client has to answer.
+pub(super) struct Pending {
+    pub(super) done: Callback,
+    pub(super) lun: [u8; 8],
+    pub(super) id: u64,
+    /// When a connection loss first caught it (recovery timeout).
+    pub(super) lost_at: Option<Instant>,
+}
+
+/// A callback and what to tell it.
+pub(super) type Answer = (Callback, Result<Completion, Failure>);
+
+/// Everything about the session that submitters and the session thread
+/// share.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) stopping: bool,
+    /// None while the connection is down.
+    pub(super) writer: Option<Writer>,
+    /// Since when the connection is down.
+    pub(super) down_since: Option<Instant>,
+    pub(super) recovery: Option<Duration>,
+    /// Set by an I_T nexus reset: log in again without a backoff.
+    pub(super) reconnect_now: bool,
+    /// Guest commands not answered yet, by tag.
+    pub(super) pending: HashMap<u64, Pending>,
+    pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
+    pub(super) next_tmf: u64,
+    /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
+    /// each is reported once, as a unit attention, to the next command for
+    /// that LUN (SAM-5 6.6: the alternative to asynchronous event reporting).
+    pub(super) events: Vec<([u8; 8], Vec<u8>)>,
+    /// PR OUT commands in flight, to learn from when they succeed.
+    pub(super) pr_out: HashMap<u64, PrOut>,
+    pub(super) pr: PrMemory,
+    /// Internal commands still to run after a reinstatement.
+    pub(super) restoring: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) internal_tries: u32,
+    /// Guest commands not in the session: the connection is down, or they
+    /// wait for the restoration to finish.
+    pub(super) held: Vec<Cmd>,
+    pub(super) next_tag: u64,
+}
+
+impl State {
+    /// The connection is gone: keep every unfinished guest command for the
+    /// next session (our own are re-derived from `pr`).
+    pub(super) fn link_down(&mut self) {
+        let now = Instant::now();
+        self.down_since.get_or_insert(now);
+        if let Some(mut w) = self.writer.take() {
+            let mut again = w.session.take_unfinished();
+            again.retain(|c| c.0 < INTERNAL_TAG);
+            again.append(&mut self.held);
+            self.held = again;
+        }
+        for c in &self.held {
+            if let Some(p) = self.pending.get_mut(&c.0) {
+                p.lost_at.get_or_insert(now);
+            }
+        }
+        self.restoring.clear();
+        // Task management waiting for an answer learns that none will come.
+        self.tmf_waiters.clear();
+    }
+
+    /// Whether a loss at `since` is older than the recovery timeout.
+    pub(super) fn past_recovery(&self, since: Option<Instant>) -> bool {
+        matches!((self.recovery, since), (Some(limit), Some(t)) if t.elapsed() >= limit)
+    }
+
+    /// The unit attention to report instead of running `cdb` on `lun`, if
+    /// an asynchronous event left one. INQUIRY, REPORT LUNS and REQUEST
+    /// SENSE do not report unit attentions (SAM-5 5.14).
+    pub(super) fn take_event(&mut self, lun: [u8; 8], cdb: &[u8]) -> Option<Vec<u8>> {
+        if matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03) | None) {
+            return None;
+        }
+        let i = self.events.iter().position(|e| e.0 == lun)?;
+        Some(self.events.remove(i).1)
+    }
+
+    /// Forget a command and have it answered `why` (Aborted or Reset).
+    pub(super) fn abort_here(&mut self, tag: u64, why: Failure, out: &mut Vec<Answer>) {
+        self.pr_out.remove(&tag);
+        if let Some(p) = self.pending.remove(&tag) {
+            out.push((p.done, Err(why)));
+        }
+    }
+
+    /// Fail the held commands that have waited past the recovery timeout.
+    pub(super) fn expire(&mut self, name: &str, out: &mut Vec<Answer>) {
+        let (old, young): (Vec<Cmd>, Vec<Cmd>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|c| self.past_recovery(self.pending.get(&c.0).and_then(|p| p.lost_at)));
+        self.held = young;
+        if old.is_empty() {
+            return;
+        }
+        warn!(
+            "iSCSI {name}: {} command(s) failed: no session within the recovery timeout",
+            old.len()
+        );
+        for c in old {
+            self.pr_out.remove(&c.0);
+            if let Some(p) = self.pending.remove(&c.0) {
+                out.push((p.done, Err(Failure::Timeout)));
+            }
+        }
+    }
+
+    /// A new session is up: restore the reservation state, then resend.
+    pub(super) fn link_up(&mut self, name: &str, mut w: Writer, out: &mut Vec<Answer>) {
+        // Commands that already waited too long (a target that keeps
+        // breaking the connection on one of them, say) are not resent.
+        self.expire(name, out);
+        self.down_since = None;
+        info!(
+            "iSCSI {name}: session reinstated, retrying {} command(s)",
+            self.held.len()
+        );
+        self.restoring = self.pr.restore();
+        self.internal_tries = 0;
+        if let Some((cdb, p)) = self.restoring.first() {
+            info!("iSCSI {name}: re-registering the persistent reservation key");
+            w.session
+                .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+        } else {
+            for (tag, lun, cdb, data) in self.held.drain(..) {
+                w.session.submit(tag, lun, &cdb, data);
+            }
+        }
+        w.flush();
+        self.writer = Some(w);
+    }
+
+    /// Feed received PDUs to the session. Finished guest commands are moved
+    /// to `done`; an error (protocol violation, logout requested) means the
+    /// connection must be dropped, after every event before it was handled.
+    pub(super) fn receive(
+        &mut self,
+        name: &str,
+        pdus: &mut Vec<Pdu>,
+        done: &mut Vec<Answer>,
+    ) -> Result<(), String> {
+        let Some(w) = self.writer.as_mut() else {
+            pdus.clear();
+            return Err("no session".into());
+        };
+        let mut events = Vec::new();
+        let mut result = Ok(());
+        for p in pdus.drain(..) {
+            match w.session.receive(p) {
+                Ok(e) => events.extend(e),
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        for e in events {
+            match e {
+                Event::Completed(c) if c.tag >= INTERNAL_TAG => self.restored(name, &c),
+                Event::Completed(c) => {
+                    if let Some((lun, cdb, p)) = self.pr_out.remove(&c.tag) {
+                        if c.status == 0 && c.response == 0 {
+                            self.pr.observe(lun, &cdb, &p);
+                        }
+                    }
+                    if let Some(p) = self.pending.remove(&c.tag) {
+                        done.push((p.done, Ok(c)));
+                    }
+                }
+                Event::Terminated { tag, reset } => {
+                    let why = if reset {
+                        Failure::Reset
+                    } else {
+                        Failure::Aborted
+                    };
+                    self.abort_here(tag, why, done);
+                }
+                Event::ScsiEvent { lun, sense } if sense.len() >= 8 => {
+                    info!(
+                        "iSCSI {name}: asynchronous event for LUN {}: sense {}",
+                        u16::from_be_bytes([lun[0] & 0x3f, lun[1]]),
+                        sense_summary(&sense)
+                    );
+                    if self.events.len() >= MAX_EVENTS {
+                        self.events.remove(0);
+                    }
+                    if !self.events.iter().any(|e| e.0 == lun && e.1 == sense) {
+                        self.events.push((lun, sense));
+                    }
+                }
+                Event::TaskManagement { tag, response } => {
+                    if let Some(tx) = self.tmf_waiters.remove(&tag) {
+                        let _ = tx.send(response);
+                    }
+                }
+                Event::LogoutRequested { .. } | Event::Dropping if result.is_ok() => {
+                    if let Some(w) = self.writer.as_mut() {
+                        w.session.logout();
+                        w.flush();
+                    }
+                    result = Err("the target asks to log out".into());
+                }
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// One of our restoration commands finished: run the next, or release
+    /// the guest commands held back.
+    pub(super) fn restored(&mut self, name: &str, c: &Completion) {
+        let unit_attention = c.status == 2 && c.sense.get(2).is_some_and(|k| k & 0x0f == 6);
+        if unit_attention && self.internal_tries < 8 {
+            self.internal_tries += 1;
+        } else {
+            if c.status != 0 {
+                warn!(
+                    "iSCSI {name}: restoring the reservation state: status {:#04x}",
+                    c.status
+                );
+            }
+            if !self.restoring.is_empty() {
+                self.restoring.remove(0);
+            }
+            self.internal_tries = 0;
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        match self.restoring.first() {
+            Some((cdb, p)) => {
+                w.session
+                    .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+            }
+            None => {
+                for (tag, lun, cdb, data) in self.held.drain(..) {
+                    w.session.submit(tag, lun, &cdb, data);
+                }
+            }
+        }
+    }
+}
+
+/// Sense key and additional sense code of fixed or descriptor sense data.
+pub(super) fn sense_summary(sense: &[u8]) -> String {
+    let at = |i: usize| sense.get(i).copied().unwrap_or(0);
+    let (key, asc, ascq) = if at(0) & 0x7f >= 0x72 {
+        (at(1) & 0x0f, at(2), at(3))
+    } else {
+        (at(2) & 0x0f, at(12), at(13))
+    };
+    format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
+}

@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The session thread: reads the target's answers, completes commands,
+//! keeps the session alive, reconnects and learns portals.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use super::halves::{split, Reader, Writer};
+use super::{complete_all, Failure, Shared, LOGIN_TIMEOUT};
+use crate::iscsi::conn::Connection;
+use crate::iscsi::login::LoginParams;
+use crate::iscsi::url::portal_address;
+
+/// Time between a NOP-Out keepalive and the next, when idle.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// No answer to a keepalive for this long: the target is dead.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The portals the target reports for itself, through a discovery session
+/// on `addr`. Discovery is a convenience: a failure is only logged.
+pub(super) fn discovered_portals(name: &str, addr: &str, params: &LoginParams) -> Vec<String> {
+    let Some(target) = params.target_name.clone() else {
+        return Vec::new();
+    };
+    let mut p = params.clone();
+    p.target_name = None;
+    // A session of its own, not a reinstatement of the normal one.
+    p.isid[5] ^= 0x80;
+    p.header_digest = false;
+    p.data_digest = false;
+    let list = Connection::login(addr, p, LOGIN_TIMEOUT).and_then(|mut c| {
+        let t = c.send_targets();
+        let _ = c.logout();
+        t
+    });
+    match list {
+        Ok(list) => list
+            .into_iter()
+            .filter(|(t, _)| *t == target)
+            .flat_map(|(_, portals)| portals)
+            .filter_map(|a| portal_address(&a))
+            .collect(),
+        Err(e) => {
+            debug!("iSCSI {name}: no portal discovery through {addr}: {e}");
+            Vec::new()
+        }
+    }
+}
+
+pub(super) fn wait_fd(fd: i32, events: i16, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the call.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
+/// The thread that reads the target's answers, completes commands, keeps
+/// the session alive and reconnects.
+pub(super) struct SessionThread {
+    pub(super) name: Arc<str>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) portals: Vec<String>,
+    pub(super) current: usize,
+    pub(super) params: LoginParams,
+}
+
+impl SessionThread {
+    pub(super) fn run(&mut self, reader: Reader) {
+        let name = self.name.clone();
+        let mut reader = Some(reader);
+        let mut backoff = BACKOFF_MIN;
+        let mut last_heard = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut pdus = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let Some(r) = reader.as_mut() else {
+                // Reconnect after the backoff, in steps of at most a second
+                // that fail the commands whose recovery timeout passes.
+                let until = Instant::now() + backoff;
+                loop {
+                    let mut st = self.shared.lock();
+                    if st.stopping {
+                        drop(st);
+                        return self.shutdown();
+                    }
+                    st.expire(&name, &mut done);
+                    let now_please = std::mem::take(&mut st.reconnect_now);
+                    drop(st);
+                    complete_all(done.drain(..));
+                    let left = until.saturating_duration_since(Instant::now());
+                    if now_please || left.is_zero() {
+                        break;
+                    }
+                    wait_fd(
+                        self.shared.wake.as_raw_fd(),
+                        libc::POLLIN,
+                        left.min(Duration::from_secs(1)),
+                    );
+                    let _ = self.shared.wake.read();
+                }
+                match self.reconnect() {
+                    Some((r, w)) => {
+                        let mut st = self.shared.lock();
+                        if st.stopping {
+                            drop(st);
+                            return self.shutdown();
+                        }
+                        st.link_up(&name, w, &mut done);
+                        drop(st);
+                        complete_all(done.drain(..));
+                        reader = Some(r);
+                        backoff = BACKOFF_MIN;
+                        last_heard = Instant::now();
+                        ping_sent = None;
+                    }
+                    None => backoff = (backoff * 2).min(BACKOFF_MAX),
+                }
+                continue;
+            };
+            let want_out = self
+                .shared
+                .lock()
+                .writer
+                .as_ref()
+                .is_some_and(Writer::pending);
+            let mut fds = [
+                libc::pollfd {
+                    fd: r.stream.as_raw_fd(),
+                    events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.shared.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            if fds[1].revents != 0 {
+                let _ = self.shared.wake.read();
+            }
+            let mut failure = None;
+            if fds[0].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+                if let Err(e) = r.read(&mut pdus) {
+                    failure = Some(format!("connection lost: {e}"));
+                }
+            }
+            let mut st = self.shared.lock();
+            if st.stopping {
+                drop(st);
+                return self.shutdown();
+            }
+            if !pdus.is_empty() {
+                last_heard = Instant::now();
+                ping_sent = None;
+            }
+            if let Err(e) = st.receive(&name, &mut pdus, &mut done) {
+                failure.get_or_insert(e);
+            }
+            if st.writer.is_none() {
+                // Closed under us (I_T nexus reset): drop this connection.
+                failure.get_or_insert_with(|| "session closed".into());
+            }
+            if let Some(w) = st.writer.as_mut() {
+                // Keepalive and dead-target detection.
+                match ping_sent {
+                    Some(t) if t.elapsed() > DEAD_AFTER => {
+                        failure
+                            .get_or_insert(format!("no answer from the target for {DEAD_AFTER:?}"));
+                    }
+                    None if last_heard.elapsed() > KEEPALIVE => {
+                        w.session.ping();
+                        ping_sent = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+                w.flush();
+                if let Some(e) = w.broken.take() {
+                    failure.get_or_insert(format!("connection lost: {e}"));
+                }
+            }
+            if let Some(e) = failure {
+                warn!("iSCSI {name}: {e}");
+                st.link_down();
+                reader = None;
+            }
+            drop(st);
+            complete_all(done.drain(..));
+        }
+    }
+
+    /// Log in again: the current portal first, then the others.
+    pub(super) fn reconnect(&mut self) -> Option<(Reader, Writer)> {
+        let name = &self.name;
+        for k in 0..self.portals.len() {
+            let i = (self.current + k) % self.portals.len();
+            let addr = &self.portals[i];
+            match Connection::login(addr, self.params.clone(), LOGIN_TIMEOUT) {
+                Ok(c) => {
+                    if i != self.current {
+                        info!("iSCSI {name}: failed over to portal {addr}");
+                    }
+                    self.current = i;
+                    if let Some(moved) = c.moved_to.clone() {
+                        info!("iSCSI {name}: using {moved} instead of {addr} from now on");
+                        self.portals[i] = moved;
+                    }
+                    match split(c) {
+                        Ok(halves) => return Some(halves),
+                        Err(e) => warn!("iSCSI {name}: {e}"),
+                    }
+                }
+                Err(e) => warn!("iSCSI {name}: reconnecting to {addr} failed: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Fail every command still pending and log out.
+    pub(super) fn shutdown(&self) {
+        let (pending, writer) = {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.held.clear();
+            st.tmf_waiters.clear();
+            (std::mem::take(&mut st.pending), st.writer.take())
+        };
+        complete_all(
+            pending
+                .into_values()
+                .map(|p| (p.done, Err(Failure::Shutdown))),
+        );
+        if let Some(mut w) = writer {
+            w.session.logout();
+            let fd = w.stream.as_raw_fd();
+            for _ in 0..100 {
+                if w.flush() || w.broken.is_some() {
+                    break;
+                }
+                wait_fd(fd, libc::POLLOUT, Duration::from_millis(10));
+            }
+        }
+    }
+}
