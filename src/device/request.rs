@@ -3,7 +3,10 @@
 //! Request queues (virtio 5.6.6.1): parse each descriptor chain, execute the
 //! CDB through the SCSI layer, and either answer at once (emulated commands)
 //! or start a zero-copy block I/O on the worker's io_uring and answer when
-//! it completes. Completions are out of order; many commands are in flight.
+//! it completes, or (iSCSI LUNs) hand the command to the controller's
+//! session after the virtqueue round, whose receive thread then answers it
+//! in guest memory directly (`complete_remote`). Completions are out of
+//! order; many commands are in flight.
 
 use std::io;
 use std::os::fd::AsRawFd;
