@@ -23,6 +23,10 @@ const DEAD_AFTER: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Portals taken from a SendTargets answer at most (the list is the
+/// target's: it must not make reconnection walk thousands of addresses).
+const MAX_DISCOVERED: usize = 16;
+
 /// The portals the target reports for itself, through a discovery session
 /// on `addr`. Discovery is a convenience: a failure is only logged.
 pub(super) fn discovered_portals(name: &str, addr: &str, params: &LoginParams) -> Vec<String> {
@@ -46,6 +50,7 @@ pub(super) fn discovered_portals(name: &str, addr: &str, params: &LoginParams) -
             .filter(|(t, _)| *t == target)
             .flat_map(|(_, portals)| portals)
             .filter_map(|a| portal_address(&a))
+            .take(MAX_DISCOVERED)
             .collect(),
         Err(e) => {
             debug!("iSCSI {name}: no portal discovery through {addr}: {e}");
