@@ -207,7 +207,7 @@ impl Connection {
     ) -> Result<Vec<Completion>, Error> {
         let n = cmds.len();
         for (i, (lun, cdb, data)) in cmds.into_iter().enumerate() {
-            self.session.submit(i as u64, lun, &cdb, data);
+            self.session.submit(i as u64, lun, cdb, data);
         }
         let mut done: Vec<Option<Completion>> = (0..n).map(|_| None).collect();
         let mut left = n;

@@ -185,7 +185,7 @@ impl Session {
     }
 
     /// Queue a SCSI command; it goes out when the CmdSN window allows.
-    pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: &[u8], data: Data) -> u32 {
+    pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: impl Into<Vec<u8>>, data: Data) -> u32 {
         let itt = self.alloc_itt();
         let (read_len, write) = match data {
             Data::None => (0, Vec::new()),
@@ -197,7 +197,7 @@ impl Session {
             Task {
                 tag,
                 lun,
-                cdb: cdb.to_vec(),
+                cdb: cdb.into(),
                 read_len,
                 write,
                 data: Vec::new(),
@@ -785,7 +785,7 @@ mod tests {
         // Window of 2 commands: CmdSN 10 and 11 (MaxCmdSN 11).
         let mut s = Session::new(negotiated(true, true, 11));
         for i in 0..4 {
-            s.submit(i, LUN, &[0x00; 6], Data::None);
+            s.submit(i, LUN, [0x00; 6], Data::None);
         }
         let sent = drain(&mut s);
         assert_eq!(sent.len(), 2);
@@ -809,7 +809,7 @@ mod tests {
     fn immediate_data_then_r2t_driven_data_out_in_mrdsl_chunks() {
         let mut s = Session::new(negotiated(true, true, 100));
         let data: Vec<u8> = (0..40000u32).map(|i| i as u8).collect();
-        let itt = s.submit(1, LUN, &[0x2a; 10], Data::Write(data.clone()));
+        let itt = s.submit(1, LUN, [0x2a; 10], Data::Write(data.clone()));
         let cmd = drain(&mut s);
         assert_eq!(cmd.len(), 1);
         // Immediate data up to min(FirstBurstLength, MRDSL) = 8192, F set
@@ -841,7 +841,7 @@ mod tests {
     #[test]
     fn unsolicited_data_out_fills_the_first_burst_when_initial_r2t_is_no() {
         let mut s = Session::new(negotiated(false, false, 100));
-        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 70000]));
+        s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 70000]));
         let pdus = drain(&mut s);
         // Command with F=0, then 65536 bytes of Data-Out (TTT reserved).
         assert_eq!(pdus[0].flags() & 0x80, 0);
@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn data_in_with_status_completes_with_data_and_residual() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let itt = s.submit(7, LUN, &[0x28; 10], Data::Read(1024));
+        let itt = s.submit(7, LUN, [0x28; 10], Data::Read(1024));
         drain(&mut s);
         let mut d1 = Pdu::new(Opcode::DataIn);
         d1.set_itt(itt);
@@ -881,7 +881,7 @@ mod tests {
     #[test]
     fn check_condition_carries_the_sense_unchanged() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let itt = s.submit(3, LUN, &[0x00; 6], Data::None);
+        let itt = s.submit(3, LUN, [0x00; 6], Data::None);
         drain(&mut s);
         let mut r = Pdu::new(Opcode::ScsiResponse);
         r.set_flags(0x80);
@@ -914,7 +914,7 @@ mod tests {
     #[test]
     fn data_in_past_the_expected_length_is_a_protocol_error() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let itt = s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        let itt = s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
         let mut d = Pdu::new(Opcode::DataIn);
         d.set_itt(itt);
@@ -990,8 +990,8 @@ mod tests {
     #[test]
     fn unfinished_commands_can_be_taken_for_retry() {
         let mut s = Session::new(negotiated(true, true, 100));
-        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 512]));
-        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 512]));
+        s.submit(2, LUN, [0x28; 10], Data::Read(512));
         let v = s.take_unfinished();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].0, 1);
@@ -1006,8 +1006,8 @@ mod tests {
         let run = |direct: bool| {
             let mut s = Session::new(negotiated(true, false, 100));
             let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-            s.submit(1, LUN, &[0x2a; 10], Data::Write(data));
-            s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+            s.submit(1, LUN, [0x2a; 10], Data::Write(data));
+            s.submit(2, LUN, [0x28; 10], Data::Read(512));
             let mut out = Vec::new();
             if direct {
                 s.transmit_into(dg, &mut out);
@@ -1026,7 +1026,7 @@ mod tests {
     #[test]
     fn data_out_of_a_command_that_ended_is_not_sent() {
         let mut s = Session::new(negotiated(false, true, 100));
-        s.submit(1, LUN, &[0x2a; 10], Data::Write(vec![1; 4096]));
+        s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 4096]));
         let cmd = drain(&mut s).remove(0);
         let mut r2t = Pdu::new(Opcode::ReadyToTransfer);
         r2t.set_itt(cmd.itt());
@@ -1051,8 +1051,8 @@ mod tests {
     #[test]
     fn abort_task_refers_to_the_command_and_terminates_it() {
         let mut s = Session::new(negotiated(true, true, 100));
-        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
-        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        s.submit(2, LUN, [0x28; 10], Data::Read(512));
         let cmds = drain(&mut s);
         let start = s.task_management(50, 1, LUN, Some(2));
         assert_eq!(
@@ -1087,8 +1087,8 @@ mod tests {
     fn abort_of_a_command_not_sent_yet_is_local() {
         // The window admits one command: the second waits.
         let mut s = Session::new(negotiated(true, true, 10));
-        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
-        s.submit(2, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        s.submit(2, LUN, [0x28; 10], Data::Read(512));
         assert_eq!(drain(&mut s).len(), 1);
         assert_eq!(
             s.task_management(50, 1, LUN, Some(2)),
@@ -1113,13 +1113,13 @@ mod tests {
     fn lun_reset_terminates_earlier_commands_of_that_lun_only() {
         let other = [0, 2, 0, 0, 0, 0, 0, 0];
         let mut s = Session::new(negotiated(true, true, 100));
-        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
-        s.submit(2, other, &[0x28; 10], Data::Read(512));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        s.submit(2, other, [0x28; 10], Data::Read(512));
         drain(&mut s);
         assert!(s.task_management(50, 5, LUN, None).sent);
         let tmf = drain(&mut s).remove(0);
         // A command after the reset is not affected by it.
-        s.submit(3, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(3, LUN, [0x28; 10], Data::Read(512));
         assert_eq!(
             s.receive(tmf_response(tmf.itt(), 0)).unwrap(),
             vec![
@@ -1139,7 +1139,7 @@ mod tests {
     #[test]
     fn a_rejected_function_terminates_nothing() {
         let mut s = Session::new(negotiated(true, true, 100));
-        s.submit(1, LUN, &[0x28; 10], Data::Read(512));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
         s.task_management(50, 2, LUN, None);
         let tmf = drain(&mut s).remove(0);
@@ -1186,9 +1186,9 @@ mod tests {
             #[test]
             fn receive_never_panics(pdus in proptest::collection::vec(target_pdu(), 1..12)) {
                 let mut s = Session::new(negotiated(true, false, 100));
-                s.submit(1, LUN, &[0x28; 10], Data::Read(4096));
-                s.submit(2, LUN, &[0x2a; 10], Data::Write(vec![1; 70000]));
-                s.submit(3, LUN, &[0; 6], Data::None);
+                s.submit(1, LUN, [0x28; 10], Data::Read(4096));
+                s.submit(2, LUN, [0x2a; 10], Data::Write(vec![1; 70000]));
+                s.submit(3, LUN, [0; 6], Data::None);
                 s.task_management(4, 5, LUN, None);
                 s.task_management(5, 1, LUN, Some(1));
                 for p in pdus {

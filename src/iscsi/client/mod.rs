@@ -294,7 +294,7 @@ impl Client {
             }
             match st.writer.as_mut() {
                 Some(w) if up => {
-                    w.session.submit(tag, r.lun, &r.cdb, r.data);
+                    w.session.submit(tag, r.lun, r.cdb, r.data);
                 }
                 _ => {
                     up = false;

@@ -143,11 +143,15 @@ impl State {
         self.internal_tries = 0;
         if let Some((cdb, p)) = self.restoring.first() {
             info!("iSCSI {name}: re-registering the persistent reservation key");
-            w.session
-                .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+            w.session.submit(
+                INTERNAL_TAG,
+                self.pr.lun,
+                cdb.as_slice(),
+                Data::Write(p.clone()),
+            );
         } else {
             for (tag, lun, cdb, data) in self.held.drain(..) {
-                w.session.submit(tag, lun, &cdb, data);
+                w.session.submit(tag, lun, cdb, data);
             }
         }
         w.flush();
@@ -253,12 +257,16 @@ impl State {
         };
         match self.restoring.first() {
             Some((cdb, p)) => {
-                w.session
-                    .submit(INTERNAL_TAG, self.pr.lun, cdb, Data::Write(p.clone()));
+                w.session.submit(
+                    INTERNAL_TAG,
+                    self.pr.lun,
+                    cdb.as_slice(),
+                    Data::Write(p.clone()),
+                );
             }
             None => {
                 for (tag, lun, cdb, data) in self.held.drain(..) {
-                    w.session.submit(tag, lun, &cdb, data);
+                    w.session.submit(tag, lun, cdb, data);
                 }
             }
         }
