@@ -359,7 +359,7 @@ impl Client {
                     std::mem::take(&mut st.held).into_iter().partition(in_scope);
                 st.held = kept;
                 for c in gone {
-                    st.abort_here(c.0, why, &mut aborted);
+                    st.fail_here(c.0, why, &mut aborted);
                 }
                 let mut rx = None;
                 if let (Some(w), true) = (st.writer.as_mut(), st.restoring.is_empty()) {
@@ -375,7 +375,7 @@ impl Client {
                         }
                     }
                     for t in start.aborted {
-                        st.abort_here(t, why, &mut aborted);
+                        st.fail_here(t, why, &mut aborted);
                     }
                 }
                 (rx, aborted)
@@ -417,7 +417,7 @@ impl Client {
             st.link_down();
             let mut aborted = Vec::new();
             for c in std::mem::take(&mut st.held) {
-                st.abort_here(c.0, Failure::Reset, &mut aborted);
+                st.fail_here(c.0, Failure::Reset, &mut aborted);
             }
             st.reconnect_now = true;
             aborted

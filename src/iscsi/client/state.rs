@@ -100,8 +100,8 @@ impl State {
         Some(self.events.remove(i).1)
     }
 
-    /// Forget a command and have it answered `why` (Aborted or Reset).
-    pub(super) fn abort_here(&mut self, tag: u64, why: Failure, out: &mut Vec<Answer>) {
+    /// Forget a command and have it answered `why`.
+    pub(super) fn fail_here(&mut self, tag: u64, why: Failure, out: &mut Vec<Answer>) {
         self.pr_out.remove(&tag);
         if let Some(p) = self.pending.remove(&tag) {
             out.push((p.done, Err(why)));
@@ -122,10 +122,7 @@ impl State {
             old.len()
         );
         for c in old {
-            self.pr_out.remove(&c.0);
-            if let Some(p) = self.pending.remove(&c.0) {
-                out.push((p.done, Err(Failure::Timeout)));
-            }
+            self.fail_here(c.0, Failure::Timeout, out);
         }
     }
 
@@ -201,7 +198,7 @@ impl State {
                     } else {
                         Failure::Aborted
                     };
-                    self.abort_here(tag, why, done);
+                    self.fail_here(tag, why, done);
                 }
                 Event::ScsiEvent { lun, sense } if sense.len() >= 8 => {
                     info!(
