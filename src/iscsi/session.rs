@@ -116,6 +116,24 @@ fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
 }
 
+/// Whether task management `function` (RFC 7143 11.5.1 codes) for `lun`,
+/// and for ABORT TASK the command tagged `target`, covers the command
+/// `cmd_tag` on `cmd_lun`.
+pub fn tmf_covers(
+    function: u8,
+    lun: [u8; 8],
+    target: Option<u64>,
+    cmd_lun: [u8; 8],
+    cmd_tag: u64,
+) -> bool {
+    match function {
+        1 => Some(cmd_tag) == target && cmd_lun == lun,
+        2 | 4 | 5 => cmd_lun == lun,
+        6 | 7 => true,
+        _ => false,
+    }
+}
+
 /// `a < b` in 32-bit serial number arithmetic.
 fn sn_lt(a: u32, b: u32) -> bool {
     a != b && sn_le(a, b)
@@ -410,15 +428,8 @@ impl Session {
         lun: [u8; 8],
         target: Option<u64>,
     ) -> TmfStart {
-        let in_scope = |t: &Task| {
-            t.tmf.is_none()
-                && match function {
-                    1 => Some(t.tag) == target && t.lun == lun,
-                    2 | 4 | 5 => t.lun == lun,
-                    6 | 7 => true,
-                    _ => false,
-                }
-        };
+        let in_scope =
+            |t: &Task| t.tmf.is_none() && tmf_covers(function, lun, target, t.lun, t.tag);
         let unsent: Vec<u32> = self
             .waiting
             .iter()

@@ -37,7 +37,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::session::{Completion, Data};
+use super::session::{tmf_covers, Completion, Data};
 use halves::{split, Writer};
 pub use pr::PrMemory;
 use state::{Pending, State};
@@ -350,11 +350,7 @@ impl Client {
                     return 1;
                 }
                 let mut aborted = Vec::new();
-                let in_scope = |c: &Cmd| match function {
-                    1 => Some(c.0) == target,
-                    2 | 4 | 5 => c.1 == lun,
-                    _ => false,
-                };
+                let in_scope = |c: &Cmd| tmf_covers(function, lun, target, c.1, c.0);
                 let (gone, kept): (Vec<Cmd>, Vec<Cmd>) =
                     std::mem::take(&mut st.held).into_iter().partition(in_scope);
                 st.held = kept;
