@@ -421,6 +421,15 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared:
                 }
             }
         }
+        for (thread, fd, id) in backend.session_listeners() {
+            if let Some(h) = handlers.get(thread) {
+                match h.register_listener(fd, EventSet::IN, id) {
+                    Ok(()) => backend.attach_session(id),
+                    // The session's own thread keeps receiving.
+                    Err(e) => warn!("{name}: cannot watch an iSCSI session: {e}"),
+                }
+            }
+        }
         drop(handlers);
         if let Err(e) = daemon.start(&mut listener) {
             if shared.stop.load(Ordering::SeqCst) {
@@ -438,7 +447,10 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared:
         backend.attach();
         let result = daemon.wait();
         *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
-        // In-flight requests finish before the device state goes away.
+        // The workers stop: the sessions' threads receive the answers
+        // still due, and in-flight requests finish before the device state
+        // goes away.
+        backend.detach_sessions();
         backend.quiesce();
         ctrl.target.detach(&ctrl.nexus);
         for (_, lu) in ctrl.target.luns() {

@@ -6,6 +6,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -621,6 +623,45 @@ fn run_async(
 
 #[test]
 fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
+    target_restart_loses_no_write(false);
+}
+
+#[test]
+fn an_attached_receiver_completes_commands_and_survives_a_target_restart() {
+    target_restart_loses_no_write(true);
+}
+
+/// An event loop receiving for `client` (what a request-queue worker does)
+/// on a thread named "receiver", until the returned flag is set.
+fn receive_loop(client: &Client) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoll = Epoll::new().unwrap();
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            client.receive_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
+    let guard = client.attach_receiver();
+    let (c, flag) = (client.clone(), stop.clone());
+    let h = std::thread::Builder::new()
+        .name("receiver".into())
+        .spawn(move || {
+            let _guard = guard;
+            let mut ev = [EpollEvent::default(); 1];
+            while !flag.load(Ordering::SeqCst) {
+                if epoll.wait(50, &mut ev).unwrap_or(0) > 0 {
+                    c.receive();
+                }
+            }
+        })
+        .unwrap();
+    (stop, h)
+}
+
+fn target_restart_loses_no_write(attached: bool) {
     let mut t = Tgt::start();
     let (tid, _) = t.target("iqn.2026-11.test:recover");
     t.bind_all(tid);
@@ -631,6 +672,22 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
         vhost_user_scsi::iscsi::client::Options::default(),
     )
     .unwrap();
+    let receiver = attached.then(|| receive_loop(&client));
+    if attached {
+        // Answers are handled by the attached loop, not the session thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        client.submit(
+            LUN1,
+            &read16(0, 8),
+            Data::Read(4096),
+            Box::new(move |_| {
+                let _ = tx.send(std::thread::current().name().map(String::from));
+                None
+            }),
+        );
+        let on = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(on.as_deref(), Some("receiver"));
+    }
     let pattern = |i: u64| -> Vec<u8> { (0..4096u64).map(|b| (b * 31 + i * 7) as u8).collect() };
     let writes = |from: u64| {
         (from..from + 16)
@@ -680,6 +737,13 @@ fn client_reinstates_the_session_after_a_target_restart_and_loses_no_write() {
     for (i, r) in run_async(&client, reads).into_iter().enumerate() {
         assert_eq!(r.status, 0);
         assert!(r.data == pattern(i as u64), "write {i} was lost");
+    }
+    if let Some((stop, h)) = receiver {
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        // Detached: the session thread receives again.
+        let r = one(&client, &read16(0, 8), Data::Read(4096)).unwrap();
+        assert_eq!(r.status, 0);
     }
     client.shutdown();
 }

@@ -27,6 +27,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::iscsi::client::{Client, Receiver};
 use crate::scsi::{AbortHook, LunAddress, Nexus, Target};
 use crate::virtio::buffers::GuestMemory;
 use crate::virtio::Response;
@@ -61,7 +62,7 @@ pub struct Controller {
 
 /// A LUN on an iSCSI target, reached through this controller's session.
 pub struct RemoteLun {
-    pub client: crate::iscsi::client::Client,
+    pub client: Client,
     /// The LUN field as the target knows it (SAM-5 single level).
     pub lun: [u8; 8],
 }
@@ -81,11 +82,21 @@ struct Inner {
     guest_errors: AtomicU32,
     /// Bytes buffered for commands in flight to iSCSI targets.
     remote_budget: request::Budget,
+    /// The controller's iSCSI sessions (one entry per session).
+    sessions: Vec<Client>,
+    /// Sessions whose answers the request-queue workers receive.
+    receivers: Mutex<Vec<Receiver>>,
 }
 
 impl ScsiBackend {
     pub fn new(controller: Arc<Controller>) -> io::Result<ScsiBackend> {
         let n = controller.request_queues;
+        let mut sessions: Vec<Client> = Vec::new();
+        for r in controller.remote.values() {
+            if !sessions.iter().any(|c| c.same_session(&r.client)) {
+                sessions.push(r.client.clone());
+            }
+        }
         let workers = (0..n)
             .map(|i| Worker::new(i).map(Mutex::new))
             .collect::<io::Result<Vec<_>>>()?;
@@ -98,6 +109,8 @@ impl ScsiBackend {
                 inflight: Inflight::new(n),
                 guest_errors: AtomicU32::new(0),
                 remote_budget: request::Budget::default(),
+                sessions,
+                receivers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -121,6 +134,46 @@ impl ScsiBackend {
                 (1 + i, fd, self.completion_event())
             })
             .collect()
+    }
+
+    /// (thread index, fd, event id) for every iSCSI session of the
+    /// controller: the request-queue worker that receives its answers (one
+    /// per session, spread over the workers), so a command's answer is
+    /// handled without waking another thread.
+    pub fn session_listeners(&self) -> Vec<(usize, i32, u64)> {
+        let first = self.completion_event() + 1;
+        let workers = self.inner.workers.len().max(1);
+        self.inner
+            .sessions
+            .iter()
+            .enumerate()
+            .map(|(j, c)| (1 + j % workers, c.receive_fd(), first + j as u64))
+            .collect()
+    }
+
+    /// The worker watching session event `id` (from `session_listeners`) is
+    /// registered: it receives for that session from now on.
+    pub fn attach_session(&self, id: u64) {
+        let Some(j) = id.checked_sub(self.completion_event() + 1) else {
+            return;
+        };
+        if let Some(c) = self.inner.sessions.get(j as usize) {
+            let r = c.attach_receiver();
+            self.receivers().push(r);
+        }
+    }
+
+    /// Hand receiving back to the sessions' own threads (the workers are
+    /// about to stop).
+    pub fn detach_sessions(&self) {
+        self.receivers().clear();
+    }
+
+    fn receivers(&self) -> MutexGuard<'_, Vec<Receiver>> {
+        self.inner
+            .receivers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn worker(&self, i: usize) -> MutexGuard<'_, Worker> {
@@ -250,7 +303,8 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     /// `device_event` is the index of the vring within this thread's vrings
-    /// (what vhost-user-backend registers), or our completion event.
+    /// (what vhost-user-backend registers), our completion event, or an
+    /// iSCSI session's event.
     fn handle_event(
         &self,
         device_event: u16,
@@ -269,6 +323,13 @@ impl VhostUserBackend for ScsiBackend {
                 if let Some(vring) = vrings.first() {
                     self.process_control_queue(vring);
                 }
+            }
+            return Ok(());
+        }
+        if let Some(j) = ev.checked_sub(self.completion_event() + 1) {
+            // Answers from an iSCSI session (completed on this thread).
+            if let Some(c) = self.inner.sessions.get(j as usize) {
+                c.receive();
             }
             return Ok(());
         }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The two halves of a live connection: the writer, used under the state
-//! lock by whichever thread has something to send, and the reader, owned by
-//! the session thread.
+//! lock by whichever thread has something to send, and the reader, used
+//! under its own lock by whichever thread receives.
 
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -58,8 +58,7 @@ impl Writer {
     }
 }
 
-/// The receiving half, owned by the session thread: reads and decodes
-/// without holding the state lock.
+/// The receiving half: reads and decodes without holding the state lock.
 pub(super) struct Reader {
     pub(super) stream: TcpStream,
     pub(super) digests: Digests,
@@ -69,6 +68,8 @@ pub(super) struct Reader {
     pub(super) head: usize,
     /// A PDU with a big data segment, being read into its own buffer.
     pub(super) direct: Option<Direct>,
+    /// Decoded PDUs on their way to the session (kept for its capacity).
+    pub(super) pdus: Vec<Pdu>,
 }
 
 /// The header of a PDU whose data segment (padded, with its digest) is read
@@ -196,6 +197,7 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
         rx,
         head: 0,
         direct: None,
+        pdus: Vec::new(),
     };
     let writer = Writer {
         stream,

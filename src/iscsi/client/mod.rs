@@ -3,12 +3,15 @@
 //! The asynchronous driver used to serve iSCSI LUNs to guests. The sans-IO
 //! session and the sending half of its TCP connection sit behind one lock:
 //! a request-queue worker submitting a command encodes it and writes it to
-//! the socket itself, without waking another thread. One thread per session
-//! owns the receiving half: it decodes the target's PDUs outside the lock,
-//! feeds them to the session, and runs each finished command's callback
-//! (which completes the request in guest memory directly). That is two
-//! thread wake-ups per command, the minimum with a guest kick on one side
-//! and a socket on the other.
+//! the socket itself, without waking another thread. The receiving half sits
+//! behind a lock of its own: whoever receives decodes the target's PDUs
+//! outside the session lock, feeds them to the session, and runs each
+//! finished command's callback (which completes the request in guest memory
+//! directly). An event loop that attaches itself (`attach_receiver`: a
+//! request-queue worker) receives whenever `receive_fd` is readable, so one
+//! thread serves both the guest's kicks and the target's answers; without
+//! one, the session thread receives. The session thread also keeps the
+//! session alive and reconnects.
 //!
 //! A broken connection (I/O error, protocol error, target gone) is retried
 //! with backoff: a new session is logged in with the same ISID and TSIH 0
@@ -29,16 +32,19 @@ mod pr;
 mod state;
 mod thread;
 
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{info, warn};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
 use super::session::{tmf_covers, Completion, Data};
-use halves::{split, Writer};
+use halves::{split, Reader, Writer};
 pub use pr::PrMemory;
 use state::{Pending, State};
 use thread::{discovered_portals, SessionThread};
@@ -134,14 +140,112 @@ pub struct Client {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the session thread: shutdown, bytes left to send, or a broken
-    /// connection seen by a submitter.
+    /// The receiving half of the live connection. Taken before `state`
+    /// when both are held, and held from reading to feeding the session,
+    /// so PDUs reach the session in the order they arrived.
+    reader: Mutex<Option<Reader>>,
+    /// Readable when the live connection's socket is (its only member).
+    poll: Epoll,
+    /// Event loops receiving for this session (`attach_receiver`).
+    receivers: AtomicUsize,
+    /// The live connection could not be added to `poll`.
+    unwatched: AtomicBool,
+    /// Wakes the session thread: shutdown, bytes left to send, a broken
+    /// connection seen by another thread, or the last receiver gone.
     wake: EventFd,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Option<Reader>> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make `r` the receiving half (in `slot`, the locked `reader`),
+    /// watched through `poll`.
+    fn install(&self, slot: &mut Option<Reader>, r: Reader) {
+        let fd = r.stream.as_raw_fd();
+        if let Err(e) = self
+            .poll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))
+        {
+            // Only attached event loops miss it: the session thread
+            // receives instead while it is not watched.
+            warn!("iSCSI: cannot watch the connection: {e}");
+            self.unwatched.store(true, Ordering::SeqCst);
+        }
+        *slot = Some(r);
+    }
+
+    /// Drop the receiving half in `slot` (the connection is gone or
+    /// going).
+    fn uninstall(&self, slot: &mut Option<Reader>) {
+        if let Some(r) = slot.take() {
+            let fd = r.stream.as_raw_fd();
+            let _ = self
+                .poll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.unwatched.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Read what the target sent, feed it to the session and complete the
+    /// commands it finished. A broken connection is dropped here and the
+    /// session thread woken to reconnect.
+    fn receive_round(&self, name: &str) {
+        let mut done = Vec::new();
+        {
+            let mut slot = self.reader();
+            let Some(r) = slot.as_mut() else {
+                return;
+            };
+            let mut pdus = std::mem::take(&mut r.pdus);
+            let mut failure = r
+                .read(&mut pdus)
+                .err()
+                .map(|e| format!("connection lost: {e}"));
+            let mut st = self.lock();
+            if st.stopping {
+                return;
+            }
+            if !pdus.is_empty() {
+                st.heard();
+            }
+            if let Err(e) = st.receive(name, &mut pdus, &mut done) {
+                failure.get_or_insert(e);
+            }
+            r.pdus = pdus;
+            // What the answers asked for (Data-Out for an R2T, NOP-Out for
+            // a NOP-In) goes out now; the session thread writes what the
+            // socket did not take, or handles a broken connection.
+            if st.writer.as_mut().is_some_and(|w| !w.flush()) {
+                let _ = self.wake.write(1);
+            }
+            if let Some(e) = failure {
+                warn!("iSCSI {name}: {e}");
+                st.link_down();
+                drop(st);
+                self.uninstall(&mut slot);
+                let _ = self.wake.write(1);
+            }
+        }
+        complete_all(done);
+    }
+}
+
+/// Keeps an event loop attached as a receiver (`Client::attach_receiver`);
+/// the session thread receives again once the last one is dropped.
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.receivers.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.shared.wake.write(1);
     }
 }
 
@@ -204,10 +308,16 @@ impl Client {
             state: Mutex::new(State {
                 writer: Some(writer),
                 recovery: options.recovery_timeout,
+                last_heard: Some(std::time::Instant::now()),
                 ..State::default()
             }),
+            reader: Mutex::new(None),
+            poll: Epoll::new()?,
+            receivers: AtomicUsize::new(0),
+            unwatched: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         });
+        shared.install(&mut shared.reader(), reader);
         let client = Client {
             shared: shared.clone(),
             name: name.into(),
@@ -221,8 +331,32 @@ impl Client {
         };
         std::thread::Builder::new()
             .name("iscsi".into())
-            .spawn(move || thread.run(reader))?;
+            .spawn(move || thread.run())?;
         Ok(client)
+    }
+
+    /// A file descriptor that is readable whenever the target has sent
+    /// something; an attached event loop then calls `receive`. It stays the
+    /// same across reconnections.
+    pub fn receive_fd(&self) -> RawFd {
+        self.shared.poll.as_raw_fd()
+    }
+
+    /// Attach an event loop that watches `receive_fd` and calls `receive`:
+    /// the session thread stops receiving (one thread wake-up less per
+    /// answer) until the returned guard, and every other, is dropped.
+    pub fn attach_receiver(&self) -> Receiver {
+        self.shared.receivers.fetch_add(1, Ordering::SeqCst);
+        let _ = self.shared.wake.write(1);
+        Receiver {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Receive what the target sent and complete the commands it answered
+    /// (callbacks run on this thread). Does nothing when nothing arrived.
+    pub fn receive(&self) {
+        self.shared.receive_round(&self.name);
     }
 
     /// Send a command. The caller's thread writes it to the socket when the

@@ -60,9 +60,19 @@ pub(super) struct State {
     /// wait for the restoration to finish.
     pub(super) held: Vec<Cmd>,
     pub(super) next_tag: u64,
+    /// When the target last sent anything (None: not since the login).
+    pub(super) last_heard: Option<Instant>,
+    /// When the unanswered keepalive went out.
+    pub(super) ping_sent: Option<Instant>,
 }
 
 impl State {
+    /// The target sent something: it is alive.
+    pub(super) fn heard(&mut self) {
+        self.last_heard = Some(Instant::now());
+        self.ping_sent = None;
+    }
+
     /// The connection is gone: keep every unfinished guest command for the
     /// next session (our own are re-derived from `pr`).
     pub(super) fn link_down(&mut self) {
@@ -132,6 +142,7 @@ impl State {
         // breaking the connection on one of them, say) are not resent.
         self.expire(name, out);
         self.down_since = None;
+        self.heard();
         info!(
             "iSCSI {name}: session reinstated, retrying {} command(s)",
             self.held.len()

@@ -4,6 +4,7 @@
 //! keeps the session alive, reconnects and learns portals.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,16 +82,13 @@ pub(super) struct SessionThread {
 }
 
 impl SessionThread {
-    pub(super) fn run(&mut self, reader: Reader) {
+    pub(super) fn run(&mut self) {
         let name = self.name.clone();
-        let mut reader = Some(reader);
         let mut backoff = BACKOFF_MIN;
-        let mut last_heard = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
-        let mut pdus = Vec::new();
         let mut done = Vec::new();
         loop {
-            let Some(r) = reader.as_mut() else {
+            let fd = self.shared.reader().as_ref().map(|r| r.stream.as_raw_fd());
+            let Some(fd) = fd else {
                 // Reconnect after the backoff, in steps of at most a second
                 // that fail the commands whose recovery timeout passes.
                 let until = Instant::now() + backoff;
@@ -117,18 +115,20 @@ impl SessionThread {
                 }
                 match self.reconnect() {
                     Some((r, w)) => {
+                        // Reader before state, as everywhere: the reader
+                        // goes in with the writer, so whatever the target
+                        // sends first finds the session up.
+                        let mut slot = self.shared.reader();
                         let mut st = self.shared.lock();
                         if st.stopping {
-                            drop(st);
+                            drop((st, slot));
                             return self.shutdown();
                         }
+                        self.shared.install(&mut slot, r);
                         st.link_up(&name, w, &mut done);
-                        drop(st);
+                        drop((st, slot));
                         complete_all(done.drain(..));
-                        reader = Some(r);
                         backoff = BACKOFF_MIN;
-                        last_heard = Instant::now();
-                        ping_sent = None;
                     }
                     None => backoff = (backoff * 2).min(BACKOFF_MAX),
                 }
@@ -140,10 +140,14 @@ impl SessionThread {
                 .writer
                 .as_ref()
                 .is_some_and(Writer::pending);
+            // Receive here only while no event loop does.
+            let receive_here = self.shared.receivers.load(Ordering::SeqCst) == 0
+                || self.shared.unwatched.load(Ordering::SeqCst);
             let mut fds = [
                 libc::pollfd {
-                    fd: r.stream.as_raw_fd(),
-                    events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
+                    fd,
+                    events: if receive_here { libc::POLLIN } else { 0 }
+                        | if want_out { libc::POLLOUT } else { 0 },
                     revents: 0,
                 },
                 libc::pollfd {
@@ -157,53 +161,53 @@ impl SessionThread {
             if fds[1].revents != 0 {
                 let _ = self.shared.wake.read();
             }
-            let mut failure = None;
-            if fds[0].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
-                if let Err(e) = r.read(&mut pdus) {
-                    failure = Some(format!("connection lost: {e}"));
-                }
+            // An error or hang-up is reported whatever was asked for: take
+            // it here too, or this loop would spin until a receiver does.
+            let broken = fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0;
+            if broken || (receive_here && fds[0].revents & libc::POLLIN != 0) {
+                self.shared.receive_round(&name);
             }
             let mut st = self.shared.lock();
             if st.stopping {
                 drop(st);
                 return self.shutdown();
             }
-            if !pdus.is_empty() {
-                last_heard = Instant::now();
-                ping_sent = None;
-            }
-            if let Err(e) = st.receive(&name, &mut pdus, &mut done) {
-                failure.get_or_insert(e);
-            }
+            let mut failure = None;
             if st.writer.is_none() {
-                // Closed under us (I_T nexus reset): drop this connection.
-                failure.get_or_insert_with(|| "session closed".into());
+                // Closed under us (I_T nexus reset, or a receiver found the
+                // connection broken and logged why).
+                failure = Some(None);
             }
+            let (last_heard, ping_sent) = (st.last_heard, st.ping_sent);
             if let Some(w) = st.writer.as_mut() {
                 // Keepalive and dead-target detection.
                 match ping_sent {
                     Some(t) if t.elapsed() > DEAD_AFTER => {
-                        failure
-                            .get_or_insert(format!("no answer from the target for {DEAD_AFTER:?}"));
+                        failure = Some(Some(format!(
+                            "no answer from the target for {DEAD_AFTER:?}"
+                        )));
                     }
-                    None if last_heard.elapsed() > KEEPALIVE => {
+                    None if last_heard.is_some_and(|t| t.elapsed() > KEEPALIVE) => {
                         w.session.ping();
-                        ping_sent = Some(Instant::now());
+                        st.ping_sent = Some(Instant::now());
                     }
                     _ => {}
                 }
+            }
+            if let Some(w) = st.writer.as_mut() {
                 w.flush();
                 if let Some(e) = w.broken.take() {
-                    failure.get_or_insert(format!("connection lost: {e}"));
+                    failure.get_or_insert(Some(format!("connection lost: {e}")));
                 }
             }
-            if let Some(e) = failure {
-                warn!("iSCSI {name}: {e}");
+            if let Some(why) = failure {
+                if let Some(e) = why {
+                    warn!("iSCSI {name}: {e}");
+                }
                 st.link_down();
-                reader = None;
+                drop(st);
+                self.shared.uninstall(&mut self.shared.reader());
             }
-            drop(st);
-            complete_all(done.drain(..));
         }
     }
 
@@ -258,5 +262,6 @@ impl SessionThread {
                 wait_fd(fd, libc::POLLOUT, Duration::from_millis(10));
             }
         }
+        self.shared.uninstall(&mut self.shared.reader());
     }
 }
