@@ -109,28 +109,36 @@ impl Reader {
         let mut result = Ok(());
         let mut got = 0;
         while got < READ_ROUND {
-            let r = match self.direct.as_mut() {
+            let (r, asked) = match self.direct.as_mut() {
                 Some(d) => {
                     let want = d.len - d.payload.len();
-                    read_some(fd, &mut d.payload, want)
+                    (read_some(fd, &mut d.payload, want), want)
                 }
-                None => read_some(fd, &mut self.rx, READ_CHUNK),
+                None => (read_some(fd, &mut self.rx, READ_CHUNK), READ_CHUNK),
             };
-            match r {
+            // A short read emptied the socket: decode and stop, instead of
+            // a read(2) that only says EAGAIN (the caller polls again).
+            let drained = match r {
                 Ok(0) => {
                     result = Err(Error::Closed);
                     break;
                 }
-                Ok(n) => got += n,
+                Ok(n) => {
+                    got += n;
+                    n < asked
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     result = Err(e.into());
                     break;
                 }
-            }
+            };
             if let Err(e) = self.decode(out) {
                 result = Err(e);
+                break;
+            }
+            if drained {
                 break;
             }
         }
