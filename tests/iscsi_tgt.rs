@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
 use vhost_user_scsi::iscsi::conn::{Connection, Error};
 use vhost_user_scsi::iscsi::login::{Credentials, LoginError, LoginParams};
-use vhost_user_scsi::iscsi::session::{Completion, Data};
+use vhost_user_scsi::iscsi::session::{Completion, Data, Sink, SinkRef};
 
 const INITIATOR: &str = "iqn.2026-11.org.vhost-user-scsi:test";
 const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
@@ -1131,7 +1131,7 @@ fn shutdown_answers_what_a_frozen_target_owes_at_once() {
 }
 
 #[test]
-fn client_moves_large_transfers_intact_with_digests() {
+fn large_transfers_arrive_intact_in_buffers_and_sinks_with_and_without_digests() {
     let mut t = Tgt::start();
     let name = "iqn.2026-11.test:large";
     let (tid, _) = t.target(name);
@@ -1171,6 +1171,101 @@ fn client_moves_large_transfers_intact_with_digests() {
         for (i, (r, want)) in got[4..].iter().zip(all.chunks(256 << 10)).enumerate() {
             assert!(r.data == want, "256 KiB read {i} differs");
         }
+        // The same reads into sinks (what the daemon does with guest
+        // memory): without a data digest the big segments go from the
+        // socket straight into the sink.
+        let sinks: Vec<Arc<VecSink>> = (0..4)
+            .map(|_| Arc::new(VecSink::new(1 << 20)))
+            .chain((0..4).map(|_| Arc::new(VecSink::new(256 << 10))))
+            .collect();
+        let reads: Vec<(Vec<u8>, Data)> = (0..8u64)
+            .map(|i| {
+                let (lba, blocks) = if i < 4 {
+                    (i * 2048, 2048)
+                } else {
+                    ((i - 4) * 512, 512)
+                };
+                (
+                    read16(lba, blocks),
+                    Data::ReadInto(SinkRef(sinks[i as usize].clone())),
+                )
+            })
+            .collect();
+        for (i, r) in run_async(&c, reads).iter().enumerate() {
+            assert_eq!(r.status, 0, "{r:?}");
+            assert!(r.data.is_empty());
+            assert_eq!(r.placed as usize, sinks[i].size());
+            let want = if i < 4 {
+                pattern(i as u64)
+            } else {
+                all.chunks(256 << 10).nth(i - 4).unwrap().to_vec()
+            };
+            assert!(
+                *sinks[i].buf.lock().unwrap() == want,
+                "read {i} into a sink differs"
+            );
+        }
+        let direct: usize = sinks.iter().map(|k| k.direct.load(Ordering::SeqCst)).sum();
+        if digests {
+            assert_eq!(
+                direct, 0,
+                "received into the sink before the digest was checked"
+            );
+        } else {
+            assert!(
+                direct > 3 << 20,
+                "only {direct} bytes went straight into the sinks"
+            );
+        }
         c.shutdown();
+    }
+}
+
+/// A sink in process memory, counting what it received from the socket.
+struct VecSink {
+    buf: std::sync::Mutex<Vec<u8>>,
+    direct: std::sync::atomic::AtomicUsize,
+}
+
+impl VecSink {
+    fn new(len: usize) -> VecSink {
+        VecSink {
+            buf: std::sync::Mutex::new(vec![0; len]),
+            direct: Default::default(),
+        }
+    }
+}
+
+impl Sink for VecSink {
+    fn size(&self) -> usize {
+        self.buf.lock().unwrap().len()
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+        let mut b = self.buf.lock().unwrap();
+        match b.get_mut(offset..offset + data.len()) {
+            Some(d) => {
+                d.copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn read_from(
+        &self,
+        fd: std::os::fd::RawFd,
+        offset: usize,
+        len: usize,
+    ) -> Option<std::io::Result<usize>> {
+        let mut b = self.buf.lock().unwrap();
+        let d = b.get_mut(offset..offset + len)?;
+        // SAFETY: read(2) into `len` bytes of the locked buffer.
+        let r = unsafe { libc::read(fd, d.as_mut_ptr().cast(), len) };
+        let r = usize::try_from(r).map_err(|_| std::io::Error::last_os_error());
+        if let Ok(n) = r {
+            self.direct.fetch_add(n, Ordering::SeqCst);
+        }
+        Some(r)
     }
 }

@@ -24,6 +24,12 @@ e2fsck -fn "$sd"
 mount -t ext4 -o ro "$sd" /mnt
 (cd /mnt && sha256sum -c /tmp/sum)
 umount /mnt
+# Big reads: their Data-In segments go from the socket straight into guest
+# memory. Read back what was written, in 1 MiB and 256 KiB requests.
+dd if=/dev/urandom of=/tmp/big bs=1M count=8 2>/dev/null
+dd if=/tmp/big of="$sd" bs=1M seek=40 oflag=direct conv=fsync 2>/dev/null
+check 'dd if="$sd" bs=1M skip=40 count=8 iflag=direct 2>/dev/null | cmp - /tmp/big'
+check 'dd if="$sd" bs=256k skip=160 count=32 iflag=direct 2>/dev/null | cmp - /tmp/big'
 # A LUN reset from the guest goes to the target as an iSCSI LUN RESET.
 sg_reset -d "$sd"
 sg_turs "$sd" || sg_turs "$sd"

@@ -8,6 +8,7 @@ mod control;
 mod engine;
 mod inflight;
 mod request;
+mod sink;
 #[cfg(test)]
 mod tests;
 

@@ -91,10 +91,14 @@ struct RemotePending {
     write: bool,
     /// Bytes taken from the connection's budget.
     reserved: u64,
+    /// The guest's data-in buffer, when the session receives into it.
+    sink: Option<Arc<GuestSink>>,
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
-use crate::iscsi::client::{Client, Deferred, Failure, Request};
+use super::sink::{guest_sink, GuestSink};
+use crate::iscsi::client::{Client, Deferred, Failure, Request, PLACE_MIN};
+use crate::iscsi::session::SinkRef;
 
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
@@ -420,6 +424,7 @@ impl ScsiBackend {
             respond(mem, vring, head, &bufs, &hdr, 0);
             return true;
         }
+        let mut sink = None;
         let data = if data_out_len > 0 {
             let mut v = vec![0u8; data_out_len as usize];
             if bufs
@@ -431,6 +436,15 @@ impl ScsiBackend {
                 return fail(&bufs, Response::Failure);
             }
             Data::Write(v)
+        } else if data_in_len >= PLACE_MIN as u64 {
+            let k = guest_sink(
+                mem,
+                &bufs.writable,
+                RESP_HEADER_LEN as u64,
+                data_in_len as usize,
+            );
+            sink = Some(k.clone());
+            Data::ReadInto(SinkRef(k))
         } else if data_in_len > 0 {
             Data::Read(data_in_len as u32)
         } else {
@@ -446,6 +460,7 @@ impl ScsiBackend {
             data_in_len,
             write: data_out_len > 0,
             reserved,
+            sink,
         };
         let backend = self.clone();
         let r = Request {
@@ -474,6 +489,10 @@ impl ScsiBackend {
     /// outcome (the iSCSI session thread): the answer goes straight into
     /// guest memory and the used ring, with no hop through the worker.
     fn complete_remote(&self, p: RemotePending, r: RemoteResult) -> Option<Deferred> {
+        if let Some(k) = &p.sink {
+            // The buffer goes back to the guest: nothing more lands in it.
+            k.close();
+        }
         let (hdr, n) = match (self.inner.inflight.aborted(p.queue, p.key), r) {
             (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
             (None, Err(Failure::Aborted)) => {
@@ -490,6 +509,12 @@ impl ScsiBackend {
             // Not completed at the target: let the guest retry.
             (None, Ok(c)) if c.response != 0 => {
                 (encode_response(Response::TransportFailure, 0, &[], 0), 0)
+            }
+            (None, Ok(c)) if c.placed > 0 => {
+                // Received straight into the guest's buffer.
+                let n = u64::from(c.placed).min(p.data_in_len);
+                let resid = p.data_in_len - n;
+                (encode_response(Response::Ok, c.status, &c.sense, resid), n)
             }
             (None, Ok(c)) => {
                 let n = (c.data.len() as u64).min(p.data_in_len);

@@ -180,6 +180,26 @@ impl Pdu {
         self.u32_at(20)
     }
 
+    /// DataSegmentLength as received (`encode` sets it from `data`). A
+    /// received Data-In with empty `data` and a non-zero length here had its
+    /// segment received straight into its command's sink.
+    pub fn data_segment_length(&self) -> usize {
+        (usize::from(self.bhs[5]) << 16)
+            | (usize::from(self.bhs[6]) << 8)
+            | usize::from(self.bhs[7])
+    }
+
+    /// A PDU with this BHS (the first `BHS_LEN` bytes of `header`) and no
+    /// AHS or data; None if `header` is shorter.
+    pub fn from_bhs(header: &[u8]) -> Option<Pdu> {
+        let bhs: [u8; BHS_LEN] = header.get(..BHS_LEN)?.try_into().ok()?;
+        Some(Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data: Vec::new(),
+        })
+    }
+
     /// StatSN / ExpCmdSN / MaxCmdSN of target PDUs (bytes 24, 28, 32).
     pub fn stat_sn(&self) -> u32 {
         self.u32_at(24)
@@ -291,26 +311,40 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
 /// becomes the PDU's data without a copy. The lengths must agree with the
 /// header's (`layout`).
 pub fn decode_split(header: &[u8], mut payload: Vec<u8>, dg: Digests) -> Result<Pdu, PduError> {
-    let l = layout(header, dg, usize::MAX)?
-        .filter(|l| l.header == header.len() && l.total - l.header == payload.len())
-        .ok_or(PduError::Truncated)?;
-    let hd = if dg.header { 4 } else { 0 };
-    let header_end = l.header - hd;
-    if dg.header && header[header_end..] != digest(&[&header[..header_end]]) {
-        return Err(PduError::HeaderDigest);
+    let (mut p, l) = decode_header(header, dg)?;
+    if l.total - l.header != payload.len() {
+        return Err(PduError::Truncated);
     }
     let padded = l.data + pad4(l.data);
     if dg.data && l.data > 0 && payload[padded..] != digest(&[&payload[..padded]]) {
         return Err(PduError::DataDigest);
     }
     payload.truncate(l.data);
+    p.data = payload;
+    Ok(p)
+}
+
+/// Decode a PDU's header alone (BHS, AHS, header digest, all of `header`):
+/// the PDU without its data segment, and where its parts are. A Data-In
+/// whose segment is received straight into its command's sink is passed on
+/// in this form.
+pub fn decode_header(header: &[u8], dg: Digests) -> Result<(Pdu, Layout), PduError> {
+    let l = layout(header, dg, usize::MAX)?
+        .filter(|l| l.header == header.len())
+        .ok_or(PduError::Truncated)?;
+    let hd = if dg.header { 4 } else { 0 };
+    let header_end = l.header - hd;
+    if dg.header && header[header_end..] != digest(&[&header[..header_end]]) {
+        return Err(PduError::HeaderDigest);
+    }
     let mut bhs = [0u8; BHS_LEN];
     bhs.copy_from_slice(&header[..BHS_LEN]);
-    Ok(Pdu {
+    let p = Pdu {
         bhs,
         ahs: header[BHS_LEN..header_end].to_vec(),
-        data: payload,
-    })
+        data: Vec::new(),
+    };
+    Ok((p, l))
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 //! in, PDUs out (`poll_transmit`) and events.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use super::login::Negotiated;
 use super::pdu::{Digests, Opcode, Pdu, RESERVED_TAG};
@@ -19,9 +23,45 @@ pub enum Data {
     None,
     /// Read up to this many bytes.
     Read(u32),
+    /// Read up to the sink's length, straight into the sink.
+    ReadInto(SinkRef),
     /// Write these bytes.
     Write(Vec<u8>),
 }
+
+/// Memory a read's data goes straight into (guest memory), so that it
+/// never sits in a buffer of the client's. Once the command's outcome is
+/// known the owner closes it: later writes are refused, so no data lands in
+/// memory that was handed back.
+pub trait Sink: Send + Sync {
+    /// Its size in bytes (the read's expected transfer length).
+    fn size(&self) -> usize;
+    /// Copy `data` to byte `offset`; false if closed or out of range.
+    fn write_at(&self, offset: usize, data: &[u8]) -> bool;
+    /// One read(2) of up to `len` bytes from the socket `fd` to byte
+    /// `offset`: the bytes read (0 at end of stream) or the error; None,
+    /// reading nothing, when closed or out of range (the caller then reads
+    /// the bytes elsewhere).
+    fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>>;
+}
+
+/// A shared `Sink`; equal only to itself.
+#[derive(Clone)]
+pub struct SinkRef(pub Arc<dyn Sink>);
+
+impl fmt::Debug for SinkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sink({} bytes)", self.0.size())
+    }
+}
+
+impl PartialEq for SinkRef {
+    fn eq(&self, other: &SinkRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SinkRef {}
 
 /// A finished command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +72,9 @@ pub struct Completion {
     pub status: u8,
     pub sense: Vec<u8>,
     pub data: Vec<u8>,
+    /// Bytes of data-in that went into the command's sink (`data` is then
+    /// empty).
+    pub placed: u32,
     /// Residual count: positive underflow, negative overflow.
     pub residual: i64,
 }
@@ -96,6 +139,8 @@ struct Task {
     read_len: u32,
     write: Vec<u8>,
     data: Vec<u8>,
+    /// Where data-in goes instead of `data`.
+    sink: Option<SinkRef>,
     received: u32,
     /// Whether the command PDU has gone out.
     sent: bool,
@@ -205,10 +250,15 @@ impl Session {
     /// Queue a SCSI command; it goes out when the CmdSN window allows.
     pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: impl Into<Vec<u8>>, data: Data) -> u32 {
         let itt = self.alloc_itt();
-        let (read_len, write) = match data {
-            Data::None => (0, Vec::new()),
-            Data::Read(n) => (n, Vec::new()),
-            Data::Write(w) => (0, w),
+        let (read_len, write, sink) = match data {
+            Data::None => (0, Vec::new(), None),
+            Data::Read(n) => (n, Vec::new(), None),
+            Data::ReadInto(k) => (
+                u32::try_from(k.0.size()).unwrap_or(u32::MAX),
+                Vec::new(),
+                Some(k),
+            ),
+            Data::Write(w) => (0, w, None),
         };
         self.tasks.insert(
             itt,
@@ -219,6 +269,7 @@ impl Session {
                 read_len,
                 write,
                 data: Vec::new(),
+                sink,
                 received: 0,
                 sent: false,
                 cmd_sn: 0,
@@ -471,6 +522,7 @@ impl Session {
                 read_len: 0,
                 write: Vec::new(),
                 data: Vec::new(),
+                sink: None,
                 received: 0,
                 sent: true,
                 cmd_sn: self.cmd_sn,
@@ -546,12 +598,14 @@ impl Session {
         let t = self.tasks.remove(&itt)?;
         let mut data = t.data;
         data.truncate(t.received as usize);
+        let placed = if t.sink.is_some() { t.received } else { 0 };
         Some(Event::Completed(Completion {
             tag: t.tag,
             response,
             status,
             sense,
             data,
+            placed,
             residual,
         }))
     }
@@ -564,6 +618,25 @@ impl Session {
         } else {
             0
         }
+    }
+
+    /// Where the data segment of a Data-In whose header (BHS) is `bhs`
+    /// may be received directly: the task's sink and the byte offset in
+    /// it, if the task has one and the segment fits (otherwise the segment
+    /// is received into a buffer and `receive` judges it). The PDU is then
+    /// passed to `receive` with its data left empty.
+    pub fn place(&self, bhs: &[u8]) -> Option<(SinkRef, usize)> {
+        let p = Pdu::from_bhs(bhs)?;
+        if p.opcode() != Some(Opcode::DataIn) {
+            return None;
+        }
+        let t = self.tasks.get(&p.itt())?;
+        let k = t.sink.as_ref()?;
+        let offset = p.u32_at(40) as usize;
+        offset
+            .checked_add(p.data_segment_length())
+            .filter(|&e| e <= t.read_len as usize && e <= k.0.size())?;
+        Some((k.clone(), offset))
     }
 
     /// Handle one PDU from the target.
@@ -580,11 +653,27 @@ impl Session {
                     .get_mut(&itt)
                     .ok_or_else(|| protocol(format!("Data-In for unknown task {itt:#x}")))?;
                 let offset = p.u32_at(40) as usize;
+                // A segment whose data is missing from a PDU whose header
+                // has some was received straight into the task's sink
+                // (see `place`).
+                let placed = p.data.is_empty() && p.data_segment_length() > 0;
+                let len = if placed {
+                    p.data_segment_length()
+                } else {
+                    p.data.len()
+                };
                 let end = offset
-                    .checked_add(p.data.len())
+                    .checked_add(len)
                     .filter(|&e| e <= t.read_len as usize)
                     .ok_or_else(|| protocol("Data-In beyond the expected transfer length"))?;
-                if offset == 0 && t.data.is_empty() {
+                if let Some(k) = &t.sink {
+                    // A closed sink (the command ended at our side) drops it.
+                    if !placed {
+                        k.0.write_at(offset, &p.data);
+                    }
+                } else if placed {
+                    return Err(protocol("Data-In received into a missing buffer"));
+                } else if offset == 0 && t.data.is_empty() {
                     // The usual first (often only) segment: keep its buffer.
                     t.data = std::mem::take(&mut p.data);
                     t.data.reserve_exact(t.read_len as usize - end);
@@ -746,6 +835,8 @@ impl Session {
             .map(|(_, t)| {
                 let d = if !t.write.is_empty() {
                     Data::Write(t.write)
+                } else if let Some(k) = t.sink {
+                    Data::ReadInto(k)
                 } else if t.read_len > 0 {
                     Data::Read(t.read_len)
                 } else {
@@ -887,6 +978,80 @@ mod tests {
             (c.tag, c.status, c.residual, c.data.len()),
             (7, 0, 256, 768)
         );
+    }
+
+    /// A sink in memory; `read_from` is the Reader's business, not the
+    /// session's.
+    struct MemSink(std::sync::Mutex<Vec<u8>>);
+
+    impl Sink for MemSink {
+        fn size(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+        fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+            let mut b = self.0.lock().unwrap();
+            b[offset..offset + data.len()].copy_from_slice(data);
+            true
+        }
+        fn read_from(&self, _: RawFd, _: usize, _: usize) -> Option<io::Result<usize>> {
+            None
+        }
+    }
+
+    /// A received Data-In header with `len` bytes of data announced.
+    fn data_in_header(itt: u32, offset: u32, len: u32, flags: u8) -> Pdu {
+        let mut d = Pdu::new(Opcode::DataIn);
+        d.set_flags(flags);
+        d.set_itt(itt);
+        d.set_u32(40, offset);
+        d.bhs[5..8].copy_from_slice(&len.to_be_bytes()[1..]);
+        d
+    }
+
+    #[test]
+    fn data_in_goes_to_the_sink_whether_placed_or_copied() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 1024])));
+        let itt = s.submit(7, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink.clone())));
+        drain(&mut s);
+        // Only Data-In for this task, within its length, may be placed.
+        let h = data_in_header(itt, 512, 512, 0);
+        assert_eq!(s.place(&h.bhs).map(|(_, at)| at), Some(512));
+        assert!(s.place(&data_in_header(itt, 768, 512, 0).bhs).is_none());
+        assert!(s.place(&data_in_header(itt + 1, 0, 512, 0).bhs).is_none());
+        let mut other = h.clone();
+        other.bhs[0] = Opcode::ScsiResponse as u8;
+        assert!(s.place(&other.bhs).is_none());
+        // First half copied by the session, second half placed (no data).
+        let mut d1 = data_in_header(itt, 0, 512, 0);
+        d1.data = vec![0xaa; 512];
+        assert!(s.receive(d1).unwrap().is_empty());
+        sink.0.lock().unwrap()[512..].fill(0xbb);
+        let ev = s.receive(data_in_header(itt, 512, 512, 0x81)).unwrap();
+        let Event::Completed(c) = &ev[0] else {
+            panic!()
+        };
+        assert_eq!((c.placed, c.data.len(), c.residual), (1024, 0, 0));
+        let b = sink.0.lock().unwrap();
+        assert!(b[..512].iter().all(|&x| x == 0xaa) && b[512..].iter().all(|&x| x == 0xbb));
+    }
+
+    #[test]
+    fn placed_data_in_for_a_task_without_a_sink_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(1, LUN, [0x28; 10], Data::Read(1024));
+        drain(&mut s);
+        assert!(s.place(&data_in_header(itt, 0, 512, 0).bhs).is_none());
+        assert!(s.receive(data_in_header(itt, 0, 512, 0)).is_err());
+    }
+
+    #[test]
+    fn a_resent_read_keeps_its_sink() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let k = SinkRef(Arc::new(MemSink(std::sync::Mutex::new(vec![0; 64]))));
+        s.submit(1, LUN, [0x28; 10], Data::ReadInto(k.clone()));
+        let again = s.take_unfinished();
+        assert_eq!(again[0].3, Data::ReadInto(k));
     }
 
     #[test]
@@ -1176,13 +1341,13 @@ mod tests {
                 0..TARGET_OPS.len(),
                 proptest::collection::vec(any::<u8>(), 48),
                 proptest::collection::vec(any::<u8>(), 0..300),
-                0u32..6,
+                0u32..8,
             )
                 .prop_map(|(op, bhs, data, itt)| {
                     let mut p = Pdu::new(Opcode::from_u8(TARGET_OPS[op]).unwrap_or(Opcode::NopIn));
                     p.bhs[1..].copy_from_slice(&bhs[1..]);
                     // Mostly the ITTs of the commands in flight.
-                    if itt < 5 {
+                    if itt < 7 {
                         p.set_itt(itt + 1);
                     }
                     p.data = data;
@@ -1200,17 +1365,21 @@ mod tests {
                 s.submit(1, LUN, [0x28; 10], Data::Read(4096));
                 s.submit(2, LUN, [0x2a; 10], Data::Write(vec![1; 70000]));
                 s.submit(3, LUN, [0; 6], Data::None);
+                let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 8192])));
+                s.submit(6, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink)));
                 s.task_management(4, 5, LUN, None);
                 s.task_management(5, 1, LUN, Some(1));
                 for p in pdus {
                     let _ = drain(&mut s);
+                    // What the Reader would ask before receiving the data.
+                    let _ = s.place(&p.bhs);
                     if s.receive(p).is_err() {
                         break;
                     }
                 }
                 let _ = drain(&mut s);
                 let again = s.take_unfinished();
-                prop_assert!(again.iter().all(|c| (1..=3).contains(&c.0)));
+                prop_assert!(again.iter().all(|c| matches!(c.0, 1..=3 | 6)));
                 prop_assert_eq!(s.in_flight(), 0);
             }
         }

@@ -49,6 +49,16 @@ impl Buffer {
         self.len == 0
     }
 
+    /// A buffer made of these (address, length) guest regions.
+    #[cfg(test)]
+    pub(crate) fn from_regions(regions: &[(u64, u32)]) -> Buffer {
+        let mut b = Buffer::default();
+        for &(a, l) in regions {
+            b.push(a, l);
+        }
+        b
+    }
+
     fn push(&mut self, addr: u64, len: u32) {
         if len > 0 {
             self.regions.push(Region { addr, len });
@@ -189,11 +199,7 @@ mod tests {
     }
 
     fn buffer(regions: &[(u64, u32)]) -> Buffer {
-        let mut b = Buffer::default();
-        for &(a, l) in regions {
-            b.push(a, l);
-        }
-        b
+        Buffer::from_regions(regions)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::pdu::{self, Digests, Pdu};
-use crate::iscsi::session::Session;
+use crate::iscsi::session::{Session, SinkRef};
 
 /// Transmit buffer capacity kept between bursts.
 const TX_KEEP: usize = 256 * 1024;
@@ -74,12 +74,30 @@ pub(super) struct Reader {
 
 /// The header of a PDU whose data segment (padded, with its digest) is read
 /// straight into `payload`, which then becomes the PDU's data: a 1 MiB
-/// Data-In is not copied out of the receive buffer.
+/// Data-In is not copied out of the receive buffer. Or, for a Data-In whose
+/// command has a sink (guest memory), the data goes straight into the sink
+/// and `payload` only takes the padding.
 pub(super) struct Direct {
     pub(super) header: Vec<u8>,
     pub(super) payload: Vec<u8>,
     pub(super) len: usize,
+    pub(super) placing: Option<Placing>,
 }
+
+/// A Data-In segment being received into its command's sink.
+pub(super) struct Placing {
+    /// The decoded header, passed on with no data once all is in.
+    pub(super) pdu: Pdu,
+    pub(super) sink: SinkRef,
+    /// Where the next byte goes in the sink.
+    pub(super) at: usize,
+    /// Data bytes still to come.
+    pub(super) left: usize,
+}
+
+/// Where a Data-In with this BHS may be received directly, if anywhere
+/// (`Session::place`, asked under the state lock).
+pub(super) type Place<'a> = &'a mut dyn FnMut(&[u8]) -> Option<(SinkRef, usize)>;
 
 /// Bytes read from the socket per round before decoding.
 pub(super) const READ_ROUND: usize = 1 << 20;
@@ -104,12 +122,27 @@ pub(super) fn read_some(fd: i32, buf: &mut Vec<u8>, max: usize) -> io::Result<us
 impl Reader {
     /// Read what is there (up to `READ_ROUND`) and decode every whole PDU
     /// into `out`. On an error, the PDUs decoded before it are in `out` too.
-    pub(super) fn read(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+    pub(super) fn read(&mut self, out: &mut Vec<Pdu>, place: Place) -> Result<(), Error> {
         let fd = self.stream.as_raw_fd();
         let mut result = Ok(());
         let mut got = 0;
         while got < READ_ROUND {
             let (r, asked) = match self.direct.as_mut() {
+                Some(Direct {
+                    placing: Some(p), ..
+                }) if p.left > 0 => {
+                    let r = p.sink.0.read_from(fd, p.at, p.left).unwrap_or_else(|| {
+                        // Closed (the command ended here): read and drop.
+                        let mut scratch = Vec::new();
+                        read_some(fd, &mut scratch, p.left.min(READ_CHUNK))
+                    });
+                    if let Ok(n) = r {
+                        p.at += n;
+                        p.left -= n.min(p.left);
+                    }
+                    let asked = p.left + r.as_ref().map_or(0, |&n| n);
+                    (r, asked)
+                }
                 Some(d) => {
                     let want = d.len - d.payload.len();
                     (read_some(fd, &mut d.payload, want), want)
@@ -134,7 +167,7 @@ impl Reader {
                     break;
                 }
             };
-            if let Err(e) = self.decode(out) {
+            if let Err(e) = self.decode(out, place) {
                 result = Err(e);
                 break;
             }
@@ -157,10 +190,16 @@ impl Reader {
 
     /// Decode every whole PDU received; start reading a big data segment
     /// into its own buffer once its header is in.
-    pub(super) fn decode(&mut self, out: &mut Vec<Pdu>) -> Result<(), Error> {
+    pub(super) fn decode(&mut self, out: &mut Vec<Pdu>, place: Place) -> Result<(), Error> {
         let dg = self.digests;
-        if let Some(d) = self.direct.take_if(|d| d.payload.len() == d.len) {
-            out.push(pdu::decode_split(&d.header, d.payload, dg)?);
+        let whole = |d: &mut Direct| {
+            d.payload.len() == d.len && d.placing.as_ref().is_none_or(|p| p.left == 0)
+        };
+        if let Some(d) = self.direct.take_if(whole) {
+            match d.placing {
+                Some(p) => out.push(p.pdu),
+                None => out.push(pdu::decode_split(&d.header, d.payload, dg)?),
+            }
         }
         if self.direct.is_some() {
             return Ok(());
@@ -170,11 +209,45 @@ impl Reader {
             let Some(l) = pdu::layout(buf, dg, self.max_data)? else {
                 return Ok(());
             };
-            if buf.len() >= l.total {
+            let whole = buf.len() >= l.total;
+            let big = l.data >= DIRECT_MIN && buf.len() >= l.header;
+            // A big Data-In goes straight into its command's sink when it
+            // has one (not with a data digest, which needs the data in
+            // hand). The header is checked first: a damaged one must not
+            // steer data into some command's memory.
+            let placing = if big && !dg.data {
+                let (p, _) = pdu::decode_header(&buf[..l.header], dg)?;
+                place(&p.bhs).map(|(sink, at)| (p, sink, at))
+            } else {
+                None
+            };
+            if let Some((pdu, sink, at)) = placing {
+                let avail = &buf[l.header..buf.len().min(l.total)];
+                let here = avail.len().min(l.data);
+                sink.0.write_at(at, &avail[..here]);
+                if whole {
+                    out.push(pdu);
+                    self.head += l.total;
+                    continue;
+                }
+                // Everything after `head` belongs to this PDU.
+                self.direct = Some(Direct {
+                    header: Vec::new(),
+                    payload: avail[here..].to_vec(),
+                    len: l.total - l.header - l.data,
+                    placing: Some(Placing {
+                        pdu,
+                        sink,
+                        at: at + here,
+                        left: l.data - here,
+                    }),
+                });
+            } else if whole {
                 let payload = buf[l.header..l.total].to_vec();
                 out.push(pdu::decode_split(&buf[..l.header], payload, dg)?);
                 self.head += l.total;
-            } else if l.data >= DIRECT_MIN && buf.len() >= l.header {
+                continue;
+            } else if big {
                 // Everything after `head` belongs to this PDU.
                 let len = l.total - l.header;
                 let mut payload = Vec::with_capacity(len);
@@ -183,13 +256,14 @@ impl Reader {
                     header: buf[..l.header].to_vec(),
                     payload,
                     len,
+                    placing: None,
                 });
-                self.rx.clear();
-                self.head = 0;
-                return Ok(());
             } else {
                 return Ok(());
             }
+            self.rx.clear();
+            self.head = 0;
+            return Ok(());
         }
     }
 }

@@ -62,6 +62,10 @@ pub enum Failure {
     Timeout,
 }
 
+/// Reads at least this long are worth a sink (`Data::ReadInto`): their
+/// Data-In segments may be long enough to be received straight into it.
+pub const PLACE_MIN: usize = halves::DIRECT_MIN;
+
 /// How long commands wait for a lost session by default (open-iscsi's
 /// replacement_timeout has the same default).
 pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -203,8 +207,12 @@ impl Shared {
                 return;
             };
             let mut pdus = std::mem::take(&mut r.pdus);
+            let mut place = |bhs: &[u8]| {
+                let st = self.lock();
+                st.writer.as_ref().and_then(|w| w.session.place(bhs))
+            };
             let mut failure = r
-                .read(&mut pdus)
+                .read(&mut pdus, &mut place)
                 .err()
                 .map(|e| format!("connection lost: {e}"));
             let mut st = self.lock();
@@ -402,6 +410,7 @@ impl Client {
                     status: 2,
                     sense,
                     data: Vec::new(),
+                    placed: 0,
                     residual: 0,
                 };
                 now.push((r.done, Ok(c)));

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A guest's data-in buffer as the sink of a read passed through to an
+//! iSCSI target: the initiator receives big Data-In segments from the
+//! socket straight into guest memory (readv(2) on the guest's pages), with
+//! no buffer in between.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::iscsi::session::Sink;
+use crate::virtio::buffers::{Buffer, GuestMemory};
+
+/// Most iovecs one readv(2) takes (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
+pub(super) struct GuestSink {
+    mem: Arc<GuestMemory>,
+    buf: Buffer,
+    /// Where the data starts in `buf` (after the response header).
+    base: u64,
+    len: usize,
+    /// Cleared when the command completes to the guest: from then on the
+    /// buffer is the guest's again and nothing may be written to it. Held
+    /// across each write, so closing waits for one in progress.
+    open: Mutex<bool>,
+}
+
+impl GuestSink {
+    pub(super) fn new(mem: Arc<GuestMemory>, buf: Buffer, base: u64, len: usize) -> GuestSink {
+        GuestSink {
+            mem,
+            buf,
+            base,
+            len,
+            open: Mutex::new(true),
+        }
+    }
+
+    /// Refuse every write from now on (returns once none is in progress).
+    pub(super) fn close(&self) {
+        *self.lock() = false;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fits(&self, offset: usize, len: usize) -> bool {
+        offset.checked_add(len).is_some_and(|e| e <= self.len)
+    }
+}
+
+impl Sink for GuestSink {
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+        let open = self.lock();
+        *open
+            && self.fits(offset, data.len())
+            && self
+                .buf
+                .write_at(&self.mem, self.base + offset as u64, data)
+                .is_ok()
+    }
+
+    fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>> {
+        let open = self.lock();
+        if !*open || !self.fits(offset, len) {
+            return None;
+        }
+        let iov = self
+            .buf
+            .iovecs(&self.mem, self.base + offset as u64, len as u64)
+            .ok()?;
+        let n = iov.len().min(IOV_MAX) as libc::c_int;
+        // SAFETY: the iovecs point into guest memory mapped by `self.mem`,
+        // which this sink keeps alive, within the guest's data-in buffer
+        // (`fits`, `iovecs` bound them); the sink is open, so the buffer
+        // has not been handed back to the guest, and `open` stays locked
+        // until the kernel is done writing.
+        let r = unsafe { libc::readv(fd, iov.as_ptr(), n) };
+        drop(open);
+        Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+    }
+}
+
+/// A sink for `len` bytes of `buf` from `base`, shared with the session.
+pub(super) fn guest_sink(
+    mem: &Arc<GuestMemory>,
+    buf: &Buffer,
+    base: u64,
+    len: usize,
+) -> Arc<GuestSink> {
+    Arc::new(GuestSink::new(mem.clone(), buf.clone(), base, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    #[test]
+    fn receives_across_regions_and_refuses_everything_once_closed() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
+        // A 2-byte response header, then 6 data bytes over two regions.
+        let buf = Buffer::from_regions(&[(0x100, 4), (0x800, 4)]);
+        let k = guest_sink(&mem, &buf, 2, 6);
+        assert_eq!(k.size(), 6);
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        tx.write_all(&[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(k.read_from(rx.as_raw_fd(), 1, 5).unwrap().unwrap(), 5);
+        assert!(k.write_at(0, &[9]));
+        let mut got = [0u8; 4];
+        mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
+        assert_eq!(got, [0, 0, 9, 1]);
+        mem.read_slice(&mut got, GuestAddress(0x800)).unwrap();
+        assert_eq!(got, [2, 3, 4, 5]);
+        // Past the end: refused, nothing read from the socket.
+        assert!(!k.write_at(5, &[0, 0]));
+        assert!(k.read_from(rx.as_raw_fd(), 4, 3).is_none());
+        k.close();
+        tx.write_all(&[7]).unwrap();
+        assert!(!k.write_at(0, &[7]));
+        assert!(k.read_from(rx.as_raw_fd(), 0, 1).is_none());
+        mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
+        assert_eq!(got, [0, 0, 9, 1]);
+    }
+}
