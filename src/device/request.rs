@@ -96,9 +96,9 @@ struct RemotePending {
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
-use super::sink::{guest_sink, GuestSink};
+use super::sink::{guest_sink, GuestSink, GuestSource};
 use crate::iscsi::client::{Client, Deferred, Failure, Request, PLACE_MIN};
-use crate::iscsi::session::SinkRef;
+use crate::iscsi::session::{SinkRef, SourceRef};
 
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
@@ -425,7 +425,17 @@ impl ScsiBackend {
             return true;
         }
         let mut sink = None;
-        let data = if data_out_len > 0 {
+        let data = if data_out_len >= PLACE_MIN as u64 {
+            // Sent from the guest's pages.
+            let base = REQ_HEADER_LEN as u64;
+            match GuestSource::new(mem, &bufs.readable, base, data_out_len as usize) {
+                Some(src) => Data::WriteFrom(SourceRef(Arc::new(src))),
+                None => {
+                    self.inner.remote_budget.give(reserved);
+                    return fail(&bufs, Response::Failure);
+                }
+            }
+        } else if data_out_len > 0 {
             let mut v = vec![0u8; data_out_len as usize];
             if bufs
                 .readable

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A guest's data-in buffer as the sink of a read passed through to an
-//! iSCSI target: the initiator receives big Data-In segments from the
-//! socket straight into guest memory (readv(2) on the guest's pages), with
-//! no buffer in between.
+//! A guest's data buffers as seen by the iSCSI initiator: the data-in
+//! buffer as the sink of a read (big Data-In segments are received from the
+//! socket straight into guest memory, readv(2) on the guest's pages) and
+//! the data-out buffer as the source of a write (sent from the guest's
+//! pages with the PDU headers in one sendmsg(2)). No buffer in between.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::iscsi::session::Sink;
+use crate::iscsi::session::{Sink, Source};
 use crate::virtio::buffers::{Buffer, GuestMemory};
 
 /// Most iovecs one readv(2) takes (Linux's UIO_MAXIOV).
@@ -85,6 +86,66 @@ impl Sink for GuestSink {
         let r = unsafe { libc::readv(fd, iov.as_ptr(), n) };
         drop(open);
         Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+    }
+}
+
+/// A guest's data-out buffer: `len` bytes of `buf` from `base`. Only read,
+/// so it needs no closing: a late read of a buffer the guest reuses sends
+/// stale bytes to a target that no longer wants them, nothing worse.
+pub(super) struct GuestSource {
+    mem: Arc<GuestMemory>,
+    buf: Buffer,
+    base: u64,
+    len: usize,
+}
+
+impl GuestSource {
+    /// None if the guest's descriptors do not map to guest memory.
+    pub(super) fn new(
+        mem: &Arc<GuestMemory>,
+        buf: &Buffer,
+        base: u64,
+        len: usize,
+    ) -> Option<GuestSource> {
+        buf.iovecs(mem, base, len as u64).ok()?;
+        Some(GuestSource {
+            mem: mem.clone(),
+            buf: buf.clone(),
+            base,
+            len,
+        })
+    }
+}
+
+impl Source for GuestSource {
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    fn read_at(&self, offset: usize, data: &mut [u8]) -> bool {
+        offset
+            .checked_add(data.len())
+            .is_some_and(|e| e <= self.len)
+            && self
+                .buf
+                .read_at(&self.mem, self.base + offset as u64, data)
+                .is_ok()
+    }
+
+    fn iovecs(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return false;
+        }
+        match self
+            .buf
+            .iovecs(&self.mem, self.base + offset as u64, len as u64)
+        {
+            Ok(v) => {
+                out.extend(v);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod chap;
 pub mod client;
 pub mod conn;
 pub mod credentials;
+pub mod gather;
 pub mod login;
 pub mod pdu;
 pub mod session;

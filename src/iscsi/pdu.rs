@@ -100,6 +100,11 @@ fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }
 
+/// The zero bytes that pad a data segment of `len` bytes to 4.
+pub fn padding(len: usize) -> &'static [u8] {
+    &[0u8; 3][..pad4(len)]
+}
+
 impl Pdu {
     pub fn new(op: Opcode) -> Pdu {
         let mut bhs = [0u8; BHS_LEN];
@@ -230,25 +235,30 @@ impl Pdu {
     /// `self.data`, which is ignored): write data goes from the command's
     /// buffer to the transmit buffer with one copy.
     pub fn encode_with(&self, data: &[u8], dg: Digests, out: &mut Vec<u8>) {
+        out.reserve(BHS_LEN + self.ahs.len() + data.len() + 12);
+        self.encode_header(data.len(), dg, out);
+        if !data.is_empty() {
+            out.extend_from_slice(data);
+            let p = padding(data.len());
+            out.extend_from_slice(p);
+            if dg.data {
+                out.extend_from_slice(&digest(&[data, p]));
+            }
+        }
+    }
+
+    /// Append the header (BHS with DataSegmentLength `dsl`, AHS, header
+    /// digest): the data segment, its padding (`padding`) and data digest
+    /// follow from elsewhere.
+    pub fn encode_header(&self, dsl: usize, dg: Digests, out: &mut Vec<u8>) {
         let mut bhs = self.bhs;
         bhs[4] = (self.ahs.len() / 4) as u8;
-        let dsl = data.len() as u32;
-        bhs[5..8].copy_from_slice(&dsl.to_be_bytes()[1..4]);
-        out.reserve(BHS_LEN + self.ahs.len() + data.len() + 12);
+        bhs[5..8].copy_from_slice(&(dsl as u32).to_be_bytes()[1..4]);
         out.extend_from_slice(&bhs);
         out.extend_from_slice(&self.ahs);
         if dg.header {
             let d = digest(&[&bhs, &self.ahs]);
             out.extend_from_slice(&d);
-        }
-        if !data.is_empty() {
-            out.extend_from_slice(data);
-            let pad = [0u8; 3];
-            let p = &pad[..pad4(data.len())];
-            out.extend_from_slice(p);
-            if dg.data {
-                out.extend_from_slice(&digest(&[data, p]));
-            }
         }
     }
 }

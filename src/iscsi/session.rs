@@ -13,8 +13,9 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::gather::Gather;
 use super::login::Negotiated;
-use super::pdu::{Digests, Opcode, Pdu, RESERVED_TAG};
+use super::pdu::{padding, Digests, Opcode, Pdu, RESERVED_TAG};
 use super::text;
 
 /// Data direction of a command.
@@ -27,6 +28,64 @@ pub enum Data {
     ReadInto(SinkRef),
     /// Write these bytes.
     Write(Vec<u8>),
+    /// Write the source's bytes, sent from where they are.
+    WriteFrom(SourceRef),
+}
+
+/// Write data in memory the client does not own (guest memory): sent from
+/// there (`Gather`), never copied into a buffer of the client's unless a
+/// data digest has to be computed over it.
+pub trait Source: Send + Sync {
+    /// Its size in bytes (the write's transfer length).
+    fn size(&self) -> usize;
+    /// Copy the bytes at `offset` into `buf`; false if out of range.
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool;
+    /// Append iovecs covering `offset..offset + len` to `out`; false if
+    /// out of range. They stay valid while the source lives.
+    fn iovecs(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool;
+}
+
+/// A shared `Source`; equal only to itself.
+#[derive(Clone)]
+pub struct SourceRef(pub Arc<dyn Source>);
+
+impl fmt::Debug for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({} bytes)", self.0.size())
+    }
+}
+
+impl PartialEq for SourceRef {
+    fn eq(&self, other: &SourceRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SourceRef {}
+
+/// A command's write data.
+enum Payload {
+    Bytes(Vec<u8>),
+    Source(SourceRef),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(v) => v.len(),
+            Payload::Source(s) => s.0.size(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Part of a command's write data, to send.
+enum Chunk<'a> {
+    Bytes(&'a [u8]),
+    Source(&'a SourceRef, usize, usize),
 }
 
 /// Memory a read's data goes straight into (guest memory), so that it
@@ -137,7 +196,7 @@ struct Task {
     lun: [u8; 8],
     cdb: Vec<u8>,
     read_len: u32,
-    write: Vec<u8>,
+    write: Payload,
     data: Vec<u8>,
     /// Where data-in goes instead of `data`.
     sink: Option<SinkRef>,
@@ -250,15 +309,17 @@ impl Session {
     /// Queue a SCSI command; it goes out when the CmdSN window allows.
     pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: impl Into<Vec<u8>>, data: Data) -> u32 {
         let itt = self.alloc_itt();
+        let none = || Payload::Bytes(Vec::new());
         let (read_len, write, sink) = match data {
-            Data::None => (0, Vec::new(), None),
-            Data::Read(n) => (n, Vec::new(), None),
+            Data::None => (0, none(), None),
+            Data::Read(n) => (n, none(), None),
             Data::ReadInto(k) => (
                 u32::try_from(k.0.size()).unwrap_or(u32::MAX),
-                Vec::new(),
+                none(),
                 Some(k),
             ),
-            Data::Write(w) => (0, w, None),
+            Data::Write(w) => (0, Payload::Bytes(w), None),
+            Data::WriteFrom(src) => (0, Payload::Source(src), None),
         };
         self.tasks.insert(
             itt,
@@ -398,7 +459,7 @@ impl Session {
                 Some(range) => {
                     if let Some(d) = self.write_data(range) {
                         let mut p = o.pdu;
-                        p.data = d.to_vec();
+                        p.data = d;
                         return Some(p);
                     }
                 }
@@ -407,26 +468,51 @@ impl Session {
         None
     }
 
-    /// Encode every PDU waiting to be sent onto `buf`, data segments
-    /// straight from the commands' buffers.
-    pub fn transmit_into(&mut self, dg: Digests, buf: &mut Vec<u8>) {
+    /// Queue every PDU waiting to be sent on `tx`, data segments straight
+    /// from the commands' buffers (from a source, spliced in: no copy at
+    /// all unless a data digest is wanted).
+    pub fn transmit_into(&mut self, dg: Digests, tx: &mut Gather) {
         while let Some(o) = self.out.pop_front() {
             match o.data {
-                None => o.pdu.encode_into(dg, buf),
-                Some(range) => {
-                    if let Some(d) = self.write_data(range) {
-                        o.pdu.encode_with(d, dg, buf);
+                None => o.pdu.encode_into(dg, tx.bytes()),
+                Some(range) => match self.write_chunk(range) {
+                    Some(Chunk::Bytes(d)) => o.pdu.encode_with(d, dg, tx.bytes()),
+                    Some(Chunk::Source(src, at, n)) if !dg.data => {
+                        o.pdu.encode_header(n, dg, tx.bytes());
+                        tx.splice(src.clone(), at, n);
+                        tx.bytes().extend_from_slice(padding(n));
                     }
-                }
+                    Some(Chunk::Source(src, at, n)) => {
+                        let mut d = vec![0; n];
+                        src.0.read_at(at, &mut d);
+                        o.pdu.encode_with(&d, dg, tx.bytes());
+                    }
+                    None => {}
+                },
             }
         }
     }
 
     /// The write data an outgoing PDU refers to, if its command still
     /// exists (one ended by task management sends nothing more).
-    fn write_data(&self, (itt, tag, at, n): (u32, u64, usize, usize)) -> Option<&[u8]> {
+    fn write_chunk(&self, (itt, tag, at, n): (u32, u64, usize, usize)) -> Option<Chunk<'_>> {
         let t = self.tasks.get(&itt).filter(|t| t.tag == tag)?;
-        t.write.get(at..at.checked_add(n)?)
+        let end = at.checked_add(n)?;
+        match &t.write {
+            Payload::Bytes(v) => v.get(at..end).map(Chunk::Bytes),
+            Payload::Source(s) => (end <= s.0.size()).then_some(Chunk::Source(s, at, n)),
+        }
+    }
+
+    /// The write data an outgoing PDU refers to, in a buffer.
+    fn write_data(&self, range: (u32, u64, usize, usize)) -> Option<Vec<u8>> {
+        match self.write_chunk(range)? {
+            Chunk::Bytes(d) => Some(d.to_vec()),
+            Chunk::Source(src, at, n) => {
+                let mut d = vec![0; n];
+                src.0.read_at(at, &mut d).then_some(d)
+            }
+        }
     }
 
     /// NOP-Out ping (immediate; RFC 7143 11.18).
@@ -520,7 +606,7 @@ impl Session {
                 lun,
                 cdb: Vec::new(),
                 read_len: 0,
-                write: Vec::new(),
+                write: Payload::Bytes(Vec::new()),
                 data: Vec::new(),
                 sink: None,
                 received: 0,
@@ -834,7 +920,10 @@ impl Session {
             .filter(|(_, t)| t.tmf.is_none())
             .map(|(_, t)| {
                 let d = if !t.write.is_empty() {
-                    Data::Write(t.write)
+                    match t.write {
+                        Payload::Bytes(v) => Data::Write(v),
+                        Payload::Source(s) => Data::WriteFrom(s),
+                    }
                 } else if let Some(k) = t.sink {
                     Data::ReadInto(k)
                 } else if t.read_len > 0 {
@@ -849,7 +938,7 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::iscsi::pdu::Digests;
 
@@ -1173,30 +1262,70 @@ mod tests {
         assert_eq!(v[0].0, 1);
         assert_eq!(s.in_flight(), 0);
     }
+    /// Write data in memory of its own, handed out as iovecs.
+    pub(crate) struct MemSource(pub Vec<u8>);
+
+    impl Source for MemSource {
+        fn size(&self) -> usize {
+            self.0.len()
+        }
+        fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
+            match self.0.get(offset..offset + buf.len()) {
+                Some(d) => {
+                    buf.copy_from_slice(d);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn iovecs(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool {
+            let Some(d) = self.0.get(offset..offset + len) else {
+                return false;
+            };
+            out.push(libc::iovec {
+                iov_base: d.as_ptr() as *mut libc::c_void,
+                iov_len: d.len(),
+            });
+            true
+        }
+    }
+
     #[test]
     fn transmit_into_encodes_what_poll_transmit_returns() {
-        let dg = Digests {
-            header: true,
-            data: true,
-        };
-        let run = |direct: bool| {
-            let mut s = Session::new(negotiated(true, false, 100));
-            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-            s.submit(1, LUN, [0x2a; 10], Data::Write(data));
-            s.submit(2, LUN, [0x28; 10], Data::Read(512));
-            let mut out = Vec::new();
-            if direct {
-                s.transmit_into(dg, &mut out);
-            } else {
-                while let Some(p) = s.poll_transmit() {
-                    out.extend_from_slice(&p.encode(dg));
+        for digest in [false, true] {
+            let dg = Digests {
+                header: digest,
+                data: digest,
+            };
+            // How: 0 poll_transmit, 1 transmit_into, 2 transmit_into from
+            // a source (spliced, or copied for the data digest).
+            let run = |how: u8| {
+                let mut s = Session::new(negotiated(true, false, 100));
+                let data: Vec<u8> = (0..100_001u32).map(|i| (i * 7) as u8).collect();
+                let w = if how == 2 {
+                    Data::WriteFrom(SourceRef(Arc::new(MemSource(data))))
+                } else {
+                    Data::Write(data)
+                };
+                s.submit(1, LUN, [0x2a; 10], w);
+                s.submit(2, LUN, [0x28; 10], Data::Read(512));
+                if how == 0 {
+                    let mut out = Vec::new();
+                    while let Some(p) = s.poll_transmit() {
+                        out.extend_from_slice(&p.encode(dg));
+                    }
+                    out
+                } else {
+                    let mut tx = Gather::default();
+                    s.transmit_into(dg, &mut tx);
+                    tx.contiguous()
                 }
-            }
-            out
-        };
-        let direct = run(true);
-        assert!(direct.len() > 65536);
-        assert_eq!(direct, run(false));
+            };
+            let want = run(0);
+            assert!(want.len() > 65536);
+            assert!(run(1) == want);
+            assert!(run(2) == want, "from a source, digests {digest}");
+        }
     }
 
     #[test]
@@ -1212,9 +1341,9 @@ mod tests {
         // The task goes away (the connection is given up) before the
         // Data-Out is encoded: nothing refers to freed data.
         s.take_unfinished();
-        let mut out = Vec::new();
-        s.transmit_into(Digests::default(), &mut out);
-        assert!(out.is_empty());
+        let mut tx = Gather::default();
+        s.transmit_into(Digests::default(), &mut tx);
+        assert!(tx.is_empty());
     }
 
     fn tmf_response(itt: u32, response: u8) -> Pdu {

@@ -4,11 +4,12 @@
 //! lock by whichever thread has something to send, and the reader, used
 //! under its own lock by whichever thread receives.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 use crate::iscsi::conn::{Connection, Error};
+use crate::iscsi::gather::Gather;
 use crate::iscsi::pdu::{self, Digests, Pdu};
 use crate::iscsi::session::{Session, SinkRef};
 
@@ -21,8 +22,8 @@ pub(super) struct Writer {
     pub(super) stream: TcpStream,
     pub(super) session: Session,
     pub(super) digests: Digests,
-    pub(super) tx: Vec<u8>,
-    pub(super) sent: usize,
+    /// What is encoded and not yet written.
+    pub(super) tx: Gather,
     /// Why a write failed; the session thread then reconnects.
     pub(super) broken: Option<String>,
 }
@@ -32,13 +33,14 @@ impl Writer {
     /// without blocking; true when nothing is left over.
     pub(super) fn flush(&mut self) -> bool {
         self.session.transmit_into(self.digests, &mut self.tx);
-        while self.sent < self.tx.len() {
-            match (&self.stream).write(&self.tx[self.sent..]) {
+        let fd = self.stream.as_raw_fd();
+        while !self.tx.is_empty() {
+            match self.tx.write_to(fd) {
                 Ok(0) => {
                     self.broken = Some("connection closed".into());
                     return false;
                 }
-                Ok(n) => self.sent += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -47,14 +49,12 @@ impl Writer {
                 }
             }
         }
-        self.tx.clear();
-        self.tx.shrink_to(TX_KEEP);
-        self.sent = 0;
+        self.tx.shrink(TX_KEEP);
         true
     }
 
     pub(super) fn pending(&self) -> bool {
-        self.sent < self.tx.len()
+        !self.tx.is_empty()
     }
 }
 
@@ -285,8 +285,7 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
         stream,
         session,
         digests,
-        tx: Vec::new(),
-        sent: 0,
+        tx: Gather::default(),
         broken: None,
     };
     Ok((reader, writer))

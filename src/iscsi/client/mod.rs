@@ -62,8 +62,9 @@ pub enum Failure {
     Timeout,
 }
 
-/// Reads at least this long are worth a sink (`Data::ReadInto`): their
-/// Data-In segments may be long enough to be received straight into it.
+/// Transfers at least this long are worth a sink (`Data::ReadInto`: Data-In
+/// segments this long are received straight into it) or a source
+/// (`Data::WriteFrom`: sent from where it is).
 pub const PLACE_MIN: usize = halves::DIRECT_MIN;
 
 /// How long commands wait for a lost session by default (open-iscsi's
