@@ -290,3 +290,125 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
     };
     Ok((reader, writer))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::iscsi::pdu::{Opcode, PduError};
+    use crate::iscsi::session::Sink;
+
+    /// A sink in memory that receives from the socket like guest memory.
+    struct MemSink(std::sync::Mutex<Vec<u8>>);
+
+    impl Sink for MemSink {
+        fn size(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+        fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+            self.0.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
+            true
+        }
+        fn read_from(&self, fd: i32, offset: usize, len: usize) -> Option<io::Result<usize>> {
+            let mut b = self.0.lock().unwrap();
+            // SAFETY: read(2) into `len` bytes of the locked buffer.
+            let r = unsafe { libc::read(fd, b[offset..].as_mut_ptr().cast(), len) };
+            Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+        }
+    }
+
+    /// A reader on one end of a loopback connection, and the other end.
+    fn pair(digests: Digests) -> (Reader, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (near, _) = l.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        let r = Reader {
+            stream: near,
+            digests,
+            max_data: 1 << 20,
+            rx: Vec::new(),
+            head: 0,
+            direct: None,
+            pdus: Vec::new(),
+        };
+        (r, far)
+    }
+
+    fn data_in(len: usize) -> Vec<u8> {
+        let mut p = Pdu::new(Opcode::DataIn);
+        p.set_itt(7);
+        p.set_u32(40, 16);
+        p.data = (0..len).map(|i| (i * 13) as u8).collect();
+        p.encode(Digests {
+            header: true,
+            data: false,
+        })
+    }
+
+    /// Read until `out` has a PDU or an error comes (at most 2 s).
+    fn read_until(r: &mut Reader, out: &mut Vec<Pdu>, place: Place) -> Result<(), Error> {
+        for _ in 0..200 {
+            r.read(out, place)?;
+            if !out.is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no PDU");
+    }
+
+    #[test]
+    fn a_big_data_in_arriving_in_pieces_lands_in_its_sink() {
+        let dg = Digests {
+            header: true,
+            data: false,
+        };
+        let (mut r, mut far) = pair(dg);
+        let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 300_000])));
+        let k = SinkRef(sink.clone());
+        let mut asked = 0;
+        let mut place = |bhs: &[u8]| {
+            asked += 1;
+            assert_eq!(u32::from_be_bytes(bhs[16..20].try_into().unwrap()), 7);
+            Some((k.clone(), 16))
+        };
+        let wire = data_in(200_001);
+        let mut out = Vec::new();
+        for part in wire.chunks(70_000) {
+            far.write_all(part).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            r.read(&mut out, &mut place).unwrap();
+        }
+        read_until(&mut r, &mut out, &mut place).unwrap();
+        assert_eq!(asked, 1);
+        let p = out.remove(0);
+        assert!(p.data.is_empty());
+        assert_eq!(p.data_segment_length(), 200_001);
+        let b = sink.0.lock().unwrap();
+        let want: Vec<u8> = (0..200_001).map(|i| (i * 13) as u8).collect();
+        assert!(b[16..16 + 200_001] == want[..]);
+        assert!(b[..16].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_damaged_header_is_refused_before_anything_is_placed() {
+        let dg = Digests {
+            header: true,
+            data: false,
+        };
+        let (mut r, mut far) = pair(dg);
+        let mut wire = data_in(100_000);
+        wire[20] ^= 1; // inside the BHS: the header digest no longer matches
+        far.write_all(&wire).unwrap();
+        let mut place = |_: &[u8]| -> Option<(SinkRef, usize)> {
+            panic!("asked where damaged data goes");
+        };
+        let mut out = Vec::new();
+        let e = read_until(&mut r, &mut out, &mut place).unwrap_err();
+        assert!(matches!(e, Error::Pdu(PduError::HeaderDigest)), "{e}");
+    }
+}
