@@ -447,12 +447,11 @@ impl ScsiBackend {
             }
             Data::Write(v)
         } else if data_in_len >= PLACE_MIN as u64 {
-            let k = guest_sink(
-                mem,
-                &bufs.writable,
-                RESP_HEADER_LEN as u64,
-                data_in_len as usize,
-            );
+            let base = RESP_HEADER_LEN as u64;
+            let Some(k) = guest_sink(mem, &bufs.writable, base, data_in_len as usize) else {
+                self.inner.remote_budget.give(reserved);
+                return fail(&bufs, Response::Failure);
+            };
             sink = Some(k.clone());
             Data::ReadInto(SinkRef(k))
         } else if data_in_len > 0 {

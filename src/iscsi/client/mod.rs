@@ -370,8 +370,9 @@ impl Client {
 
     /// Send a command. The caller's thread writes it to the socket when the
     /// session is up (no hand-off to another thread); `done` runs on the
-    /// session thread when the answer arrives, or on the caller's thread if
-    /// the client is shutting down.
+    /// thread that receives the answer (an attached event loop, or the
+    /// session thread), or on the caller's thread if the command is refused
+    /// at once (shutting down, past the recovery timeout).
     pub fn submit(&self, lun: [u8; 8], cdb: &[u8], data: Data, done: Callback) {
         self.submit_all([Request {
             id: u64::MAX,
