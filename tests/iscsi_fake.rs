@@ -353,7 +353,7 @@ fn portals_learnt_by_discovery_take_over_when_the_first_dies() {
 }
 
 #[test]
-fn an_asynchronous_event_is_reported_once_as_a_unit_attention() {
+fn an_asynchronous_event_is_reported_once_as_a_unit_attention_and_to_the_hook() {
     // UNIT ATTENTION, 2Ah/09h CAPACITY DATA HAS CHANGED (fixed format).
     let mut sense = vec![0u8; 18];
     sense[0] = 0x70;
@@ -371,10 +371,22 @@ fn an_asynchronous_event_is_reported_once_as_a_unit_attention() {
     let inquiry = [0x12, 0, 0, 0, 36, 0];
     assert_eq!(one(&c, &inquiry).unwrap().status, 0);
     let r = one(&c, &TUR).unwrap();
-    assert_eq!((r.status, r.sense), (2, sense));
+    assert_eq!((r.status, &r.sense), (2, &sense));
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
     // The unit attention was answered here: only INQUIRY and one TUR
     // reached the target.
     assert_eq!(t.commands.load(Ordering::Relaxed), 2);
+    // An event hook (the daemon's: a parameter change event for the guest)
+    // hears of the event the next session reports, once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    c.set_event_hook(Some(Arc::new(move |lun, s: &[u8]| {
+        let _ = tx.lock().unwrap().send((lun, s.to_vec()));
+    })));
+    c.reset_nexus();
+    let heard = rx.recv_timeout(Duration::from_secs(10)).expect("no event");
+    assert_eq!(heard, (LUN1, sense.clone()));
+    assert_eq!(one(&c, &TUR).unwrap().sense, sense);
+    assert!(rx.try_recv().is_err());
     c.shutdown();
 }

@@ -6,6 +6,7 @@
 
 mod control;
 mod engine;
+mod events;
 mod inflight;
 mod request;
 mod sink;
@@ -87,6 +88,12 @@ struct Inner {
     sessions: Vec<Client>,
     /// Sessions whose answers the request-queue workers receive.
     receivers: Mutex<Vec<Receiver>>,
+    /// The event queue, once thread 0 has seen it.
+    event_vring: Mutex<Option<Vring>>,
+    /// An event found no buffer: the next one says so.
+    events_missed: AtomicBool,
+    /// The driver accepted VIRTIO_SCSI_F_CHANGE (parameter change events).
+    change_events: AtomicBool,
 }
 
 impl ScsiBackend {
@@ -112,6 +119,9 @@ impl ScsiBackend {
                 remote_budget: request::Budget::default(),
                 sessions,
                 receivers: Mutex::new(Vec::new()),
+                event_vring: Mutex::new(None),
+                events_missed: AtomicBool::new(false),
+                change_events: AtomicBool::new(false),
             }),
         })
     }
@@ -165,9 +175,12 @@ impl ScsiBackend {
     }
 
     /// Hand receiving back to the sessions' own threads (the workers are
-    /// about to stop).
+    /// about to stop), and stop posting their events.
     pub fn detach_sessions(&self) {
         self.receivers().clear();
+        for c in &self.inner.sessions {
+            c.set_event_hook(None);
+        }
     }
 
     fn receivers(&self) -> MutexGuard<'_, Vec<Receiver>> {
@@ -218,6 +231,16 @@ impl ScsiBackend {
             });
             Some(hook)
         });
+        // Asynchronous events from the iSCSI targets become parameter
+        // change events for the guest (besides their unit attention).
+        for (j, client) in self.inner.sessions.iter().enumerate() {
+            let weak = Arc::downgrade(&self.inner);
+            client.set_event_hook(Some(Arc::new(move |lun, sense| {
+                if let Some(inner) = weak.upgrade() {
+                    ScsiBackend { inner }.remote_event(j, lun, sense);
+                }
+            })));
+        }
     }
 
     /// Wait until every accepted request has completed.
@@ -266,6 +289,11 @@ impl VhostUserBackend for ScsiBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn acked_features(&self, features: u64) {
+        let change = features & VIRTIO_SCSI_F_CHANGE != 0;
+        self.inner.change_events.store(change, Ordering::Relaxed);
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -319,7 +347,17 @@ impl VhostUserBackend for ScsiBackend {
         let ev = u64::from(device_event);
         if thread_id == 0 {
             // vrings: [control, event]. Event queue buffers stay available
-            // for the events we post.
+            // for the events we post (from any thread: keep the queue).
+            if let Some(v) = vrings.get(1) {
+                let mut slot = self
+                    .inner
+                    .event_vring
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(v.clone());
+                }
+            }
             if ev == 0 {
                 if let Some(vring) = vrings.first() {
                     self.process_control_queue(vring);

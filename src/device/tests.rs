@@ -22,6 +22,7 @@ use crate::virtio::{REQ_HEADER_LEN, RESP_HEADER_LEN};
 const QUEUE_SIZE: u16 = 16;
 const REQ_RING: u64 = 0x0;
 const CTRL_RING: u64 = 0x4000;
+const EVT_RING: u64 = 0x8000;
 const HDR: u64 = 0x10000;
 const DOUT: u64 = 0x11000;
 const RESP: u64 = 0x20000;
@@ -32,11 +33,12 @@ struct Harness {
     /// Leaked so that the mock rings (which borrow it) can live here too;
     /// creating a mock ring resets it, so each is created once.
     mem: &'static GuestMemoryMmap<()>,
-    mocks: [MockSplitQueue<'static, GuestMemoryMmap<()>>; 2],
+    mocks: [MockSplitQueue<'static, GuestMemoryMmap<()>>; 3],
     backend: ScsiBackend,
     req: Vring,
     ctrl: Vring,
-    next_desc: [u16; 2],
+    evt: Vring,
+    next_desc: [u16; 3],
     _file: tempfile::NamedTempFile,
 }
 
@@ -98,21 +100,25 @@ impl Harness {
         let mocks = [
             MockSplitQueue::create(mem, GuestAddress(REQ_RING), QUEUE_SIZE),
             MockSplitQueue::create(mem, GuestAddress(CTRL_RING), QUEUE_SIZE),
+            MockSplitQueue::create(mem, GuestAddress(EVT_RING), QUEUE_SIZE),
         ];
         let req = vring(&atomic, &mocks[0]);
         let ctrl = vring(&atomic, &mocks[1]);
+        let evt = vring(&atomic, &mocks[2]);
         Harness {
             mem,
             mocks,
             backend,
             req,
             ctrl,
-            next_desc: [0, 0],
+            evt,
+            next_desc: [0, 0, 0],
             _file: file,
         }
     }
 
-    /// Put one chain in the avail ring of the request (0) or control (1) queue.
+    /// Put one chain in the avail ring of the request (0), control (1) or
+    /// event (2) queue.
     fn add_chain(&mut self, which: usize, descs: &[Desc]) {
         let mock = &self.mocks[which];
         let start = self.next_desc[which];
@@ -487,6 +493,50 @@ fn an_query_reports_no_events() {
     h.mem.read_slice(&mut r, GuestAddress(RESP)).unwrap();
     assert_eq!(r, [0, 0, 0, 0, 0]);
     assert_eq!(h.used(1), vec![(0, 5)]);
+}
+
+#[test]
+fn a_target_unit_attention_event_becomes_a_param_change_event_for_the_guest() {
+    use virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_CHANGE;
+    const EVT: u64 = 0x30000;
+    let mut h = Harness::new();
+    // The driver accepted parameter change events and gave one buffer;
+    // thread 0 sees the event queue's kick.
+    h.backend.acked_features(1 << VIRTIO_SCSI_F_CHANGE);
+    h.add_chain(2, &[(EVT, 16, true)]);
+    let vrings = [h.ctrl.clone(), h.evt.clone()];
+    h.backend
+        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
+        .unwrap();
+    // Capacity data has changed (2Ah/09h) on LUN 5.
+    h.backend.post_param_change(5, 0x2a, 0x09);
+    assert_eq!(h.used(2), vec![(0, 16)]);
+    let mut e = [0u8; 16];
+    h.mem.read_slice(&mut e, GuestAddress(EVT)).unwrap();
+    assert_eq!(e, [3, 0, 0, 0, 1, 0, 0, 5, 0, 0, 0, 0, 0x2a, 0x09, 0, 0]);
+    // No buffer: the event is missed, and the next one says so.
+    h.backend.post_param_change(5, 0x2a, 0x09);
+    h.add_chain(2, &[(EVT, 16, true)]);
+    h.backend.post_param_change(300, 0x3f, 0x03);
+    assert_eq!(h.used(2).len(), 2);
+    h.mem.read_slice(&mut e, GuestAddress(EVT)).unwrap();
+    assert_eq!(
+        e,
+        [3, 0, 0, 0x80, 1, 0, 0x41, 44, 0, 0, 0, 0, 0x3f, 0x03, 0, 0]
+    );
+}
+
+#[test]
+fn no_param_change_event_unless_the_driver_accepted_them() {
+    const EVT: u64 = 0x30000;
+    let mut h = Harness::new();
+    h.add_chain(2, &[(EVT, 16, true)]);
+    let vrings = [h.ctrl.clone(), h.evt.clone()];
+    h.backend
+        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
+        .unwrap();
+    h.backend.post_param_change(5, 0x2a, 0x09);
+    assert!(h.used(2).is_empty());
 }
 
 mod properties {

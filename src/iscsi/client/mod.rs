@@ -158,7 +158,14 @@ struct Shared {
     /// Wakes the session thread: shutdown, bytes left to send, a broken
     /// connection seen by another thread, or the last receiver gone.
     wake: EventFd,
+    /// Told about asynchronous SCSI events (`set_event_hook`).
+    hook: Mutex<Option<EventHook>>,
 }
+
+/// Told the LUN field and sense data of each SCSI asynchronous event the
+/// target reports (besides the unit attention it leaves), on the thread
+/// that received it, with no lock held.
+pub type EventHook = Arc<dyn Fn([u8; 8], &[u8]) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -202,6 +209,7 @@ impl Shared {
     /// session thread woken to reconnect.
     fn receive_round(&self, name: &str) {
         let mut done = Vec::new();
+        let mut notices = Vec::new();
         {
             let mut slot = self.reader();
             let Some(r) = slot.as_mut() else {
@@ -223,7 +231,7 @@ impl Shared {
             if !pdus.is_empty() {
                 st.heard();
             }
-            if let Err(e) = st.receive(name, &mut pdus, &mut done) {
+            if let Err(e) = st.receive(name, &mut pdus, &mut done, &mut notices) {
                 failure.get_or_insert(e);
             }
             r.pdus = pdus;
@@ -242,6 +250,14 @@ impl Shared {
             }
         }
         complete_all(done);
+        if !notices.is_empty() {
+            let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(h) = hook {
+                for (lun, sense) in notices {
+                    h(lun, &sense);
+                }
+            }
+        }
     }
 }
 
@@ -325,6 +341,7 @@ impl Client {
             receivers: AtomicUsize::new(0),
             unwatched: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            hook: Mutex::new(None),
         });
         shared.install(&mut shared.reader(), reader);
         let client = Client {
@@ -360,6 +377,12 @@ impl Client {
         Receiver {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Have `hook` told about asynchronous SCSI events from now on (None:
+    /// nobody). It must not hold this client (a cycle).
+    pub fn set_event_hook(&self, hook: Option<EventHook>) {
+        *self.shared.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
     /// Receive what the target sent and complete the commands it answered

@@ -167,13 +167,14 @@ impl State {
     }
 
     /// Feed received PDUs to the session. Finished guest commands are moved
-    /// to `done`; an error (protocol violation, logout requested) means the
+    /// to `done`, new asynchronous events to `notices`; an error (protocol violation, logout requested) means the
     /// connection must be dropped, after every event before it was handled.
     pub(super) fn receive(
         &mut self,
         name: &str,
         pdus: &mut Vec<Pdu>,
         done: &mut Vec<Answer>,
+        notices: &mut Vec<([u8; 8], Vec<u8>)>,
     ) -> Result<(), String> {
         let Some(w) = self.writer.as_mut() else {
             pdus.clear();
@@ -221,6 +222,7 @@ impl State {
                         self.events.remove(0);
                     }
                     if !self.events.iter().any(|e| e.0 == lun && e.1 == sense) {
+                        notices.push((lun, sense.clone()));
                         self.events.push((lun, sense));
                     }
                 }

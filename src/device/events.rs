@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Events for the guest on the event queue (virtio 1.2, 5.6.6.3): a SCSI
+//! asynchronous event from an iSCSI target that reports a unit attention
+//! becomes VIRTIO_SCSI_T_PARAM_CHANGE with its additional sense code, so
+//! the guest acts on it at once (Linux rescans the device for 2Ah/00h,
+//! 2Ah/01h and 2Ah/09h, capacity data changed) instead of at its next
+//! command's unit attention.
+
+use std::sync::atomic::Ordering;
+
+use log::debug;
+use vhost_user_backend::VringT;
+use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_PARAM_CHANGE};
+use virtio_queue::QueueT;
+
+use super::{notify, ScsiBackend};
+use crate::scsi::target::encode_lun;
+use crate::virtio::buffers::ChainBuffers;
+
+/// `le32 event, u8 lun[8], le32 reason`.
+pub const EVENT_LEN: usize = 16;
+
+/// The event for `lun` (target 0) of `kind` with `reason`.
+fn encode_event(kind: u32, lun: u16, reason: u32) -> [u8; EVENT_LEN] {
+    let mut e = [0u8; EVENT_LEN];
+    e[0..4].copy_from_slice(&kind.to_le_bytes());
+    e[4] = 1;
+    // The LUN as REPORT LUNS gives it (what the driver looks devices up by).
+    e[6..8].copy_from_slice(&encode_lun(lun)[..2]);
+    e[12..16].copy_from_slice(&reason.to_le_bytes());
+    e
+}
+
+/// Sense key, ASC and ASCQ of fixed or descriptor sense data.
+fn sense_code(sense: &[u8]) -> Option<(u8, u8, u8)> {
+    let at = |i: usize| sense.get(i).copied();
+    if at(0)? & 0x7f >= 0x72 {
+        Some((at(1)? & 0x0f, at(2)?, at(3)?))
+    } else {
+        Some((at(2)? & 0x0f, at(12)?, at(13)?))
+    }
+}
+
+impl ScsiBackend {
+    /// Session `j` reported an asynchronous event with `sense` for the
+    /// target's LUN field `lun`.
+    pub(super) fn remote_event(&self, j: usize, lun: [u8; 8], sense: &[u8]) {
+        let Some(session) = self.inner.sessions.get(j) else {
+            return;
+        };
+        let guest_lun = self
+            .inner
+            .controller
+            .remote
+            .iter()
+            .find(|(_, r)| r.lun == lun && r.client.same_session(session))
+            .map(|(&l, _)| l);
+        match (guest_lun, sense_code(sense)) {
+            (Some(l), Some((6, asc, ascq))) => self.post_param_change(l, asc, ascq),
+            _ => debug!(
+                "{}: asynchronous event not for the guest's event queue",
+                self.inner.controller.name
+            ),
+        }
+    }
+
+    /// Post VIRTIO_SCSI_T_PARAM_CHANGE for `lun` (if the driver accepted
+    /// them).
+    pub(super) fn post_param_change(&self, lun: u16, asc: u8, ascq: u8) {
+        if !self.inner.change_events.load(Ordering::Relaxed) {
+            return;
+        }
+        let reason = u32::from(asc) | (u32::from(ascq) << 8);
+        self.post_event(encode_event(VIRTIO_SCSI_T_PARAM_CHANGE, lun, reason));
+    }
+
+    /// Put `event` in the next event queue buffer; with none available,
+    /// remember that one was missed (the next event carries
+    /// VIRTIO_SCSI_T_EVENTS_MISSED, virtio 5.6.6.3).
+    fn post_event(&self, mut event: [u8; EVENT_LEN]) {
+        let inner = &self.inner;
+        let vring = inner
+            .event_vring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (Some(vring), Some(mem)) = (vring, self.memory()) else {
+            inner.events_missed.store(true, Ordering::Relaxed);
+            return;
+        };
+        let chain = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone());
+        let Some(chain) = chain else {
+            inner.events_missed.store(true, Ordering::Relaxed);
+            return;
+        };
+        let head = chain.head_index();
+        let used = match ChainBuffers::collect(chain) {
+            Ok(b) if b.writable.len() >= EVENT_LEN as u64 => {
+                if inner.events_missed.swap(false, Ordering::Relaxed) {
+                    let kind = u32::from_le_bytes([event[0], event[1], event[2], event[3]]);
+                    event[0..4]
+                        .copy_from_slice(&(kind | VIRTIO_SCSI_T_EVENTS_MISSED).to_le_bytes());
+                }
+                match b.writable.write_at(&mem, 0, &event) {
+                    Ok(()) => EVENT_LEN as u32,
+                    Err(e) => {
+                        self.guest_error(format_args!("Event queue: {e}"));
+                        0
+                    }
+                }
+            }
+            Ok(_) => {
+                self.guest_error(format_args!("Event queue: buffer under {EVENT_LEN} bytes"));
+                0
+            }
+            Err(e) => {
+                self.guest_error(format_args!("Event queue: {e}"));
+                0
+            }
+        };
+        if used == 0 {
+            inner.events_missed.store(true, Ordering::Relaxed);
+        }
+        let _ = vring.add_used(head, used);
+        notify(&vring);
+    }
+}
