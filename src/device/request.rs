@@ -49,10 +49,10 @@ unsafe impl Send for Pending {}
 /// (QEMU's default max_sectors, 65535 x 512 bytes, fits).
 const MAX_PASSTHROUGH: u64 = 32 << 20;
 
-/// Most bytes buffered for commands in flight to iSCSI targets per
-/// connection (data-out copies and data-in space). A guest can alias the
-/// same pages in every descriptor of every queue; with a slow or stalled
-/// target that would otherwise become gigabytes of copies.
+/// Most bytes in flight to iSCSI targets per connection (data-out and
+/// data-in sizes). A guest can alias the same pages in every descriptor of
+/// every queue; with a slow or stalled target that would otherwise become
+/// gigabytes held (and, for small transfers or with digests, copied).
 const MAX_REMOTE_BUFFERED: u64 = 256 << 20;
 
 /// A byte budget shared by the threads of one connection.
