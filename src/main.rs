@@ -167,11 +167,14 @@ fn bind_unix(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener,
         return Err(format!("socket path {} must be absolute", path.display()));
     }
     if let Ok(m) = std::fs::symlink_metadata(path) {
-        if m.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "cannot listen on {}: it exists and is not a socket",
+                path.display()
+            ));
         }
     }
-    std::os::unix::net::UnixListener::bind(path)
+    vhost_user_scsi::server::listen_unix(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
 }
 

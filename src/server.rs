@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,7 +38,7 @@ pub enum Error {
     Listen {
         path: PathBuf,
         #[source]
-        source: vhost::vhost_user::Error,
+        source: io::Error,
     },
     #[error("Cannot set up signal handling")]
     Signals(#[source] io::Error),
@@ -306,10 +307,11 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     let mut listeners = Vec::new();
     let mut controllers = Vec::new();
     for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
-        let listener = Listener::new(&c.socket, true).map_err(|source| Error::Listen {
+        let listener = listen_unix(&c.socket).map_err(|source| Error::Listen {
             path: c.socket.clone(),
             source,
         })?;
+        let listener = Listener::from(listener);
         info!(
             "Listening on {} with {} LUN(s), {} request queue(s)",
             c.socket.display(),
@@ -388,8 +390,42 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             }
         }
     }
+    for c in &cfg.controllers {
+        let _ = std::fs::remove_file(&c.socket);
+    }
     info!("Stopped");
     Ok(())
+}
+
+/// Listen on the Unix socket `path` (replacing a stale one) so that the
+/// path never exists without a listening socket behind it: bind and
+/// listen under a temporary name next to it, then rename. Binding
+/// straight to `path` leaves a moment between bind(2) and listen(2) in
+/// which a client (QEMU started as soon as the socket appears) is refused.
+/// Falls back to that when the temporary name does not fit a socket
+/// address.
+pub fn listen_unix(path: &Path) -> io::Result<UnixListener> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    match UnixListener::bind(&tmp) {
+        Ok(l) => match std::fs::rename(&tmp, path) {
+            Ok(()) => Ok(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        },
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path)
+        }
+    }
 }
 
 /// Serve connections on one socket, one at a time, until told to stop.
@@ -466,5 +502,36 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared:
             Err(e) => warn!("{name}: connection ended: {e}"),
         }
         drop(daemon);
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn the_socket_appears_listening_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale);
+        let l = listen_unix(&path).unwrap();
+        UnixStream::connect(&path).unwrap();
+        drop(l);
+        // No temporary name left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_path_too_long_for_the_temporary_name_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        // 107 bytes is the most a socket address holds (with its NUL).
+        let room = 107 - dir.path().as_os_str().len() - 1;
+        let path = dir.path().join("s".repeat(room));
+        let _l = listen_unix(&path).unwrap();
+        UnixStream::connect(&path).unwrap();
     }
 }
