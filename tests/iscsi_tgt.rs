@@ -116,6 +116,15 @@ impl Tgt {
         (tid, img)
     }
 
+    /// A target open to all that accepts CRC32C digests (or none).
+    fn digest_target(&mut self, name: &str) -> u32 {
+        let (tid, _) = self.target(name);
+        self.bind_all(tid);
+        self.param(tid, "HeaderDigest", "CRC32C");
+        self.param(tid, "DataDigest", "CRC32C");
+        tid
+    }
+
     fn bind_all(&self, tid: u32) {
         self.adm(&[
             "--mode",
@@ -1055,32 +1064,8 @@ fn the_daemon_answers_task_set_full_past_its_iscsi_buffer_budget() {
         "budget_null",
     ]);
     t.bind_all(tid);
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("s.sock");
-    let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
-    let mut daemon = Command::new(bin)
-        .args(["serve", "--socket"])
-        .arg(&sock)
-        .arg("--lun")
-        .arg(format!("iscsi://{}/{name}/1", t.addr()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        sleep(Duration::from_millis(50));
-    }
-    let bench = |args: &[&str]| -> String {
-        let out = Command::new(bin)
-            .args(["bench", "--socket"])
-            .arg(&sock)
-            .args(["--json", "--rw", "write"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let d = Daemon::serve(&format!("iscsi://{}/{name}/1", t.addr()));
+    let bench = |args: &[&str]| d.bench(&[&["--rw", "write"], args].concat());
     // 16 writes of 32 MiB at once: 8 fit the 256 MiB budget, the others
     // are answered TASK SET FULL (the load generator counts them as errors;
     // a guest retries them).
@@ -1089,9 +1074,80 @@ fn the_daemon_answers_task_set_full_past_its_iscsi_buffer_budget() {
     // The budget came back: ordinary I/O flows.
     let r = bench(&["--bs", "4K", "--qd", "8", "--ios", "200"]);
     assert!(r.contains("\"ios\":200,\"errors\":0,"), "{r}");
-    // SAFETY: kill() on the daemon this test started.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    assert!(daemon.wait().unwrap().success());
+    d.stop();
+}
+
+/// The daemon serving one LUN, and the load generator against it.
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+impl Daemon {
+    fn serve(lun: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .args(["--lun", lun])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            child,
+            _dir: dir,
+            sock,
+        }
+    }
+
+    /// Run `bench` with `args`; its JSON result.
+    fn bench(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+            .args(["bench", "--json", "--socket"])
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill() on the daemon this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn data_through_the_daemon_verifies_on_two_queues_with_and_without_digests() {
+    // Written and read back by the load generator on two queues of one
+    // controller (one session: one worker receives and completes the other
+    // queue's commands), in sizes that go straight between guest memory
+    // and the socket (1 MiB, 128 KiB) and that are copied (4 KiB).
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:verify";
+    t.digest_target(name);
+    for opts in ["", ",header-digest,data-digest"] {
+        let d = Daemon::serve(&format!("iscsi://{}/{name}/1{opts}", t.addr()));
+        for (bs, pairs) in [("1M", 48), ("128K", 200), ("4K", 1000)] {
+            let n = pairs.to_string();
+            let args = [
+                "--verify", "--queues", "2", "--qd", "4", "--bs", bs, "--ios", &n,
+            ];
+            let r = d.bench(&args);
+            // Each pair is a write and its read-back.
+            let want = format!("\"ios\":{},\"errors\":0,\"verify_failures\":0", 2 * pairs);
+            assert!(r.contains(&want), "{bs}{opts}: {r}");
+        }
+        d.stop();
+    }
 }
 
 #[test]
@@ -1134,10 +1190,7 @@ fn shutdown_answers_what_a_frozen_target_owes_at_once() {
 fn large_transfers_arrive_intact_in_buffers_and_sinks_with_and_without_digests() {
     let mut t = Tgt::start();
     let name = "iqn.2026-11.test:large";
-    let (tid, _) = t.target(name);
-    t.bind_all(tid);
-    t.param(tid, "HeaderDigest", "CRC32C");
-    t.param(tid, "DataDigest", "CRC32C");
+    t.digest_target(name);
     for digests in [false, true] {
         let mut p = params(Some(name));
         p.header_digest = digests;
