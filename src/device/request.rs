@@ -96,7 +96,7 @@ struct RemotePending {
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
-use super::sink::{guest_sink, GuestSink, GuestSource};
+use super::sink::{GuestSink, GuestSource};
 use crate::iscsi::client::{Client, Deferred, Failure, Request, PLACE_MIN};
 use crate::iscsi::session::{SinkRef, SourceRef};
 
@@ -448,7 +448,8 @@ impl ScsiBackend {
             Data::Write(v)
         } else if data_in_len >= PLACE_MIN as u64 {
             let base = RESP_HEADER_LEN as u64;
-            let Some(k) = guest_sink(mem, &bufs.writable, base, data_in_len as usize) else {
+            let k = GuestSink::new(mem, &bufs.writable, base, data_in_len as usize);
+            let Some(k) = k.map(Arc::new) else {
                 self.inner.remote_budget.give(reserved);
                 return fail(&bufs, Response::Failure);
             };

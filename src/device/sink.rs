@@ -29,14 +29,23 @@ pub(super) struct GuestSink {
 }
 
 impl GuestSink {
-    pub(super) fn new(mem: Arc<GuestMemory>, buf: Buffer, base: u64, len: usize) -> GuestSink {
-        GuestSink {
-            mem,
-            buf,
+    /// A sink for `len` bytes of `buf` from `base`; None if the guest's
+    /// descriptors do not map to guest memory (checked now: a write into
+    /// the sink must not fail silently later).
+    pub(super) fn new(
+        mem: &Arc<GuestMemory>,
+        buf: &Buffer,
+        base: u64,
+        len: usize,
+    ) -> Option<GuestSink> {
+        buf.iovecs(mem, base, len as u64).ok()?;
+        Some(GuestSink {
+            mem: mem.clone(),
+            buf: buf.clone(),
             base,
             len,
             open: Mutex::new(true),
-        }
+        })
     }
 
     /// Refuse every write from now on (returns once none is in progress).
@@ -149,24 +158,6 @@ impl Source for GuestSource {
     }
 }
 
-/// A sink for `len` bytes of `buf` from `base`, shared with the session;
-/// None if the guest's descriptors do not map to guest memory (checked
-/// now: a write into the sink must not fail silently later).
-pub(super) fn guest_sink(
-    mem: &Arc<GuestMemory>,
-    buf: &Buffer,
-    base: u64,
-    len: usize,
-) -> Option<Arc<GuestSink>> {
-    buf.iovecs(mem, base, len as u64).ok()?;
-    Some(Arc::new(GuestSink::new(
-        mem.clone(),
-        buf.clone(),
-        base,
-        len,
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -182,8 +173,10 @@ mod tests {
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
         // A 2-byte response header, then 6 data bytes over two regions.
         let buf = Buffer::from_regions(&[(0x100, 4), (0x800, 4)]);
-        assert!(guest_sink(&mem, &Buffer::from_regions(&[(0xfff0, 0x100)]), 0, 0x100).is_none());
-        let k = guest_sink(&mem, &buf, 2, 6).unwrap();
+        assert!(
+            GuestSink::new(&mem, &Buffer::from_regions(&[(0xfff0, 0x100)]), 0, 0x100).is_none()
+        );
+        let k = GuestSink::new(&mem, &buf, 2, 6).unwrap();
         assert_eq!(k.size(), 6);
         let (mut tx, rx) = UnixStream::pair().unwrap();
         tx.write_all(&[1, 2, 3, 4, 5]).unwrap();

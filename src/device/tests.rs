@@ -495,19 +495,29 @@ fn an_query_reports_no_events() {
     assert_eq!(h.used(1), vec![(0, 5)]);
 }
 
-#[test]
-fn a_target_unit_attention_event_becomes_a_param_change_event_for_the_guest() {
+/// Where the event queue's buffer lies.
+const EVT: u64 = 0x30000;
+
+/// A harness whose driver gave one 16-byte event buffer (and accepted
+/// parameter change events if `change`), with the event queue's kick seen
+/// by thread 0.
+fn event_harness(change: bool) -> Harness {
     use virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_CHANGE;
-    const EVT: u64 = 0x30000;
     let mut h = Harness::new();
-    // The driver accepted parameter change events and gave one buffer;
-    // thread 0 sees the event queue's kick.
-    h.backend.acked_features(1 << VIRTIO_SCSI_F_CHANGE);
+    if change {
+        h.backend.acked_features(1 << VIRTIO_SCSI_F_CHANGE);
+    }
     h.add_chain(2, &[(EVT, 16, true)]);
     let vrings = [h.ctrl.clone(), h.evt.clone()];
     h.backend
         .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
         .unwrap();
+    h
+}
+
+#[test]
+fn a_target_unit_attention_event_becomes_a_param_change_event_for_the_guest() {
+    let mut h = event_harness(true);
     // Capacity data has changed (2Ah/09h) on LUN 5.
     h.backend.post_param_change(5, 0x2a, 0x09);
     assert_eq!(h.used(2), vec![(0, 16)]);
@@ -528,13 +538,7 @@ fn a_target_unit_attention_event_becomes_a_param_change_event_for_the_guest() {
 
 #[test]
 fn no_param_change_event_unless_the_driver_accepted_them() {
-    const EVT: u64 = 0x30000;
-    let mut h = Harness::new();
-    h.add_chain(2, &[(EVT, 16, true)]);
-    let vrings = [h.ctrl.clone(), h.evt.clone()];
-    h.backend
-        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
-        .unwrap();
+    let h = event_harness(false);
     h.backend.post_param_change(5, 0x2a, 0x09);
     assert!(h.used(2).is_empty());
 }

@@ -44,9 +44,9 @@ impl Gather {
         self.splices.is_empty() && self.pos == self.bytes.len()
     }
 
-    /// Everything still to send, in one buffer (sources read), for
-    /// callers without a socket and for tests.
-    pub fn contiguous(&self) -> Vec<u8> {
+    /// Everything still to send, in one buffer (sources read).
+    #[cfg(test)]
+    pub(crate) fn contiguous(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut b = self.pos;
         for (i, (at, src, off, len)) in self.splices.iter().enumerate() {

@@ -45,23 +45,31 @@ pub trait Source: Send + Sync {
     fn iovecs(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool;
 }
 
-/// A shared `Source`; equal only to itself.
-#[derive(Clone)]
-pub struct SourceRef(pub Arc<dyn Source>);
+/// A shared `$trait` object: `Clone`, `Debug` (its size) and equal only to
+/// itself, so `Data` stays comparable.
+macro_rules! shared_ref {
+    ($name:ident, $trait:ident) => {
+        #[doc = concat!("A shared `", stringify!($trait), "`; equal only to itself.")]
+        #[derive(Clone)]
+        pub struct $name(pub Arc<dyn $trait>);
 
-impl fmt::Debug for SourceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Source({} bytes)", self.0.size())
-    }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({} bytes)", stringify!($trait), self.0.size())
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &$name) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
+        }
+
+        impl Eq for $name {}
+    };
 }
 
-impl PartialEq for SourceRef {
-    fn eq(&self, other: &SourceRef) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for SourceRef {}
+shared_ref!(SourceRef, Source);
 
 /// A command's write data.
 enum Payload {
@@ -104,23 +112,7 @@ pub trait Sink: Send + Sync {
     fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>>;
 }
 
-/// A shared `Sink`; equal only to itself.
-#[derive(Clone)]
-pub struct SinkRef(pub Arc<dyn Sink>);
-
-impl fmt::Debug for SinkRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sink({} bytes)", self.0.size())
-    }
-}
-
-impl PartialEq for SinkRef {
-    fn eq(&self, other: &SinkRef) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for SinkRef {}
+shared_ref!(SinkRef, Sink);
 
 /// A finished command.
 #[derive(Clone, Debug, PartialEq, Eq)]
