@@ -731,6 +731,7 @@ impl Worker<'_> {
             }
             self.q.publish()?;
         }
+        self.res.notifications = self.q.notifications;
         Ok(std::mem::take(&mut self.res))
     }
 }

@@ -38,6 +38,8 @@ pub struct DriverQueue {
     event_idx: bool,
     pub kick: EventFd,
     pub call: EventFd,
+    /// Notifications read from `call` so far.
+    pub notifications: u64,
 }
 
 fn mem_err(e: vm_memory::GuestMemoryError) -> io::Error {
@@ -74,6 +76,7 @@ impl DriverQueue {
             event_idx,
             kick: EventFd::new(libc::EFD_NONBLOCK)?,
             call: EventFd::new(0)?,
+            notifications: 0,
         })
     }
 
@@ -179,8 +182,9 @@ impl DriverQueue {
         Ok(u16::from_le(idx) == self.last_used)
     }
 
-    /// Wait for the call eventfd, at most `timeout_ms`.
-    pub fn wait(&self, timeout_ms: i32) -> io::Result<()> {
+    /// Wait for the call eventfd, at most `timeout_ms`; count the
+    /// notifications it carried.
+    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
         let mut pfd = libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&self.call),
             events: libc::POLLIN,
@@ -189,7 +193,9 @@ impl DriverQueue {
         // SAFETY: one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         if r > 0 {
-            let _ = self.call.read();
+            if let Ok(n) = self.call.read() {
+                self.notifications += n;
+            }
         }
         Ok(())
     }

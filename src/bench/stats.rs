@@ -14,6 +14,8 @@ pub struct QueueResult {
     latencies: Vec<u32>,
     pub errors: u64,
     pub verify_failures: u64,
+    /// Used-buffer notifications (call eventfd signals) received.
+    pub notifications: u64,
 }
 
 impl QueueResult {
@@ -68,6 +70,8 @@ pub struct Report {
     pub lat_us: [f64; 5],
     pub backend_cpu_us_per_io: Option<f64>,
     pub bench_cpu_us_per_io: f64,
+    /// Used-buffer notifications per I/O (the guest's interrupts).
+    pub notifications_per_io: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -87,11 +91,12 @@ impl Report {
         own_cpu: Duration,
     ) -> Report {
         let mut lat: Vec<u32> = Vec::new();
-        let (mut errors, mut verify_failures) = (0, 0);
+        let (mut errors, mut verify_failures, mut notifications) = (0, 0, 0);
         for r in results {
             lat.extend(r.latencies);
             errors += r.errors;
             verify_failures += r.verify_failures;
+            notifications += r.notifications;
         }
         lat.sort_unstable();
         let ios = lat.len() as u64;
@@ -126,6 +131,7 @@ impl Report {
             ],
             backend_cpu_us_per_io: backend_cpu.map(per_io),
             bench_cpu_us_per_io: per_io(own_cpu),
+            notifications_per_io: notifications as f64 / (ios.max(1) as f64),
         }
     }
 
@@ -138,7 +144,8 @@ impl Report {
                 "\"seconds\":{:.3},\"ios\":{},\"errors\":{},\"verify_failures\":{},",
                 "\"iops\":{:.1},\"mib_s\":{:.2},\"lat_us\":{{\"mean\":{:.2},\"p50\":{:.2},",
                 "\"p99\":{:.2},\"p99_9\":{:.2},\"max\":{:.2}}},",
-                "\"backend_cpu_us_per_io\":{},\"bench_cpu_us_per_io\":{:.3}}}"
+                "\"backend_cpu_us_per_io\":{},\"bench_cpu_us_per_io\":{:.3},",
+                "\"notifications_per_io\":{:.3}}}"
             ),
             self.pattern,
             self.block_size,
@@ -156,7 +163,8 @@ impl Report {
             self.lat_us[3],
             self.lat_us[4],
             opt(self.backend_cpu_us_per_io),
-            self.bench_cpu_us_per_io
+            self.bench_cpu_us_per_io,
+            self.notifications_per_io
         )
     }
 }
@@ -182,6 +190,11 @@ impl fmt::Display for Report {
             f,
             "  bench CPU   {:.2} us per I/O",
             self.bench_cpu_us_per_io
+        )?;
+        writeln!(
+            f,
+            "  notifications {:.3} per I/O",
+            self.notifications_per_io
         )?;
         write!(
             f,
