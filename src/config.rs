@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::device::DEFAULT_REQUEST_QUEUES;
+use crate::device::{DEFAULT_REQUEST_QUEUES, MAX_QUEUE_SIZE};
 use crate::scsi::target::MAX_LUN;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub struct ControllerConfig {
     /// Initiator port name of this controller's I_T nexus (an iSCSI name).
     pub initiator: String,
     pub request_queues: usize,
+    /// Notification coalescing of the request queues.
+    pub coalesce: crate::device::coalesce::Policy,
     pub luns: BTreeMap<u16, LunConfig>,
 }
 
@@ -76,6 +78,10 @@ pub struct Config {
     /// A bound socket to serve the qemu-pr-helper protocol on, too.
     pub pr_helper: Option<std::os::unix::net::UnixListener>,
 }
+
+/// Longest notification delay accepted (a millisecond: beyond that a
+/// guest's I/O latency suffers more than its interrupt rate gains).
+const MAX_COALESCE_US: u64 = 1000;
 
 /// Most request queues a controller may have (64-bit queue masks, minus
 /// the control and event queues).
@@ -259,7 +265,8 @@ pub fn parse_size(v: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
-/// Parse `PATH[,queues=N][,initiator=NAME]` into an empty controller.
+/// Parse `PATH[,queues=N][,initiator=NAME][,coalesce-us=N][,coalesce-depth=N]`
+/// into an empty controller.
 pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
     let bad = |why: String| Error::BadSocket {
         spec: spec.into(),
@@ -274,6 +281,7 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
         socket: PathBuf::from(path),
         initiator: default_initiator(std::path::Path::new(path)),
         request_queues: DEFAULT_REQUEST_QUEUES,
+        coalesce: Default::default(),
         luns: BTreeMap::new(),
     };
     for opt in parts {
@@ -292,6 +300,21 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
                     )));
                 }
                 c.initiator = n.into();
+            }
+            Some(("coalesce-us", n)) => {
+                let us = n
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|us| *us <= MAX_COALESCE_US)
+                    .ok_or_else(|| bad(format!("coalesce-us must be 0 to {MAX_COALESCE_US}")))?;
+                c.coalesce.delay = std::time::Duration::from_micros(us);
+            }
+            Some(("coalesce-depth", n)) => {
+                c.coalesce.depth = n
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=MAX_QUEUE_SIZE).contains(d))
+                    .ok_or_else(|| bad(format!("coalesce-depth must be 1 to {MAX_QUEUE_SIZE}")))?;
             }
             _ => return Err(bad(format!("unknown option '{opt}'"))),
         }
@@ -364,6 +387,30 @@ mod tests {
         .unwrap();
         let luns: Vec<u16> = c.controllers[0].luns.keys().copied().collect();
         assert_eq!(luns, vec![0, 5, 6]);
+    }
+
+    #[test]
+    fn socket_coalescing_options() {
+        let c = parse_socket("/s").unwrap();
+        assert_eq!(c.coalesce, crate::device::coalesce::Policy::default());
+        let c = parse_socket("/s,coalesce-us=0").unwrap();
+        assert!(c.coalesce.delay.is_zero());
+        let c = parse_socket("/s,coalesce-us=200,coalesce-depth=4").unwrap();
+        assert_eq!(c.coalesce.delay, std::time::Duration::from_micros(200));
+        assert_eq!(c.coalesce.depth, 4);
+        for bad in [
+            "/s,coalesce-us=1001",
+            "/s,coalesce-us=-1",
+            "/s,coalesce-us=",
+            "/s,coalesce-depth=0",
+            "/s,coalesce-depth=1025",
+            "/s,coalesce-depth=x",
+        ] {
+            assert!(
+                matches!(parse_socket(bad), Err(Error::BadSocket { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -53,8 +53,15 @@ enum Command {
         /// LUNs. queues=N sets how many request queues it offers (default 16;
         /// QEMU's num_queues must not exceed it). initiator=NAME names the
         /// controller's I_T nexus for persistent reservations (an iSCSI name;
-        /// default derived from PATH).
-        #[arg(long, value_name = "PATH[,queues=N][,initiator=NAME]", required = true)]
+        /// default derived from PATH). coalesce-us=US: while a request queue
+        /// has at least coalesce-depth=N commands (default 16) still in
+        /// flight, notify the guest of completions at most once per US
+        /// microseconds (default 50, 0 = notify every completion at once).
+        #[arg(
+            long,
+            value_name = "PATH[,queues=N][,initiator=NAME][,coalesce-us=US][,coalesce-depth=N]",
+            required = true
+        )]
         socket: Vec<String>,
         /// A logical unit backed by a regular file or block device. N is the
         /// LUN number (default: one more than the previous LUN, from 0).

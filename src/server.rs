@@ -329,6 +329,7 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
                 initiator: c.initiator.as_str().into(),
             },
             request_queues: c.request_queues,
+            coalesce: c.coalesce,
         }));
         listeners.push(listener);
     }

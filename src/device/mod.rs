@@ -4,6 +4,7 @@
 //! connection. Thread 0 serves the control and event queues; each request
 //! queue has its own worker thread with its own io_uring.
 
+pub mod coalesce;
 mod control;
 mod engine;
 mod events;
@@ -58,6 +59,8 @@ pub struct Controller {
     pub target: Target,
     pub nexus: Nexus,
     pub request_queues: usize,
+    /// How the request queues' notifications are coalesced.
+    pub coalesce: coalesce::Policy,
     /// LUNs served by iSCSI sessions (passed through unchanged).
     pub remote: std::collections::BTreeMap<u16, RemoteLun>,
 }
@@ -81,6 +84,10 @@ struct Inner {
     event_idx: AtomicBool,
     workers: Vec<Mutex<Worker>>,
     inflight: Inflight,
+    coalesce: coalesce::Coalesce,
+    /// Each request queue's vring, once its worker has seen it (to send a
+    /// coalesced notification when the queue stops).
+    request_vrings: Vec<Mutex<Option<Vring>>>,
     guest_errors: AtomicU32,
     /// Bytes buffered for commands in flight to iSCSI targets.
     remote_budget: request::Budget,
@@ -108,6 +115,7 @@ impl ScsiBackend {
         let workers = (0..n)
             .map(|i| Worker::new(i).map(Mutex::new))
             .collect::<io::Result<Vec<_>>>()?;
+        let coalesce = coalesce::Coalesce::new(controller.coalesce, n)?;
         Ok(ScsiBackend {
             inner: Arc::new(Inner {
                 controller,
@@ -115,6 +123,8 @@ impl ScsiBackend {
                 event_idx: AtomicBool::new(false),
                 workers,
                 inflight: Inflight::new(n),
+                coalesce,
+                request_vrings: (0..n).map(|_| Mutex::new(None)).collect(),
                 guest_errors: AtomicU32::new(0),
                 remote_budget: request::Budget::default(),
                 sessions,
@@ -136,15 +146,28 @@ impl ScsiBackend {
         (self.total_queues() + 1) as u64
     }
 
-    /// (thread index, eventfd, event id) of every worker's completion eventfd,
-    /// for registration with the worker threads' epoll loops.
+    /// The epoll event id of a worker's notification timer.
+    fn timer_event(&self) -> u64 {
+        self.completion_event() + 1
+    }
+
+    /// The epoll event id of the controller's first iSCSI session.
+    fn first_session_event(&self) -> u64 {
+        self.completion_event() + 2
+    }
+
+    /// (thread index, fd, event id) of every worker's completion eventfd
+    /// and notification timer, for registration with the worker threads'
+    /// epoll loops.
     pub fn completion_listeners(&self) -> Vec<(usize, i32, u64)> {
-        (0..self.inner.workers.len())
-            .map(|i| {
-                let fd = self.worker(i).eventfd_raw();
-                (1 + i, fd, self.completion_event())
-            })
-            .collect()
+        let mut v = Vec::new();
+        for i in 0..self.inner.workers.len() {
+            v.push((1 + i, self.worker(i).eventfd_raw(), self.completion_event()));
+            if let Some(fd) = self.inner.coalesce.timer_fd(i) {
+                v.push((1 + i, fd, self.timer_event()));
+            }
+        }
+        v
     }
 
     /// (thread index, fd, event id) for every iSCSI session of the
@@ -152,7 +175,7 @@ impl ScsiBackend {
     /// per session, spread over the workers), so a command's answer is
     /// handled without waking another thread.
     pub fn session_listeners(&self) -> Vec<(usize, i32, u64)> {
-        let first = self.completion_event() + 1;
+        let first = self.first_session_event();
         let workers = self.inner.workers.len().max(1);
         self.inner
             .sessions
@@ -165,7 +188,7 @@ impl ScsiBackend {
     /// The worker watching session event `id` (from `session_listeners`) is
     /// registered: it receives for that session from now on.
     pub fn attach_session(&self, id: u64) {
-        let Some(j) = id.checked_sub(self.completion_event() + 1) else {
+        let Some(j) = id.checked_sub(self.first_session_event()) else {
             return;
         };
         if let Some(c) = self.inner.sessions.get(j as usize) {
@@ -253,6 +276,22 @@ impl ScsiBackend {
     }
 }
 
+impl ScsiBackend {
+    fn request_vring(&self, queue: usize) -> Option<Vring> {
+        let v = self.inner.request_vrings.get(queue)?;
+        v.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Request queue `queue` put buffers in its used ring: tell the driver
+    /// now, or once the coalescing delay has passed.
+    fn notify_request(&self, queue: usize, vring: &Vring) {
+        let in_flight = self.inner.inflight.count(queue);
+        if self.inner.coalesce.completed(queue, in_flight) {
+            notify(vring);
+        }
+    }
+}
+
 /// Tell the driver about used buffers, if it wants to know (EVENT_IDX).
 fn notify(vring: &Vring) {
     if vring.needs_notification().unwrap_or(true) {
@@ -314,6 +353,13 @@ impl VhostUserBackend for ScsiBackend {
         // GET_VRING_BASE: requests already taken from the ring complete first.
         if let Some(q) = (queue_index as usize).checked_sub(FIRST_REQUEST_QUEUE) {
             self.inner.inflight.drain(Some(q));
+            // The driver hears of every completion before its call eventfd
+            // goes (it may wait for an interrupt the delay still holds).
+            if self.inner.coalesce.flush(q) {
+                if let Some(v) = self.request_vring(q) {
+                    notify(&v);
+                }
+            }
         }
         Ok(())
     }
@@ -365,7 +411,7 @@ impl VhostUserBackend for ScsiBackend {
             }
             return Ok(());
         }
-        if let Some(j) = ev.checked_sub(self.completion_event() + 1) {
+        if let Some(j) = ev.checked_sub(self.first_session_event()) {
             // Answers from an iSCSI session (completed on this thread).
             if let Some(c) = self.inner.sessions.get(j as usize) {
                 c.receive();
@@ -376,11 +422,19 @@ impl VhostUserBackend for ScsiBackend {
         else {
             return Ok(());
         };
+        if let Some(known) = self.inner.request_vrings.get(thread_id - 1) {
+            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+            if known.is_none() {
+                *known = Some(vring.clone());
+            }
+        }
         let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
         if ev == 0 {
             self.process_request_queue(&mut w, vring);
         } else if ev == self.completion_event() {
             self.process_completions(&mut w, vring);
+        } else if ev == self.timer_event() && self.inner.coalesce.expired(thread_id - 1) {
+            notify(vring);
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use vhost_user_backend::VringT;
 use virtio_queue::QueueOwnedT;
 
 use super::engine::Engine;
-use super::{completion_eventfd, notify, ScsiBackend, Vring, MAX_QUEUE_SIZE};
+use super::{completion_eventfd, ScsiBackend, Vring, MAX_QUEUE_SIZE};
 use crate::scsi::{
     self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome, Status,
 };
@@ -236,7 +236,7 @@ impl ScsiBackend {
             }
         }
         if used_any {
-            notify(vring);
+            self.notify_request(w.index, vring);
         }
     }
 
@@ -552,10 +552,10 @@ impl ScsiBackend {
         // (The notification below may then reach a stopped ring, which
         // ignores it.)
         self.inner.inflight.finish(p.queue, p.key);
-        let vring = p.vring;
+        let (vring, queue, backend) = (p.vring, p.queue, self.clone());
         Some(Deferred {
-            key: Arc::as_ptr(&self.inner) as usize + p.queue,
-            run: Box::new(move || notify(&vring)),
+            key: Arc::as_ptr(&self.inner) as usize + queue,
+            run: Box::new(move || backend.notify_request(queue, &vring)),
         })
     }
 
@@ -671,7 +671,7 @@ impl ScsiBackend {
     pub(super) fn process_completions(&self, w: &mut Worker, vring: &Vring) {
         let _ = w.eventfd.read();
         if self.reap(w, vring) {
-            notify(vring);
+            self.notify_request(w.index, vring);
         }
     }
 
@@ -725,7 +725,7 @@ impl ScsiBackend {
             any |= self.reap(w, vring);
         }
         if any {
-            notify(vring);
+            self.notify_request(w.index, vring);
         }
     }
 }

@@ -89,6 +89,7 @@ impl Harness {
                 initiator: "iqn.2026-11.test:mock".into(),
             },
             request_queues: 1,
+            coalesce: Default::default(),
             remote: Default::default(),
         });
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
