@@ -96,6 +96,16 @@ impl Sink for GuestSink {
         drop(open);
         Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
     }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let open = self.lock();
+        *open
+            && self.fits(offset, buf.len())
+            && self
+                .buf
+                .read_at(&self.mem, self.base + offset as u64, buf)
+                .is_ok()
+    }
 }
 
 /// A guest's data-out buffer: `len` bytes of `buf` from `base`. Only read,

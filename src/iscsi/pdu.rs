@@ -96,6 +96,28 @@ fn digest(parts: &[&[u8]]) -> [u8; 4] {
     crc.to_le_bytes()
 }
 
+/// A data digest computed piece by piece over data (and padding) that is
+/// not kept in one buffer: a segment received straight into guest memory,
+/// or sent from there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunningDigest(u32);
+
+impl RunningDigest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+    }
+
+    /// Whether `digest` (as received) is the digest of everything so far.
+    pub fn matches(&self, digest: &[u8]) -> bool {
+        digest == self.bytes()
+    }
+
+    /// The digest of everything so far, as sent.
+    pub fn bytes(&self) -> [u8; 4] {
+        self.0.to_le_bytes()
+    }
+}
+
 fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }
@@ -360,6 +382,18 @@ pub fn decode_header(header: &[u8], dg: Digests) -> Result<(Pdu, Layout), PduErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_computed_in_pieces_matches_the_whole() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let mut c = RunningDigest::default();
+        for part in data.chunks(333) {
+            c.update(part);
+        }
+        assert!(c.matches(&digest(&[&data])));
+        c.update(&[0]);
+        assert!(!c.matches(&digest(&[&data])));
+    }
 
     #[test]
     fn crc32c_matches_rfc3720_test_vectors() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::gather::Gather;
 use super::login::Negotiated;
-use super::pdu::{padding, Digests, Opcode, Pdu, RESERVED_TAG};
+use super::pdu::{padding, Digests, Opcode, Pdu, RunningDigest, RESERVED_TAG};
 use super::text;
 
 /// Data direction of a command.
@@ -33,8 +33,8 @@ pub enum Data {
 }
 
 /// Write data in memory the client does not own (guest memory): sent from
-/// there (`Gather`), never copied into a buffer of the client's unless a
-/// data digest has to be computed over it.
+/// there (`Gather`), never copied into a buffer of the client's (a data
+/// digest is computed over it in small pieces).
 pub trait Source: Send + Sync {
     /// Its size in bytes (the write's transfer length).
     fn size(&self) -> usize;
@@ -110,9 +110,32 @@ pub trait Sink: Send + Sync {
     /// reading nothing, when closed or out of range (the caller then reads
     /// the bytes elsewhere).
     fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>>;
+    /// Copy bytes from `offset` into `buf` (to check a data digest over
+    /// data received with `read_from`); false if closed or out of range.
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool;
 }
 
 shared_ref!(SinkRef, Sink);
+
+/// The data digest of `n` bytes of `src` from `at` (and their padding),
+/// read in pieces small enough to stay in cache.
+fn source_digest(src: &SourceRef, at: usize, n: usize) -> [u8; 4] {
+    let mut d = RunningDigest::default();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(chunk.len());
+        if !src.0.read_at(at + done, &mut chunk[..k]) {
+            // Out of range after all: sending the splice fails too (the
+            // connection is then recovered), so this digest never goes out.
+            chunk[..k].fill(0);
+        }
+        d.update(&chunk[..k]);
+        done += k;
+    }
+    d.update(padding(n));
+    d.bytes()
+}
 
 /// A finished command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -461,23 +484,26 @@ impl Session {
     }
 
     /// Queue every PDU waiting to be sent on `tx`, data segments straight
-    /// from the commands' buffers (from a source, spliced in: no copy at
-    /// all unless a data digest is wanted).
+    /// from the commands' buffers (from a source, spliced in: no copy; a
+    /// data digest is computed reading it in small pieces).
     pub fn transmit_into(&mut self, dg: Digests, tx: &mut Gather) {
         while let Some(o) = self.out.pop_front() {
             match o.data {
                 None => o.pdu.encode_into(dg, tx.bytes()),
                 Some(range) => match self.write_chunk(range) {
                     Some(Chunk::Bytes(d)) => o.pdu.encode_with(d, dg, tx.bytes()),
-                    Some(Chunk::Source(src, at, n)) if !dg.data => {
+                    Some(Chunk::Source(src, at, n)) => {
+                        // The digest is computed over the source as it is
+                        // now; a guest changing a buffer it handed over
+                        // draws a digest error at the target, and the
+                        // command is retried on a new connection.
+                        let digest = (dg.data && n > 0).then(|| source_digest(src, at, n));
                         o.pdu.encode_header(n, dg, tx.bytes());
                         tx.splice(src.clone(), at, n);
                         tx.bytes().extend_from_slice(padding(n));
-                    }
-                    Some(Chunk::Source(src, at, n)) => {
-                        let mut d = vec![0; n];
-                        src.0.read_at(at, &mut d);
-                        o.pdu.encode_with(&d, dg, tx.bytes());
+                        if let Some(d) = digest {
+                            tx.bytes().extend_from_slice(&d);
+                        }
                     }
                     None => {}
                 },
@@ -1077,6 +1103,10 @@ pub(crate) mod tests {
         fn read_from(&self, _: RawFd, _: usize, _: usize) -> Option<io::Result<usize>> {
             None
         }
+        fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
+            buf.copy_from_slice(&self.0.lock().unwrap()[offset..offset + buf.len()]);
+            true
+        }
     }
 
     /// A received Data-In header with `len` bytes of data announced.
@@ -1290,7 +1320,7 @@ pub(crate) mod tests {
                 data: digest,
             };
             // How: 0 poll_transmit, 1 transmit_into, 2 transmit_into from
-            // a source (spliced, or copied for the data digest).
+            // a source (spliced; a data digest computed in pieces).
             let run = |how: u8| {
                 let mut s = Session::new(negotiated(true, false, 100));
                 let data: Vec<u8> = (0..100_001u32).map(|i| (i * 7) as u8).collect();

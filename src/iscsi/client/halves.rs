@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::gather::Gather;
-use crate::iscsi::pdu::{self, Digests, Pdu};
+use crate::iscsi::pdu::{self, Digests, Pdu, PduError, RunningDigest};
 use crate::iscsi::session::{Session, SinkRef};
 
 /// Transmit buffer capacity kept between bursts.
@@ -72,27 +72,120 @@ pub(super) struct Reader {
     pub(super) pdus: Vec<Pdu>,
 }
 
-/// The header of a PDU whose data segment (padded, with its digest) is read
-/// straight into `payload`, which then becomes the PDU's data: a 1 MiB
-/// Data-In is not copied out of the receive buffer. Or, for a Data-In whose
-/// command has a sink (guest memory), the data goes straight into the sink
-/// and `payload` only takes the padding.
-pub(super) struct Direct {
-    pub(super) header: Vec<u8>,
-    pub(super) payload: Vec<u8>,
-    pub(super) len: usize,
-    pub(super) placing: Option<Placing>,
+/// A PDU with a big data segment, received past the receive buffer.
+pub(super) enum Direct {
+    /// Its data segment (padded, with its digest) is read straight into
+    /// `payload`, which then becomes the PDU's data: a 1 MiB Data-In is
+    /// not copied out of the receive buffer.
+    Buffer {
+        header: Vec<u8>,
+        payload: Vec<u8>,
+        len: usize,
+    },
+    /// A Data-In whose command has a sink (guest memory): the data goes
+    /// straight into the sink.
+    Placing(Placing),
 }
 
 /// A Data-In segment being received into its command's sink.
 pub(super) struct Placing {
     /// The decoded header, passed on with no data once all is in.
-    pub(super) pdu: Pdu,
-    pub(super) sink: SinkRef,
+    pdu: Pdu,
+    sink: SinkRef,
     /// Where the next byte goes in the sink.
-    pub(super) at: usize,
+    at: usize,
     /// Data bytes still to come.
-    pub(super) left: usize,
+    left: usize,
+    /// Padding and data digest, read after the data.
+    tail: Vec<u8>,
+    tail_len: usize,
+    check: Check,
+}
+
+/// The data digest of a segment being placed.
+enum Check {
+    /// None negotiated.
+    Off,
+    /// The digest of the data so far (read back from the sink after each
+    /// read: what counts is what landed in it).
+    Running(RunningDigest),
+    /// The sink closed under the segment (its command ended): the rest of
+    /// the data was dropped, so there is nothing left to protect.
+    Dropped,
+}
+
+impl Placing {
+    /// Account for data bytes `bytes` (from the receive buffer or dropped
+    /// on the floor) or, with `bytes` None, for `n` bytes read into the
+    /// sink at `at`.
+    fn checked(&mut self, at: usize, n: usize, bytes: Option<&[u8]>) {
+        let Check::Running(c) = &mut self.check else {
+            return;
+        };
+        if let Some(b) = bytes {
+            c.update(b);
+            return;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(chunk.len());
+            if !self.sink.0.read_at(at + done, &mut chunk[..k]) {
+                self.check = Check::Dropped;
+                return;
+            }
+            c.update(&chunk[..k]);
+            done += k;
+        }
+    }
+
+    /// Read the next piece of this segment from `fd`: the bytes read (or
+    /// the error) and how many were asked for.
+    fn read(&mut self, fd: i32) -> (io::Result<usize>, usize) {
+        if self.left == 0 {
+            let want = self.tail_len - self.tail.len();
+            return (read_some(fd, &mut self.tail, want), want);
+        }
+        let (at, asked) = (self.at, self.left);
+        let r = match self.sink.0.read_from(fd, at, asked) {
+            Some(r) => {
+                if let Ok(n) = r {
+                    self.checked(at, n, None);
+                }
+                r
+            }
+            None => {
+                // Closed (the command ended here): read and drop.
+                let mut scratch = Vec::new();
+                let r = read_some(fd, &mut scratch, asked.min(READ_CHUNK));
+                if matches!(self.check, Check::Running(_)) {
+                    self.check = Check::Dropped;
+                }
+                r
+            }
+        };
+        if let Ok(n) = r {
+            self.at += n;
+            self.left -= n.min(self.left);
+        }
+        (r, asked)
+    }
+
+    fn whole(&self) -> bool {
+        self.left == 0 && self.tail.len() == self.tail_len
+    }
+
+    /// The segment is in: its header, once the data digest checks out.
+    fn finish(mut self) -> Result<Pdu, PduError> {
+        if let Check::Running(c) = &mut self.check {
+            let pad = self.tail_len.saturating_sub(4);
+            c.update(&self.tail[..pad]);
+            if !c.matches(&self.tail[pad..]) {
+                return Err(PduError::DataDigest);
+            }
+        }
+        Ok(self.pdu)
+    }
 }
 
 /// Where a Data-In with this BHS may be received directly, if anywhere
@@ -128,24 +221,10 @@ impl Reader {
         let mut got = 0;
         while got < READ_ROUND {
             let (r, asked) = match self.direct.as_mut() {
-                Some(Direct {
-                    placing: Some(p), ..
-                }) if p.left > 0 => {
-                    let r = p.sink.0.read_from(fd, p.at, p.left).unwrap_or_else(|| {
-                        // Closed (the command ended here): read and drop.
-                        let mut scratch = Vec::new();
-                        read_some(fd, &mut scratch, p.left.min(READ_CHUNK))
-                    });
-                    if let Ok(n) = r {
-                        p.at += n;
-                        p.left -= n.min(p.left);
-                    }
-                    let asked = p.left + r.as_ref().map_or(0, |&n| n);
-                    (r, asked)
-                }
-                Some(d) => {
-                    let want = d.len - d.payload.len();
-                    (read_some(fd, &mut d.payload, want), want)
+                Some(Direct::Placing(p)) => p.read(fd),
+                Some(Direct::Buffer { payload, len, .. }) => {
+                    let want = *len - payload.len();
+                    (read_some(fd, payload, want), want)
                 }
                 None => (read_some(fd, &mut self.rx, READ_CHUNK), READ_CHUNK),
             };
@@ -192,13 +271,16 @@ impl Reader {
     /// into its own buffer once its header is in.
     pub(super) fn decode(&mut self, out: &mut Vec<Pdu>, place: Place) -> Result<(), Error> {
         let dg = self.digests;
-        let whole = |d: &mut Direct| {
-            d.payload.len() == d.len && d.placing.as_ref().is_none_or(|p| p.left == 0)
+        let whole = |d: &mut Direct| match d {
+            Direct::Buffer { payload, len, .. } => payload.len() == *len,
+            Direct::Placing(p) => p.whole(),
         };
         if let Some(d) = self.direct.take_if(whole) {
-            match d.placing {
-                Some(p) => out.push(p.pdu),
-                None => out.push(pdu::decode_split(&d.header, d.payload, dg)?),
+            match d {
+                Direct::Placing(p) => out.push(p.finish()?),
+                Direct::Buffer {
+                    header, payload, ..
+                } => out.push(pdu::decode_split(&header, payload, dg)?),
             }
         }
         if self.direct.is_some() {
@@ -212,10 +294,12 @@ impl Reader {
             let whole = buf.len() >= l.total;
             let big = l.data >= DIRECT_MIN && buf.len() >= l.header;
             // A big Data-In goes straight into its command's sink when it
-            // has one (not with a data digest, which needs the data in
-            // hand). The header is checked first: a damaged one must not
-            // steer data into some command's memory.
-            let placing = if big && !dg.data {
+            // has one. The header is checked first: a damaged one must not
+            // steer data into some command's memory. A data digest is
+            // checked over what landed in the sink before the PDU is
+            // passed on (the command completes only after that; until
+            // then the guest does not look at its buffer).
+            let placing = if big {
                 let (p, _) = pdu::decode_header(&buf[..l.header], dg)?;
                 place(&p.bhs).map(|(sink, at)| (p, sink, at))
             } else {
@@ -224,24 +308,33 @@ impl Reader {
             if let Some((pdu, sink, at)) = placing {
                 let avail = &buf[l.header..buf.len().min(l.total)];
                 let here = avail.len().min(l.data);
-                sink.0.write_at(at, &avail[..here]);
-                if whole {
-                    out.push(pdu);
+                let mut p = Placing {
+                    pdu,
+                    sink,
+                    at,
+                    left: l.data,
+                    tail: Vec::new(),
+                    tail_len: l.total - l.header - l.data,
+                    check: if dg.data {
+                        Check::Running(RunningDigest::default())
+                    } else {
+                        Check::Off
+                    },
+                };
+                if !p.sink.0.write_at(at, &avail[..here]) && matches!(p.check, Check::Running(_)) {
+                    p.check = Check::Dropped;
+                }
+                p.checked(at, here, Some(&avail[..here]));
+                p.at += here;
+                p.left -= here;
+                p.tail.extend_from_slice(&avail[here..]);
+                if p.whole() {
+                    out.push(p.finish()?);
                     self.head += l.total;
                     continue;
                 }
                 // Everything after `head` belongs to this PDU.
-                self.direct = Some(Direct {
-                    header: Vec::new(),
-                    payload: avail[here..].to_vec(),
-                    len: l.total - l.header - l.data,
-                    placing: Some(Placing {
-                        pdu,
-                        sink,
-                        at: at + here,
-                        left: l.data - here,
-                    }),
-                });
+                self.direct = Some(Direct::Placing(p));
             } else if whole {
                 let payload = buf[l.header..l.total].to_vec();
                 out.push(pdu::decode_split(&buf[..l.header], payload, dg)?);
@@ -252,11 +345,10 @@ impl Reader {
                 let len = l.total - l.header;
                 let mut payload = Vec::with_capacity(len);
                 payload.extend_from_slice(&buf[l.header..]);
-                self.direct = Some(Direct {
+                self.direct = Some(Direct::Buffer {
                     header: buf[..l.header].to_vec(),
                     payload,
                     len,
-                    placing: None,
                 });
             } else {
                 return Ok(());
@@ -318,6 +410,10 @@ mod tests {
             let r = unsafe { libc::read(fd, b[offset..].as_mut_ptr().cast(), len) };
             Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
         }
+        fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
+            buf.copy_from_slice(&self.0.lock().unwrap()[offset..offset + buf.len()]);
+            true
+        }
     }
 
     /// A reader on one end of a loopback connection, and the other end.
@@ -339,14 +435,69 @@ mod tests {
     }
 
     fn data_in(len: usize) -> Vec<u8> {
+        data_in_with(
+            len,
+            Digests {
+                header: true,
+                data: false,
+            },
+        )
+    }
+
+    fn data_in_with(len: usize, dg: Digests) -> Vec<u8> {
         let mut p = Pdu::new(Opcode::DataIn);
         p.set_itt(7);
         p.set_u32(40, 16);
         p.data = (0..len).map(|i| (i * 13) as u8).collect();
-        p.encode(Digests {
+        p.encode(dg)
+    }
+
+    /// Send `wire` in `piece`-byte writes to a reader placing into a
+    /// 300 000-byte sink at 16; the reader's outcome and the sink.
+    fn place_in_pieces(dg: Digests, wire: &[u8], piece: usize) -> (Result<Pdu, Error>, Vec<u8>) {
+        let (mut r, mut far) = pair(dg);
+        let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 300_000])));
+        let k = SinkRef(sink.clone());
+        let mut place = |_: &[u8]| Some((k.clone(), 16));
+        let mut out = Vec::new();
+        for part in wire.chunks(piece) {
+            far.write_all(part).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if let Err(e) = r.read(&mut out, &mut place) {
+                return (Err(e), sink.0.lock().unwrap().clone());
+            }
+        }
+        let res = read_until(&mut r, &mut out, &mut place).map(|()| out.remove(0));
+        let b = sink.0.lock().unwrap().clone();
+        (res, b)
+    }
+
+    #[test]
+    fn a_placed_data_in_is_checked_against_its_data_digest() {
+        let dg = Digests {
             header: true,
-            data: false,
-        })
+            data: true,
+        };
+        let want: Vec<u8> = (0..200_001).map(|i| (i * 13) as u8).collect();
+        // Pieces that end inside the data, inside the padding and inside
+        // the digest; one piece (all from the receive buffer).
+        for piece in [70_000, 200_054, 200_058, 1 << 20] {
+            let wire = data_in_with(200_001, dg);
+            let (r, b) = place_in_pieces(dg, &wire, piece);
+            let p = r.unwrap_or_else(|e| panic!("pieces of {piece}: {e}"));
+            assert!(p.data.is_empty());
+            assert!(b[16..16 + 200_001] == want[..], "pieces of {piece}");
+            // A damaged data byte (early or late) or digest byte is caught.
+            for at in [48 + 4 + 10, 48 + 4 + 199_990, wire.len() - 2] {
+                let mut bad = wire.clone();
+                bad[at] ^= 0x80;
+                let (r, _) = place_in_pieces(dg, &bad, piece);
+                assert!(
+                    matches!(r, Err(Error::Pdu(PduError::DataDigest))),
+                    "pieces of {piece}, byte {at}: {r:?}"
+                );
+            }
+        }
     }
 
     /// Read until `out` has a PDU or an error comes (at most 2 s).
