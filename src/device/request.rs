@@ -97,7 +97,7 @@ struct RemotePending {
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
 use super::sink::{GuestSink, GuestSource};
-use crate::iscsi::client::{Client, Deferred, Failure, Request, PLACE_MIN};
+use crate::iscsi::client::{Client, Deferred, Failure, Request};
 use crate::iscsi::session::{SinkRef, SourceRef};
 
 /// Per request queue state, owned by that queue's thread.
@@ -424,9 +424,11 @@ impl ScsiBackend {
             respond(mem, vring, head, &bufs, &hdr, 0);
             return true;
         }
+        // Data moves between the socket and the guest's buffers with no
+        // buffer of ours in between (small segments are copied once,
+        // straight from or into guest memory; big ones not at all).
         let mut sink = None;
-        let data = if data_out_len >= PLACE_MIN as u64 {
-            // Sent from the guest's pages.
+        let data = if data_out_len > 0 {
             let base = REQ_HEADER_LEN as u64;
             match GuestSource::new(mem, &bufs.readable, base, data_out_len as usize) {
                 Some(src) => Data::WriteFrom(SourceRef(Arc::new(src))),
@@ -435,18 +437,7 @@ impl ScsiBackend {
                     return fail(&bufs, Response::Failure);
                 }
             }
-        } else if data_out_len > 0 {
-            let mut v = vec![0u8; data_out_len as usize];
-            if bufs
-                .readable
-                .read_at(mem, REQ_HEADER_LEN as u64, &mut v)
-                .is_err()
-            {
-                self.inner.remote_budget.give(reserved);
-                return fail(&bufs, Response::Failure);
-            }
-            Data::Write(v)
-        } else if data_in_len >= PLACE_MIN as u64 {
+        } else if data_in_len > 0 {
             let base = RESP_HEADER_LEN as u64;
             let k = GuestSink::new(mem, &bufs.writable, base, data_in_len as usize);
             let Some(k) = k.map(Arc::new) else {
@@ -455,8 +446,6 @@ impl ScsiBackend {
             };
             sink = Some(k.clone());
             Data::ReadInto(SinkRef(k))
-        } else if data_in_len > 0 {
-            Data::Read(data_in_len as u32)
         } else {
             Data::None
         };

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::gather::Gather;
-use crate::iscsi::pdu::{self, Digests, Pdu, PduError, RunningDigest};
+use crate::iscsi::pdu::{self, Digests, Opcode, Pdu, PduError, RunningDigest};
 use crate::iscsi::session::{Session, SinkRef};
 
 /// Transmit buffer capacity kept between bursts.
@@ -293,13 +293,15 @@ impl Reader {
             };
             let whole = buf.len() >= l.total;
             let big = l.data >= DIRECT_MIN && buf.len() >= l.header;
-            // A big Data-In goes straight into its command's sink when it
-            // has one. The header is checked first: a damaged one must not
+            // A Data-In goes straight into its command's sink when it has
+            // one: from the receive buffer when it is all there, and a big
+            // one's rest from the socket. The header is checked first: a damaged one must not
             // steer data into some command's memory. A data digest is
             // checked over what landed in the sink before the PDU is
             // passed on (the command completes only after that; until
             // then the guest does not look at its buffer).
-            let placing = if big {
+            let data_in = buf[0] & 0x3f == Opcode::DataIn as u8;
+            let placing = if data_in && l.data > 0 && (big || whole) {
                 let (p, _) = pdu::decode_header(&buf[..l.header], dg)?;
                 place(&p.bhs).map(|(sink, at)| (p, sink, at))
             } else {
@@ -543,6 +545,46 @@ mod tests {
         let want: Vec<u8> = (0..200_001).map(|i| (i * 13) as u8).collect();
         assert!(b[16..16 + 200_001] == want[..]);
         assert!(b[..16].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn small_data_ins_go_from_the_receive_buffer_into_their_sink() {
+        for data in [false, true] {
+            let dg = Digests { header: true, data };
+            let (mut r, mut far) = pair(dg);
+            let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 8192])));
+            let k = SinkRef(sink.clone());
+            let mut asked = 0;
+            let mut place = |_: &[u8]| {
+                asked += 1;
+                Some((k.clone(), 16))
+            };
+            // Two small Data-Ins and a NOP-In (not a Data-In: its data
+            // stays in the PDU) in one read.
+            let mut wire = data_in_with(4001, dg);
+            wire.extend(data_in_with(3, dg));
+            let mut nop = Pdu::new(Opcode::NopIn);
+            nop.data = vec![9; 10];
+            wire.extend(nop.encode(dg));
+            far.write_all(&wire).unwrap();
+            let mut out = Vec::new();
+            for _ in 0..200 {
+                r.read(&mut out, &mut place).unwrap();
+                if out.len() == 3 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert_eq!(asked, 2, "digest {data}");
+            assert!(out[0].data.is_empty() && out[1].data.is_empty());
+            assert_eq!(out[0].data_segment_length(), 4001);
+            assert_eq!(out[2].data, vec![9; 10]);
+            let b = sink.0.lock().unwrap();
+            let first: Vec<u8> = (0..4001).map(|i| (i * 13) as u8).collect();
+            // The second Data-In (also at 16) overwrote the first 3 bytes.
+            assert!(b[16 + 3..16 + 4001] == first[3..]);
+            assert_eq!(b[16..19], [0, 13, 26]);
+        }
     }
 
     #[test]

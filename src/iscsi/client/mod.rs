@@ -62,11 +62,6 @@ pub enum Failure {
     Timeout,
 }
 
-/// Transfers at least this long are worth a sink (`Data::ReadInto`: Data-In
-/// segments this long are received straight into it) or a source
-/// (`Data::WriteFrom`: sent from where it is).
-pub const PLACE_MIN: usize = halves::DIRECT_MIN;
-
 /// How long commands wait for a lost session by default (open-iscsi's
 /// replacement_timeout has the same default).
 pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
