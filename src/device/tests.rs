@@ -64,6 +64,10 @@ fn vring(
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_coalescing(Default::default())
+    }
+
+    fn with_coalescing(coalesce: super::coalesce::Policy) -> Harness {
         let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
         file.as_file().set_len(1 << 20).unwrap();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
@@ -89,7 +93,7 @@ impl Harness {
                 initiator: "iqn.2026-11.test:mock".into(),
             },
             request_queues: 1,
-            coalesce: Default::default(),
+            coalesce,
             remote: Default::default(),
         });
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
@@ -212,6 +216,76 @@ fn inquiry_writes_data_and_response_with_residual() {
         v
     };
     assert_eq!(&vendor, b"VUSCSI  ");
+}
+
+#[test]
+fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut h = Harness::with_coalescing(super::coalesce::Policy {
+        delay: Duration::from_secs(1),
+        depth: 1,
+    });
+    let call = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    // SAFETY: dup() of an eventfd we own; the File owns the duplicate.
+    let dup = unsafe { libc::dup(call.as_raw_fd()) };
+    assert!(dup >= 0);
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    h.req
+        .set_call(Some(unsafe { std::fs::File::from_raw_fd(dup) }));
+    // A command stays in flight (as one at an iSCSI target would), so the
+    // queue counts as busy.
+    let busy = h
+        .backend
+        .inner
+        .inflight
+        .begin(0, crate::scsi::LunAddress::Lun(0), 99);
+    let inquiry = |h: &mut Harness, tag: u64| {
+        h.write_header(LUN0, tag, &[0x12, 0, 0, 0, 96, 0]);
+        h.add_chain(
+            0,
+            &[
+                (HDR, REQ_HEADER_LEN as u32, false),
+                (RESP, RESP_HEADER_LEN as u32, true),
+            ],
+        );
+        let mut w = h.backend.worker(0);
+        h.backend.process_request_queue(&mut w, &h.req);
+    };
+    let timer_fires = |h: &Harness| {
+        let mut p = libc::pollfd {
+            fd: h.backend.inner.coalesce.timer_fd(0).unwrap(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 3000) }, 1, "timer");
+        let ev = h.backend.timer_event() as u16;
+        h.backend
+            .handle_event(
+                ev,
+                vmm_sys_util::epoll::EventSet::IN,
+                std::slice::from_ref(&h.req),
+                1,
+            )
+            .unwrap();
+    };
+    // Answered at once in the used ring; the notification waits.
+    inquiry(&mut h, 1);
+    assert_eq!(h.used(0).len(), 1);
+    assert!(call.read().is_err(), "notified before the delay");
+    // The worker's timer sends it.
+    timer_fires(&h);
+    assert_eq!(call.read().unwrap(), 1);
+    // A held notification also goes out when the queue stops.
+    inquiry(&mut h, 2);
+    assert_eq!(h.used(0).len(), 2);
+    assert!(call.read().is_err(), "notified before the delay");
+    h.backend.inner.inflight.finish(0, busy);
+    h.backend.stop_vring(2).unwrap();
+    assert_eq!(call.read().unwrap(), 1);
+    // ... and only then: the timer has nothing left to send.
+    timer_fires(&h);
+    assert!(call.read().is_err(), "notified twice");
 }
 
 #[test]
