@@ -146,22 +146,21 @@ impl Placing {
             let want = self.tail_len - self.tail.len();
             return (read_some(fd, &mut self.tail, want), want);
         }
-        let (at, asked) = (self.at, self.left);
-        let r = match self.sink.0.read_from(fd, at, asked) {
+        let at = self.at;
+        let (r, asked) = match self.sink.0.read_from(fd, at, self.left) {
             Some(r) => {
                 if let Ok(n) = r {
                     self.checked(at, n, None);
                 }
-                r
+                (r, self.left)
             }
             None => {
                 // Closed (the command ended here): read and drop.
-                let mut scratch = Vec::new();
-                let r = read_some(fd, &mut scratch, asked.min(READ_CHUNK));
                 if matches!(self.check, Check::Running(_)) {
                     self.check = Check::Dropped;
                 }
-                r
+                let asked = self.left.min(READ_CHUNK);
+                (read_some(fd, &mut Vec::new(), asked), asked)
             }
         };
         if let Ok(n) = r {
@@ -294,12 +293,13 @@ impl Reader {
             let whole = buf.len() >= l.total;
             let big = l.data >= DIRECT_MIN && buf.len() >= l.header;
             // A Data-In goes straight into its command's sink when it has
-            // one: from the receive buffer when it is all there, and a big
-            // one's rest from the socket. The header is checked first: a damaged one must not
-            // steer data into some command's memory. A data digest is
-            // checked over what landed in the sink before the PDU is
-            // passed on (the command completes only after that; until
-            // then the guest does not look at its buffer).
+            // one: from the receive buffer when it is all there, and the
+            // rest of a big one from the socket. The header is checked
+            // first: a damaged one must not steer data into some command's
+            // memory. A data digest is checked over what landed in the
+            // sink before the PDU is passed on (the command completes only
+            // after that; until then the guest does not look at its
+            // buffer).
             let data_in = buf[0] & 0x3f == Opcode::DataIn as u8;
             let placing = if data_in && l.data > 0 && (big || whole) {
                 let (p, _) = pdu::decode_header(&buf[..l.header], dg)?;
