@@ -45,6 +45,12 @@ impl Gather {
     }
 
     /// Everything still to send, in one buffer (sources read).
+    /// Bytes queued by reference (spliced), not copied.
+    #[cfg(test)]
+    pub(crate) fn spliced(&self) -> usize {
+        self.splices.iter().map(|s| s.3).sum()
+    }
+
     #[cfg(test)]
     pub(crate) fn contiguous(&self) -> Vec<u8> {
         let mut out = Vec::new();
