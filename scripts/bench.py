@@ -34,10 +34,10 @@ def sh(*args, **kw):
 
 
 class Daemon:
-    def __init__(self, args):
+    def __init__(self, args, socket_opts=""):
         self.dir = tempfile.mkdtemp(prefix="vus-bench-", dir="/dev/shm")
         self.sock = os.path.join(self.dir, "s.sock")
-        self.proc = subprocess.Popen([BIN, "serve", "--socket", self.sock + ",queues=2"] + args,
+        self.proc = subprocess.Popen([BIN, "serve", "--socket", self.sock + ",queues=2" + socket_opts] + args,
                                      stderr=subprocess.DEVNULL)
         for _ in range(200):
             if os.path.exists(self.sock):
@@ -164,6 +164,16 @@ def iscsi_rows(a):
                              "base2": "qemu-img bench (libiscsi), same LUN",
                              "base2_iops": median(qimg, "iops"), "base2_cpu": median(qimg, "cpu_us_per_io"),
                              "floor_cpu": floor[qd]})
+            # The guest's side of notification coalescing: QD32 runs with
+            # it (default) and without, alternating, same target.
+            off = Daemon(["--lun", t.url], ",coalesce-us=0")
+            try:
+                coalesced, uncoalesced = [], []
+                for _ in range(a.repeat):
+                    coalesced.append(bench(d, a.seconds, ["--rw", "randread", "--qd", "32"]))
+                    uncoalesced.append(bench(off, a.seconds, ["--rw", "randread", "--qd", "32"]))
+            finally:
+                off.stop()
             for rw in ("read", "write"):
                 ours = [bench(d, a.seconds, ["--rw", rw, "--qd", "4", "--bs", "1M"]) for _ in range(a.repeat)]
                 count = int(median(ours, "iops") * a.seconds)
@@ -174,6 +184,14 @@ def iscsi_rows(a):
                              "base_mib_s": median(base, "mib_s"), "base_cpu": median(base, "cpu_us_per_io")})
         finally:
             d.stop()
+        rows.append({"case": "4 KiB randread QD32 via iSCSI, notifications coalesced (default)",
+                     "notif": median(coalesced, "notifications_per_io"),
+                     "bench_cpu": median(coalesced, "bench_cpu_us_per_io"),
+                     "iops": median(coalesced, "iops"), "cpu": median(coalesced, "backend_cpu_us_per_io"),
+                     "off_notif": median(uncoalesced, "notifications_per_io"),
+                     "off_bench_cpu": median(uncoalesced, "bench_cpu_us_per_io"),
+                     "off_iops": median(uncoalesced, "iops"),
+                     "off_cpu": median(uncoalesced, "backend_cpu_us_per_io")})
     finally:
         t.stop()
     return rows
@@ -261,6 +279,12 @@ def main():
 
 
 def fmt_row(r):
+    if "notif" in r:
+        return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS; {r['notif']:.2f} notifications/IO, "
+                f"load generator {r['bench_cpu']:.2f} µs/IO | {r['cpu']:.2f} | coalescing off "
+                f"(`coalesce-us=0`), same LUN: {r['off_iops']/1000:.0f}k IOPS; {r['off_notif']:.2f} "
+                f"notifications/IO, load generator {r['off_bench_cpu']:.2f} µs/IO | {r['off_cpu']:.2f} | "
+                f"{r['cpu']/r['off_cpu']:.2f}x (load generator {r['bench_cpu']/r['off_bench_cpu']:.2f}x) |")
     if "mib_s_only" in r:
         return (f"| {r['case']} | {r['mib_s_only']:.0f} MiB/s | {r['cpu']:.2f} | "
                 f"(iscsi-perf only reads 4 KiB here) | | |")
