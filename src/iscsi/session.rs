@@ -121,6 +121,25 @@ shared_ref!(SinkRef, Sink);
 /// buffer; a longer one is spliced in (sent from the source).
 pub const SPLICE_MIN: usize = 64 * 1024;
 
+/// Append `n` bytes of `src` from `at` to `out` as a data segment (with
+/// padding and digest); false, appending nothing, if the source cannot
+/// give them (the caller then splices them, and sending fails on them).
+fn copy_segment(out: &mut Vec<u8>, src: &SourceRef, at: usize, n: usize, dg: Digests) -> bool {
+    let start = out.len();
+    out.resize(start + n, 0);
+    if !src.0.read_at(at, &mut out[start..]) {
+        out.truncate(start);
+        return false;
+    }
+    out.extend_from_slice(padding(n));
+    if dg.data && n > 0 {
+        let mut d = RunningDigest::default();
+        d.update(&out[start..]);
+        out.extend_from_slice(&d.bytes());
+    }
+    true
+}
+
 /// The data digest of `n` bytes of `src` from `at` (and their padding),
 /// read in pieces small enough to stay in cache.
 fn source_digest(src: &SourceRef, at: usize, n: usize) -> [u8; 4] {
@@ -496,34 +515,20 @@ impl Session {
                 None => o.pdu.encode_into(dg, tx.bytes()),
                 Some(range) => match self.write_chunk(range) {
                     Some(Chunk::Bytes(d)) => o.pdu.encode_with(d, dg, tx.bytes()),
-                    Some(Chunk::Source(src, at, n)) if src.0.size() < SPLICE_MIN => {
+                    Some(Chunk::Source(src, at, n)) => {
+                        o.pdu.encode_header(n, dg, tx.bytes());
                         // A small write: one copy into the transmit buffer
                         // costs less than a splice's iovecs. (A big one is
                         // spliced whatever its PDUs' size: targets often
                         // take 8 KiB segments.)
-                        o.pdu.encode_header(n, dg, tx.bytes());
-                        let out = tx.bytes();
-                        let start = out.len();
-                        out.resize(start + n, 0);
-                        if !src.0.read_at(at, &mut out[start..]) {
-                            // Out of range after all (write_chunk checked
-                            // it): zeros rather than stale bytes.
-                            out[start..].fill(0);
+                        if src.0.size() < SPLICE_MIN && copy_segment(tx.bytes(), src, at, n, dg) {
+                            continue;
                         }
-                        out.extend_from_slice(padding(n));
-                        if dg.data && n > 0 {
-                            let mut d = RunningDigest::default();
-                            d.update(&out[start..]);
-                            out.extend_from_slice(&d.bytes());
-                        }
-                    }
-                    Some(Chunk::Source(src, at, n)) => {
                         // The digest is computed over the source as it is
                         // now; a guest changing a buffer it handed over
                         // draws a digest error at the target, and the
                         // command is retried on a new connection.
                         let digest = (dg.data && n > 0).then(|| source_digest(src, at, n));
-                        o.pdu.encode_header(n, dg, tx.bytes());
                         tx.splice(src.clone(), at, n);
                         tx.bytes().extend_from_slice(padding(n));
                         if let Some(d) = digest {
@@ -1377,6 +1382,49 @@ pub(crate) mod tests {
             // The big write's unsolicited data (FirstBurstLength, in 8 KiB
             // PDUs) is spliced; the small write is copied.
             assert!(run(2) == (want, 65536), "from a source, digests {digest}");
+        }
+    }
+
+    /// A source whose memory cannot be read (never the case for a guest
+    /// buffer checked when its command was taken).
+    struct Unreadable;
+
+    impl Source for Unreadable {
+        fn size(&self) -> usize {
+            100
+        }
+        fn read_at(&self, _: usize, _: &mut [u8]) -> bool {
+            false
+        }
+        fn iovecs(&self, _: usize, _: usize, _: &mut Vec<libc::iovec>) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_small_write_that_cannot_be_read_is_never_sent_as_zeros() {
+        for data in [false, true] {
+            let dg = Digests {
+                header: false,
+                data,
+            };
+            let mut s = Session::new(negotiated(true, false, 100));
+            s.submit(
+                1,
+                LUN,
+                [0x2a; 10],
+                Data::WriteFrom(SourceRef(Arc::new(Unreadable))),
+            );
+            let mut tx = Gather::default();
+            s.transmit_into(dg, &mut tx);
+            // Left to the splice, whose sending fails (and the connection
+            // is recovered): nothing made up goes to the target.
+            assert_eq!(tx.spliced(), 100);
+            let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let e = tx
+                .write_to(std::os::fd::AsRawFd::as_raw_fd(&a))
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         }
     }
 
