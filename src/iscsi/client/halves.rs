@@ -66,7 +66,8 @@ pub(super) struct Reader {
     /// Bytes received; those before `head` are decoded already.
     pub(super) rx: Vec<u8>,
     pub(super) head: usize,
-    /// A PDU with a big data segment, being read into its own buffer.
+    /// A PDU with a big data segment, being received past `rx` (into its
+    /// own buffer or its command's sink).
     pub(super) direct: Option<Direct>,
     /// Decoded PDUs on their way to the session (kept for its capacity).
     pub(super) pdus: Vec<Pdu>,
@@ -115,17 +116,19 @@ enum Check {
 }
 
 impl Placing {
-    /// Account for data bytes `bytes` (from the receive buffer or dropped
-    /// on the floor) or, with `bytes` None, for `n` bytes read into the
-    /// sink at `at`.
-    fn checked(&mut self, at: usize, n: usize, bytes: Option<&[u8]>) {
+    /// Data bytes copied into the sink from the receive buffer.
+    fn saw(&mut self, bytes: &[u8]) {
+        if let Check::Running(c) = &mut self.check {
+            c.update(bytes);
+        }
+    }
+
+    /// `n` data bytes read from the socket into the sink at `at`: what
+    /// landed there is what the digest must cover.
+    fn landed(&mut self, at: usize, n: usize) {
         let Check::Running(c) = &mut self.check else {
             return;
         };
-        if let Some(b) = bytes {
-            c.update(b);
-            return;
-        }
         let mut chunk = [0u8; 16 * 1024];
         let mut done = 0;
         while done < n {
@@ -150,7 +153,7 @@ impl Placing {
         let (r, asked) = match self.sink.0.read_from(fd, at, self.left) {
             Some(r) => {
                 if let Ok(n) = r {
-                    self.checked(at, n, None);
+                    self.landed(at, n);
                 }
                 (r, self.left)
             }
@@ -326,7 +329,7 @@ impl Reader {
                 if !p.sink.0.write_at(at, &avail[..here]) && matches!(p.check, Check::Running(_)) {
                     p.check = Check::Dropped;
                 }
-                p.checked(at, here, Some(&avail[..here]));
+                p.saw(&avail[..here]);
                 p.at += here;
                 p.left -= here;
                 p.tail.extend_from_slice(&avail[here..]);
