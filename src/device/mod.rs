@@ -87,7 +87,7 @@ struct Inner {
     coalesce: coalesce::Coalesce,
     /// Each request queue's vring, once its worker has seen it (to send a
     /// coalesced notification when the queue stops).
-    request_vrings: Vec<Mutex<Option<Vring>>>,
+    request_vrings: Vec<std::sync::OnceLock<Vring>>,
     guest_errors: AtomicU32,
     /// Bytes buffered for commands in flight to iSCSI targets.
     remote_budget: request::Budget,
@@ -124,7 +124,7 @@ impl ScsiBackend {
                 workers,
                 inflight: Inflight::new(n),
                 coalesce,
-                request_vrings: (0..n).map(|_| Mutex::new(None)).collect(),
+                request_vrings: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
                 guest_errors: AtomicU32::new(0),
                 remote_budget: request::Budget::default(),
                 sessions,
@@ -277,9 +277,8 @@ impl ScsiBackend {
 }
 
 impl ScsiBackend {
-    fn request_vring(&self, queue: usize) -> Option<Vring> {
-        let v = self.inner.request_vrings.get(queue)?;
-        v.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn request_vring(&self, queue: usize) -> Option<&Vring> {
+        self.inner.request_vrings.get(queue)?.get()
     }
 
     /// Request queue `queue` put buffers in its used ring: tell the driver
@@ -357,7 +356,7 @@ impl VhostUserBackend for ScsiBackend {
             // goes (it may wait for an interrupt the delay still holds).
             if self.inner.coalesce.flush(q) {
                 if let Some(v) = self.request_vring(q) {
-                    notify(&v);
+                    notify(v);
                 }
             }
         }
@@ -423,10 +422,7 @@ impl VhostUserBackend for ScsiBackend {
             return Ok(());
         };
         if let Some(known) = self.inner.request_vrings.get(thread_id - 1) {
-            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
-            if known.is_none() {
-                *known = Some(vring.clone());
-            }
+            known.get_or_init(|| vring.clone());
         }
         let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
         if ev == 0 {
