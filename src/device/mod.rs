@@ -89,7 +89,7 @@ struct Inner {
     /// coalesced notification when the queue stops).
     request_vrings: Vec<std::sync::OnceLock<Vring>>,
     guest_errors: AtomicU32,
-    /// Bytes buffered for commands in flight to iSCSI targets.
+    /// Bytes of commands in flight to iSCSI targets (data-out + data-in).
     remote_budget: request::Budget,
     /// The controller's iSCSI sessions (one entry per session).
     sessions: Vec<Client>,

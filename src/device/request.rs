@@ -52,8 +52,9 @@ const MAX_PASSTHROUGH: u64 = 32 << 20;
 /// Most bytes in flight to iSCSI targets per connection (data-out and
 /// data-in sizes). A guest can alias the same pages in every descriptor of
 /// every queue; with a slow or stalled target that would otherwise become
-/// gigabytes held (and, for small transfers or with digests, copied).
-const MAX_REMOTE_BUFFERED: u64 = 256 << 20;
+/// gigabytes asked of the target and, for small writes (copied into the
+/// transmit buffer until the socket takes them), gigabytes queued here.
+const MAX_REMOTE_IN_FLIGHT: u64 = 256 << 20;
 
 /// A byte budget shared by the threads of one connection.
 #[derive(Default)]
@@ -396,7 +397,7 @@ impl ScsiBackend {
             respond(mem, vring, head, bufs, &encode_response(r, 0, &[], 0), 0);
             true
         };
-        // Descriptor lengths come from the guest: bound what is buffered
+        // Descriptor lengths come from the guest: bound what is in flight
         // (and what a target may send back) before allocating anything.
         // The Expected Data Transfer Length sent to the target is the
         // guest's buffer size, so both directions are refused alike.
@@ -412,10 +413,14 @@ impl ScsiBackend {
             return fail(&bufs, Response::Failure);
         };
         let reserved = data_out_len + data_in_len;
-        if !self.inner.remote_budget.take(reserved, MAX_REMOTE_BUFFERED) {
+        if !self
+            .inner
+            .remote_budget
+            .take(reserved, MAX_REMOTE_IN_FLIGHT)
+        {
             // TASK SET FULL: the guest retries once commands complete.
             debug!(
-                "Request queue {}: {MAX_REMOTE_BUFFERED} bytes in flight to iSCSI targets: \
+                "Request queue {}: {MAX_REMOTE_IN_FLIGHT} bytes in flight to iSCSI targets: \
                  TASK SET FULL",
                 w.index
             );
