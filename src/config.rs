@@ -44,7 +44,8 @@ pub struct LunConfig {
 }
 
 /// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]
-/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite][,discover-portals=yes|no]`.
+/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite][,discover-portals=yes|no]
+/// [,coalesce-us=US]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IscsiLun {
     pub url: crate::iscsi::url::IscsiUrl,
@@ -58,6 +59,9 @@ pub struct IscsiLun {
     pub recovery_timeout: Option<std::time::Duration>,
     /// Learn the target's other portals by SendTargets (`discover-portals`).
     pub discover_portals: bool,
+    /// Longest an answer of the target waits to be received with others
+    /// while many commands are in flight (`coalesce-us`; zero: never).
+    pub coalesce: std::time::Duration,
 }
 
 /// One vhost-user socket (one QEMU controller) and its LUNs.
@@ -82,6 +86,10 @@ pub struct Config {
 /// Longest notification delay accepted (a millisecond: beyond that a
 /// guest's I/O latency suffers more than its interrupt rate gains).
 const MAX_COALESCE_US: u64 = 1000;
+
+/// Longest wait for an iSCSI target's answers accepted (10 ms: a bound on
+/// added latency, not a way to slow a session down).
+const MAX_ISCSI_COALESCE_US: u64 = 10_000;
 
 /// Most request queues a controller may have (64-bit queue masks, minus
 /// the control and event queues).
@@ -134,6 +142,9 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
             data_digest: false,
             recovery_timeout: Some(crate::iscsi::client::DEFAULT_RECOVERY_TIMEOUT),
             discover_portals: true,
+            coalesce: std::time::Duration::from_micros(
+                crate::iscsi::client::coalesce::DEFAULT_DELAY_US,
+            ),
         };
         for opt in parts {
             match opt.split_once('=') {
@@ -153,6 +164,19 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
                         ))
                     }
                 },
+                Some(("coalesce-us", v)) => {
+                    let us = v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&us| us <= MAX_ISCSI_COALESCE_US)
+                        .ok_or_else(|| {
+                            bad_lun(
+                                spec,
+                                format!("coalesce-us must be 0 to {MAX_ISCSI_COALESCE_US}"),
+                            )
+                        })?;
+                    l.coalesce = std::time::Duration::from_micros(us);
+                }
                 None if opt == "header-digest" => l.header_digest = true,
                 None if opt == "data-digest" => l.data_digest = true,
                 _ => return Err(bad_lun(spec, format!("unknown iSCSI option '{opt}'"))),
@@ -461,6 +485,21 @@ mod tests {
         let (_, l) =
             parse_lun("iscsi://127.0.0.1:1/iqn.x/1,portal=127.0.0.1:2,portal=[::1]:3").unwrap();
         assert_eq!(l.iscsi.unwrap().portals, vec!["127.0.0.1:2", "[::1]:3"]);
+    }
+
+    #[test]
+    fn iscsi_coalescing_is_bounded_and_can_be_turned_off() {
+        let t = |spec: &str| parse_lun(spec).map(|(_, l)| l.iscsi.unwrap().coalesce);
+        let us = |n| Ok(std::time::Duration::from_micros(n));
+        assert_eq!(
+            t("iscsi://h/iqn.x/1"),
+            us(crate::iscsi::client::coalesce::DEFAULT_DELAY_US)
+        );
+        assert_eq!(t("iscsi://h/iqn.x/1,coalesce-us=0"), us(0));
+        assert_eq!(t("iscsi://h/iqn.x/1,coalesce-us=10000"), us(10_000));
+        for bad in ["10001", "-1", "fast", ""] {
+            assert!(t(&format!("iscsi://h/iqn.x/1,coalesce-us={bad}")).is_err());
+        }
     }
 
     #[test]

@@ -250,6 +250,10 @@ fn remote_luns(
             let options = crate::iscsi::client::Options {
                 recovery_timeout: il.recovery_timeout,
                 discover_portals: il.discover_portals,
+                coalesce: crate::iscsi::client::Coalescing {
+                    delay: il.coalesce,
+                    depth: c.coalesce.depth,
+                },
             };
             let client =
                 Client::start(&name, portals, params, options).map_err(|e| err(Box::new(e)))?;

@@ -12,7 +12,7 @@ use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 use vhost_user_scsi::iscsi::chap;
-use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
+use vhost_user_scsi::iscsi::client::{Client, Coalescing, Failure, Options};
 use vhost_user_scsi::iscsi::login::LoginParams;
 use vhost_user_scsi::iscsi::pdu::{self, Digests, Opcode, Pdu};
 use vhost_user_scsi::iscsi::session::{Completion, Data};
@@ -32,6 +32,29 @@ enum Role {
         portals: Vec<String>,
         event: Option<Vec<u8>>,
     },
+    /// A target that answers SCSI commands (GOOD) only when the test
+    /// releases them (`Gate::release`), in the order they came.
+    Gated(Arc<Gate>),
+}
+
+/// Answers held back by a `Role::Gated` target.
+#[derive(Default)]
+struct Gate {
+    held: std::sync::Mutex<Vec<Vec<u8>>>,
+    stream: std::sync::Mutex<Option<TcpStream>>,
+}
+
+impl Gate {
+    fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Send the first `n` held answers, in one write.
+    fn release(&self, n: usize) {
+        let wire: Vec<u8> = self.held.lock().unwrap().drain(..n).flatten().collect();
+        let mut s = self.stream.lock().unwrap();
+        s.as_mut().unwrap().write_all(&wire).unwrap();
+    }
 }
 
 struct Fake {
@@ -148,7 +171,14 @@ fn serve(
                         send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                         return;
                     }
-                    Role::Target { event, .. } => {
+                    Role::Target { .. } | Role::Gated(_) => {
+                        let event = match &role {
+                            Role::Target { event, .. } => event.as_ref(),
+                            _ => None,
+                        };
+                        if let Role::Gated(gate) = &role {
+                            *gate.stream.lock().unwrap() = Some(s.try_clone().unwrap());
+                        }
                         if (p.flags() >> 2) & 3 == 0 {
                             r.set_flags(0x81);
                             r.data = text::encode(&[("AuthMethod", "None")]);
@@ -193,7 +223,15 @@ fn serve(
                 let mut r = Pdu::new(Opcode::ScsiResponse);
                 r.set_flags(0x80);
                 r.set_itt(p.itt());
-                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                if let Role::Gated(gate) = &role {
+                    r.set_u32(24, stat_sn);
+                    r.set_u32(28, exp_cmd_sn);
+                    r.set_u32(32, exp_cmd_sn.wrapping_add(31));
+                    stat_sn = stat_sn.wrapping_add(1);
+                    gate.held.lock().unwrap().push(r.encode(Digests::default()));
+                } else {
+                    send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                }
             }
             Some(Opcode::NopOut) if p.itt() != 0xffff_ffff => {
                 let mut r = Pdu::new(Opcode::NopIn);
@@ -334,6 +372,7 @@ fn portals_learnt_by_discovery_take_over_when_the_first_dies() {
         let options = Options {
             recovery_timeout: Some(Duration::from_secs(3)),
             discover_portals: discover,
+            ..Options::default()
         };
         let c = Client::start("discover", vec![a.addr.clone()], params(), options).unwrap();
         assert_eq!(one(&c, &TUR).unwrap().status, 0);
@@ -388,5 +427,74 @@ fn an_asynchronous_event_is_reported_once_as_a_unit_attention_and_to_the_hook() 
     assert_eq!(heard, (LUN1, sense.clone()));
     assert_eq!(one(&c, &TUR).unwrap().sense, sense);
     assert!(rx.try_recv().is_err());
+    c.shutdown();
+}
+
+/// Submit a TEST UNIT READY; the receiver hears of its answer.
+fn submit_tur(c: &Client, tx: &std::sync::mpsc::Sender<Instant>) {
+    let tx = tx.clone();
+    c.submit(
+        LUN1,
+        &TUR,
+        Data::None,
+        Box::new(move |r| {
+            assert_eq!(r.unwrap().status, 0);
+            let _ = tx.send(Instant::now());
+            None
+        }),
+    );
+}
+
+#[test]
+fn answers_are_coalesced_while_many_commands_are_in_flight_and_wait_at_most_the_delay() {
+    let gate = Arc::new(Gate::default());
+    let t = Fake::start(Role::Gated(gate.clone()));
+    let delay = Duration::from_secs(2);
+    let options = Options {
+        coalesce: Coalescing { delay, depth: 4 },
+        ..no_discovery()
+    };
+    let c = Client::start("coalesce", vec![t.addr.clone()], params(), options).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..12 {
+        submit_tur(&c, &tx);
+    }
+    let start = Instant::now();
+    while gate.held() < 12 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "commands not sent"
+        );
+        sleep(Duration::from_millis(5));
+    }
+    let wait = |n: usize, within: Duration| {
+        for _ in 0..n {
+            rx.recv_timeout(within)
+                .expect("answer not received in time");
+        }
+    };
+    // Nothing coalesced yet: the first answers are received at once.
+    gate.release(4);
+    wait(4, Duration::from_secs(10));
+    // 8 in flight (>= 4): the socket now waits for half their answers
+    // (4 x 48 bytes, 192 rounded down to 4 significant bits: 192). One
+    // answer is not enough: it waits for the timer.
+    let released = Instant::now();
+    gate.release(1);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a lone answer was received before the timer"
+    );
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the timer did not end the wait");
+    assert!(got.duration_since(released) <= delay + Duration::from_secs(5));
+    // 7 in flight: the mark is 160 bytes; four answers (192) are enough,
+    // long before the timer.
+    gate.release(4);
+    wait(4, delay / 2);
+    // 3 in flight (< 4): any answer is received at once.
+    gate.release(3);
+    wait(3, delay / 2);
     c.shutdown();
 }

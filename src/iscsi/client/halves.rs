@@ -71,6 +71,10 @@ pub(super) struct Reader {
     pub(super) direct: Option<Direct>,
     /// Decoded PDUs on their way to the session (kept for its capacity).
     pub(super) pdus: Vec<Pdu>,
+    /// The socket's receive low-water mark (`SO_RCVLOWAT`), in bytes.
+    low_water: usize,
+    /// `low_water_cap`, as of the last change of the mark.
+    cap: Option<usize>,
 }
 
 /// A PDU with a big data segment, received past the receive buffer.
@@ -241,9 +245,26 @@ pub(super) fn read_some(fd: i32, buf: &mut Vec<u8>, max: usize) -> io::Result<us
 }
 
 impl Reader {
+    /// The receiving half of a connection on `stream` (non-blocking), with
+    /// `rx` what was received and not decoded yet.
+    pub(super) fn new(stream: TcpStream, digests: Digests, max_data: usize, rx: Vec<u8>) -> Reader {
+        Reader {
+            stream,
+            digests,
+            max_data,
+            rx,
+            head: 0,
+            direct: None,
+            pdus: Vec::new(),
+            low_water: 1,
+            cap: None,
+        }
+    }
+
     /// Read what is there (up to `READ_ROUND`) and decode every whole PDU
-    /// into `out`. On an error, the PDUs decoded before it are in `out` too.
-    pub(super) fn read(&mut self, out: &mut Vec<Pdu>, place: Place) -> Result<(), Error> {
+    /// into `out`: the bytes read. On an error, the PDUs decoded before it
+    /// are in `out` too.
+    pub(super) fn read(&mut self, out: &mut Vec<Pdu>, place: Place) -> Result<usize, Error> {
         let fd = self.stream.as_raw_fd();
         let mut result = Ok(());
         let mut got = 0;
@@ -292,7 +313,68 @@ impl Reader {
             self.rx.drain(..self.head);
             self.head = 0;
         }
-        result
+        result.map(|()| got)
+    }
+
+    pub(super) fn low_water(&self) -> usize {
+        self.low_water
+    }
+
+    /// Have the socket reported readable once `bytes` are queued (1: any
+    /// byte). If the kernel refuses, the mark stays what it was.
+    pub(super) fn set_low_water(&mut self, bytes: usize) {
+        if bytes == self.low_water {
+            return;
+        }
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads one c_int from a live local for the
+        // length given.
+        let r = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            self.low_water = bytes;
+            self.cap = None;
+        }
+    }
+
+    /// The highest low-water mark that leaves the socket's receive buffer
+    /// alone: Linux grows the buffer, and clamps the TCP window to the
+    /// mark, for a mark above half of it. Asked again after each change of
+    /// the mark (the buffer grows with the traffic).
+    pub(super) fn low_water_cap(&mut self) -> usize {
+        if let Some(c) = self.cap {
+            return c;
+        }
+        let c = self.receive_buffer() / 4;
+        self.cap = Some(c);
+        c
+    }
+
+    fn receive_buffer(&self) -> usize {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live local
+        // and updates `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return 0;
+        }
+        usize::try_from(v).unwrap_or(0)
     }
 
     /// Decode every whole PDU received, a Data-In's data into its
@@ -376,15 +458,7 @@ impl Reader {
 pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
     let (stream, rx, digests, max_data, session) = conn.into_parts();
     stream.set_nonblocking(true)?;
-    let reader = Reader {
-        stream: stream.try_clone()?,
-        digests,
-        max_data,
-        rx,
-        head: 0,
-        direct: None,
-        pdus: Vec::new(),
-    };
+    let reader = Reader::new(stream.try_clone()?, digests, max_data, rx);
     let writer = Writer {
         stream,
         session,
@@ -434,16 +508,7 @@ mod tests {
         let far = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (near, _) = l.accept().unwrap();
         near.set_nonblocking(true).unwrap();
-        let r = Reader {
-            stream: near,
-            digests,
-            max_data: 1 << 20,
-            rx: Vec::new(),
-            head: 0,
-            direct: None,
-            pdus: Vec::new(),
-        };
-        (r, far)
+        (Reader::new(near, digests, 1 << 20, Vec::new()), far)
     }
 
     const HEADER_DIGEST: Digests = Digests {
@@ -480,7 +545,7 @@ mod tests {
             (u32::from_be_bytes([bhs[16], bhs[17], bhs[18], bhs[19]]) == 7).then(|| (k.clone(), 16))
         };
         let mut out = Vec::new();
-        let mut res = Ok(());
+        let mut res = Ok(0);
         for part in wire.chunks(piece) {
             far.write_all(part).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -490,7 +555,7 @@ mod tests {
             }
         }
         let res = res
-            .and_then(|()| read_until(&mut r, &mut out, &mut place))
+            .and_then(|_| read_until(&mut r, &mut out, &mut place))
             .map(|()| out.remove(0));
         let b = sink.0.lock().unwrap().clone();
         (res, b, asked)

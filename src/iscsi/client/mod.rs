@@ -27,6 +27,7 @@
 //! KEY) and takes the reservation back from the stale registration (PREEMPT
 //! with the same key and type).
 
+pub mod coalesce;
 mod halves;
 mod pr;
 mod state;
@@ -44,6 +45,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
 use super::session::{tmf_covers, Completion, Data};
+pub use coalesce::Coalescing;
+use coalesce::{low_water, Timer, ANSWER_HEADER};
 use halves::{split, Reader, Writer};
 pub use pr::PrMemory;
 use state::{Pending, State};
@@ -76,6 +79,8 @@ pub struct Options {
     /// Ask the target (SendTargets, after the first login) for its other
     /// portals and fail over to them too.
     pub discover_portals: bool,
+    /// How answers are collected while many commands are in flight.
+    pub coalesce: Coalescing,
 }
 
 impl Default for Options {
@@ -83,6 +88,7 @@ impl Default for Options {
         Options {
             recovery_timeout: Some(DEFAULT_RECOVERY_TIMEOUT),
             discover_portals: true,
+            coalesce: Coalescing::default(),
         }
     }
 }
@@ -144,8 +150,11 @@ struct Shared {
     /// when both are held, and held from reading to feeding the session,
     /// so PDUs reach the session in the order they arrived.
     reader: Mutex<Option<Reader>>,
-    /// Readable when the live connection's socket is (its only member).
+    /// Readable when the live connection's socket is, or `timer` fired.
     poll: Epoll,
+    /// Ends a coalesced wait for answers; used under `reader`'s lock.
+    timer: Mutex<Timer>,
+    coalesce: Coalescing,
     /// Event loops receiving for this session (`attach_receiver`).
     receivers: AtomicUsize,
     /// The live connection could not be added to `poll`.
@@ -190,12 +199,39 @@ impl Shared {
     /// Drop the receiving half in `slot` (the connection is gone or
     /// going).
     fn uninstall(&self, slot: &mut Option<Reader>) {
+        self.timer().set(None);
         if let Some(r) = slot.take() {
             let fd = r.stream.as_raw_fd();
             let _ = self
                 .poll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             self.unwatched.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn timer(&self) -> MutexGuard<'_, Timer> {
+        self.timer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before the next wait for `r`'s socket: raise its low-water mark
+    /// while many commands are in flight (bounded by the timer), or put it
+    /// back to one byte (`coalesce`). `heard`: this round received bytes.
+    fn pace(&self, r: &mut Reader, st: &State, heard: bool) {
+        let want = low_water(
+            self.coalesce,
+            st.pending.len(),
+            st.pending.answer_bytes(),
+            heard && !st.stopping,
+            r.low_water_cap(),
+        );
+        r.set_low_water(want);
+        let mut timer = self.timer();
+        if r.low_water() > 1 && !timer.set(Some(self.coalesce.delay)) {
+            // No timer, no bound on the wait: do not wait.
+            r.set_low_water(1);
+        }
+        if r.low_water() == 1 {
+            timer.set(None);
         }
     }
 
@@ -215,12 +251,13 @@ impl Shared {
                 let st = self.lock();
                 st.writer.as_ref().and_then(|w| w.session.place(bhs))
             };
-            let mut failure = r
-                .read(&mut pdus, &mut place)
-                .err()
-                .map(|e| format!("connection lost: {e}"));
+            let (got, mut failure) = match r.read(&mut pdus, &mut place) {
+                Ok(n) => (n, None),
+                Err(e) => (0, Some(format!("connection lost: {e}"))),
+            };
             let mut st = self.lock();
             if st.stopping {
+                self.pace(r, &st, false);
                 return;
             }
             if !pdus.is_empty() {
@@ -230,6 +267,7 @@ impl Shared {
                 failure.get_or_insert(e);
             }
             r.pdus = pdus;
+            self.pace(r, &st, got > 0);
             // What the answers asked for (Data-Out for an R2T, NOP-Out for
             // a NOP-In) goes out now; the session thread writes what the
             // socket did not take, or handles a broken connection.
@@ -333,11 +371,18 @@ impl Client {
             }),
             reader: Mutex::new(None),
             poll: Epoll::new()?,
+            timer: Mutex::new(Timer::new()?),
+            coalesce: options.coalesce,
             receivers: AtomicUsize::new(0),
             unwatched: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             hook: Mutex::new(None),
         });
+        shared.poll.ctl(
+            ControlOperation::Add,
+            shared.timer().fd().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 1),
+        )?;
         shared.install(&mut shared.reader(), reader);
         let client = Client {
             shared: shared.clone(),
@@ -450,6 +495,12 @@ impl Client {
                     lun: r.lun,
                     id: r.id,
                     lost_at,
+                    answer: ANSWER_HEADER
+                        + match &r.data {
+                            Data::Read(n) => *n as usize,
+                            Data::ReadInto(sink) => sink.0.size(),
+                            _ => 0,
+                        },
                 },
             );
             if let (Some(0x5f), Data::Write(p)) = (r.cdb.first(), &r.data) {
@@ -599,7 +650,7 @@ impl Client {
             let mut st = self.shared.lock();
             st.stopping = true;
             st.held.clear();
-            std::mem::take(&mut st.pending)
+            st.pending.take()
         };
         let _ = self.shared.wake.write(1);
         complete_all(

@@ -155,16 +155,23 @@ impl SessionThread {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                // The end of a coalesced wait for answers.
+                libc::pollfd {
+                    fd: self.shared.timer().fd().as_raw_fd(),
+                    events: if receive_here { libc::POLLIN } else { 0 },
+                    revents: 0,
+                },
             ];
-            // SAFETY: two valid pollfds for the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            // SAFETY: three valid pollfds for the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
             if fds[1].revents != 0 {
                 let _ = self.shared.wake.read();
             }
             // An error or hang-up is reported whatever was asked for: take
             // it here too, or this loop would spin until a receiver does.
             let broken = fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0;
-            if broken || (receive_here && fds[0].revents & libc::POLLIN != 0) {
+            let timer = fds[2].revents & libc::POLLIN != 0;
+            if broken || timer || (receive_here && fds[0].revents & libc::POLLIN != 0) {
                 self.shared.receive_round(&name);
             }
             let mut st = self.shared.lock();
@@ -245,7 +252,7 @@ impl SessionThread {
             st.stopping = true;
             st.held.clear();
             st.tmf_waiters.clear();
-            (std::mem::take(&mut st.pending), st.writer.take())
+            (st.pending.take(), st.writer.take())
         };
         complete_all(
             pending

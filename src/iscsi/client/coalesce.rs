@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Receive coalescing: while many commands are in flight, wake up once for
+//! several of the target's answers instead of once per answer.
+//!
+//! Every wake-up of the receiving thread (epoll, a context switch, a
+//! `read(2)` that finds one PDU) costs several microseconds, more than the
+//! protocol work for a 4 KiB read. When the session has at least `depth`
+//! commands in flight, more answers are due: the socket's receive low-water
+//! mark (`SO_RCVLOWAT`) is raised to half the bytes those commands will
+//! bring back (a power of two, at most `MAX_LOW_WATER`), so the kernel
+//! reports the socket readable once that much is queued. A timer bounds
+//! the wait: at most `delay` after a receive round the next one runs
+//! whatever has arrived. A round that finds nothing (the target went
+//! quiet) and a session with few commands in flight put the mark back to
+//! one byte, so a lone command is never delayed. This is the receive side
+//! of NIC interrupt moderation (ethtool's rx-usecs / rx-frames).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::timerfd::TimerFd;
+
+/// How a session moderates its receive wake-ups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalescing {
+    /// Longest an answer waits in the socket; zero turns coalescing off.
+    pub delay: Duration,
+    /// Commands in flight from which answers are coalesced.
+    pub depth: usize,
+}
+
+impl Coalescing {
+    pub const OFF: Coalescing = Coalescing {
+        delay: Duration::ZERO,
+        depth: usize::MAX,
+    };
+}
+
+impl Default for Coalescing {
+    fn default() -> Coalescing {
+        Coalescing {
+            delay: Duration::from_micros(DEFAULT_DELAY_US),
+            depth: DEFAULT_DEPTH,
+        }
+    }
+}
+
+/// Default longest wait of an answer, in microseconds.
+pub const DEFAULT_DELAY_US: u64 = 200;
+/// Default number of commands in flight from which answers are coalesced.
+pub const DEFAULT_DEPTH: usize = 16;
+
+/// The highest low-water mark set: beyond this, waiting saves nothing
+/// measurable and holds answers back from the guest for longer.
+pub(super) const MAX_LOW_WATER: usize = 64 * 1024;
+
+/// The bytes an answer without data takes (a SCSI Response header).
+pub(super) const ANSWER_HEADER: usize = 48;
+
+/// The receive low-water mark for the next wait: 1 (wake up for any byte)
+/// unless `commands` in flight make coalescing worthwhile; then half of
+/// `answer_bytes` (what they will bring back), rounded down to a power of
+/// two (a queue whose depth wobbles between rounds does not change it every
+/// time) and at most `cap`. `heard`: the last round received something.
+pub(super) fn low_water(
+    c: Coalescing,
+    commands: usize,
+    answer_bytes: usize,
+    heard: bool,
+    cap: usize,
+) -> usize {
+    if c.delay.is_zero() || !heard || commands < c.depth {
+        return 1;
+    }
+    let want = (answer_bytes / 2).min(cap).min(MAX_LOW_WATER);
+    if want < 2 * ANSWER_HEADER {
+        return 1;
+    }
+    // Four significant bits: a queue whose depth wobbles between rounds
+    // does not change the mark every time.
+    let shift = want.ilog2().saturating_sub(3);
+    (want >> shift) << shift
+}
+
+/// The timer that ends a coalesced wait: readable (through the session's
+/// poll set) when it expires. Re-arming or disarming it also clears an
+/// expiry nobody read, so it is never left readable.
+pub(super) struct Timer {
+    fd: TimerFd,
+    /// When it expires, if armed (no later than the kernel's expiry).
+    deadline: Option<Instant>,
+}
+
+impl Timer {
+    pub(super) fn new() -> io::Result<Timer> {
+        Ok(Timer {
+            fd: TimerFd::new().map_err(io::Error::from)?,
+            deadline: None,
+        })
+    }
+
+    pub(super) fn fd(&self) -> &TimerFd {
+        &self.fd
+    }
+
+    /// Make sure the timer expires no later than `delay` from now (Some),
+    /// or disarm it (None); false if it could not be armed (it is then
+    /// disarmed). An armed timer that expires at least `delay / 2` from
+    /// now is left alone: re-arming costs a system call (and, in a virtual
+    /// machine, an exit), and a receive round often comes every few
+    /// microseconds.
+    pub(super) fn set(&mut self, delay: Option<Duration>) -> bool {
+        let now = Instant::now();
+        match delay {
+            Some(d) => {
+                if self.deadline.is_some_and(|t| t >= now + d / 2) {
+                    return true;
+                }
+                if self.fd.reset(d, None).is_ok() {
+                    self.deadline = Some(now + d);
+                    return true;
+                }
+                let _ = self.fd.clear();
+                self.deadline = None;
+                false
+            }
+            None => {
+                if self.deadline.take().is_some() {
+                    let _ = self.fd.clear();
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    const ON: Coalescing = Coalescing {
+        delay: Duration::from_micros(100),
+        depth: 16,
+    };
+    const READ_4K: usize = ANSWER_HEADER + 4096;
+
+    #[test]
+    fn few_commands_a_quiet_target_or_off_wake_up_for_any_byte() {
+        let cap = 1 << 20;
+        assert_eq!(low_water(ON, 15, 15 * READ_4K, true, cap), 1);
+        assert_eq!(low_water(ON, 32, 32 * READ_4K, false, cap), 1);
+        assert_eq!(low_water(Coalescing::OFF, 32, 32 * READ_4K, true, cap), 1);
+        let no_delay = Coalescing {
+            delay: Duration::ZERO,
+            depth: 1,
+        };
+        assert_eq!(low_water(no_delay, 32, 32 * READ_4K, true, cap), 1);
+    }
+
+    #[test]
+    fn many_commands_wait_for_half_their_answers_to_four_significant_bits() {
+        let cap = 1 << 20;
+        // 16 x 4144 / 2 = 33152 -> 32768.
+        assert_eq!(low_water(ON, 16, 16 * READ_4K, true, cap), 32 * 1024);
+        // 24 reads: 49728 -> 49152.
+        assert_eq!(low_water(ON, 24, 24 * READ_4K, true, cap), 48 * 1024);
+        // A queue wobbling between 30 and 31 keeps its mark.
+        let m = low_water(ON, 30, 30 * READ_4K, true, cap);
+        assert_eq!(m, low_water(ON, 31, 31 * READ_4K, true, cap));
+        assert_eq!(m, 60 * 1024);
+        // Many or big reads: the maximum.
+        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, cap), MAX_LOW_WATER);
+        assert_eq!(low_water(ON, 16, 16 << 20, true, cap), MAX_LOW_WATER);
+        // The socket's own limit: 20000 -> 18432.
+        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, 20_000), 18 * 1024);
+        // Writes: 32 status-only answers -> 768 bytes (16 answers).
+        assert_eq!(low_water(ON, 32, 32 * ANSWER_HEADER, true, cap), 768);
+        // Less than two answers' worth is not worth a wait.
+        assert_eq!(low_water(ON, 16, 3 * ANSWER_HEADER, true, cap), 1);
+    }
+
+    fn readable(t: &Timer, timeout_ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd: t.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, timeout_ms) == 1 }
+    }
+
+    #[test]
+    fn the_timer_fires_once_armed_and_rearming_or_disarming_clears_it() {
+        let mut t = Timer::new().unwrap();
+        assert!(t.set(None));
+        assert!(!readable(&t, 20));
+        assert!(t.set(Some(Duration::from_millis(5))));
+        assert!(readable(&t, 1000), "fires");
+        // Expired and not read: re-arming clears it.
+        assert!(t.set(Some(Duration::from_secs(60))));
+        assert!(!readable(&t, 0));
+        // Expiring later than half a shorter delay from now: left alone.
+        assert!(t.set(Some(Duration::from_millis(1))));
+        assert!(!readable(&t, 50));
+        assert!(t.set(None));
+        assert!(t.set(Some(Duration::from_millis(1))));
+        assert!(readable(&t, 1000));
+        assert!(t.set(None));
+        assert!(!readable(&t, 0), "disarming clears it too");
+    }
+}
