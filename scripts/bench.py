@@ -164,16 +164,21 @@ def iscsi_rows(a):
                              "base2": "qemu-img bench (libiscsi), same LUN",
                              "base2_iops": median(qimg, "iops"), "base2_cpu": median(qimg, "cpu_us_per_io"),
                              "floor_cpu": floor[qd]})
-            # The guest's side of notification coalescing: QD32 runs with
-            # it (default) and without, alternating, same target.
+            # Coalescing at QD32, alternating runs on the same target: the
+            # default (both kinds), notifications not coalesced (the
+            # guest's side), and the target's answers not coalesced (the
+            # daemon's receive side).
             off = Daemon(["--lun", t.url], ",coalesce-us=0")
+            rx_off = Daemon(["--lun", t.url + ",coalesce-us=0"])
             try:
-                coalesced, uncoalesced = [], []
+                coalesced, uncoalesced, rx_uncoalesced = [], [], []
                 for _ in range(a.repeat):
                     coalesced.append(bench(d, a.seconds, ["--rw", "randread", "--qd", "32"]))
                     uncoalesced.append(bench(off, a.seconds, ["--rw", "randread", "--qd", "32"]))
+                    rx_uncoalesced.append(bench(rx_off, a.seconds, ["--rw", "randread", "--qd", "32"]))
             finally:
                 off.stop()
+                rx_off.stop()
             for rw in ("read", "write"):
                 ours = [bench(d, a.seconds, ["--rw", rw, "--qd", "4", "--bs", "1M"]) for _ in range(a.repeat)]
                 count = int(median(ours, "iops") * a.seconds)
@@ -192,6 +197,13 @@ def iscsi_rows(a):
                      "off_bench_cpu": median(uncoalesced, "bench_cpu_us_per_io"),
                      "off_iops": median(uncoalesced, "iops"),
                      "off_cpu": median(uncoalesced, "backend_cpu_us_per_io")})
+        rows.append({"case": "4 KiB randread QD32 via iSCSI, target's answers coalesced (default)",
+                     "rx": True,
+                     "iops": median(coalesced, "iops"), "cpu": median(coalesced, "backend_cpu_us_per_io"),
+                     "lat": statistics.median(r["lat_us"]["mean"] for r in coalesced),
+                     "off_iops": median(rx_uncoalesced, "iops"),
+                     "off_cpu": median(rx_uncoalesced, "backend_cpu_us_per_io"),
+                     "off_lat": statistics.median(r["lat_us"]["mean"] for r in rx_uncoalesced)})
     finally:
         t.stop()
     return rows
@@ -279,6 +291,11 @@ def main():
 
 
 def fmt_row(r):
+    if "rx" in r:
+        return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS, mean latency {r['lat']:.0f} µs | "
+                f"{r['cpu']:.2f} | not coalesced (`coalesce-us=0` on the LUN), same LUN: "
+                f"{r['off_iops']/1000:.0f}k IOPS, mean latency {r['off_lat']:.0f} µs | "
+                f"{r['off_cpu']:.2f} | {r['cpu']/r['off_cpu']:.2f}x |")
     if "notif" in r:
         return (f"| {r['case']} | {r['iops']/1000:.0f}k IOPS; {r['notif']:.2f} notifications/IO, "
                 f"load generator {r['bench_cpu']:.2f} µs/IO | {r['cpu']:.2f} | coalescing off "
