@@ -8,10 +8,9 @@
 //! protocol work for a 4 KiB read. When the session has at least `depth`
 //! commands in flight, more answers are due: the socket's receive low-water
 //! mark (`SO_RCVLOWAT`) is raised to half the bytes those commands will
-//! bring back (a power of two, at most `MAX_LOW_WATER`), so the kernel
-//! reports the socket readable once that much is queued. A timer bounds
-//! the wait: at most `delay` after a receive round the next one runs
-//! whatever has arrived. A round that finds nothing (the target went
+//! bring back (at most `MAX_LOW_WATER`), so the kernel reports the socket
+//! readable once that much is queued. A timer bounds the wait: at most
+//! `delay` after a receive round the next one runs whatever has arrived. A round that finds nothing (the target went
 //! quiet) and a session with few commands in flight put the mark back to
 //! one byte, so a lone command is never delayed. This is the receive side
 //! of NIC interrupt moderation (ethtool's rx-usecs / rx-frames).
@@ -28,13 +27,6 @@ pub struct Coalescing {
     pub delay: Duration,
     /// Commands in flight from which answers are coalesced.
     pub depth: usize,
-}
-
-impl Coalescing {
-    pub const OFF: Coalescing = Coalescing {
-        delay: Duration::ZERO,
-        depth: usize::MAX,
-    };
 }
 
 impl Default for Coalescing {
@@ -60,9 +52,8 @@ pub(super) const ANSWER_HEADER: usize = 48;
 
 /// The receive low-water mark for the next wait: 1 (wake up for any byte)
 /// unless `commands` in flight make coalescing worthwhile; then half of
-/// `answer_bytes` (what they will bring back), rounded down to a power of
-/// two (a queue whose depth wobbles between rounds does not change it every
-/// time) and at most `cap`. `heard`: the last round received something.
+/// `answer_bytes` (what they will bring back), at most `cap`, rounded down
+/// to four significant bits. `heard`: the last round received something.
 pub(super) fn low_water(
     c: Coalescing,
     commands: usize,
@@ -152,7 +143,6 @@ mod tests {
         let cap = 1 << 20;
         assert_eq!(low_water(ON, 15, 15 * READ_4K, true, cap), 1);
         assert_eq!(low_water(ON, 32, 32 * READ_4K, false, cap), 1);
-        assert_eq!(low_water(Coalescing::OFF, 32, 32 * READ_4K, true, cap), 1);
         let no_delay = Coalescing {
             delay: Duration::ZERO,
             depth: 1,

@@ -11,7 +11,8 @@
 //! request-queue worker) receives whenever `receive_fd` is readable, so one
 //! thread serves both the guest's kicks and the target's answers; without
 //! one, the session thread receives. The session thread also keeps the
-//! session alive and reconnects.
+//! session alive and reconnects. While many commands are in flight, the
+//! receiver wakes once per batch of answers (`coalesce`).
 //!
 //! A broken connection (I/O error, protocol error, target gone) is retried
 //! with backoff: a new session is logged in with the same ISID and TSIH 0
