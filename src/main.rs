@@ -74,10 +74,12 @@ enum Command {
         /// with K/M/G/T), and
         /// [N:]iscsi://[user[%pw]@]host[:port]/target-iqn/lun[,credentials=FILE]
         /// [,header-digest][,data-digest][,portal=HOST:PORT]...
-        /// [,recovery-timeout=SECS|infinite][,discover-portals=yes|no] (a LUN
-        /// on an iSCSI target, passed through by the built-in initiator;
-        /// commands fail after recovery-timeout, default 120 s, without a
-        /// session; see docs/iscsi.md).
+        /// [,recovery-timeout=SECS|infinite][,discover-portals=yes|no]
+        /// [,coalesce-us=US] (a LUN on an iSCSI target, passed through by
+        /// the built-in initiator; commands fail after recovery-timeout,
+        /// default 120 s, without a session; the target's answers wait at
+        /// most coalesce-us, default 200, 0 = never, to be received together
+        /// while many commands are in flight; see docs/iscsi.md).
         #[arg(
             long,
             value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
