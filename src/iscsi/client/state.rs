@@ -344,3 +344,34 @@ pub(super) fn sense_summary(sense: &[u8]) -> String {
     };
     format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(answer: usize) -> Pending {
+        Pending {
+            done: Box::new(|_| None),
+            lun: [0; 8],
+            id: 0,
+            lost_at: None,
+            answer,
+        }
+    }
+
+    #[test]
+    fn commands_count_the_bytes_their_answers_will_take() {
+        let mut c = Commands::default();
+        c.insert(1, pending(48 + 4096));
+        c.insert(2, pending(48));
+        assert_eq!((c.len(), c.answer_bytes()), (2, 4192));
+        // A tag used again replaces its command.
+        c.insert(2, pending(48 + 512));
+        assert_eq!((c.len(), c.answer_bytes()), (2, 4704));
+        assert!(c.remove(&1).is_some());
+        assert!(c.remove(&1).is_none());
+        assert_eq!((c.len(), c.answer_bytes()), (1, 560));
+        assert_eq!(c.take().len(), 1);
+        assert_eq!((c.len(), c.answer_bytes()), (0, 0));
+    }
+}
