@@ -216,15 +216,11 @@ impl Shared {
 
     /// Before the next wait for `r`'s socket: raise its low-water mark
     /// while many commands are in flight (bounded by the timer), or put it
-    /// back to one byte (`coalesce`). `heard`: this round received bytes.
-    fn pace(&self, r: &mut Reader, st: &State, heard: bool) {
-        let want = low_water(
-            self.coalesce,
-            st.pending.len(),
-            st.pending.answer_bytes(),
-            heard && !st.stopping,
-            r.low_water_cap(),
-        );
+    /// back to one byte (`coalesce`). `load`: the guest commands in flight
+    /// and the bytes their answers will take; `heard`: this round received
+    /// bytes. Called without the state lock (system calls).
+    fn pace(&self, r: &mut Reader, load: (usize, usize), heard: bool) {
+        let want = low_water(self.coalesce, load.0, load.1, heard, r.low_water_cap());
         r.set_low_water(want);
         let mut timer = self.timer();
         if r.low_water() > 1 && !timer.set(Some(self.coalesce.delay)) {
@@ -258,7 +254,8 @@ impl Shared {
             };
             let mut st = self.lock();
             if st.stopping {
-                self.pace(r, &st, false);
+                drop(st);
+                self.pace(r, (0, 0), false);
                 return;
             }
             if !pdus.is_empty() {
@@ -268,7 +265,7 @@ impl Shared {
                 failure.get_or_insert(e);
             }
             r.pdus = pdus;
-            self.pace(r, &st, got > 0);
+            let load = (st.pending.len(), st.pending.answer_bytes());
             // What the answers asked for (Data-Out for an R2T, NOP-Out for
             // a NOP-In) goes out now; the session thread writes what the
             // socket did not take, or handles a broken connection.
@@ -281,6 +278,11 @@ impl Shared {
                 drop(st);
                 self.uninstall(&mut slot);
                 let _ = self.wake.write(1);
+            } else {
+                drop(st);
+                // Before the answers are delivered: whoever they wake finds
+                // the next wait set up.
+                self.pace(r, load, got > 0);
             }
         }
         complete_all(done);
