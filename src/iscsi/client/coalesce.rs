@@ -102,9 +102,9 @@ impl Timer {
     /// machine, an exit), and a receive round often comes every few
     /// microseconds.
     pub(super) fn set(&mut self, delay: Option<Duration>) -> bool {
-        let now = Instant::now();
         match delay {
             Some(d) => {
+                let now = Instant::now();
                 if self.deadline.is_some_and(|t| t >= now + d / 2) {
                     return true;
                 }
