@@ -1414,14 +1414,26 @@ impl Sink for VecSink {
         fd: std::os::fd::RawFd,
         offset: usize,
         len: usize,
+        after: &mut [u8],
     ) -> Option<std::io::Result<usize>> {
         let mut b = self.buf.lock().unwrap();
         let d = b.get_mut(offset..offset + len)?;
-        // SAFETY: read(2) into `len` bytes of the locked buffer.
-        let r = unsafe { libc::read(fd, d.as_mut_ptr().cast(), len) };
+        let iov = [
+            libc::iovec {
+                iov_base: d.as_mut_ptr().cast(),
+                iov_len: len,
+            },
+            libc::iovec {
+                iov_base: after.as_mut_ptr().cast(),
+                iov_len: after.len(),
+            },
+        ];
+        // SAFETY: readv(2) into `len` bytes of the locked buffer and into
+        // `after`, both borrowed mutably for the call.
+        let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
         let r = usize::try_from(r).map_err(|_| std::io::Error::last_os_error());
         if let Ok(n) = r {
-            self.direct.fetch_add(n, Ordering::SeqCst);
+            self.direct.fetch_add(n.min(len), Ordering::SeqCst);
         }
         Some(r)
     }

@@ -77,21 +77,35 @@ impl Sink for GuestSink {
                 .is_ok()
     }
 
-    fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>> {
+    fn read_from(
+        &self,
+        fd: RawFd,
+        offset: usize,
+        len: usize,
+        after: &mut [u8],
+    ) -> Option<io::Result<usize>> {
         let open = self.lock();
         if !*open || !self.fits(offset, len) {
             return None;
         }
-        let iov = self
+        let mut iov = self
             .buf
             .iovecs(&self.mem, self.base + offset as u64, len as u64)
             .ok()?;
+        // Past the limit the read stops short of `len`: nothing after.
+        if iov.len() < IOV_MAX && !after.is_empty() {
+            iov.push(libc::iovec {
+                iov_base: after.as_mut_ptr().cast(),
+                iov_len: after.len(),
+            });
+        }
         let n = iov.len().min(IOV_MAX) as libc::c_int;
         // SAFETY: the iovecs point into guest memory mapped by `self.mem`,
         // which this sink keeps alive, within the guest's data-in buffer
-        // (`fits`, `iovecs` bound them); the sink is open, so the buffer
-        // has not been handed back to the guest, and `open` stays locked
-        // until the kernel is done writing.
+        // (`fits`, `iovecs` bound them), and, last, into `after`, borrowed
+        // mutably for the call; the sink is open, so the buffer has not
+        // been handed back to the guest, and `open` stays locked until the
+        // kernel is done writing.
         let r = unsafe { libc::readv(fd, iov.as_ptr(), n) };
         drop(open);
         Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
@@ -170,7 +184,7 @@ impl Source for GuestSource {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
@@ -189,8 +203,13 @@ mod tests {
         let k = GuestSink::new(&mem, &buf, 2, 6).unwrap();
         assert_eq!(k.size(), 6);
         let (mut tx, rx) = UnixStream::pair().unwrap();
-        tx.write_all(&[1, 2, 3, 4, 5]).unwrap();
-        assert_eq!(k.read_from(rx.as_raw_fd(), 1, 5).unwrap().unwrap(), 5);
+        tx.write_all(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let mut after = [0u8; 2];
+        let got = k.read_from(rx.as_raw_fd(), 1, 5, &mut after);
+        assert_eq!((got.unwrap().unwrap(), after), (7, [6, 7]));
+        let mut one = [0u8; 1];
+        (&rx).read_exact(&mut one).unwrap();
+        assert_eq!(one, [8]);
         assert!(k.write_at(0, &[9]));
         let mut got = [0u8; 4];
         mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
@@ -199,11 +218,11 @@ mod tests {
         assert_eq!(got, [2, 3, 4, 5]);
         // Past the end: refused, nothing read from the socket.
         assert!(!k.write_at(5, &[0, 0]));
-        assert!(k.read_from(rx.as_raw_fd(), 4, 3).is_none());
+        assert!(k.read_from(rx.as_raw_fd(), 4, 3, &mut []).is_none());
         k.close();
         tx.write_all(&[7]).unwrap();
         assert!(!k.write_at(0, &[7]));
-        assert!(k.read_from(rx.as_raw_fd(), 0, 1).is_none());
+        assert!(k.read_from(rx.as_raw_fd(), 0, 1, &mut []).is_none());
         mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
         assert_eq!(got, [0, 0, 9, 1]);
     }

@@ -105,11 +105,18 @@ pub trait Sink: Send + Sync {
     fn size(&self) -> usize;
     /// Copy `data` to byte `offset`; false if closed or out of range.
     fn write_at(&self, offset: usize, data: &[u8]) -> bool;
-    /// One read(2) of up to `len` bytes from the socket `fd` to byte
-    /// `offset`: the bytes read (0 at end of stream) or the error; None,
-    /// reading nothing, when closed or out of range (the caller then reads
-    /// the bytes elsewhere).
-    fn read_from(&self, fd: RawFd, offset: usize, len: usize) -> Option<io::Result<usize>>;
+    /// One readv(2) from the socket `fd` of up to `len` bytes to byte
+    /// `offset`, then of what follows them in the stream into `after`: the
+    /// bytes read in all (0 at end of stream) or the error; None, reading
+    /// nothing, when closed or out of range (the caller then reads the
+    /// bytes elsewhere).
+    fn read_from(
+        &self,
+        fd: RawFd,
+        offset: usize,
+        len: usize,
+        after: &mut [u8],
+    ) -> Option<io::Result<usize>>;
     /// Copy bytes from `offset` into `buf` (to check a data digest over
     /// data received with `read_from`); false if closed or out of range.
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool;
@@ -1130,7 +1137,13 @@ pub(crate) mod tests {
             b[offset..offset + data.len()].copy_from_slice(data);
             true
         }
-        fn read_from(&self, _: RawFd, _: usize, _: usize) -> Option<io::Result<usize>> {
+        fn read_from(
+            &self,
+            _: RawFd,
+            _: usize,
+            _: usize,
+            _: &mut [u8],
+        ) -> Option<io::Result<usize>> {
             None
         }
         fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {

@@ -71,6 +71,8 @@ pub(super) struct Reader {
     pub(super) direct: Option<Direct>,
     /// Decoded PDUs on their way to the session (kept for its capacity).
     pub(super) pdus: Vec<Pdu>,
+    /// The last PDU decoded was a big segment placed into its sink.
+    placed: bool,
     /// The socket's receive low-water mark (`SO_RCVLOWAT`), in bytes.
     low_water: usize,
     /// `low_water_cap`, as of the last change of the mark.
@@ -172,21 +174,25 @@ impl Placing {
         }
     }
 
-    /// Read the next piece of this segment from `fd`: the bytes read (or
-    /// the error) and how many were asked for.
-    fn read(&mut self, fd: i32) -> (io::Result<usize>, usize) {
+    /// Read the next piece of this segment from `fd`, and with its last
+    /// piece the padding and digest and up to `ahead` bytes of what comes
+    /// next (appended to `next`): the next PDU's header is then in without
+    /// a read of its own, and the next segment can go straight to its
+    /// sink too. The bytes read (or the error) and how many were asked for.
+    fn read(&mut self, fd: i32, next: &mut Vec<u8>, ahead: usize) -> (io::Result<usize>, usize) {
+        let rest = self.tail_len - self.tail.len();
         if self.left == 0 {
-            let want = self.tail_len - self.tail.len();
-            return (read_some(fd, &mut self.tail, want), want);
+            return (read_some(fd, &mut self.tail, rest), rest);
         }
         let at = self.at;
-        let (r, asked) = match self.sink.0.read_from(fd, at, self.left) {
-            Some(r) => {
-                if let Ok(n) = r {
-                    self.landed(at, n);
-                }
-                (r, self.left)
-            }
+        let mut after = [0u8; MAX_AFTER];
+        let after_len = (rest + ahead).min(MAX_AFTER);
+        let (r, asked) = match self
+            .sink
+            .0
+            .read_from(fd, at, self.left, &mut after[..after_len])
+        {
+            Some(r) => (r, self.left + after_len),
             None => {
                 // Closed (the command ended here): read and drop.
                 if matches!(self.check, Check::Running(_)) {
@@ -197,8 +203,14 @@ impl Placing {
             }
         };
         if let Ok(n) = r {
-            self.at += n;
-            self.left -= n.min(self.left);
+            let data = n.min(self.left);
+            self.landed(at, data);
+            self.at += data;
+            self.left -= data;
+            let extra = &after[..(n - data).min(after_len)];
+            let (tail, next_bytes) = extra.split_at(extra.len().min(rest));
+            self.tail.extend_from_slice(tail);
+            next.extend_from_slice(next_bytes);
         }
         (r, asked)
     }
@@ -230,6 +242,9 @@ pub(super) const READ_ROUND: usize = 1 << 20;
 pub(super) const READ_CHUNK: usize = 256 * 1024;
 /// Data segments at least this long are read into their own buffer.
 pub(super) const DIRECT_MIN: usize = 64 * 1024;
+/// Most bytes read past a placed segment's data: its padding and digest
+/// (7) and the next PDU's header with its digest (52).
+const MAX_AFTER: usize = 64;
 
 /// read(2) up to `max` bytes onto the end of `buf`.
 pub(super) fn read_some(fd: i32, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
@@ -256,6 +271,7 @@ impl Reader {
             head: 0,
             direct: None,
             pdus: Vec::new(),
+            placed: false,
             low_water: 1,
             cap: None,
         }
@@ -269,11 +285,20 @@ impl Reader {
         let mut result = Ok(());
         let mut got = 0;
         while got < READ_ROUND {
+            // After a segment placed straight into a sink, the next PDU
+            // is read up to its header first: most likely another big
+            // Data-In, whose data should not land in the receive buffer
+            // (to be copied out of it).
+            let header = pdu::BHS_LEN + if self.digests.header { 4 } else { 0 };
             let (r, asked) = match self.direct.as_mut() {
-                Some(Direct::Placing(p)) => p.read(fd),
+                Some(Direct::Placing(p)) => p.read(fd, &mut self.rx, header),
                 Some(Direct::Buffer { payload, len, .. }) => {
                     let want = *len - payload.len();
                     (read_some(fd, payload, want), want)
+                }
+                None if self.placed && self.rx.len() - self.head < header => {
+                    let want = header - (self.rx.len() - self.head);
+                    (read_some(fd, &mut self.rx, want), want)
                 }
                 None => (read_some(fd, &mut self.rx, READ_CHUNK), READ_CHUNK),
             };
@@ -387,6 +412,7 @@ impl Reader {
             Direct::Placing(p) => p.whole(),
         };
         if let Some(d) = self.direct.take_if(whole) {
+            self.placed = matches!(d, Direct::Placing(_));
             match d {
                 Direct::Placing(p) => out.push(p.finish()?),
                 Direct::Buffer {
@@ -425,6 +451,7 @@ impl Reader {
                 if p.whole() {
                     out.push(p.finish()?);
                     self.head += l.total;
+                    self.placed = false;
                     continue;
                 }
                 // Everything after `head` belongs to this PDU.
@@ -433,6 +460,7 @@ impl Reader {
                 let payload = buf[l.header..l.total].to_vec();
                 out.push(pdu::decode_split(&buf[..l.header], payload, dg)?);
                 self.head += l.total;
+                self.placed = false;
                 continue;
             } else if big {
                 // Everything after `head` belongs to this PDU.
@@ -473,14 +501,23 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
 mod tests {
     use std::io::Write;
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
     use crate::iscsi::pdu::{Opcode, PduError};
     use crate::iscsi::session::Sink;
 
-    /// A sink in memory that receives from the socket like guest memory.
-    struct MemSink(std::sync::Mutex<Vec<u8>>);
+    /// A sink in memory that receives from the socket like guest memory,
+    /// and counts the bytes copied into it (not received into it).
+    struct MemSink(std::sync::Mutex<Vec<u8>>, AtomicUsize);
+
+    fn mem_sink(len: usize) -> Arc<MemSink> {
+        Arc::new(MemSink(
+            std::sync::Mutex::new(vec![0; len]),
+            AtomicUsize::new(0),
+        ))
+    }
 
     impl Sink for MemSink {
         fn size(&self) -> usize {
@@ -488,12 +525,30 @@ mod tests {
         }
         fn write_at(&self, offset: usize, data: &[u8]) -> bool {
             self.0.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
+            self.1.fetch_add(data.len(), Ordering::SeqCst);
             true
         }
-        fn read_from(&self, fd: i32, offset: usize, len: usize) -> Option<io::Result<usize>> {
+        fn read_from(
+            &self,
+            fd: i32,
+            offset: usize,
+            len: usize,
+            after: &mut [u8],
+        ) -> Option<io::Result<usize>> {
             let mut b = self.0.lock().unwrap();
-            // SAFETY: read(2) into `len` bytes of the locked buffer.
-            let r = unsafe { libc::read(fd, b[offset..].as_mut_ptr().cast(), len) };
+            let iov = [
+                libc::iovec {
+                    iov_base: b[offset..offset + len].as_mut_ptr().cast(),
+                    iov_len: len,
+                },
+                libc::iovec {
+                    iov_base: after.as_mut_ptr().cast(),
+                    iov_len: after.len(),
+                },
+            ];
+            // SAFETY: readv(2) into `len` bytes of the locked buffer and
+            // into `after`, both borrowed mutably for the call.
+            let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
             Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
         }
         fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
@@ -537,7 +592,7 @@ mod tests {
         piece: usize,
     ) -> (Result<Pdu, Error>, Vec<u8>, usize) {
         let (mut r, mut far) = pair(dg);
-        let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 300_000])));
+        let sink = mem_sink(300_000);
         let k = SinkRef(sink.clone());
         let mut asked = 0;
         let mut place = |bhs: &[u8]| {
@@ -614,11 +669,67 @@ mod tests {
     }
 
     #[test]
+    fn after_a_placed_segment_the_next_ones_are_received_into_their_sink_too() {
+        const LEN: usize = 100_001;
+        for (header, data) in [(false, false), (true, false), (true, true)] {
+            let dg = Digests { header, data };
+            let (mut r, mut far) = pair(dg);
+            let sink = mem_sink(16 + 3 * LEN);
+            let k = SinkRef(sink.clone());
+            let mut place = |bhs: &[u8]| {
+                let at = u32::from_be_bytes([bhs[40], bhs[41], bhs[42], bhs[43]]);
+                Some((k.clone(), at as usize))
+            };
+            // Three segments (padded: 100 001 is not a multiple of 4) at
+            // 16, 16 + LEN and 16 + 2 LEN; the first arrives in pieces,
+            // the other two back to back once it is in.
+            let segment = |i: usize| {
+                let mut p = Pdu::new(Opcode::DataIn);
+                p.set_itt(7);
+                p.set_u32(40, (16 + i * LEN) as u32);
+                p.data = (0..LEN).map(|j| (i * 7 + j * 13) as u8).collect();
+                p.encode(dg)
+            };
+            let first = segment(0);
+            let mut out = Vec::new();
+            for part in first.chunks(70_000) {
+                far.write_all(part).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                r.read(&mut out, &mut place).unwrap();
+            }
+            let mut rest = segment(1);
+            rest.extend(segment(2));
+            far.write_all(&rest).unwrap();
+            for _ in 0..200 {
+                r.read(&mut out, &mut place).unwrap();
+                if out.len() == 3 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert_eq!(out.len(), 3, "{dg:?}");
+            assert!(out.iter().all(|p| p.data.is_empty()));
+            let b = sink.0.lock().unwrap();
+            for i in 0..3 {
+                let want: Vec<u8> = (0..LEN).map(|j| (i * 7 + j * 13) as u8).collect();
+                assert!(
+                    b[16 + i * LEN..16 + (i + 1) * LEN] == want[..],
+                    "{dg:?} {i}"
+                );
+            }
+            // Only what the first read took past the header was copied
+            // (from the receive buffer).
+            let header_len = 48 + if header { 4 } else { 0 };
+            assert_eq!(sink.1.load(Ordering::SeqCst), 70_000 - header_len, "{dg:?}");
+        }
+    }
+
+    #[test]
     fn small_data_ins_go_from_the_receive_buffer_into_their_sink() {
         for data in [false, true] {
             let dg = Digests { header: true, data };
             let (mut r, mut far) = pair(dg);
-            let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 8192])));
+            let sink = mem_sink(8192);
             let k = SinkRef(sink.clone());
             let mut asked = 0;
             let mut place = |_: &[u8]| {
