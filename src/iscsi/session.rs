@@ -256,6 +256,103 @@ struct Task {
     ref_itt: u32,
 }
 
+impl Task {
+    /// Tasks out and waiting for their answer (1 or 0), and the data-in
+    /// bytes still to come for them.
+    fn awaited(&self) -> (usize, usize) {
+        if self.sent {
+            (1, self.read_len.saturating_sub(self.received) as usize)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+/// The session's tasks by ITT; the number of them that went out and wait
+/// for an answer, and the data-in bytes those still expect (kept as they
+/// change: the receiver asks after every round).
+#[derive(Default)]
+struct Tasks {
+    map: HashMap<u32, Task>,
+    awaited: (usize, usize),
+}
+
+impl Tasks {
+    fn add(&mut self, (n, bytes): (usize, usize)) {
+        self.awaited.0 += n;
+        self.awaited.1 += bytes;
+    }
+
+    fn sub(&mut self, (n, bytes): (usize, usize)) {
+        self.awaited.0 -= n;
+        self.awaited.1 -= bytes;
+    }
+
+    fn insert(&mut self, itt: u32, t: Task) {
+        self.add(t.awaited());
+        if let Some(old) = self.map.insert(itt, t) {
+            self.sub(old.awaited());
+        }
+    }
+
+    fn remove(&mut self, itt: &u32) -> Option<Task> {
+        let t = self.map.remove(itt)?;
+        self.sub(t.awaited());
+        Some(t)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (u32, Task)> + '_ {
+        self.awaited = (0, 0);
+        self.map.drain()
+    }
+
+    /// Record that `itt` went out with `cmd_sn`.
+    fn sent(&mut self, itt: u32, cmd_sn: u32) {
+        if let Some(t) = self.map.get_mut(&itt) {
+            let before = t.awaited();
+            t.sent = true;
+            t.cmd_sn = cmd_sn;
+            let after = t.awaited();
+            self.sub(before);
+            self.add(after);
+        }
+    }
+
+    /// Record that `itt`'s data-in now reaches `end` (which its caller
+    /// checked against the transfer length).
+    fn received(&mut self, itt: u32, end: usize) {
+        if let Some(t) = self.map.get_mut(&itt) {
+            let before = t.awaited();
+            t.received = t.received.max(u32::try_from(end).unwrap_or(u32::MAX));
+            let after = t.awaited();
+            self.sub(before);
+            self.add(after);
+        }
+    }
+
+    fn get(&self, itt: &u32) -> Option<&Task> {
+        self.map.get(itt)
+    }
+
+    /// A task to change, but not its `sent` or `received` (see `sent` and
+    /// `received`, which keep the counts).
+    fn get_mut(&mut self, itt: &u32) -> Option<&mut Task> {
+        self.map.get_mut(itt)
+    }
+
+    fn contains_key(&self, itt: &u32) -> bool {
+        self.map.contains_key(itt)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u32, &Task)> {
+        self.map.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 /// Most text a target may send in one continued Text Response (SendTargets
 /// lists): a target that never stops continuing is cut off.
 const MAX_TEXT: usize = 1 << 20;
@@ -309,7 +406,7 @@ pub struct Session {
     max_cmd_sn: u32,
     exp_stat_sn: u32,
     next_itt: u32,
-    tasks: HashMap<u32, Task>,
+    tasks: Tasks,
     waiting: VecDeque<u32>,
     out: VecDeque<Outgoing>,
     text_acc: Vec<u8>,
@@ -324,7 +421,7 @@ impl Session {
             exp_stat_sn: n.exp_stat_sn,
             n,
             next_itt: 1,
-            tasks: HashMap::new(),
+            tasks: Tasks::default(),
             waiting: VecDeque::new(),
             out: VecDeque::new(),
             text_acc: Vec::new(),
@@ -334,6 +431,13 @@ impl Session {
     /// Commands not finished yet.
     pub fn in_flight(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The tasks that went out and wait for an answer, and the data-in
+    /// bytes they still expect (receive coalescing sizes its waits with
+    /// them).
+    pub fn awaited(&self) -> (usize, usize) {
+        self.tasks.awaited
     }
 
     fn alloc_itt(&mut self) -> u32 {
@@ -398,10 +502,7 @@ impl Session {
                 let pdus = self.command_pdus(itt, t);
                 self.out.extend(pdus);
             }
-            if let Some(t) = self.tasks.get_mut(&itt) {
-                t.sent = true;
-                t.cmd_sn = self.cmd_sn;
-            }
+            self.tasks.sent(itt, self.cmd_sn);
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
         }
     }
@@ -826,7 +927,7 @@ impl Session {
                     }
                     t.data[offset..end].copy_from_slice(&p.data);
                 }
-                t.received = t.received.max(end as u32);
+                self.tasks.received(itt, end);
                 if status_here {
                     let res = Self::residual(p.flags(), p.u32_at(44));
                     ev.extend(self.complete(itt, 0, p.byte(3), Vec::new(), res));
@@ -1188,6 +1289,56 @@ pub(crate) mod tests {
         assert_eq!((c.placed, c.data.len(), c.residual), (1024, 0, 0));
         let b = sink.0.lock().unwrap();
         assert!(b[..512].iter().all(|&x| x == 0xaa) && b[512..].iter().all(|&x| x == 0xbb));
+    }
+
+    #[test]
+    fn awaited_follows_the_window_data_in_completions_aborts_and_retries() {
+        // Window of four commands: CmdSN 10 to 13.
+        let mut s = Session::new(negotiated(true, true, 13));
+        let a = s.submit(1, LUN, [0x28; 10], Data::Read(4096));
+        s.submit(2, LUN, [0x28; 10], Data::Read(1024));
+        s.submit(3, LUN, [0x2a; 10], Data::Write(vec![0; 512]));
+        drain(&mut s);
+        assert_eq!(s.awaited(), (3, 5120));
+        // Data-In (in order, as negotiated) counts once per byte, whether
+        // copied or placed; a resent PDU does not count again.
+        let mut d = data_in_header(a, 0, 1024, 0);
+        d.data = vec![1; 1024];
+        s.receive(d.clone()).unwrap();
+        s.receive(d).unwrap();
+        assert_eq!(s.awaited(), (3, 4096));
+        s.receive(data_in_header(a, 1024, 1024, 0)).ok();
+        assert_eq!(s.awaited(), (3, 4096), "placed into a task without a sink");
+        let mut d = data_in_header(a, 1024, 1024, 0);
+        d.data = vec![1; 1024];
+        s.receive(d).unwrap();
+        assert_eq!(s.awaited(), (3, 3072));
+        // Status with less data than asked: what did not come is not due.
+        let mut d = data_in_header(a, 2048, 1024, 0x83);
+        d.data = vec![1; 1024];
+        s.receive(d).unwrap();
+        assert_eq!(s.awaited(), (2, 1024));
+        // A command the window holds back is not awaited until it goes.
+        s.submit(4, LUN, [0x28; 10], Data::Read(8192));
+        s.submit(5, LUN, [0x28; 10], Data::Read(100));
+        assert_eq!(s.awaited(), (3, 9216));
+        // An ABORT TASK SET drops the unsent command at once and, once
+        // complete, the commands it terminated at the target.
+        s.task_management(9, 2, LUN, None);
+        assert_eq!(s.awaited(), (4, 9216));
+        let tmf = drain(&mut s).pop().unwrap();
+        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
+        r.set_flags(0x80);
+        r.set_itt(tmf.itt());
+        r.set_u32(28, 14);
+        r.set_u32(32, 20);
+        s.receive(r).unwrap();
+        assert_eq!(s.awaited(), (0, 0));
+        // Commands taken for a retry on a new session are not awaited here.
+        s.submit(6, LUN, [0x28; 10], Data::Read(512));
+        assert_eq!(s.awaited(), (1, 512));
+        s.take_unfinished();
+        assert_eq!(s.awaited(), (0, 0));
     }
 
     #[test]
