@@ -33,7 +33,9 @@ enum Role {
         event: Option<Vec<u8>>,
     },
     /// A target that answers SCSI commands (GOOD) only when the test
-    /// releases them (`Gate::release`), in the order they came.
+    /// releases them (`Gate::release`), in the order they came. A READ(10)
+    /// is answered with its data (byte i is `i * 7`) in 64 KiB Data-In
+    /// PDUs, each held and released on its own, the last with status.
     Gated(Arc<Gate>),
 }
 
@@ -223,7 +225,26 @@ fn serve(
                 let mut r = Pdu::new(Opcode::ScsiResponse);
                 r.set_flags(0x80);
                 r.set_itt(p.itt());
-                if let Role::Gated(gate) = &role {
+                if let (Role::Gated(gate), 0x28) = (&role, p.bhs[32]) {
+                    let len = p.u32_at(20) as usize;
+                    let mut held = gate.held.lock().unwrap();
+                    for (sn, at) in (0..len).step_by(65536).enumerate() {
+                        let end = (at + 65536).min(len);
+                        let mut d = Pdu::new(Opcode::DataIn);
+                        d.set_itt(p.itt());
+                        d.set_u32(36, sn as u32);
+                        d.set_u32(40, at as u32);
+                        if end == len {
+                            d.set_flags(0x81);
+                            d.set_u32(24, stat_sn);
+                            stat_sn = stat_sn.wrapping_add(1);
+                        }
+                        d.set_u32(28, exp_cmd_sn);
+                        d.set_u32(32, exp_cmd_sn.wrapping_add(31));
+                        d.data = (at..end).map(|i| (i * 7) as u8).collect();
+                        held.push(d.encode(Digests::default()));
+                    }
+                } else if let Role::Gated(gate) = &role {
                     r.set_u32(24, stat_sn);
                     r.set_u32(28, exp_cmd_sn);
                     r.set_u32(32, exp_cmd_sn.wrapping_add(31));
@@ -496,5 +517,74 @@ fn answers_are_coalesced_while_many_commands_are_in_flight_and_wait_at_most_the_
     // 3 in flight (< 4): any answer is received at once.
     gate.release(3);
     wait(3, delay / 2);
+    c.shutdown();
+}
+
+/// Read `len` bytes from LBA 0 (READ(10)); the receiver hears of the data.
+fn submit_read(c: &Client, len: u32, tx: &std::sync::mpsc::Sender<Vec<u8>>) {
+    let tx = tx.clone();
+    let blocks = (len / 512) as u16;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x28;
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c.submit(
+        LUN1,
+        &cdb,
+        Data::Read(len),
+        Box::new(move |r| {
+            let r = r.unwrap();
+            assert_eq!((r.status, r.residual), (0, 0));
+            let _ = tx.send(r.data);
+            None
+        }),
+    );
+}
+
+#[test]
+fn a_big_read_is_received_in_big_pieces_but_never_waits_at_its_tail() {
+    let gate = Arc::new(Gate::default());
+    let t = Fake::start(Role::Gated(gate.clone()));
+    // A timer far longer than the test: a wait for it would be seen.
+    let delay = Duration::from_secs(5);
+    let options = Options {
+        coalesce: Coalescing { delay, depth: 16 },
+        ..no_discovery()
+    };
+    let c = Client::start("stream", vec![t.addr.clone()], params(), options).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let want: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
+    let held = |n: usize| {
+        let start = Instant::now();
+        while gate.held() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "command not sent"
+            );
+            sleep(Duration::from_millis(5));
+        }
+    };
+    // One 1 MiB read (16 PDUs), its data sent at once: the socket waits
+    // for half of it, then for what is left of it.
+    submit_read(&c, 1 << 20, &tx);
+    held(16);
+    gate.release(16);
+    let got = rx
+        .recv_timeout(delay / 2)
+        .expect("the read waited for the timer");
+    assert!(got == want);
+    // Sent in two parts: the mark set after the first part (half of what
+    // is still due) is met by the second, whatever the first was.
+    for first in [1, 6, 9, 15] {
+        submit_read(&c, 1 << 20, &tx);
+        held(16);
+        gate.release(first);
+        sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err());
+        gate.release(16 - first);
+        let got = rx
+            .recv_timeout(delay / 2)
+            .unwrap_or_else(|_| panic!("after {first} PDUs: the tail waited for the timer"));
+        assert!(got == want);
+    }
     c.shutdown();
 }

@@ -1,19 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Receive coalescing: while many commands are in flight, wake up once for
-//! several of the target's answers instead of once per answer.
+//! Receive coalescing: while many answers are due, wake up once for
+//! several of the target's answers, or for a big piece of a big read,
+//! instead of once per answer or per segment.
 //!
 //! Every wake-up of the receiving thread (epoll, a context switch, a
 //! `read(2)` that finds one PDU) costs several microseconds, more than the
-//! protocol work for a 4 KiB read. When the session has at least `depth`
-//! commands in flight, more answers are due: the socket's receive low-water
-//! mark (`SO_RCVLOWAT`) is raised to half the bytes those commands will
-//! bring back (at most `MAX_LOW_WATER`), so the kernel reports the socket
-//! readable once that much is queued. A timer bounds the wait: at most
-//! `delay` after a receive round the next one runs whatever has arrived. A round that finds nothing (the target went
-//! quiet) and a session with few commands in flight put the mark back to
-//! one byte, so a lone command is never delayed. This is the receive side
-//! of NIC interrupt moderation (ethtool's rx-usecs / rx-frames).
+//! protocol work for a 4 KiB read, and a 1 MiB read arrives in many pieces.
+//! When the session has at least `depth` commands out, or a big read
+//! streaming in (`STREAM_DUE`), the socket's receive low-water mark
+//! (`SO_RCVLOWAT`) is raised to half the bytes the target still owes
+//! (at most `depth` answers' worth on average and `MAX_LOW_WATER`), so the
+//! kernel reports the socket readable once that much is queued. Half of
+//! what is owed: a target that sends everything promptly always reaches
+//! the mark. A timer bounds the wait for one that does not: at most
+//! `delay` after a receive round the next one runs whatever has arrived. A
+//! round that finds nothing (the target went quiet) and a session with
+//! few commands and little data due put the mark back to one byte, so a
+//! lone small command is never delayed. This is the receive side of NIC
+//! interrupt moderation (ethtool's rx-usecs / rx-frames).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -45,26 +50,35 @@ pub const DEFAULT_DEPTH: usize = 16;
 
 /// The highest low-water mark set: beyond this, waiting saves nothing
 /// measurable and holds answers back from the guest for longer.
-pub(super) const MAX_LOW_WATER: usize = 64 * 1024;
+pub(super) const MAX_LOW_WATER: usize = 1024 * 1024;
+
+/// Bytes due from which a wait is worth it however few commands are out:
+/// a big read's data arrives in many pieces.
+pub(super) const STREAM_DUE: usize = 256 * 1024;
 
 /// The bytes an answer without data takes (a SCSI Response header).
 pub(super) const ANSWER_HEADER: usize = 48;
 
 /// The receive low-water mark for the next wait: 1 (wake up for any byte)
-/// unless `commands` in flight make coalescing worthwhile; then half of
-/// `answer_bytes` (what they will bring back), at most `cap`, rounded down
-/// to four significant bits. `heard`: the last round received something.
+/// unless `commands` out or the `due` bytes they still owe make coalescing
+/// worthwhile; then half of `due`, at most `c.depth` answers' worth on
+/// average, `cap` and `MAX_LOW_WATER`, rounded down to four significant
+/// bits. `heard`: the last round received something.
 pub(super) fn low_water(
     c: Coalescing,
     commands: usize,
-    answer_bytes: usize,
+    due: usize,
     heard: bool,
     cap: usize,
 ) -> usize {
-    if c.delay.is_zero() || !heard || commands < c.depth {
+    if c.delay.is_zero() || !heard || commands == 0 {
         return 1;
     }
-    let want = (answer_bytes / 2).min(cap).min(MAX_LOW_WATER);
+    if commands < c.depth && due < STREAM_DUE {
+        return 1;
+    }
+    let answers = (due / commands).saturating_mul(c.depth);
+    let want = (due / 2).min(answers).min(cap).min(MAX_LOW_WATER);
     if want < 2 * ANSWER_HEADER {
         return 1;
     }
@@ -142,6 +156,7 @@ mod tests {
     fn few_commands_a_quiet_target_or_off_wake_up_for_any_byte() {
         let cap = 1 << 20;
         assert_eq!(low_water(ON, 15, 15 * READ_4K, true, cap), 1);
+        assert_eq!(low_water(ON, 0, 0, true, cap), 1);
         assert_eq!(low_water(ON, 32, 32 * READ_4K, false, cap), 1);
         let no_delay = Coalescing {
             delay: Duration::ZERO,
@@ -161,8 +176,10 @@ mod tests {
         let m = low_water(ON, 30, 30 * READ_4K, true, cap);
         assert_eq!(m, low_water(ON, 31, 31 * READ_4K, true, cap));
         assert_eq!(m, 60 * 1024);
-        // Many or big reads: the maximum.
-        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, cap), MAX_LOW_WATER);
+        // More small reads: no more than 16 answers (66304 -> 65536).
+        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, cap), 64 * 1024);
+        assert_eq!(low_water(ON, 128, 128 * READ_4K, true, cap), 64 * 1024);
+        // Big reads: the maximum.
         assert_eq!(low_water(ON, 16, 16 << 20, true, cap), MAX_LOW_WATER);
         // The socket's own limit: 20000 -> 18432.
         assert_eq!(low_water(ON, 32, 32 * READ_4K, true, 20_000), 18 * 1024);
@@ -170,6 +187,22 @@ mod tests {
         assert_eq!(low_water(ON, 32, 32 * ANSWER_HEADER, true, cap), 768);
         // Less than two answers' worth is not worth a wait.
         assert_eq!(low_water(ON, 16, 3 * ANSWER_HEADER, true, cap), 1);
+    }
+
+    #[test]
+    fn a_big_read_waits_for_half_of_what_is_still_due_until_little_is() {
+        let cap = 1 << 20;
+        let mib = ANSWER_HEADER + (1 << 20);
+        // One 1 MiB read: half of it, then half of what is left.
+        assert_eq!(low_water(ON, 1, mib, true, cap), 512 * 1024);
+        assert_eq!(low_water(ON, 1, 300_000, true, cap), 144 * 1024);
+        // The tail of it: any byte.
+        assert_eq!(low_water(ON, 1, STREAM_DUE - 1, true, cap), 1);
+        // Four of them: the maximum, or the socket's limit.
+        assert_eq!(low_water(ON, 4, 4 * mib, true, 4 * cap), MAX_LOW_WATER);
+        assert_eq!(low_water(ON, 4, 4 * mib, true, 100_000), 96 * 1024);
+        // Nothing heard in the last round: any byte.
+        assert_eq!(low_water(ON, 4, 4 * mib, false, cap), 1);
     }
 
     fn readable(t: &Timer, timeout_ms: i32) -> bool {

@@ -341,6 +341,21 @@ impl Reader {
         result.map(|()| got)
     }
 
+    /// Bytes received of PDUs not passed on yet (a partial PDU in the
+    /// receive buffer, the part of a big segment read so far).
+    pub(super) fn held(&self) -> usize {
+        let direct = match &self.direct {
+            None => 0,
+            Some(Direct::Buffer {
+                header, payload, ..
+            }) => header.len() + payload.len(),
+            Some(Direct::Placing(p)) => {
+                p.pdu.data_segment_length().saturating_sub(p.left) + p.tail.len()
+            }
+        };
+        self.rx.len() - self.head + direct
+    }
+
     pub(super) fn low_water(&self) -> usize {
         self.low_water
     }

@@ -220,7 +220,9 @@ impl Shared {
     /// and the bytes their answers will take; `heard`: this round received
     /// bytes. Called without the state lock (system calls).
     fn pace(&self, r: &mut Reader, load: (usize, usize), heard: bool) {
-        let want = low_water(self.coalesce, load.0, load.1, heard, r.low_water_cap());
+        // Bytes already here (a partial PDU) are not waited for.
+        let due = load.1.saturating_sub(r.held());
+        let want = low_water(self.coalesce, load.0, due, heard, r.low_water_cap());
         r.set_low_water(want);
         let mut timer = self.timer();
         if r.low_water() > 1 && !timer.set(Some(self.coalesce.delay)) {
@@ -265,7 +267,12 @@ impl Shared {
                 failure.get_or_insert(e);
             }
             r.pdus = pdus;
-            let load = (st.pending.len(), st.pending.answer_bytes());
+            // What the unfinished commands will still bring back: their
+            // data and a header each.
+            let load = st.writer.as_ref().map_or((0, 0), |w| {
+                let (n, data) = w.session.awaited();
+                (n, data + n * ANSWER_HEADER)
+            });
             // What the answers asked for (Data-Out for an R2T, NOP-Out for
             // a NOP-In) goes out now; the session thread writes what the
             // socket did not take, or handles a broken connection.
@@ -498,12 +505,6 @@ impl Client {
                     lun: r.lun,
                     id: r.id,
                     lost_at,
-                    answer: ANSWER_HEADER
-                        + match &r.data {
-                            Data::Read(n) => *n as usize,
-                            Data::ReadInto(sink) => sink.0.size(),
-                            _ => 0,
-                        },
                 },
             );
             if let (Some(0x5f), Data::Write(p)) = (r.cdb.first(), &r.data) {
@@ -653,7 +654,7 @@ impl Client {
             let mut st = self.shared.lock();
             st.stopping = true;
             st.held.clear();
-            st.pending.take()
+            std::mem::take(&mut st.pending)
         };
         let _ = self.shared.wake.write(1);
         complete_all(

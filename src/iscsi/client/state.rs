@@ -25,57 +25,6 @@ pub(super) struct Pending {
     pub(super) id: u64,
     /// When a connection loss first caught it (recovery timeout).
     pub(super) lost_at: Option<Instant>,
-    /// The bytes its answer is expected to take (receive coalescing).
-    pub(super) answer: usize,
-}
-
-/// The guest commands not answered yet, by tag, and the bytes their
-/// answers will take.
-#[derive(Default)]
-pub(super) struct Commands {
-    map: HashMap<u64, Pending>,
-    answer_bytes: usize,
-}
-
-impl Commands {
-    pub(super) fn insert(&mut self, tag: u64, p: Pending) {
-        self.answer_bytes += p.answer;
-        if let Some(old) = self.map.insert(tag, p) {
-            self.answer_bytes -= old.answer;
-        }
-    }
-
-    pub(super) fn remove(&mut self, tag: &u64) -> Option<Pending> {
-        let p = self.map.remove(tag)?;
-        self.answer_bytes -= p.answer;
-        Some(p)
-    }
-
-    /// Every command, leaving none.
-    pub(super) fn take(&mut self) -> HashMap<u64, Pending> {
-        self.answer_bytes = 0;
-        std::mem::take(&mut self.map)
-    }
-
-    pub(super) fn get(&self, tag: &u64) -> Option<&Pending> {
-        self.map.get(tag)
-    }
-
-    pub(super) fn get_mut(&mut self, tag: &u64) -> Option<&mut Pending> {
-        self.map.get_mut(tag)
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &Pending)> {
-        self.map.iter()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub(super) fn answer_bytes(&self) -> usize {
-        self.answer_bytes
-    }
 }
 
 /// A callback and what to tell it.
@@ -94,7 +43,7 @@ pub(super) struct State {
     /// Set by an I_T nexus reset: log in again without a backoff.
     pub(super) reconnect_now: bool,
     /// Guest commands not answered yet, by tag.
-    pub(super) pending: Commands,
+    pub(super) pending: HashMap<u64, Pending>,
     pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
     pub(super) next_tmf: u64,
     /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
@@ -343,35 +292,4 @@ pub(super) fn sense_summary(sense: &[u8]) -> String {
         (at(2) & 0x0f, at(12), at(13))
     };
     format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending(answer: usize) -> Pending {
-        Pending {
-            done: Box::new(|_| None),
-            lun: [0; 8],
-            id: 0,
-            lost_at: None,
-            answer,
-        }
-    }
-
-    #[test]
-    fn commands_count_the_bytes_their_answers_will_take() {
-        let mut c = Commands::default();
-        c.insert(1, pending(48 + 4096));
-        c.insert(2, pending(48));
-        assert_eq!((c.len(), c.answer_bytes()), (2, 4192));
-        // A tag used again replaces its command.
-        c.insert(2, pending(48 + 512));
-        assert_eq!((c.len(), c.answer_bytes()), (2, 4704));
-        assert!(c.remove(&1).is_some());
-        assert!(c.remove(&1).is_none());
-        assert_eq!((c.len(), c.answer_bytes()), (1, 560));
-        assert_eq!(c.take().len(), 1);
-        assert_eq!((c.len(), c.answer_bytes()), (0, 0));
-    }
 }

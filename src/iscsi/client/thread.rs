@@ -252,7 +252,7 @@ impl SessionThread {
             st.stopping = true;
             st.held.clear();
             st.tmf_waiters.clear();
-            (st.pending.take(), st.writer.take())
+            (std::mem::take(&mut st.pending), st.writer.take())
         };
         complete_all(
             pending
