@@ -215,9 +215,9 @@ impl Shared {
     }
 
     /// Before the next wait for `r`'s socket: raise its low-water mark
-    /// while many commands are in flight (bounded by the timer), or put it
-    /// back to one byte (`coalesce`). `load`: the guest commands in flight
-    /// and the bytes their answers will take; `heard`: this round received
+    /// while many commands or much data are due (bounded by the timer), or
+    /// put it back to one byte (`coalesce`). `load`: the tasks out at the
+    /// target and the bytes they still owe; `heard`: this round received
     /// bytes. Called without the state lock (system calls).
     fn pace(&self, r: &mut Reader, load: (usize, usize), heard: bool) {
         // Bytes already here (a partial PDU) are not waited for.
