@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+"""Compare builds of the daemon on the same tgtd null LUN, in alternating
+runs (A, B, A, B, ...), so that a slow spell of a shared machine hits both.
+Python standard library only; uses scripts/bench.py's helpers.
+
+Each case is BS:QD:RW (`vhost-user-scsi bench` options); each build is
+NAME=PATH to a daemon binary. For every case and build it prints the
+median daemon CPU per I/O and IOPS, then every run (CPU per I/O, IOPS,
+mean latency in microseconds).
+
+Example (the build before a change against the working tree):
+  git worktree add /tmp/before HEAD~1
+  (cd /tmp/before && cargo build --release)
+  cargo build --release
+  scripts/ab.py --build before=/tmp/before/target/release/vhost-user-scsi \\
+                --build after=target/release/vhost-user-scsi 1M:4:randread 4K:32:randread
+"""
+import argparse
+import statistics
+
+import bench
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", action="append", required=True, metavar="NAME=PATH")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--lun-options", default="", help="appended to the iSCSI --lun, e.g. ,coalesce-us=0")
+    ap.add_argument("cases", nargs="+", metavar="BS:QD:RW")
+    a = ap.parse_args()
+    builds = dict(b.split("=", 1) for b in a.build)
+    cases = [c.split(":") for c in a.cases]
+    t = bench.Tgtd()
+    try:
+        for bs, qd, rw in cases:
+            runs = {name: [] for name in builds}
+            for _ in range(a.repeat):
+                for name, path in builds.items():
+                    bench.BIN = path
+                    d = bench.Daemon(["--lun", t.url + a.lun_options])
+                    try:
+                        runs[name].append(bench.bench(d, a.seconds, ["--rw", rw, "--bs", bs, "--qd", qd]))
+                    finally:
+                        d.stop()
+            for name, rs in runs.items():
+                each = " ".join(f"{r['backend_cpu_us_per_io']:.1f}/{r['iops']:.0f}/{r['lat_us']['mean']:.0f}"
+                                for r in rs)
+                print(f"{bs} QD{qd} {rw} {name}: {bench.median(rs, 'backend_cpu_us_per_io'):.1f} us/IO, "
+                      f"{bench.median(rs, 'iops'):.0f} IOPS (runs: {each})", flush=True)
+    finally:
+        t.stop()
+
+
+if __name__ == "__main__":
+    main()
