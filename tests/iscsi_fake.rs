@@ -57,6 +57,13 @@ impl Gate {
         let mut s = self.stream.lock().unwrap();
         s.as_mut().unwrap().write_all(&wire).unwrap();
     }
+
+    /// Send the held answer at `i` (ahead of those before it).
+    fn release_at(&self, i: usize) {
+        let wire = self.held.lock().unwrap().remove(i);
+        let mut s = self.stream.lock().unwrap();
+        s.as_mut().unwrap().write_all(&wire).unwrap();
+    }
 }
 
 struct Fake {
@@ -541,7 +548,7 @@ fn submit_read(c: &Client, len: u32, tx: &std::sync::mpsc::Sender<Vec<u8>>) {
 }
 
 #[test]
-fn a_big_read_is_received_in_big_pieces_but_never_waits_at_its_tail() {
+fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     let gate = Arc::new(Gate::default());
     let t = Fake::start(Role::Gated(gate.clone()));
     // A timer far longer than the test: a wait for it would be seen.
@@ -586,5 +593,21 @@ fn a_big_read_is_received_in_big_pieces_but_never_waits_at_its_tail() {
             .unwrap_or_else(|_| panic!("after {first} PDUs: the tail waited for the timer"));
         assert!(got == want);
     }
+    // A small command next to a big read: its answer, sent while most of
+    // the read's data is still due, is not held back for that data.
+    submit_read(&c, 1 << 20, &tx);
+    held(16);
+    let (tur_tx, tur_rx) = std::sync::mpsc::channel();
+    submit_tur(&c, &tur_tx);
+    held(17);
+    gate.release(4);
+    sleep(Duration::from_millis(100));
+    gate.release_at(12);
+    tur_rx
+        .recv_timeout(delay / 2)
+        .expect("a small answer waited for a big read's data");
+    gate.release(12);
+    let got = rx.recv_timeout(delay / 2).expect("the read waited");
+    assert!(got == want);
     c.shutdown();
 }

@@ -256,53 +256,75 @@ struct Task {
     ref_itt: u32,
 }
 
+/// Reads of at least this much data-in come as a stream of big pieces;
+/// tasks with less (writes, small reads, other commands) are answered in
+/// one go (`Awaited::small`).
+pub const BIG_READ: u32 = 64 * 1024;
+
+/// What the tasks out at the target still owe: receive coalescing sizes
+/// its waits with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Awaited {
+    /// Tasks that went out and wait for their answer.
+    pub tasks: usize,
+    /// Of those, the ones with less than `BIG_READ` of data-in in all.
+    pub small: usize,
+    /// Data-in bytes still to come for them.
+    pub data: usize,
+}
+
+impl Awaited {
+    fn add(&mut self, o: Awaited) {
+        self.tasks += o.tasks;
+        self.small += o.small;
+        self.data += o.data;
+    }
+
+    fn sub(&mut self, o: Awaited) {
+        self.tasks -= o.tasks;
+        self.small -= o.small;
+        self.data -= o.data;
+    }
+}
+
 impl Task {
-    /// Tasks out and waiting for their answer (1 or 0), and the data-in
-    /// bytes still to come for them.
-    fn awaited(&self) -> (usize, usize) {
-        if self.sent {
-            (1, self.read_len.saturating_sub(self.received) as usize)
-        } else {
-            (0, 0)
+    /// What this task counts for in `Awaited` (nothing until it is sent).
+    fn awaited(&self) -> Awaited {
+        if !self.sent {
+            return Awaited::default();
+        }
+        Awaited {
+            tasks: 1,
+            small: usize::from(self.read_len < BIG_READ),
+            data: self.read_len.saturating_sub(self.received) as usize,
         }
     }
 }
 
-/// The session's tasks by ITT; the number of them that went out and wait
-/// for an answer, and the data-in bytes those still expect (kept as they
-/// change: the receiver asks after every round).
+/// The session's tasks by ITT, and what those that went out still owe
+/// (kept as it changes: the receiver asks after every round).
 #[derive(Default)]
 struct Tasks {
     map: HashMap<u32, Task>,
-    awaited: (usize, usize),
+    awaited: Awaited,
 }
 
 impl Tasks {
-    fn add(&mut self, (n, bytes): (usize, usize)) {
-        self.awaited.0 += n;
-        self.awaited.1 += bytes;
-    }
-
-    fn sub(&mut self, (n, bytes): (usize, usize)) {
-        self.awaited.0 -= n;
-        self.awaited.1 -= bytes;
-    }
-
     fn insert(&mut self, itt: u32, t: Task) {
-        self.add(t.awaited());
+        self.awaited.add(t.awaited());
         if let Some(old) = self.map.insert(itt, t) {
-            self.sub(old.awaited());
+            self.awaited.sub(old.awaited());
         }
     }
 
     fn remove(&mut self, itt: &u32) -> Option<Task> {
         let t = self.map.remove(itt)?;
-        self.sub(t.awaited());
+        self.awaited.sub(t.awaited());
         Some(t)
     }
 
     fn drain(&mut self) -> impl Iterator<Item = (u32, Task)> + '_ {
-        self.awaited = (0, 0);
+        self.awaited = Awaited::default();
         self.map.drain()
     }
 
@@ -313,8 +335,8 @@ impl Tasks {
             t.sent = true;
             t.cmd_sn = cmd_sn;
             let after = t.awaited();
-            self.sub(before);
-            self.add(after);
+            self.awaited.sub(before);
+            self.awaited.add(after);
         }
     }
 
@@ -325,8 +347,8 @@ impl Tasks {
             let before = t.awaited();
             t.received = t.received.max(u32::try_from(end).unwrap_or(u32::MAX));
             let after = t.awaited();
-            self.sub(before);
-            self.add(after);
+            self.awaited.sub(before);
+            self.awaited.add(after);
         }
     }
 
@@ -354,11 +376,12 @@ impl Tasks {
 
     /// `awaited` counted afresh (tests check the kept counts against it).
     #[cfg(test)]
-    fn recount(&self) -> (usize, usize) {
-        self.map
-            .values()
-            .map(Task::awaited)
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    fn recount(&self) -> Awaited {
+        let mut a = Awaited::default();
+        for t in self.map.values() {
+            a.add(t.awaited());
+        }
+        a
     }
 }
 
@@ -442,10 +465,8 @@ impl Session {
         self.tasks.len()
     }
 
-    /// The tasks that went out and wait for an answer, and the data-in
-    /// bytes they still expect (receive coalescing sizes its waits with
-    /// them).
-    pub fn awaited(&self) -> (usize, usize) {
+    /// What the tasks that went out still owe.
+    pub fn awaited(&self) -> Awaited {
         self.tasks.awaited
     }
 
@@ -1300,6 +1321,12 @@ pub(crate) mod tests {
         assert!(b[..512].iter().all(|&x| x == 0xaa) && b[512..].iter().all(|&x| x == 0xbb));
     }
 
+    /// Tasks out, small ones among them, data-in still due.
+    fn out(s: &Session) -> (usize, usize, usize) {
+        let a = s.awaited();
+        (a.tasks, a.small, a.data)
+    }
+
     #[test]
     fn awaited_follows_the_window_data_in_completions_aborts_and_retries() {
         // Window of four commands: CmdSN 10 to 13.
@@ -1308,33 +1335,34 @@ pub(crate) mod tests {
         s.submit(2, LUN, [0x28; 10], Data::Read(1024));
         s.submit(3, LUN, [0x2a; 10], Data::Write(vec![0; 512]));
         drain(&mut s);
-        assert_eq!(s.awaited(), (3, 5120));
+        assert_eq!(out(&s), (3, 3, 5120));
         // Data-In (in order, as negotiated) counts once per byte, whether
         // copied or placed; a resent PDU does not count again.
         let mut d = data_in_header(a, 0, 1024, 0);
         d.data = vec![1; 1024];
         s.receive(d.clone()).unwrap();
         s.receive(d).unwrap();
-        assert_eq!(s.awaited(), (3, 4096));
+        assert_eq!(out(&s), (3, 3, 4096));
         s.receive(data_in_header(a, 1024, 1024, 0)).ok();
-        assert_eq!(s.awaited(), (3, 4096), "placed into a task without a sink");
+        assert_eq!(out(&s), (3, 3, 4096), "placed into a task without a sink");
         let mut d = data_in_header(a, 1024, 1024, 0);
         d.data = vec![1; 1024];
         s.receive(d).unwrap();
-        assert_eq!(s.awaited(), (3, 3072));
+        assert_eq!(out(&s), (3, 3, 3072));
         // Status with less data than asked: what did not come is not due.
         let mut d = data_in_header(a, 2048, 1024, 0x83);
         d.data = vec![1; 1024];
         s.receive(d).unwrap();
-        assert_eq!(s.awaited(), (2, 1024));
-        // A command the window holds back is not awaited until it goes.
-        s.submit(4, LUN, [0x28; 10], Data::Read(8192));
+        assert_eq!(out(&s), (2, 2, 1024));
+        // A big read; a command the window holds back is not awaited
+        // until it goes.
+        s.submit(4, LUN, [0x28; 10], Data::Read(BIG_READ));
         s.submit(5, LUN, [0x28; 10], Data::Read(100));
-        assert_eq!(s.awaited(), (3, 9216));
+        assert_eq!(out(&s), (3, 2, 66560));
         // An ABORT TASK SET drops the unsent command at once and, once
         // complete, the commands it terminated at the target.
         s.task_management(9, 2, LUN, None);
-        assert_eq!(s.awaited(), (4, 9216));
+        assert_eq!(out(&s), (4, 3, 66560));
         let tmf = drain(&mut s).pop().unwrap();
         let mut r = Pdu::new(Opcode::TaskMgmtResponse);
         r.set_flags(0x80);
@@ -1342,12 +1370,12 @@ pub(crate) mod tests {
         r.set_u32(28, 14);
         r.set_u32(32, 20);
         s.receive(r).unwrap();
-        assert_eq!(s.awaited(), (0, 0));
+        assert_eq!(out(&s), (0, 0, 0));
         // Commands taken for a retry on a new session are not awaited here.
         s.submit(6, LUN, [0x28; 10], Data::Read(512));
-        assert_eq!(s.awaited(), (1, 512));
+        assert_eq!(out(&s), (1, 1, 512));
         s.take_unfinished();
-        assert_eq!(s.awaited(), (0, 0));
+        assert_eq!(out(&s), (0, 0, 0));
     }
 
     #[test]
@@ -1795,7 +1823,7 @@ pub(crate) mod tests {
                 }
                 let _ = drain(&mut s);
                 let again = s.take_unfinished();
-                prop_assert_eq!(s.awaited(), (0, 0));
+                prop_assert_eq!(s.awaited(), Awaited::default());
                 prop_assert!(again.iter().all(|c| matches!(c.0, 1..=3 | 6)));
                 prop_assert_eq!(s.in_flight(), 0);
             }

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::iscsi::session::Awaited;
+
 /// How a session moderates its receive wake-ups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coalescing {
@@ -52,29 +54,27 @@ pub const DEFAULT_DEPTH: usize = 16;
 /// measurable and holds answers back from the guest for longer.
 pub(super) const MAX_LOW_WATER: usize = 1024 * 1024;
 
-/// Bytes due from which a wait is worth it however few commands are out:
-/// a big read's data arrives in many pieces.
+/// Bytes due from which a wait is worth it however few commands are out,
+/// if all of them are big reads: their data arrives in many pieces.
 pub(super) const STREAM_DUE: usize = 256 * 1024;
 
 /// The bytes an answer without data takes (a SCSI Response header).
 pub(super) const ANSWER_HEADER: usize = 48;
 
 /// The receive low-water mark for the next wait: 1 (wake up for any byte)
-/// unless `commands` out or the `due` bytes they still owe make coalescing
-/// worthwhile; then half of `due`, at most `c.depth` answers' worth on
-/// average, `cap` and `MAX_LOW_WATER`, rounded down to four significant
-/// bits. `heard`: the last round received something.
-pub(super) fn low_water(
-    c: Coalescing,
-    commands: usize,
-    due: usize,
-    heard: bool,
-    cap: usize,
-) -> usize {
+/// unless the tasks `out` and the `due` bytes they still owe make
+/// coalescing worthwhile: at least `c.depth` tasks, or `STREAM_DUE` bytes
+/// of big reads only (a small answer among them is not held back for
+/// them). Then half of `due`, at most `c.depth` answers' worth on average,
+/// `cap` and `MAX_LOW_WATER`, rounded down to four significant bits.
+/// `heard`: the last round received something.
+pub(super) fn low_water(c: Coalescing, out: Awaited, due: usize, heard: bool, cap: usize) -> usize {
+    let commands = out.tasks;
     if c.delay.is_zero() || !heard || commands == 0 {
         return 1;
     }
-    if commands < c.depth && due < STREAM_DUE {
+    let stream = due >= STREAM_DUE && out.small == 0;
+    if commands < c.depth && !stream {
         return 1;
     }
     let answers = (due / commands).saturating_mul(c.depth);
@@ -152,41 +152,65 @@ mod tests {
     };
     const READ_4K: usize = ANSWER_HEADER + 4096;
 
+    /// `n` tasks out with small answers (4 KiB reads, writes, ...).
+    fn small(n: usize) -> Awaited {
+        Awaited {
+            tasks: n,
+            small: n,
+            data: 0,
+        }
+    }
+
+    /// `n` big reads out.
+    fn big(n: usize) -> Awaited {
+        Awaited {
+            tasks: n,
+            small: 0,
+            data: 0,
+        }
+    }
+
     #[test]
     fn few_commands_a_quiet_target_or_off_wake_up_for_any_byte() {
         let cap = 1 << 20;
-        assert_eq!(low_water(ON, 15, 15 * READ_4K, true, cap), 1);
-        assert_eq!(low_water(ON, 0, 0, true, cap), 1);
-        assert_eq!(low_water(ON, 32, 32 * READ_4K, false, cap), 1);
+        assert_eq!(low_water(ON, small(15), 15 * READ_4K, true, cap), 1);
+        assert_eq!(low_water(ON, small(0), 0, true, cap), 1);
+        assert_eq!(low_water(ON, small(32), 32 * READ_4K, false, cap), 1);
         let no_delay = Coalescing {
             delay: Duration::ZERO,
             depth: 1,
         };
-        assert_eq!(low_water(no_delay, 32, 32 * READ_4K, true, cap), 1);
+        assert_eq!(low_water(no_delay, small(32), 32 * READ_4K, true, cap), 1);
     }
 
     #[test]
     fn many_commands_wait_for_half_their_answers_to_four_significant_bits() {
         let cap = 1 << 20;
         // 16 x 4144 / 2 = 33152 -> 32768.
-        assert_eq!(low_water(ON, 16, 16 * READ_4K, true, cap), 32 * 1024);
+        assert_eq!(low_water(ON, small(16), 16 * READ_4K, true, cap), 32 * 1024);
         // 24 reads: 49728 -> 49152.
-        assert_eq!(low_water(ON, 24, 24 * READ_4K, true, cap), 48 * 1024);
+        assert_eq!(low_water(ON, small(24), 24 * READ_4K, true, cap), 48 * 1024);
         // A queue wobbling between 30 and 31 keeps its mark.
-        let m = low_water(ON, 30, 30 * READ_4K, true, cap);
-        assert_eq!(m, low_water(ON, 31, 31 * READ_4K, true, cap));
+        let m = low_water(ON, small(30), 30 * READ_4K, true, cap);
+        assert_eq!(m, low_water(ON, small(31), 31 * READ_4K, true, cap));
         assert_eq!(m, 60 * 1024);
         // More small reads: no more than 16 answers (66304 -> 65536).
-        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, cap), 64 * 1024);
-        assert_eq!(low_water(ON, 128, 128 * READ_4K, true, cap), 64 * 1024);
+        assert_eq!(low_water(ON, small(32), 32 * READ_4K, true, cap), 64 * 1024);
+        assert_eq!(
+            low_water(ON, small(128), 128 * READ_4K, true, cap),
+            64 * 1024
+        );
         // Big reads: the maximum.
-        assert_eq!(low_water(ON, 16, 16 << 20, true, cap), MAX_LOW_WATER);
+        assert_eq!(low_water(ON, big(16), 16 << 20, true, cap), MAX_LOW_WATER);
         // The socket's own limit: 20000 -> 18432.
-        assert_eq!(low_water(ON, 32, 32 * READ_4K, true, 20_000), 18 * 1024);
+        assert_eq!(
+            low_water(ON, small(32), 32 * READ_4K, true, 20_000),
+            18 * 1024
+        );
         // Writes: 32 status-only answers -> 768 bytes (16 answers).
-        assert_eq!(low_water(ON, 32, 32 * ANSWER_HEADER, true, cap), 768);
+        assert_eq!(low_water(ON, small(32), 32 * ANSWER_HEADER, true, cap), 768);
         // Less than two answers' worth is not worth a wait.
-        assert_eq!(low_water(ON, 16, 3 * ANSWER_HEADER, true, cap), 1);
+        assert_eq!(low_water(ON, small(16), 3 * ANSWER_HEADER, true, cap), 1);
     }
 
     #[test]
@@ -194,15 +218,30 @@ mod tests {
         let cap = 1 << 20;
         let mib = ANSWER_HEADER + (1 << 20);
         // One 1 MiB read: half of it, then half of what is left.
-        assert_eq!(low_water(ON, 1, mib, true, cap), 512 * 1024);
-        assert_eq!(low_water(ON, 1, 300_000, true, cap), 144 * 1024);
+        assert_eq!(low_water(ON, big(1), mib, true, cap), 512 * 1024);
+        assert_eq!(low_water(ON, big(1), 300_000, true, cap), 144 * 1024);
         // The tail of it: any byte.
-        assert_eq!(low_water(ON, 1, STREAM_DUE - 1, true, cap), 1);
+        assert_eq!(low_water(ON, big(1), STREAM_DUE - 1, true, cap), 1);
         // Four of them: the maximum, or the socket's limit.
-        assert_eq!(low_water(ON, 4, 4 * mib, true, 4 * cap), MAX_LOW_WATER);
-        assert_eq!(low_water(ON, 4, 4 * mib, true, 100_000), 96 * 1024);
+        assert_eq!(low_water(ON, big(4), 4 * mib, true, 4 * cap), MAX_LOW_WATER);
+        assert_eq!(low_water(ON, big(4), 4 * mib, true, 100_000), 96 * 1024);
         // Nothing heard in the last round: any byte.
-        assert_eq!(low_water(ON, 4, 4 * mib, false, cap), 1);
+        assert_eq!(low_water(ON, big(4), 4 * mib, false, cap), 1);
+        // A small command among a few big reads: its answer is not held
+        // back for their data.
+        let mixed = Awaited {
+            tasks: 3,
+            small: 1,
+            data: 0,
+        };
+        assert_eq!(low_water(ON, mixed, 2 * mib + READ_4K, true, cap), 1);
+        // Among many commands it is, as any answer is.
+        let many = Awaited {
+            tasks: 16,
+            small: 1,
+            data: 0,
+        };
+        assert!(low_water(ON, many, 15 * mib + READ_4K, true, cap) > 1);
     }
 
     fn readable(t: &Timer, timeout_ms: i32) -> bool {

@@ -45,7 +45,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::session::{tmf_covers, Completion, Data};
+use super::session::{tmf_covers, Awaited, Completion, Data};
 pub use coalesce::Coalescing;
 use coalesce::{low_water, Timer, ANSWER_HEADER};
 use halves::{split, Reader, Writer};
@@ -216,13 +216,14 @@ impl Shared {
 
     /// Before the next wait for `r`'s socket: raise its low-water mark
     /// while many commands or much data are due (bounded by the timer), or
-    /// put it back to one byte (`coalesce`). `load`: the tasks out at the
-    /// target and the bytes they still owe; `heard`: this round received
-    /// bytes. Called without the state lock (system calls).
-    fn pace(&self, r: &mut Reader, load: (usize, usize), heard: bool) {
-        // Bytes already here (a partial PDU) are not waited for.
-        let due = load.1.saturating_sub(r.held());
-        let want = low_water(self.coalesce, load.0, due, heard, r.low_water_cap());
+    /// put it back to one byte (`coalesce`). `load`: what the tasks out at
+    /// the target still owe; `heard`: this round received bytes. Called
+    /// without the state lock (system calls).
+    fn pace(&self, r: &mut Reader, load: Awaited, heard: bool) {
+        // Their data and an answer header each, less what is already here
+        // (a partial PDU).
+        let due = (load.data + load.tasks * ANSWER_HEADER).saturating_sub(r.held());
+        let want = low_water(self.coalesce, load, due, heard, r.low_water_cap());
         r.set_low_water(want);
         let mut timer = self.timer();
         if r.low_water() > 1 && !timer.set(Some(self.coalesce.delay)) {
@@ -257,7 +258,7 @@ impl Shared {
             let mut st = self.lock();
             if st.stopping {
                 drop(st);
-                self.pace(r, (0, 0), false);
+                self.pace(r, Awaited::default(), false);
                 return;
             }
             if !pdus.is_empty() {
@@ -269,10 +270,10 @@ impl Shared {
             r.pdus = pdus;
             // What the unfinished commands will still bring back: their
             // data and a header each.
-            let load = st.writer.as_ref().map_or((0, 0), |w| {
-                let (n, data) = w.session.awaited();
-                (n, data + n * ANSWER_HEADER)
-            });
+            let load = st
+                .writer
+                .as_ref()
+                .map_or_else(Awaited::default, |w| w.session.awaited());
             // What the answers asked for (Data-Out for an R2T, NOP-Out for
             // a NOP-In) goes out now; the session thread writes what the
             // socket did not take, or handles a broken connection.
