@@ -328,24 +328,12 @@ impl Tasks {
         self.map.drain()
     }
 
-    /// Record that `itt` went out with `cmd_sn`.
-    fn sent(&mut self, itt: u32, cmd_sn: u32) {
+    /// Change task `itt` with `f`, keeping the counts (for `sent` and
+    /// `received`, which they depend on).
+    fn update(&mut self, itt: u32, f: impl FnOnce(&mut Task)) {
         if let Some(t) = self.map.get_mut(&itt) {
             let before = t.awaited();
-            t.sent = true;
-            t.cmd_sn = cmd_sn;
-            let after = t.awaited();
-            self.awaited.sub(before);
-            self.awaited.add(after);
-        }
-    }
-
-    /// Record that `itt`'s data-in now reaches `end` (which its caller
-    /// checked against the transfer length).
-    fn received(&mut self, itt: u32, end: usize) {
-        if let Some(t) = self.map.get_mut(&itt) {
-            let before = t.awaited();
-            t.received = t.received.max(u32::try_from(end).unwrap_or(u32::MAX));
+            f(t);
             let after = t.awaited();
             self.awaited.sub(before);
             self.awaited.add(after);
@@ -356,8 +344,8 @@ impl Tasks {
         self.map.get(itt)
     }
 
-    /// A task to change, but not its `sent` or `received` (see `sent` and
-    /// `received`, which keep the counts).
+    /// A task to change, but not its `sent` or `received` (see `update`,
+    /// which keeps the counts).
     fn get_mut(&mut self, itt: &u32) -> Option<&mut Task> {
         self.map.get_mut(itt)
     }
@@ -532,7 +520,11 @@ impl Session {
                 let pdus = self.command_pdus(itt, t);
                 self.out.extend(pdus);
             }
-            self.tasks.sent(itt, self.cmd_sn);
+            let cmd_sn = self.cmd_sn;
+            self.tasks.update(itt, |t| {
+                t.sent = true;
+                t.cmd_sn = cmd_sn;
+            });
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
         }
     }
@@ -957,7 +949,9 @@ impl Session {
                     }
                     t.data[offset..end].copy_from_slice(&p.data);
                 }
-                self.tasks.received(itt, end);
+                // `end` was checked against the transfer length above.
+                let end = u32::try_from(end).unwrap_or(u32::MAX);
+                self.tasks.update(itt, |t| t.received = t.received.max(end));
                 if status_here {
                     let res = Self::residual(p.flags(), p.u32_at(44));
                     ev.extend(self.complete(itt, 0, p.byte(3), Vec::new(), res));
