@@ -7,8 +7,8 @@
 //! Every wake-up of the receiving thread (epoll, a context switch, a
 //! `read(2)` that finds one PDU) costs several microseconds, more than the
 //! protocol work for a 4 KiB read, and a 1 MiB read arrives in many pieces.
-//! When the session has at least `depth` commands out, or a big read
-//! streaming in (`STREAM_DUE`), the socket's receive low-water mark
+//! When the session has at least `depth` commands out, or only big reads
+//! with `STREAM_DUE` or more still to come, the socket's receive low-water mark
 //! (`SO_RCVLOWAT`) is raised to half the bytes the target still owes
 //! (at most `depth` answers' worth on average and `MAX_LOW_WATER`), so the
 //! kernel reports the socket readable once that much is queued. Half of
@@ -16,8 +16,8 @@
 //! the mark. A timer bounds the wait for one that does not: at most
 //! `delay` after a receive round the next one runs whatever has arrived. A
 //! round that finds nothing (the target went quiet) and a session with
-//! few commands and little data due put the mark back to one byte, so a
-//! lone small command is never delayed. This is the receive side of NIC
+//! few commands, a small one among them or little data due put the mark
+//! back to one byte, so a small command at low depth is never delayed. This is the receive side of NIC
 //! interrupt moderation (ethtool's rx-usecs / rx-frames).
 
 use std::io;

@@ -284,12 +284,12 @@ impl Reader {
         let fd = self.stream.as_raw_fd();
         let mut result = Ok(());
         let mut got = 0;
+        // After a segment placed straight into a sink, the next PDU is
+        // read up to its header first: most likely another big Data-In,
+        // whose data should not land in the receive buffer (to be copied
+        // out of it).
+        let header = pdu::BHS_LEN + if self.digests.header { 4 } else { 0 };
         while got < READ_ROUND {
-            // After a segment placed straight into a sink, the next PDU
-            // is read up to its header first: most likely another big
-            // Data-In, whose data should not land in the receive buffer
-            // (to be copied out of it).
-            let header = pdu::BHS_LEN + if self.digests.header { 4 } else { 0 };
             let (r, asked) = match self.direct.as_mut() {
                 Some(Direct::Placing(p)) => p.read(fd, &mut self.rx, header),
                 Some(Direct::Buffer { payload, len, .. }) => {

@@ -11,8 +11,9 @@
 //! request-queue worker) receives whenever `receive_fd` is readable, so one
 //! thread serves both the guest's kicks and the target's answers; without
 //! one, the session thread receives. The session thread also keeps the
-//! session alive and reconnects. While many commands are in flight, the
-//! receiver wakes once per batch of answers (`coalesce`).
+//! session alive and reconnects. While many commands, or only big reads,
+//! are in flight, the receiver wakes once per batch of answers or big
+//! piece of data (`coalesce`).
 //!
 //! A broken connection (I/O error, protocol error, target gone) is retried
 //! with backoff: a new session is logged in with the same ISID and TSIH 0
@@ -80,7 +81,8 @@ pub struct Options {
     /// Ask the target (SendTargets, after the first login) for its other
     /// portals and fail over to them too.
     pub discover_portals: bool,
-    /// How answers are collected while many commands are in flight.
+    /// How answers are collected while many commands, or only big reads,
+    /// are in flight.
     pub coalesce: Coalescing,
 }
 
@@ -268,8 +270,7 @@ impl Shared {
                 failure.get_or_insert(e);
             }
             r.pdus = pdus;
-            // What the unfinished commands will still bring back: their
-            // data and a header each.
+            // What the tasks out at the target still owe.
             let load = st
                 .writer
                 .as_ref()
