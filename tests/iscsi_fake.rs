@@ -47,8 +47,16 @@ struct Gate {
 }
 
 impl Gate {
-    fn held(&self) -> usize {
-        self.held.lock().unwrap().len()
+    /// Wait until `n` answers are held (the commands reached the target).
+    fn wait_held(&self, n: usize) {
+        let start = Instant::now();
+        while self.held.lock().unwrap().len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "commands not sent"
+            );
+            sleep(Duration::from_millis(5));
+        }
     }
 
     /// Send the first `n` held answers, in one write.
@@ -487,14 +495,7 @@ fn answers_are_coalesced_while_many_commands_are_in_flight_and_wait_at_most_the_
     for _ in 0..12 {
         submit_tur(&c, &tx);
     }
-    let start = Instant::now();
-    while gate.held() < 12 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "commands not sent"
-        );
-        sleep(Duration::from_millis(5));
-    }
+    gate.wait_held(12);
     let wait = |n: usize, within: Duration| {
         for _ in 0..n {
             rx.recv_timeout(within)
@@ -560,20 +561,10 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     let c = Client::start("stream", vec![t.addr.clone()], params(), options).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let want: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
-    let held = |n: usize| {
-        let start = Instant::now();
-        while gate.held() < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "command not sent"
-            );
-            sleep(Duration::from_millis(5));
-        }
-    };
     // One 1 MiB read (16 PDUs), its data sent at once: the socket waits
     // for half of it, then for what is left of it.
     submit_read(&c, 1 << 20, &tx);
-    held(16);
+    gate.wait_held(16);
     gate.release(16);
     let got = rx
         .recv_timeout(delay / 2)
@@ -583,7 +574,7 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     // is still due) is met by the second, whatever the first was.
     for first in [1, 6, 9, 15] {
         submit_read(&c, 1 << 20, &tx);
-        held(16);
+        gate.wait_held(16);
         gate.release(first);
         sleep(Duration::from_millis(100));
         assert!(rx.try_recv().is_err());
@@ -596,10 +587,10 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     // A small command next to a big read: its answer, sent while most of
     // the read's data is still due, is not held back for that data.
     submit_read(&c, 1 << 20, &tx);
-    held(16);
+    gate.wait_held(16);
     let (tur_tx, tur_rx) = std::sync::mpsc::channel();
     submit_tur(&c, &tur_tx);
-    held(17);
+    gate.wait_held(17);
     gate.release(4);
     sleep(Duration::from_millis(100));
     gate.release_at(12);
