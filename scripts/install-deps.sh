@@ -8,8 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 busybox-static sg3-utils fio lsscsi kmod cpio lz4 e2fsprogs
-          util-linux coreutils dmsetup tgt libiscsi-bin qemu-utils)
+packages=(busybox-static sg3-utils fio lsscsi kmod cpio lz4 e2fsprogs
+          util-linux coreutils dmsetup tgt libiscsi-bin)
+# The system QEMU is Debian 12's 7.2, whatever the machine came with: an image
+# may carry qemu-utils from bookworm-backports, which Breaks qemu-system-common
+# 7.2, so both are taken from bookworm (a downgrade there).
+qemu_packages=(qemu-system-x86 qemu-utils)
 
 backports=/etc/apt/sources.list.d/bookworm-backports.sources
 if [[ ! -e $backports ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then
@@ -28,8 +32,12 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+for p in "${qemu_packages[@]}"; do
+    [[ $(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null) == "install ok installed 1:7.2"* ]] ||
+        missing+=("$p/bookworm")
+done
 if ((${#missing[@]})); then
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get install -y -qq --allow-downgrades "${missing[@]}" >/dev/null
 fi
 
 # QEMU 10.0, unpacked (not installed) into target/qemu10.
