@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::gather::Gather;
 use super::login::Negotiated;
-use super::pdu::{padding, Digests, Opcode, Pdu, RunningDigest, RESERVED_TAG};
+use super::pdu::{padding, Digests, Opcode, Pdu, RunningDigest, BHS_LEN, RESERVED_TAG};
 use super::text;
 
 /// Data direction of a command.
@@ -30,6 +30,17 @@ pub enum Data {
     Write(Vec<u8>),
     /// Write the source's bytes, sent from where they are.
     WriteFrom(SourceRef),
+}
+
+impl Data {
+    /// The most data-in it asks for.
+    pub fn read_len(&self) -> u32 {
+        match self {
+            Data::Read(n) => *n,
+            Data::ReadInto(k) => u32::try_from(k.0.size()).unwrap_or(u32::MAX),
+            Data::None | Data::Write(_) | Data::WriteFrom(_) => 0,
+        }
+    }
 }
 
 /// Write data in memory the client does not own (guest memory): sent from
@@ -458,6 +469,32 @@ impl Session {
         self.tasks.awaited
     }
 
+    /// The fewest bytes the target will still send for one of the tasks
+    /// out, if every one of them is a big read: the data-in it still owes
+    /// and the headers (and digests) of the Data-In PDUs that data needs at
+    /// least (segments are at most our MaxRecvDataSegmentLength, RFC 7143
+    /// 13.12), not counting the one that may be arriving now. None while a
+    /// task out is not a big read, or none is out. Receive coalescing
+    /// waits for no more than this, so that the wait never outlasts the
+    /// data of the read the target is sending. Looks at every task: for
+    /// sessions with few commands out.
+    pub fn least_due(&self) -> Option<usize> {
+        let segment = (self.n.max_recv_data_segment_length as usize).max(512);
+        let d = self.n.digests;
+        let per_pdu = BHS_LEN + 4 * usize::from(d.header) + 4 * usize::from(d.data);
+        let mut least: Option<usize> = None;
+        for t in self.tasks.map.values().filter(|t| t.sent) {
+            if t.read_len < BIG_READ {
+                return None;
+            }
+            let data = t.read_len.saturating_sub(t.received) as usize;
+            let more_pdus = data.div_ceil(segment).saturating_sub(1);
+            let bytes = data.saturating_add(more_pdus.saturating_mul(per_pdu));
+            least = Some(least.map_or(bytes, |l| l.min(bytes)));
+        }
+        least
+    }
+
     fn alloc_itt(&mut self) -> u32 {
         loop {
             let itt = self.next_itt;
@@ -477,16 +514,12 @@ impl Session {
     pub fn submit(&mut self, tag: u64, lun: [u8; 8], cdb: impl Into<Vec<u8>>, data: Data) -> u32 {
         let itt = self.alloc_itt();
         let none = || Payload::Bytes(Vec::new());
-        let (read_len, write, sink) = match data {
-            Data::None => (0, none(), None),
-            Data::Read(n) => (n, none(), None),
-            Data::ReadInto(k) => (
-                u32::try_from(k.0.size()).unwrap_or(u32::MAX),
-                none(),
-                Some(k),
-            ),
-            Data::Write(w) => (0, Payload::Bytes(w), None),
-            Data::WriteFrom(src) => (0, Payload::Source(src), None),
+        let read_len = data.read_len();
+        let (write, sink) = match data {
+            Data::None | Data::Read(_) => (none(), None),
+            Data::ReadInto(k) => (none(), Some(k)),
+            Data::Write(w) => (Payload::Bytes(w), None),
+            Data::WriteFrom(src) => (Payload::Source(src), None),
         };
         self.tasks.insert(
             itt,
@@ -1370,6 +1403,41 @@ pub(crate) mod tests {
         assert_eq!(out(&s), (1, 1, 512));
         s.take_unfinished();
         assert_eq!(out(&s), (0, 0, 0));
+    }
+
+    #[test]
+    fn least_due_is_the_read_closest_to_done_with_the_headers_it_still_needs() {
+        // Window of three commands; segments of at most 256 KiB.
+        let mut s = Session::new(negotiated(true, true, 12));
+        assert_eq!(s.least_due(), None, "nothing out");
+        let a = s.submit(1, LUN, [0x28; 10], Data::Read(1 << 20));
+        s.submit(2, LUN, [0x28; 10], Data::Read(1 << 20));
+        drain(&mut s);
+        // 1 MiB: four segments at least, the first one's header may be
+        // here already: three more headers.
+        assert_eq!(s.least_due(), Some((1 << 20) + 3 * 48));
+        // 768 KiB of the first arrive: 256 KiB and no header left.
+        for at in [0, 256, 512] {
+            let mut d = data_in_header(a, at << 10, 256 << 10, 0);
+            d.data = vec![0; 256 << 10];
+            s.receive(d).unwrap();
+        }
+        assert_eq!(s.least_due(), Some(256 << 10));
+        // A small command out: no figure (its answer is not data).
+        s.submit(3, LUN, [0x00; 6], Data::None);
+        drain(&mut s);
+        assert_eq!(s.least_due(), None);
+        // With both digests a header costs 56 bytes.
+        let mut n = negotiated(true, true, 12);
+        n.digests = Digests {
+            header: true,
+            data: true,
+        };
+        let mut s = Session::new(n);
+        s.submit(1, LUN, [0x28; 10], Data::Read(BIG_READ));
+        s.submit(2, LUN, [0x28; 10], Data::Read(600 << 10));
+        drain(&mut s);
+        assert_eq!(s.least_due(), Some(BIG_READ as usize));
     }
 
     #[test]
