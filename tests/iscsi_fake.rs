@@ -602,3 +602,57 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     assert!(got == want);
     c.shutdown();
 }
+
+#[test]
+fn a_stream_wait_ends_with_the_closest_read_and_for_a_small_command_sent_meanwhile() {
+    let gate = Arc::new(Gate::default());
+    let t = Fake::start(Role::Gated(gate.clone()));
+    // A timer far longer than the test: a wait for it would be seen.
+    let delay = Duration::from_secs(5);
+    let options = Options {
+        coalesce: Coalescing { delay, depth: 16 },
+        ..no_discovery()
+    };
+    let c = Client::start("closest", vec![t.addr.clone()], params(), options).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let want: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
+    // Data flowing first: Linux grows the socket's receive buffer, and
+    // with it the highest mark the client sets.
+    for _ in 0..8 {
+        submit_read(&c, 1 << 20, &tx);
+        gate.wait_held(16);
+        gate.release(16);
+        let got = rx.recv_timeout(delay / 2).expect("a read waited");
+        assert!(got == want);
+    }
+    // Two 1 MiB reads (16 PDUs each). Half of the first arrives; then the
+    // rest of it alone (512 KiB), less than half of the 1.5 MiB still due:
+    // the wait is for what the first read still owes, so it completes.
+    submit_read(&c, 1 << 20, &tx);
+    submit_read(&c, 1 << 20, &tx);
+    gate.wait_held(32);
+    gate.release(8);
+    sleep(Duration::from_millis(100));
+    assert!(rx.try_recv().is_err());
+    gate.release(8);
+    let got = rx
+        .recv_timeout(delay / 2)
+        .expect("the first read waited for the timer");
+    assert!(got == want);
+    // A quarter of the second read is in and the socket waits for the
+    // rest: a TEST UNIT READY submitted now is answered ahead of that
+    // data, and its answer is not held back for it.
+    gate.release(4);
+    sleep(Duration::from_millis(100));
+    let (tur_tx, tur_rx) = std::sync::mpsc::channel();
+    submit_tur(&c, &tur_tx);
+    gate.wait_held(13);
+    gate.release_at(12);
+    tur_rx
+        .recv_timeout(delay / 2)
+        .expect("a small answer waited for a big read's data");
+    gate.release(12);
+    let got = rx.recv_timeout(delay / 2).expect("the second read waited");
+    assert!(got == want);
+    c.shutdown();
+}

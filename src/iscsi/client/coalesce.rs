@@ -1,24 +1,36 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Receive coalescing: while many answers are due, wake up once for
-//! several of the target's answers, or for a big piece of a big read,
+//! several of the target's answers, or once for the rest of a big read,
 //! instead of once per answer or per segment.
 //!
 //! Every wake-up of the receiving thread (epoll, a context switch, a
 //! `read(2)` that finds one PDU) costs several microseconds, more than the
 //! protocol work for a 4 KiB read, and a 1 MiB read arrives in many pieces.
-//! When the session has at least `depth` commands out, or only big reads
-//! with `STREAM_DUE` or more still to come, the socket's receive low-water mark
-//! (`SO_RCVLOWAT`) is raised to half the bytes the target still owes
-//! (at most `depth` answers' worth on average and `MAX_LOW_WATER`), so the
-//! kernel reports the socket readable once that much is queued. Half of
-//! what is owed: a target that sends everything promptly always reaches
-//! the mark. A timer bounds the wait for one that does not: at most
-//! `delay` after a receive round the next one runs whatever has arrived. A
-//! round that finds nothing (the target went quiet) and a session with
-//! few commands, a small one among them or little data due put the mark
-//! back to one byte, so a small command at low depth is never delayed. This is the receive side of NIC
-//! interrupt moderation (ethtool's rx-usecs / rx-frames).
+//! The socket's receive low-water mark (`SO_RCVLOWAT`) makes the kernel
+//! report it readable only once that much is queued:
+//!
+//! * `Wait::Answers`: with at least `depth` commands out, half the bytes
+//!   the target still owes (at most `depth` answers' worth on average and
+//!   `MAX_LOW_WATER`). Half of what is owed: a target that sends
+//!   everything promptly reaches the mark. The timer bounds the wait for
+//!   one that does not: at most `delay` after a receive round the next one
+//!   runs whatever has arrived.
+//! * `Wait::Stream`: with fewer commands out, all of them big reads and
+//!   `STREAM_DUE` or more still to come, the fewest bytes the target
+//!   still sends for one of them (`Session::least_due`), at most half of
+//!   what it owes in all: whichever read it is sending, its last byte
+//!   reaches the mark, so the wait never delays a completion and needs a
+//!   longer bound only for a target that sends less than it owes (an
+//!   error, a short read): `stream_delay`. A small
+//!   command submitted meanwhile puts the mark back to one byte at once
+//!   (`Client::submit_all`), so its answer does not wait for the read.
+//! * `Wait::Any`: otherwise (a round that found nothing, a session with few
+//!   commands, a small one among them, or little data due): one byte, so a
+//!   small command at low depth is never delayed.
+//!
+//! This is the receive side of NIC interrupt moderation (ethtool's rx-usecs
+//! / rx-frames).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -50,42 +62,115 @@ pub const DEFAULT_DELAY_US: u64 = 200;
 /// Default number of commands in flight from which answers are coalesced.
 pub const DEFAULT_DEPTH: usize = 16;
 
-/// The highest low-water mark set: beyond this, waiting saves nothing
-/// measurable and holds answers back from the guest for longer.
+/// The highest low-water mark set for many answers: beyond this, waiting
+/// saves nothing measurable and holds answers back from the guest for
+/// longer.
 pub(super) const MAX_LOW_WATER: usize = 1024 * 1024;
+
+/// The highest low-water mark set for the rest of a big read: a 4 MiB read
+/// waits once (QEMU's default `max_sectors` allows 32 MiB; the socket's
+/// buffer is the other bound, see `Reader::low_water_cap`).
+pub(super) const MAX_STREAM: usize = 4 * 1024 * 1024;
 
 /// Bytes due from which a wait is worth it however few commands are out,
 /// if all of them are big reads: their data arrives in many pieces.
 pub(super) const STREAM_DUE: usize = 256 * 1024;
 
+/// The shortest bound on a `Wait::Stream`. Its mark is met by the data of
+/// whichever read the target is sending, so the bound only matters for a
+/// target that sends less than it owes; 1 MiB takes 500 us at 2 GB/s
+/// (tgtd on loopback here), a bound as short as `DEFAULT_DELAY_US` ended
+/// most of those waits early (2.5 wake-ups per 1 MiB read).
+pub(super) const STREAM_DELAY: Duration = Duration::from_millis(2);
+
 /// The bytes an answer without data takes (a SCSI Response header).
 pub(super) const ANSWER_HEADER: usize = 48;
 
-/// The receive low-water mark for the next wait: 1 (wake up for any byte)
-/// unless the tasks `out` and the `due` bytes they still owe make
-/// coalescing worthwhile: at least `c.depth` tasks, or `STREAM_DUE` bytes
-/// of big reads only (a small answer among them is not held back for
-/// them). Then half of `due`, at most `c.depth` answers' worth on average,
-/// `cap` and `MAX_LOW_WATER`, rounded down to four significant bits.
-/// `heard`: the last round received something.
-pub(super) fn low_water(c: Coalescing, out: Awaited, due: usize, heard: bool, cap: usize) -> usize {
+/// How the next wait for the target's answers ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// At any byte.
+    Any,
+    /// When this many bytes of many commands' answers are queued, or the
+    /// timer (`Coalescing::delay`) ends it.
+    Answers(usize),
+    /// When this many bytes of big reads' data are queued (no more than
+    /// the read the target sends next still owes), or the timer
+    /// (`stream_delay`) ends it.
+    Stream(usize),
+}
+
+impl Wait {
+    /// The socket's low-water mark for it.
+    pub(super) fn mark(self) -> usize {
+        match self {
+            Wait::Any => 1,
+            Wait::Answers(m) | Wait::Stream(m) => m,
+        }
+    }
+
+    /// How long the timer lets it last (None: no timer).
+    pub(super) fn bound(self, c: Coalescing) -> Option<Duration> {
+        match self {
+            Wait::Any => None,
+            Wait::Answers(_) => Some(c.delay),
+            Wait::Stream(_) => Some(stream_delay(c)),
+        }
+    }
+}
+
+/// The bound on a `Wait::Stream`: the configured delay, or `STREAM_DELAY`
+/// if that is longer.
+pub(super) fn stream_delay(c: Coalescing) -> Duration {
+    c.delay.max(STREAM_DELAY)
+}
+
+/// The next wait, given the tasks `out`, the `due` bytes they still owe,
+/// and, if all of them are big reads, the `least` bytes one of them still
+/// owes (both less what the reader already holds of a partial PDU).
+/// `Answers` from `c.depth` tasks: half of `due`, at most `c.depth`
+/// answers' worth on average, `cap` and `MAX_LOW_WATER`, rounded down to
+/// four significant bits. `Stream` for fewer big reads with `STREAM_DUE`
+/// due: `least`, at most half of `due` (a lone read's first half is copied
+/// into guest memory while the rest arrives, instead of after all of it),
+/// `cap` and `MAX_STREAM`. `heard`: the last round received something.
+pub(super) fn next_wait(
+    c: Coalescing,
+    out: Awaited,
+    due: usize,
+    least: Option<usize>,
+    heard: bool,
+    cap: usize,
+) -> Wait {
     let commands = out.tasks;
     if c.delay.is_zero() || !heard || commands == 0 {
-        return 1;
+        return Wait::Any;
     }
-    let stream = due >= STREAM_DUE && out.small == 0;
-    if commands < c.depth && !stream {
-        return 1;
+    if commands < c.depth {
+        if due < STREAM_DUE || out.small > 0 {
+            return Wait::Any;
+        }
+        if let Some(least) = least.filter(|&l| l >= STREAM_DUE) {
+            let want = least.min(due / 2).min(cap).min(MAX_STREAM);
+            return if want < 2 * ANSWER_HEADER {
+                Wait::Any
+            } else {
+                Wait::Stream(want)
+            };
+        }
+        // Reads that each owe little: waiting for one at a time would
+        // copy each after all of it came, with nothing else to do
+        // meanwhile; several at a time, within the shorter bound.
     }
     let answers = (due / commands).saturating_mul(c.depth);
     let want = (due / 2).min(answers).min(cap).min(MAX_LOW_WATER);
     if want < 2 * ANSWER_HEADER {
-        return 1;
+        return Wait::Any;
     }
     // Four significant bits: a queue whose depth wobbles between rounds
     // does not change the mark every time.
     let shift = want.ilog2().saturating_sub(3);
-    (want >> shift) << shift
+    Wait::Answers((want >> shift) << shift)
 }
 
 /// The timer that ends a coalesced wait: readable (through the session's
@@ -111,15 +196,18 @@ impl Timer {
 
     /// Make sure the timer expires no later than `delay` from now (Some),
     /// or disarm it (None); false if it could not be armed (it is then
-    /// disarmed). An armed timer that expires at least `delay / 2` from
-    /// now is left alone: re-arming costs a system call (and, in a virtual
+    /// disarmed). An armed timer that expires between `delay / 2` and
+    /// `delay` from now is left alone: re-arming costs a system call (and, in a virtual
     /// machine, an exit), and a receive round often comes every few
     /// microseconds.
     pub(super) fn set(&mut self, delay: Option<Duration>) -> bool {
         match delay {
             Some(d) => {
                 let now = Instant::now();
-                if self.deadline.is_some_and(|t| t >= now + d / 2) {
+                if self
+                    .deadline
+                    .is_some_and(|t| t >= now + d / 2 && t <= now + d)
+                {
                     return true;
                 }
                 if self.fd.reset(d, None).is_ok() {
@@ -170,6 +258,12 @@ mod tests {
         }
     }
 
+    /// The mark of the next wait when no big read's figure is known
+    /// (`least` None: a small task out, or many big reads).
+    fn low_water(c: Coalescing, out: Awaited, due: usize, heard: bool, cap: usize) -> usize {
+        next_wait(c, out, due, None, heard, cap).mark()
+    }
+
     #[test]
     fn few_commands_a_quiet_target_or_off_wake_up_for_any_byte() {
         let cap = 1 << 20;
@@ -214,21 +308,51 @@ mod tests {
     }
 
     #[test]
-    fn a_big_read_waits_for_half_of_what_is_still_due_until_little_is() {
+    fn a_few_big_reads_wait_for_the_rest_of_the_closest_to_done() {
         let cap = 1 << 20;
         let mib = ANSWER_HEADER + (1 << 20);
-        // One 1 MiB read: half of it, then half of what is left.
-        assert_eq!(low_water(ON, big(1), mib, true, cap), 512 * 1024);
-        assert_eq!(low_water(ON, big(1), 300_000, true, cap), 144 * 1024);
+        let wait = |out, due, least, heard, cap| next_wait(ON, out, due, Some(least), heard, cap);
+        // One 1 MiB read: half of it (the first half goes into guest
+        // memory while the rest arrives), then half of what is left.
+        assert_eq!(
+            wait(big(1), mib, (1 << 20) + 144, true, 4 * cap),
+            Wait::Stream(mib / 2)
+        );
+        assert_eq!(
+            wait(big(1), 300_000, 300_000, true, cap),
+            Wait::Stream(150_000)
+        );
         // The tail of it: any byte.
-        assert_eq!(low_water(ON, big(1), STREAM_DUE - 1, true, cap), 1);
-        // Four of them: the maximum, or the socket's limit.
-        assert_eq!(low_water(ON, big(4), 4 * mib, true, 4 * cap), MAX_LOW_WATER);
-        assert_eq!(low_water(ON, big(4), 4 * mib, true, 100_000), 96 * 1024);
+        assert_eq!(
+            wait(big(1), STREAM_DUE - 1, STREAM_DUE - 1, true, cap),
+            Wait::Any
+        );
+        // Four of them: what the one closest to done still owes, within
+        // the socket's limit and the maximum.
+        assert_eq!(
+            wait(big(4), 4 * mib, 600_000, true, cap),
+            Wait::Stream(600_000)
+        );
+        assert_eq!(
+            wait(big(4), 4 * mib, 600_000, true, 100_000),
+            Wait::Stream(100_000)
+        );
+        assert_eq!(
+            wait(big(4), 32 * mib, 8 * mib, true, 64 * mib),
+            Wait::Stream(MAX_STREAM)
+        );
+        // Little left of the closest (here only its status): several
+        // reads' worth at a time, within the shorter bound, as for many
+        // answers.
+        assert_eq!(wait(big(4), 3 * mib, 0, true, cap), Wait::Answers(cap));
+        assert_eq!(
+            wait(big(4), 3 * mib, STREAM_DUE - 1, true, cap),
+            Wait::Answers(cap)
+        );
         // Nothing heard in the last round: any byte.
-        assert_eq!(low_water(ON, big(4), 4 * mib, false, cap), 1);
+        assert_eq!(wait(big(4), 4 * mib, 600_000, false, cap), Wait::Any);
         // A small command among a few big reads: its answer is not held
-        // back for their data.
+        // back for their data (the session gives no figure then).
         let mixed = Awaited {
             tasks: 3,
             small: 1,
@@ -242,6 +366,18 @@ mod tests {
             data: 0,
         };
         assert!(low_water(ON, many, 15 * mib + READ_4K, true, cap) > 1);
+    }
+
+    #[test]
+    fn a_stream_wait_is_bounded_by_the_longer_stream_delay() {
+        assert_eq!(Wait::Any.bound(ON), None);
+        assert_eq!(Wait::Answers(4096).bound(ON), Some(ON.delay));
+        assert_eq!(Wait::Stream(1 << 20).bound(ON), Some(STREAM_DELAY));
+        let long = Coalescing {
+            delay: Duration::from_millis(5),
+            depth: 16,
+        };
+        assert_eq!(Wait::Stream(1 << 20).bound(long), Some(long.delay));
     }
 
     fn readable(t: &Timer, timeout_ms: i32) -> bool {
@@ -264,9 +400,11 @@ mod tests {
         // Expired and not read: re-arming clears it.
         assert!(t.set(Some(Duration::from_secs(60))));
         assert!(!readable(&t, 0));
-        // Expiring later than half a shorter delay from now: left alone.
-        assert!(t.set(Some(Duration::from_millis(1))));
         assert!(!readable(&t, 50));
+        // Expiring later than a shorter delay from now: armed again, for
+        // that delay (a stream's long wait does not bound a short one).
+        assert!(t.set(Some(Duration::from_millis(1))));
+        assert!(readable(&t, 1000), "re-armed for the shorter delay");
         assert!(t.set(None));
         assert!(t.set(Some(Duration::from_millis(1))));
         assert!(readable(&t, 1000));

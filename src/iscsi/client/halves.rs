@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::gather::Gather;
@@ -366,22 +366,17 @@ impl Reader {
         if bytes == self.low_water {
             return;
         }
-        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt reads one c_int from a live local for the
-        // length given.
-        let r = unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
+        if set_receive_low_water(self.stream.as_raw_fd(), bytes) {
             self.low_water = bytes;
             self.cap = None;
         }
+    }
+
+    /// Another thread set the socket's mark (`set_receive_low_water` on
+    /// the writer's descriptor): the next `set_low_water` sets it whatever
+    /// it was.
+    pub(super) fn forget_low_water(&mut self) {
+        self.low_water = 0;
     }
 
     /// The highest low-water mark that leaves the socket's receive buffer
@@ -498,6 +493,25 @@ impl Reader {
 }
 
 /// Split a logged-in connection into its two halves (non-blocking).
+/// Set the receive low-water mark (`SO_RCVLOWAT`) of the socket `fd`;
+/// false if the kernel refused. Lowering it wakes a thread waiting for the
+/// socket if enough is queued for the new mark (Linux checks at once).
+pub(super) fn set_receive_low_water(fd: RawFd, bytes: usize) -> bool {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from a live local for the length
+    // given; a descriptor that is not a socket only makes it fail.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
 pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
     let (stream, rx, digests, max_data, session) = conn.into_parts();
     stream.set_nonblocking(true)?;

@@ -36,7 +36,7 @@ mod state;
 mod thread;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,10 +46,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::session::{tmf_covers, Awaited, Completion, Data};
+use super::session::{tmf_covers, Awaited, Completion, Data, BIG_READ};
 pub use coalesce::Coalescing;
-use coalesce::{low_water, Timer, ANSWER_HEADER};
-use halves::{split, Reader, Writer};
+use coalesce::{next_wait, Timer, Wait, ANSWER_HEADER};
+use halves::{set_receive_low_water, split, Reader, Writer};
 pub use pr::PrMemory;
 use state::{Pending, State};
 use thread::{discovered_portals, SessionThread};
@@ -158,6 +158,15 @@ struct Shared {
     /// Ends a coalesced wait for answers; used under `reader`'s lock.
     timer: Mutex<Timer>,
     coalesce: Coalescing,
+    /// The socket's mark is set for a `Wait::Stream`: a small command
+    /// submitted ends that wait (`Shared::note_small_sent`).
+    streaming: AtomicBool,
+    /// Counts submissions of small tasks, changed under `state`'s lock: a
+    /// receiver that set a stream wait after one it did not count ends
+    /// the wait.
+    small_sent: AtomicU64,
+    /// A submitter set the socket's mark to one byte behind the reader.
+    mark_dropped: AtomicBool,
     /// Event loops receiving for this session (`attach_receiver`).
     receivers: AtomicUsize,
     /// The live connection could not be added to `poll`.
@@ -212,6 +221,45 @@ impl Shared {
         }
     }
 
+    /// What the tasks out at the target still owe, as `pace` needs it;
+    /// taken under the state lock (`st`).
+    fn load(&self, st: &State) -> Load {
+        let Some(w) = st.writer.as_ref() else {
+            return Load::default();
+        };
+        let awaited = w.session.awaited();
+        // Only a stream wait needs the closest read, and only for few
+        // commands (`least_due` looks at each).
+        let least = if awaited.small == 0 && awaited.tasks < self.coalesce.depth {
+            w.session.least_due()
+        } else {
+            None
+        };
+        Load {
+            awaited,
+            least,
+            small_sent: self.small_sent.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A small task went out on `st`'s connection (a command whose answer
+    /// is not a big read's data, task management): a stream wait set for
+    /// big reads' data ends now, so its answer is received when it comes.
+    /// Called under the state lock.
+    fn note_small_sent(&self, st: &State) {
+        self.small_sent.fetch_add(1, Ordering::SeqCst);
+        if self.streaming.load(Ordering::SeqCst) {
+            if let Some(w) = st.writer.as_ref() {
+                // The writer's descriptor is the same socket as the
+                // reader's; the reader learns of it in `pace`.
+                if set_receive_low_water(w.stream.as_raw_fd(), 1) {
+                    self.mark_dropped.store(true, Ordering::SeqCst);
+                    self.streaming.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
     fn timer(&self) -> MutexGuard<'_, Timer> {
         self.timer.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -221,15 +269,32 @@ impl Shared {
     /// put it back to one byte (`coalesce`). `load`: what the tasks out at
     /// the target still owe; `heard`: this round received bytes. Called
     /// without the state lock (system calls).
-    fn pace(&self, r: &mut Reader, load: Awaited, heard: bool) {
-        // Their data and an answer header each, less what is already here
-        // (a partial PDU).
-        let due = (load.data + load.tasks * ANSWER_HEADER).saturating_sub(r.held());
-        let want = low_water(self.coalesce, load, due, heard, r.low_water_cap());
-        r.set_low_water(want);
+    fn pace(&self, r: &mut Reader, load: Load, heard: bool) {
+        if self.mark_dropped.swap(false, Ordering::SeqCst) {
+            r.forget_low_water();
+        }
+        // Less what is already here (a partial PDU).
+        let held = r.held();
+        // Their data and an answer header each.
+        let a = load.awaited;
+        let due = (a.data + a.tasks * ANSWER_HEADER).saturating_sub(held);
+        let least = load.least.map(|l| l.saturating_sub(held));
+        let mut wait = next_wait(self.coalesce, a, due, least, heard, r.low_water_cap());
+        r.set_low_water(wait.mark());
+        let stream = matches!(wait, Wait::Stream(_));
+        self.streaming.store(stream, Ordering::SeqCst);
+        if stream && self.small_sent.load(Ordering::SeqCst) != load.small_sent {
+            // A small command went out after `load` was taken, and may
+            // have looked before `streaming` was set: its answer does not
+            // wait for the reads' data.
+            self.streaming.store(false, Ordering::SeqCst);
+            wait = Wait::Any;
+            r.set_low_water(1);
+        }
         let mut timer = self.timer();
-        if r.low_water() > 1 && !timer.set(Some(self.coalesce.delay)) {
+        if r.low_water() > 1 && !timer.set(wait.bound(self.coalesce)) {
             // No timer, no bound on the wait: do not wait.
+            self.streaming.store(false, Ordering::SeqCst);
             r.set_low_water(1);
         }
         if r.low_water() == 1 {
@@ -260,7 +325,7 @@ impl Shared {
             let mut st = self.lock();
             if st.stopping {
                 drop(st);
-                self.pace(r, Awaited::default(), false);
+                self.pace(r, Load::default(), false);
                 return;
             }
             if !pdus.is_empty() {
@@ -271,10 +336,7 @@ impl Shared {
             }
             r.pdus = pdus;
             // What the tasks out at the target still owe.
-            let load = st
-                .writer
-                .as_ref()
-                .map_or_else(Awaited::default, |w| w.session.awaited());
+            let load = self.load(&st);
             // What the answers asked for (Data-Out for an R2T, NOP-Out for
             // a NOP-In) goes out now; the session thread writes what the
             // socket did not take, or handles a broken connection.
@@ -304,6 +366,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// What `Shared::pace` sizes the next wait with.
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    awaited: Awaited,
+    /// `Session::least_due`, if a stream wait may follow.
+    least: Option<usize>,
+    /// `Shared::small_sent` when it was taken.
+    small_sent: u64,
 }
 
 /// Keeps an event loop attached as a receiver (`Client::attach_receiver`);
@@ -387,6 +459,9 @@ impl Client {
             coalesce: options.coalesce,
             receivers: AtomicUsize::new(0),
             unwatched: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
+            small_sent: AtomicU64::new(0),
+            mark_dropped: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             hook: Mutex::new(None),
         });
@@ -479,6 +554,7 @@ impl Client {
         let mut up =
             st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
         let mut now = Vec::new();
+        let mut small = false;
         for r in requests {
             if let Some(sense) = st.take_event(r.lun, &r.cdb) {
                 let c = Completion {
@@ -514,6 +590,7 @@ impl Client {
             }
             match st.writer.as_mut() {
                 Some(w) if up => {
+                    small |= r.data.read_len() < BIG_READ;
                     w.session.submit(tag, r.lun, r.cdb, r.data);
                 }
                 _ => {
@@ -524,6 +601,9 @@ impl Client {
         }
         if up && !st.writer.as_mut().is_some_and(Writer::flush) {
             let _ = self.shared.wake.write(1);
+        }
+        if small {
+            self.shared.note_small_sent(st);
         }
         drop(guard);
         complete_all(now);
@@ -589,6 +669,7 @@ impl Client {
                         if !w.flush() {
                             let _ = self.shared.wake.write(1);
                         }
+                        self.shared.note_small_sent(st);
                     }
                     for t in start.aborted {
                         st.fail_here(t, why, &mut aborted);
