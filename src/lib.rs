@@ -10,6 +10,7 @@ pub mod device;
 pub mod iscsi;
 pub mod prhelper;
 pub mod scsi;
+pub mod seqhash;
 pub mod server;
 pub mod virtio;
 

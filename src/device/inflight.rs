@@ -6,13 +6,13 @@
 //! Each request queue has its own table (locked by its worker for every
 //! command, so uncontended except while a TMF scans it).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
 
 use crate::scsi::LunAddress;
+use crate::seqhash::SeqMap;
 use crate::virtio::Response;
 
 /// How often a TMF re-checks whether the commands it aborted have completed.
@@ -46,28 +46,10 @@ impl Scope {
     }
 }
 
-/// Keys are a per-queue counter, already well spread: hash them as is.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 #[derive(Default)]
 struct Table {
     next_key: u64,
-    entries: HashMap<u64, Entry, std::hash::BuildHasherDefault<KeyHasher>>,
+    entries: SeqMap<u64, Entry>,
 }
 
 pub struct Inflight {

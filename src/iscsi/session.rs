@@ -7,7 +7,7 @@
 //! (SendTargets), Asynchronous Messages, Reject and Logout. Sans-IO: PDUs
 //! in, PDUs out (`poll_transmit`) and events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
@@ -17,6 +17,7 @@ use super::gather::Gather;
 use super::login::Negotiated;
 use super::pdu::{padding, Digests, Opcode, Pdu, RunningDigest, BHS_LEN, RESERVED_TAG};
 use super::text;
+use crate::seqhash::SeqMap;
 
 /// Data direction of a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,7 +317,7 @@ impl Task {
 /// (kept as it changes: the receiver asks after every round).
 #[derive(Default)]
 struct Tasks {
-    map: HashMap<u32, Task>,
+    map: SeqMap<u32, Task>,
     awaited: Awaited,
 }
 

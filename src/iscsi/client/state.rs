@@ -13,6 +13,7 @@ use super::halves::Writer;
 use super::{Callback, Cmd, Failure, PrMemory, PrOut, INTERNAL_TAG};
 use crate::iscsi::pdu::Pdu;
 use crate::iscsi::session::{Completion, Data, Event};
+use crate::seqhash::SeqMap;
 
 /// Unit attentions from asynchronous events kept per session at most (the
 /// oldest are dropped: a target flooding events cannot grow memory).
@@ -43,7 +44,7 @@ pub(super) struct State {
     /// Set by an I_T nexus reset: log in again without a backoff.
     pub(super) reconnect_now: bool,
     /// Guest commands not answered yet, by tag.
-    pub(super) pending: HashMap<u64, Pending>,
+    pub(super) pending: SeqMap<u64, Pending>,
     pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
     pub(super) next_tmf: u64,
     /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
