@@ -548,19 +548,31 @@ fn submit_read(c: &Client, len: u32, tx: &std::sync::mpsc::Sender<Vec<u8>>) {
     );
 }
 
-#[test]
-fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
+/// A gated target and a client of it (`name`), with a receive
+/// coalescing timer (returned) far longer than a test: a wait for it would
+/// be seen.
+fn gated_client(name: &str) -> (Arc<Gate>, Fake, Client, Duration) {
     let gate = Arc::new(Gate::default());
     let t = Fake::start(Role::Gated(gate.clone()));
-    // A timer far longer than the test: a wait for it would be seen.
     let delay = Duration::from_secs(5);
     let options = Options {
         coalesce: Coalescing { delay, depth: 16 },
         ..no_discovery()
     };
-    let c = Client::start("stream", vec![t.addr.clone()], params(), options).unwrap();
+    let c = Client::start(name, vec![t.addr.clone()], params(), options).unwrap();
+    (gate, t, c, delay)
+}
+
+/// The data of the gated target's reads: byte i is `i * 7`.
+fn read_data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7) as u8).collect()
+}
+
+#[test]
+fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
+    let (gate, _t, c, delay) = gated_client("stream");
     let (tx, rx) = std::sync::mpsc::channel();
-    let want: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
+    let want = read_data(1 << 20);
     // One 1 MiB read (16 PDUs), its data sent at once: the socket waits
     // for half of it, then for what is left of it.
     submit_read(&c, 1 << 20, &tx);
@@ -605,17 +617,9 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
 
 #[test]
 fn a_stream_wait_ends_with_the_closest_read_and_for_a_small_command_sent_meanwhile() {
-    let gate = Arc::new(Gate::default());
-    let t = Fake::start(Role::Gated(gate.clone()));
-    // A timer far longer than the test: a wait for it would be seen.
-    let delay = Duration::from_secs(5);
-    let options = Options {
-        coalesce: Coalescing { delay, depth: 16 },
-        ..no_discovery()
-    };
-    let c = Client::start("closest", vec![t.addr.clone()], params(), options).unwrap();
+    let (gate, _t, c, delay) = gated_client("closest");
     let (tx, rx) = std::sync::mpsc::channel();
-    let want: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
+    let want = read_data(1 << 20);
     // Data flowing first: Linux grows the socket's receive buffer, and
     // with it the highest mark the client sets.
     for _ in 0..8 {
