@@ -60,8 +60,8 @@ pub struct IscsiLun {
     /// Learn the target's other portals by SendTargets (`discover-portals`).
     pub discover_portals: bool,
     /// Longest an answer of the target waits to be received with others
-    /// while many commands, or only big reads, are in flight
-    /// (`coalesce-us`; zero: never).
+    /// while many commands are in flight (`coalesce-us`; zero: never); a
+    /// wait for the rest of a big read lasts at most this or 2 ms.
     pub coalesce: std::time::Duration,
 }
 

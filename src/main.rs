@@ -79,7 +79,9 @@ enum Command {
         /// the built-in initiator; commands fail after recovery-timeout,
         /// default 120 s, without a session; the target's answers wait at
         /// most coalesce-us, default 200, 0 = never, to be received together
-        /// while many commands or much read data are due; see docs/iscsi.md).
+        /// while many commands are due, and a few big reads' data at most
+        /// 2 ms or coalesce-us for the rest of the closest one; see
+        /// docs/iscsi.md).
         #[arg(
             long,
             value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
