@@ -25,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "vhost-user-scsi")
+WAKEUP_FLOOR = os.path.join(ROOT, "target", "release", "examples", "wakeup_floor")
 DOC = os.path.join(ROOT, "docs", "performance.md")
 SVG = os.path.join(ROOT, "docs", "performance.svg")
 
@@ -142,6 +143,13 @@ def iscsi_rows(a):
     """The daemon passing a tgtd null LUN through (guest side: the load
     generator) next to libiscsi's iscsi-perf on the same LUN."""
     rows = []
+    # The machine's floor under any QD1 figure: one sleep/wake round trip
+    # between two processes (examples/wakeup_floor.rs).
+    trips = [json.loads(sh(WAKEUP_FLOOR, capture_output=True, text=True).stdout)
+             for _ in range(a.repeat)]
+    rows.append({"case": "machine floor: one round trip between two processes, each sleeping in "
+                         "epoll_wait for an eventfd (examples/wakeup_floor.rs)", "floor": True,
+                 "cpu": median(trips, "echo_cpu_us"), "driver_cpu": median(trips, "driver_cpu_us")})
     # The daemon's cost without iSCSI (its virtio side: kicks, interrupts,
     # request parsing) at the same queue depths: a null LUN, same run.
     d = Daemon(["--lun", "null,size=1T"])
@@ -250,7 +258,7 @@ def main():
         with open(a.from_json) as f:
             write_docs(json.load(f))
         return 0
-    sh("cargo", "build", "--release", "--quiet", cwd=ROOT)
+    sh("cargo", "build", "--release", "--quiet", "--bins", "--example", "wakeup_floor", cwd=ROOT)
     if a.only_iscsi:
         print(json.dumps(iscsi_rows(a), indent=1))
         return 0
@@ -315,6 +323,9 @@ def main():
 
 
 def fmt_row(r):
+    if "floor" in r:
+        return (f"| {r['case']} | | {r['cpu']:.2f} (the other side {r['driver_cpu']:.2f}) | "
+                f"| | |")
     if "rx" in r:
         rate, off_rate = ((f"{r['mib_s']:.0f} MiB/s", f"{r['off_mib_s']:.0f} MiB/s") if "mib_s" in r
                           else (f"{r['iops']/1000:.0f}k IOPS", f"{r['off_iops']/1000:.0f}k IOPS"))
