@@ -16,15 +16,17 @@
 //!   everything promptly reaches the mark. The timer bounds the wait for
 //!   one that does not: at most `delay` after a receive round the next one
 //!   runs whatever has arrived.
-//! * `Wait::Stream`: with fewer commands out, all of them big reads and
-//!   `STREAM_DUE` or more still to come, the fewest bytes the target
-//!   still sends for one of them (`Session::least_due`), at most half of
-//!   what it owes in all: whichever read it is sending, its last byte
-//!   reaches the mark, so the wait never delays a completion and needs a
-//!   longer bound only for a target that sends less than it owes (an
-//!   error, a short read): `stream_delay`. A small
-//!   command submitted meanwhile puts the mark back to one byte at once
-//!   (`Client::submit_all`), so its answer does not wait for the read.
+//! * `Wait::Stream`: with fewer commands out, all of them big reads,
+//!   `STREAM_DUE` or more still to come and as much still owed by the
+//!   read closest to done: the fewest bytes the target still sends for
+//!   that read (`Session::least_due`), at most half of what it owes in
+//!   all. Whichever read it is sending, its last byte reaches the mark, so
+//!   the wait never delays a completion and needs a longer bound only for
+//!   a target that sends less than it owes (an error, a short read):
+//!   `stream_delay`. A small command submitted meanwhile puts the mark
+//!   back to one byte at once (`Shared::note_small_sent`), so its answer
+//!   does not wait for the reads' data. Big reads that each owe less are
+//!   waited for as `Wait::Answers`, several at a time.
 //! * `Wait::Any`: otherwise (a round that found nothing, a session with few
 //!   commands, a small one among them, or little data due): one byte, so a
 //!   small command at low depth is never delayed.
@@ -130,10 +132,12 @@ pub(super) fn stream_delay(c: Coalescing) -> Duration {
 /// owes (both less what the reader already holds of a partial PDU).
 /// `Answers` from `c.depth` tasks: half of `due`, at most `c.depth`
 /// answers' worth on average, `cap` and `MAX_LOW_WATER`, rounded down to
-/// four significant bits. `Stream` for fewer big reads with `STREAM_DUE`
-/// due: `least`, at most half of `due` (a lone read's first half is copied
-/// into guest memory while the rest arrives, instead of after all of it),
-/// `cap` and `MAX_STREAM`. `heard`: the last round received something.
+/// four significant bits. For fewer tasks, all big reads with `STREAM_DUE`
+/// due: `Stream` if `least` is `STREAM_DUE` or more (`least`, at most half
+/// of `due`, so that a lone read's first half is copied into guest memory
+/// while the rest arrives instead of after all of it, `cap` and
+/// `MAX_STREAM`), `Answers` otherwise. `heard`: the last round received
+/// something.
 pub(super) fn next_wait(
     c: Coalescing,
     out: Awaited,
@@ -197,9 +201,9 @@ impl Timer {
     /// Make sure the timer expires no later than `delay` from now (Some),
     /// or disarm it (None); false if it could not be armed (it is then
     /// disarmed). An armed timer that expires between `delay / 2` and
-    /// `delay` from now is left alone: re-arming costs a system call (and, in a virtual
-    /// machine, an exit), and a receive round often comes every few
-    /// microseconds.
+    /// `delay` from now is left alone: re-arming costs a system call (and,
+    /// in a virtual machine, an exit), and a receive round often comes
+    /// every few microseconds.
     pub(super) fn set(&mut self, delay: Option<Duration>) -> bool {
         match delay {
             Some(d) => {
