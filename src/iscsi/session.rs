@@ -550,10 +550,12 @@ impl Session {
             let Some(itt) = self.waiting.pop_front() else {
                 break;
             };
+            // Taken out for the call, so it is filled in place.
+            let mut out = std::mem::take(&mut self.out);
             if let Some(t) = self.tasks.get(&itt) {
-                let pdus = self.command_pdus(itt, t);
-                self.out.extend(pdus);
+                self.command_pdus(itt, t, &mut out);
             }
+            self.out = out;
             let cmd_sn = self.cmd_sn;
             self.tasks.update(itt, |t| {
                 t.sent = true;
@@ -563,8 +565,9 @@ impl Session {
         }
     }
 
-    /// The SCSI Command PDU and any immediate / unsolicited data.
-    fn command_pdus(&self, itt: u32, t: &Task) -> Vec<Outgoing> {
+    /// Queue the SCSI Command PDU and any immediate / unsolicited data on
+    /// `out`.
+    fn command_pdus(&self, itt: u32, t: &Task, out: &mut VecDeque<Outgoing>) {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         let mut flags = 0x01; // ATTR: SIMPLE
         if t.read_len > 0 {
@@ -598,7 +601,6 @@ impl Session {
             }
             p.ahs = ahs;
         }
-        let mut out = Vec::new();
         let mut sent = 0usize;
         let first_burst = self.n.first_burst_length as usize;
         let mx = self.n.max_xmit_data_segment_length as usize;
@@ -614,14 +616,13 @@ impl Session {
             flags |= 0x80; // F: no unsolicited Data-Out follows
         }
         p.set_flags(flags);
-        out.push(Outgoing {
+        out.push_back(Outgoing {
             pdu: p,
             data: (sent > 0).then_some((itt, t.tag, 0, sent)),
         });
         if sent < unsolicited_end {
             out.extend(self.data_out(itt, t, sent, unsolicited_end - sent, RESERVED_TAG));
         }
-        out
     }
 
     /// Data-Out PDUs for `len` bytes from `offset` (RFC 7143 11.7).
@@ -938,8 +939,15 @@ impl Session {
     }
 
     /// Handle one PDU from the target.
-    pub fn receive(&mut self, mut p: Pdu) -> Result<Vec<Event>, SessionError> {
+    pub fn receive(&mut self, p: Pdu) -> Result<Vec<Event>, SessionError> {
         let mut ev = Vec::new();
+        self.receive_into(p, &mut ev)?;
+        Ok(ev)
+    }
+
+    /// Handle one PDU from the target, adding what it brings about to `ev`
+    /// (a receiver keeps one vector for a round of PDUs).
+    pub fn receive_into(&mut self, mut p: Pdu, ev: &mut Vec<Event>) -> Result<(), SessionError> {
         let op = p.opcode().ok_or_else(|| protocol("unknown opcode"))?;
         match op {
             Opcode::DataIn => {
@@ -1121,7 +1129,7 @@ impl Session {
             }
         }
         self.pump();
-        Ok(ev)
+        Ok(())
     }
 
     /// Every unfinished command, for retrying on a new session after a

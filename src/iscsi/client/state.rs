@@ -184,12 +184,9 @@ impl State {
         let mut events = Vec::new();
         let mut result = Ok(());
         for p in pdus.drain(..) {
-            match w.session.receive(p) {
-                Ok(e) => events.extend(e),
-                Err(e) => {
-                    result = Err(e.to_string());
-                    break;
-                }
+            if let Err(e) = w.session.receive_into(p, &mut events) {
+                result = Err(e.to_string());
+                break;
             }
         }
         for e in events {
