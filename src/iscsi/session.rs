@@ -273,6 +273,12 @@ struct Task {
 /// one go (`Awaited::small`).
 pub const BIG_READ: u32 = 64 * 1024;
 
+/// Whether a task asking for `read_len` bytes of data-in is a small one
+/// (answered in one go), not a big read.
+pub fn is_small(read_len: u32) -> bool {
+    read_len < BIG_READ
+}
+
 /// What the tasks out at the target still owe: receive coalescing sizes
 /// its waits with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,7 +313,7 @@ impl Task {
         }
         Awaited {
             tasks: 1,
-            small: usize::from(self.read_len < BIG_READ),
+            small: usize::from(is_small(self.read_len)),
             data: self.read_len.saturating_sub(self.received) as usize,
         }
     }
@@ -484,8 +490,8 @@ impl Session {
         let d = self.n.digests;
         let per_pdu = BHS_LEN + 4 * usize::from(d.header) + 4 * usize::from(d.data);
         let mut least: Option<usize> = None;
-        for t in self.tasks.map.values().filter(|t| t.sent) {
-            if t.read_len < BIG_READ {
+        for (_, t) in self.tasks.iter().filter(|(_, t)| t.sent) {
+            if is_small(t.read_len) {
                 return None;
             }
             let data = t.read_len.saturating_sub(t.received) as usize;
@@ -546,16 +552,15 @@ impl Session {
 
     /// Send what the window allows.
     fn pump(&mut self) {
+        // Taken out while commands are encoded, so they are queued in place.
+        let mut out = std::mem::take(&mut self.out);
         while self.window_open() {
             let Some(itt) = self.waiting.pop_front() else {
                 break;
             };
-            // Taken out for the call, so it is filled in place.
-            let mut out = std::mem::take(&mut self.out);
             if let Some(t) = self.tasks.get(&itt) {
                 self.command_pdus(itt, t, &mut out);
             }
-            self.out = out;
             let cmd_sn = self.cmd_sn;
             self.tasks.update(itt, |t| {
                 t.sent = true;
@@ -563,6 +568,7 @@ impl Session {
             });
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
         }
+        self.out = out;
     }
 
     /// Queue the SCSI Command PDU and any immediate / unsolicited data on

@@ -46,7 +46,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::session::{tmf_covers, Awaited, Completion, Data, BIG_READ};
+use super::session::{is_small, tmf_covers, Awaited, Completion, Data};
 pub use coalesce::Coalescing;
 use coalesce::{next_wait, Timer, Wait, ANSWER_HEADER};
 use halves::{set_receive_low_water, split, Reader, Writer};
@@ -590,7 +590,7 @@ impl Client {
             }
             match st.writer.as_mut() {
                 Some(w) if up => {
-                    small |= r.data.read_len() < BIG_READ;
+                    small |= is_small(r.data.read_len());
                     w.session.submit(tag, r.lun, r.cdb, r.data);
                 }
                 _ => {
