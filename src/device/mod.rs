@@ -13,6 +13,7 @@ mod request;
 mod sink;
 #[cfg(test)]
 mod tests;
+mod vring;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -20,10 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -50,7 +51,7 @@ pub const DEFAULT_REQUEST_QUEUES: usize = 16;
 /// before the rest go to debug (a misbehaving guest must not flood the log).
 const WARN_LIMIT: u32 = 16;
 
-pub type Vring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap<()>>>;
+pub use vring::Vring;
 
 /// One controller as configured: its target (LUNs) and its nexus identity,
 /// which stays the same across connections.

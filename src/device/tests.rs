@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -49,7 +49,7 @@ fn vring(
     atomic: &GuestMemoryAtomic<GuestMemoryMmap<()>>,
     mock: &MockSplitQueue<GuestMemoryMmap<()>>,
 ) -> Vring {
-    let v = VringRwLock::new(atomic.clone(), QUEUE_SIZE).unwrap();
+    let v = Vring::new(atomic.clone(), QUEUE_SIZE).unwrap();
     v.set_queue_size(QUEUE_SIZE);
     v.set_queue_info(
         mock.desc_table_addr().0,
@@ -232,6 +232,8 @@ fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
     // SAFETY: `dup` is a fresh descriptor owned by nobody else.
     h.req
         .set_call(Some(unsafe { std::fs::File::from_raw_fd(dup) }));
+    // A running ring's new call eventfd is signalled once (vring.rs).
+    assert_eq!(call.read().unwrap(), 1);
     // A command stays in flight (as one at an iSCSI target would), so the
     // queue counts as busy.
     let busy = h
