@@ -95,6 +95,16 @@ mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/pts /run /var/run
 for m in virtio_pci virtio_scsi sd_mod sg qemu_fw_cfg; do modprobe "$m" 2>/dev/null; done
 echo 0 > /proc/sys/kernel/printk 2>/dev/null
+# vus_watchdog=N on the command line: if the test still runs after N s,
+# put the kernel log and what every process waits in on the console (the
+# harness kills the guest soon after).
+wd=$(sed -n 's/.*vus_watchdog=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$wd" ]; then
+    (sleep "$wd"; echo "=== guest watchdog after $wd s"; dmesg | tail -40
+     for p in /proc/[0-9]*; do
+         echo "$(basename $p) $(cat $p/comm 2>/dev/null) $(cat $p/wchan 2>/dev/null)"
+     done) &
+fi
 raw=/sys/firmware/qemu_fw_cfg/by_name/opt/test/raw
 i=0
 while [ ! -e "$raw" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done

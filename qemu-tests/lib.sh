@@ -129,16 +129,31 @@ boot_guest() {
     GUEST_N=$((GUEST_N + 1))
     local console=$LOG_DIR/guest$GUEST_N.log
     local mem=${GUEST_MEM:-512}
+    local monitor=$WORK/guest$GUEST_N.mon timeout=${GUEST_TIMEOUT:-240}
     # shellcheck disable=SC2086
-    timeout "${GUEST_TIMEOUT:-240}" "$QEMU" $QEMU_ARGS \
+    "$QEMU" $QEMU_ARGS \
         -accel tcg -nodefaults -no-reboot -display none \
         -m "$mem" -smp "${SMP:-1}" \
         -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
         -kernel "$GUEST_DIR/vmlinuz" -initrd "${GUEST_INITRD:-$GUEST_DIR/initrd}" \
-        -append "console=ttyS0 panic=-1 quiet" \
+        -append "console=ttyS0 panic=-1 quiet vus_watchdog=$((timeout > 30 ? timeout - 15 : timeout))" \
         -serial "file:$console" \
+        -monitor "unix:$monitor,server=on,wait=off" \
         -fw_cfg name=opt/test,file="$script" \
-        "$@" >"$console.qemu" 2>&1 || true
+        "$@" >"$console.qemu" 2>&1 &
+    local qemu_pid=$! deadline=$((SECONDS + timeout))
+    while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.2
+    done
+    if kill -0 "$qemu_pid" 2>/dev/null; then
+        # Timed out: record what the guest, QEMU and the daemon were doing.
+        # shellcheck disable=SC2086
+        python3 "$(dirname "${BASH_SOURCE[0]}")/hang-dump.py" "$monitor" "$qemu_pid" \
+            $DAEMON_PID "$(cat "$WORK/tgtd.pid" 2>/dev/null)" >"$console.hang" 2>&1 || true
+        echo "  guest $GUEST_N timed out after $timeout s (state in $console.hang)" >&2
+        kill -KILL "$qemu_pid" 2>/dev/null || true
+    fi
+    wait "$qemu_pid" 2>/dev/null || true
     local line
     line=$(grep -a 'GUEST-RESULT:' "$console" | tail -1 | tr -d '\r' || true)
     if [[ -z $line ]]; then

@@ -61,6 +61,16 @@ for q in "${qemus[@]}"; do
                 echo "    --- $(basename "$g") (last lines)"
                 tr -d '\r' <"$g" | grep -av '^$' | tail -25 | sed 's/^/    /'
             done
+            for g in "$dir"/guest*.log.qemu; do
+                [[ -s $g ]] || continue
+                echo "    --- $(basename "$g") (last lines)"
+                tail -10 "$g" | sed 's/^/    /'
+            done
+            for g in "$dir"/guest*.log.hang; do
+                [[ -e $g ]] || continue
+                echo "    --- $(basename "$g") (kernel stacks in the file)"
+                grep -v '^    ' "$g" | head -60 | sed 's/^/    /'
+            done
             echo "    --- daemon.log (last lines)"
             tail -15 "$dir/daemon.log" 2>/dev/null | sed 's/^/    /'
             failed=$((failed + 1))
