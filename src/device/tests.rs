@@ -220,18 +220,12 @@ fn inquiry_writes_data_and_response_with_residual() {
 
 #[test]
 fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let mut h = Harness::with_coalescing(super::coalesce::Policy {
         delay: Duration::from_secs(1),
         depth: 1,
     });
-    let call = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    // SAFETY: dup() of an eventfd we own; the File owns the duplicate.
-    let dup = unsafe { libc::dup(call.as_raw_fd()) };
-    assert!(dup >= 0);
-    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-    h.req
-        .set_call(Some(unsafe { std::fs::File::from_raw_fd(dup) }));
+    let (call, call_file) = super::vring::tests::call_fd();
+    h.req.set_call(Some(call_file));
     // A running ring's new call eventfd is signalled once (vring.rs).
     assert_eq!(call.read().unwrap(), 1);
     // A command stays in flight (as one at an iSCSI target would), so the

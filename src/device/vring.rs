@@ -132,7 +132,7 @@ impl VringT<Mem> for Vring {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::fd::{AsRawFd, FromRawFd};
 
     use vm_memory::GuestAddress;
@@ -150,7 +150,7 @@ mod tests {
 
     /// An eventfd and a `File` for the same eventfd object (what the
     /// front-end keeps and what SET_VRING_CALL hands us).
-    fn call_fd() -> (EventFd, File) {
+    pub(in crate::device) fn call_fd() -> (EventFd, File) {
         let e = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         // SAFETY: dup returns a new descriptor we own (checked below).
         let dup = unsafe { libc::dup(e.as_raw_fd()) };
