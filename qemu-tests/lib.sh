@@ -25,6 +25,14 @@ GUEST_N=0
 TGTD_PID=
 TGT_PORT=
 cleanup() {
+    # Guests still running (a scenario that failed, or was killed, while a
+    # guest booted in a background subshell, whose traps do not run).
+    local pid
+    for pid in $(cat "$WORK/qemu.pids" 2>/dev/null); do
+        if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == qemu* ]]; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
     stop_tgtd
     if [[ -n ${DAEMON_PID} ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
         kill -KILL "$DAEMON_PID" 2>/dev/null || true
@@ -136,12 +144,13 @@ boot_guest() {
         -m "$mem" -smp "${SMP:-1}" \
         -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
         -kernel "$GUEST_DIR/vmlinuz" -initrd "${GUEST_INITRD:-$GUEST_DIR/initrd}" \
-        -append "console=ttyS0 panic=-1 quiet vus_watchdog=$((timeout > 30 ? timeout - 15 : timeout))" \
+        -append "console=ttyS0 panic=-1 quiet vus_watchdog=$((timeout > 30 ? timeout - 15 : timeout * 2 / 3))" \
         -serial "file:$console" \
         -monitor "unix:$monitor,server=on,wait=off" \
         -fw_cfg name=opt/test,file="$script" \
         "$@" >"$console.qemu" 2>&1 &
     local qemu_pid=$! deadline=$((SECONDS + timeout))
+    echo "$qemu_pid" >>"$WORK/qemu.pids"
     while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
         sleep 0.2
     done
