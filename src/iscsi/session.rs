@@ -260,6 +260,11 @@ struct Task {
     received: u32,
     /// Whether the command PDU has gone out.
     sent: bool,
+    /// Bytes of write data the target may still ask for with R2Ts: at
+    /// ErrorRecoveryLevel 0 it asks for each byte once at most (no recovery
+    /// R2Ts), so a target cannot make the session send a command's data
+    /// over and over.
+    solicitable: usize,
     /// CmdSN the command went out with (for a TMF: the one it carried).
     cmd_sn: u32,
     /// For a task management request: its function and, for ABORT TASK,
@@ -540,6 +545,7 @@ impl Session {
                 sink,
                 received: 0,
                 sent: false,
+                solicitable: 0,
                 cmd_sn: 0,
                 tmf: None,
                 ref_itt: RESERVED_TAG,
@@ -558,13 +564,16 @@ impl Session {
             let Some(itt) = self.waiting.pop_front() else {
                 break;
             };
+            let mut solicitable = 0;
             if let Some(t) = self.tasks.get(&itt) {
                 self.command_pdus(itt, t, &mut out);
+                solicitable = t.write.len() - self.unsolicited_len(t);
             }
             let cmd_sn = self.cmd_sn;
             self.tasks.update(itt, |t| {
                 t.sent = true;
                 t.cmd_sn = cmd_sn;
+                t.solicitable = solicitable;
             });
             self.cmd_sn = self.cmd_sn.wrapping_add(1);
         }
@@ -607,17 +616,8 @@ impl Session {
             }
             p.ahs = ahs;
         }
-        let mut sent = 0usize;
-        let first_burst = self.n.first_burst_length as usize;
-        let mx = self.n.max_xmit_data_segment_length as usize;
-        if !t.write.is_empty() && self.n.immediate_data {
-            sent = t.write.len().min(first_burst).min(mx);
-        }
-        let unsolicited_end = if self.n.initial_r2t {
-            sent
-        } else {
-            t.write.len().min(first_burst)
-        };
+        let sent = self.immediate_len(t);
+        let unsolicited_end = self.unsolicited_len(t);
         if sent >= unsolicited_end {
             flags |= 0x80; // F: no unsolicited Data-Out follows
         }
@@ -628,6 +628,31 @@ impl Session {
         });
         if sent < unsolicited_end {
             out.extend(self.data_out(itt, t, sent, unsolicited_end - sent, RESERVED_TAG));
+        }
+    }
+
+    /// Bytes of a command's write data sent as immediate data, in the
+    /// command PDU (RFC 7143 3.2.4.2).
+    fn immediate_len(&self, t: &Task) -> usize {
+        if self.n.immediate_data {
+            let mx = self.n.max_xmit_data_segment_length as usize;
+            t.write
+                .len()
+                .min(self.n.first_burst_length as usize)
+                .min(mx)
+        } else {
+            0
+        }
+    }
+
+    /// Bytes of a command's write data sent unsolicited (immediate data and
+    /// unsolicited Data-Out, within FirstBurstLength); the target asks for
+    /// the rest with R2Ts.
+    fn unsolicited_len(&self, t: &Task) -> usize {
+        if self.n.initial_r2t {
+            self.immediate_len(t)
+        } else {
+            t.write.len().min(self.n.first_burst_length as usize)
         }
     }
 
@@ -830,6 +855,7 @@ impl Session {
                 sink: None,
                 received: 0,
                 sent: true,
+                solicitable: 0,
                 cmd_sn: self.cmd_sn,
                 tmf: Some(function),
                 ref_itt,
@@ -1028,8 +1054,17 @@ impl Session {
                 if offset.checked_add(len).is_none_or(|e| e > t.write.len()) {
                     return Err(protocol("R2T beyond the write data"));
                 }
+                if len > t.solicitable {
+                    return Err(protocol(format!(
+                        "R2T for {len} bytes of task {itt:#x}, which has {} left to ask for",
+                        t.solicitable
+                    )));
+                }
                 let pdus = self.data_out(itt, t, offset, len, p.ttt());
                 self.out.extend(pdus);
+                if let Some(t) = self.tasks.get_mut(&itt) {
+                    t.solicitable -= len;
+                }
             }
             Opcode::NopIn => {
                 self.update_sn(&p, p.itt() != RESERVED_TAG);
@@ -1255,6 +1290,46 @@ pub(crate) mod tests {
             off += p.data.len();
         }
         assert_eq!(off, 40000);
+    }
+
+    fn r2t(itt: u32, ttt: u32, offset: u32, len: u32) -> Pdu {
+        let mut p = Pdu::new(Opcode::ReadyToTransfer);
+        p.set_flags(0x80);
+        p.set_itt(itt);
+        p.set_u32(20, ttt);
+        p.set_u32(40, offset);
+        p.set_u32(44, len);
+        p
+    }
+
+    #[test]
+    fn a_target_cannot_ask_for_a_writes_data_twice() {
+        // 40000 bytes, 8192 of them immediate: 31808 left to ask for, in
+        // as many R2Ts as the target likes.
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(1, LUN, [0x2a; 10], Data::Write(vec![7; 40000]));
+        drain(&mut s);
+        s.receive(r2t(itt, 1, 8192, 16384)).unwrap();
+        s.receive(r2t(itt, 2, 24576, 15424)).unwrap();
+        assert_eq!(drain(&mut s).len(), 4);
+        // Asking again (a loop of R2Ts would have the session send the
+        // data again and again, faster than a slow reader drains it) ends
+        // the connection, and the command is retried on the next one.
+        let e = s.receive(r2t(itt, 3, 8192, 8192)).unwrap_err();
+        assert!(e.to_string().contains("0 left"), "{e}");
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.take_unfinished().len(), 1);
+
+        // Unsolicited data (InitialR2T=No) is not asked for either.
+        let mut s = Session::new(negotiated(false, false, 100));
+        let itt = s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 70000]));
+        drain(&mut s);
+        assert!(s.receive(r2t(itt, 1, 0, 70000)).is_err());
+        let mut s = Session::new(negotiated(false, false, 100));
+        let itt = s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 70000]));
+        drain(&mut s);
+        s.receive(r2t(itt, 1, 65536, 70000 - 65536)).unwrap();
+        assert_eq!(drain(&mut s).len(), 1);
     }
 
     #[test]
