@@ -37,6 +37,10 @@ enum Role {
     /// is answered with its data (byte i is `i * 7`) in 64 KiB Data-In
     /// PDUs, each held and released on its own, the last with status.
     Gated(Arc<Gate>),
+    /// Logins succeed; at the first WRITE(10) it stops reading for good,
+    /// yet goes on talking: a NOP-In every 100 ms, each opening the
+    /// command window wide.
+    Deaf,
 }
 
 /// Answers held back by a `Role::Gated` target.
@@ -188,7 +192,7 @@ fn serve(
                         send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                         return;
                     }
-                    Role::Target { .. } | Role::Gated(_) => {
+                    Role::Target { .. } | Role::Gated(_) | Role::Deaf => {
                         let event = match &role {
                             Role::Target { event, .. } => event.as_ref(),
                             _ => None,
@@ -234,6 +238,23 @@ fn serve(
                 r.set_u32(20, 0xffff_ffff);
                 r.data = text::encode(&keys);
                 send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+            }
+            Some(Opcode::ScsiCommand) if matches!(role, Role::Deaf) && p.bhs[32] == 0x2a => {
+                commands.fetch_add(1, Ordering::Relaxed);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut r = Pdu::new(Opcode::NopIn);
+                    r.set_flags(0x80);
+                    r.set_itt(0xffff_ffff);
+                    r.set_u32(20, 0xffff_ffff);
+                    r.set_u32(24, stat_sn);
+                    r.set_u32(28, exp_cmd_sn);
+                    r.set_u32(32, exp_cmd_sn.wrapping_add(100_000));
+                    if s.write_all(&r.encode(Digests::default())).is_err() {
+                        return;
+                    }
+                    sleep(Duration::from_millis(100));
+                }
+                return;
             }
             Some(Opcode::ScsiCommand) => {
                 commands.fetch_add(1, Ordering::Relaxed);
@@ -659,4 +680,47 @@ fn a_stream_wait_ends_with_the_closest_read_and_for_a_small_command_sent_meanwhi
     let got = rx.recv_timeout(delay / 2).expect("the second read waited");
     assert!(got == want);
     c.shutdown();
+}
+
+#[test]
+fn a_target_that_talks_but_takes_nothing_is_given_up_and_logged_in_to_again() {
+    // Its NOP-Ins keep the keepalive quiet, so only the writer, whose
+    // bytes the socket stopped taking, can tell.
+    let t = Fake::start(Role::Deaf);
+    let c = Client::start("deaf", vec![t.addr.clone()], params(), no_discovery()).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    // More write data than the two sockets' buffers hold.
+    let start = Instant::now();
+    for i in 0..512u32 {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&(i * 128).to_be_bytes());
+        cdb[7..9].copy_from_slice(&128u16.to_be_bytes());
+        c.submit(
+            LUN1,
+            &cdb,
+            Data::Write(vec![i as u8; 65536]),
+            Box::new(|_| None),
+        );
+    }
+    while t.logins() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the stalled connection was kept"
+        );
+        sleep(Duration::from_millis(100));
+    }
+    // Not before the writer's patience (15 s) ran out.
+    assert!(
+        start.elapsed() >= Duration::from_secs(14),
+        "{:?}",
+        start.elapsed()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        c.shutdown();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("shutdown hung");
 }

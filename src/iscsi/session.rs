@@ -1205,7 +1205,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::iscsi::pdu::Digests;
 
-    fn negotiated(immediate: bool, initial_r2t: bool, max_cmd_sn: u32) -> Negotiated {
+    pub(crate) fn negotiated(immediate: bool, initial_r2t: bool, max_cmd_sn: u32) -> Negotiated {
         Negotiated {
             digests: Digests::default(),
             max_xmit_data_segment_length: 8192,

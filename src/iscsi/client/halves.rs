@@ -7,6 +7,7 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::gather::Gather;
@@ -26,6 +27,9 @@ pub(super) struct Writer {
     pub(super) tx: Gather,
     /// Why a write failed; the session thread then reconnects.
     pub(super) broken: Option<String>,
+    /// Since when bytes have waited in `tx` without the socket taking
+    /// any (None: nothing waits, or the last flush sent some).
+    stalled_since: Option<Instant>,
 }
 
 impl Writer {
@@ -34,14 +38,20 @@ impl Writer {
     pub(super) fn flush(&mut self) -> bool {
         self.session.transmit_into(self.digests, &mut self.tx);
         let fd = self.stream.as_raw_fd();
+        let mut progress = false;
         while !self.tx.is_empty() {
             match self.tx.write_to(fd) {
                 Ok(0) => {
                     self.broken = Some("connection closed".into());
                     return false;
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if progress || self.stalled_since.is_none() {
+                        self.stalled_since = Some(Instant::now());
+                    }
+                    return false;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.broken = Some(e.to_string());
@@ -49,12 +59,20 @@ impl Writer {
                 }
             }
         }
+        self.stalled_since = None;
         self.tx.shrink(TX_KEEP);
         true
     }
 
     pub(super) fn pending(&self) -> bool {
         !self.tx.is_empty()
+    }
+
+    /// How long the socket has taken none of the bytes waiting to be
+    /// sent: a target that stops reading while it goes on sending (NOP-Ins,
+    /// say) never falls silent, and what the session owes it would pile up.
+    pub(super) fn stalled_for(&self) -> Duration {
+        self.stalled_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 }
 
@@ -522,13 +540,14 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
         digests,
         tx: Gather::default(),
         broken: None,
+        stalled_since: None,
     };
     Ok((reader, writer))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -593,6 +612,67 @@ mod tests {
         let (near, _) = l.accept().unwrap();
         near.set_nonblocking(true).unwrap();
         (Reader::new(near, digests, 1 << 20, Vec::new()), far)
+    }
+
+    #[test]
+    fn a_writer_knows_how_long_the_target_has_taken_nothing() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut far, _) = l.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        let mut w = Writer {
+            stream: near,
+            session: Session::new(crate::iscsi::session::tests::negotiated(true, true, 10)),
+            digests: Digests::default(),
+            tx: Gather::default(),
+            broken: None,
+            stalled_since: None,
+        };
+        assert!(w.flush());
+        assert_eq!(w.stalled_for(), Duration::ZERO);
+        // More than the socket buffers hold, and a peer that reads none.
+        // (The kernel may take a little more for a while, as it grows its
+        // buffers or the peer's window opens a crack: within 5 s the
+        // writer must see 100 ms without progress.)
+        w.tx.bytes().resize(64 << 20, 0);
+        let start = Instant::now();
+        while w.stalled_for() < Duration::from_millis(100) {
+            assert!(start.elapsed() < Duration::from_secs(5), "no stall seen");
+            std::thread::sleep(Duration::from_millis(10));
+            assert!(!w.flush());
+        }
+        // The peer reads some: the socket takes more, the clock restarts.
+        // (A window update needs a good part of the peer's buffer read.)
+        let mut buf = vec![0; 64 << 10];
+        let mut taken = 0;
+        let start = Instant::now();
+        while w.stalled_for() >= Duration::from_millis(100) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "progress not seen"
+            );
+            far.read_exact(&mut buf).unwrap();
+            taken += buf.len();
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(!w.flush());
+        }
+        // The peer reads everything: nothing waits, nothing is stalled.
+        let reader = std::thread::spawn(move || {
+            let mut n = 0;
+            while let Ok(k) = far.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            n
+        });
+        while !w.flush() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.stalled_for(), Duration::ZERO);
+        drop(w);
+        assert_eq!(reader.join().unwrap() + taken, 64 << 20);
     }
 
     const HEADER_DIGEST: Digests = Digests {

@@ -206,6 +206,11 @@ impl SessionThread {
                 if let Some(e) = w.broken.take() {
                     failure.get_or_insert(Some(format!("connection lost: {e}")));
                 }
+                if w.stalled_for() > DEAD_AFTER {
+                    failure.get_or_insert(Some(format!(
+                        "the target has taken none of our data for {DEAD_AFTER:?}"
+                    )));
+                }
             }
             if let Some(why) = failure {
                 if let Some(e) = why {
