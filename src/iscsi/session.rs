@@ -926,6 +926,11 @@ impl Session {
         sense: Vec<u8>,
         residual: i64,
     ) -> Option<Event> {
+        // A task management request ends with its own response only; a
+        // target naming one in a SCSI Response or Data-In is not heard.
+        if self.tasks.get(&itt)?.tmf.is_some() {
+            return None;
+        }
         let t = self.tasks.remove(&itt)?;
         let mut data = t.data;
         data.truncate(t.received as usize);
@@ -1137,8 +1142,20 @@ impl Session {
                 // The rejected PDU's header is the data segment.
                 if p.data.len() >= 20 {
                     let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
-                    // A rejected command finishes with a target failure.
-                    ev.extend(self.complete(itt, 0x01, 0, Vec::new(), 0));
+                    match self.tasks.get(&itt).map(|t| t.tmf.is_some()) {
+                        // A rejected task management request: "function
+                        // rejected" (RFC 7143 11.6.1), and nothing ended.
+                        Some(true) => {
+                            if let Some(t) = self.tasks.remove(&itt) {
+                                ev.push(Event::TaskManagement {
+                                    tag: t.tag,
+                                    response: 255,
+                                });
+                            }
+                        }
+                        // A rejected command finishes with a target failure.
+                        _ => ev.extend(self.complete(itt, 0x01, 0, Vec::new(), 0)),
+                    }
                 }
             }
             Opcode::TaskMgmtResponse => {
@@ -1839,6 +1856,39 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_task_management_request_ends_only_with_its_own_response_or_a_reject() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        drain(&mut s);
+        s.task_management(50, 5, LUN, None);
+        let tmf = drain(&mut s).remove(0);
+        // A SCSI Response and a Data-In with status naming the request's
+        // ITT do not end it (nor turn it into a command's completion).
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(tmf.itt());
+        assert!(s.receive(r).unwrap().is_empty());
+        let d = data_in_header(tmf.itt(), 0, 0, 0x81);
+        assert!(s.receive(d).unwrap().is_empty());
+        assert_eq!(s.in_flight(), 2);
+        // A Reject of it: "function rejected", and no command ended.
+        let mut rj = Pdu::new(Opcode::Reject);
+        rj.set_flags(0x80);
+        rj.set_byte(2, 0x09); // invalid PDU field
+        rj.data = tmf.bhs.to_vec();
+        assert_eq!(
+            s.receive(rj).unwrap(),
+            vec![Event::TaskManagement {
+                tag: 50,
+                response: 255
+            }]
+        );
+        assert_eq!(s.in_flight(), 1);
+        // Its response, should one still come, finds nothing.
+        assert!(s.receive(tmf_response(tmf.itt(), 0)).unwrap().is_empty());
     }
 
     #[test]
