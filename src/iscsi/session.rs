@@ -564,11 +564,13 @@ impl Session {
             let Some(itt) = self.waiting.pop_front() else {
                 break;
             };
-            let mut solicitable = 0;
-            if let Some(t) = self.tasks.get(&itt) {
-                self.command_pdus(itt, t, &mut out);
-                solicitable = t.write.len() - self.unsolicited_len(t);
-            }
+            // A task that ended before it went out takes no CmdSN: a gap
+            // would stall every later command at the target.
+            let Some(t) = self.tasks.get(&itt) else {
+                continue;
+            };
+            self.command_pdus(itt, t, &mut out);
+            let solicitable = t.write.len() - self.unsolicited_len(t);
             let cmd_sn = self.cmd_sn;
             self.tasks.update(itt, |t| {
                 t.sent = true;
@@ -926,9 +928,14 @@ impl Session {
         sense: Vec<u8>,
         residual: i64,
     ) -> Option<Event> {
-        // A task management request ends with its own response only; a
-        // target naming one in a SCSI Response or Data-In is not heard.
-        if self.tasks.get(&itt)?.tmf.is_some() {
+        // A task management request ends with its own response only, and
+        // a command once it has gone out: a target naming either otherwise
+        // is not heard.
+        if self
+            .tasks
+            .get(&itt)
+            .is_none_or(|t| t.tmf.is_some() || !t.sent)
+        {
             return None;
         }
         let t = self.tasks.remove(&itt)?;
@@ -966,7 +973,7 @@ impl Session {
         if p.opcode() != Some(Opcode::DataIn) {
             return None;
         }
-        let t = self.tasks.get(&p.itt())?;
+        let t = self.tasks.get(&p.itt()).filter(|t| t.sent)?;
         let k = t.sink.as_ref()?;
         let offset = p.u32_at(40) as usize;
         offset
@@ -994,6 +1001,7 @@ impl Session {
                 let t = self
                     .tasks
                     .get_mut(&itt)
+                    .filter(|t| t.sent)
                     .ok_or_else(|| protocol(format!("Data-In for unknown task {itt:#x}")))?;
                 let offset = p.u32_at(40) as usize;
                 // A segment whose data is missing from a PDU whose header
@@ -1160,7 +1168,10 @@ impl Session {
             }
             Opcode::TaskMgmtResponse => {
                 self.update_sn(&p, true);
-                if let Some(t) = self.tasks.remove(&p.itt()) {
+                // Only a task management request's own ITT: a response
+                // naming a command must not make it vanish unanswered.
+                let tmf = self.tasks.get(&p.itt()).is_some_and(|t| t.tmf.is_some());
+                if let Some(t) = tmf.then(|| self.tasks.remove(&p.itt())).flatten() {
                     let response = p.byte(2);
                     let reset = matches!(t.tmf, Some(5..=7));
                     ev.extend(
@@ -1889,6 +1900,50 @@ pub(crate) mod tests {
         assert_eq!(s.in_flight(), 1);
         // Its response, should one still come, finds nothing.
         assert!(s.receive(tmf_response(tmf.itt(), 0)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn answers_naming_a_command_not_sent_yet_do_not_end_it_or_skip_its_cmd_sn() {
+        // Window of one command (CmdSN 10): the second waits.
+        let mut s = Session::new(negotiated(true, true, 10));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 512])));
+        let waiting = s.submit(2, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink)));
+        drain(&mut s);
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(waiting);
+        assert!(s.receive(r).unwrap().is_empty());
+        let d = data_in_header(waiting, 0, 512, 0x81);
+        assert_eq!(s.place(&d.bhs), None);
+        assert!(s.receive(d).is_err());
+        let mut s = Session::new(negotiated(true, true, 10));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        let waiting = s.submit(2, LUN, [0x28; 10], Data::Read(512));
+        let first = drain(&mut s).remove(0);
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(waiting);
+        assert!(s.receive(r).unwrap().is_empty());
+        // The first one's answer opens the window: the second goes out with
+        // the next CmdSN, not one past it.
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(first.itt());
+        r.set_u32(28, 11);
+        r.set_u32(32, 11);
+        assert_eq!(s.receive(r).unwrap().len(), 1);
+        let next = drain(&mut s);
+        assert_eq!((next[0].itt(), next[0].u32_at(24)), (waiting, 11));
+    }
+
+    #[test]
+    fn a_task_management_response_naming_a_command_leaves_it_be() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        drain(&mut s);
+        assert!(s.receive(tmf_response(itt, 0)).unwrap().is_empty());
+        assert_eq!(s.in_flight(), 1);
     }
 
     #[test]
