@@ -2067,6 +2067,7 @@ pub(crate) mod tests {
                 s.submit(6, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink)));
                 s.task_management(4, 5, LUN, None);
                 s.task_management(5, 1, LUN, Some(1));
+                let mut ended = Vec::new();
                 for p in pdus {
                     let _ = drain(&mut s);
                     // What the Reader would ask before receiving the data.
@@ -2074,10 +2075,31 @@ pub(crate) mod tests {
                     let r = s.receive(p);
                     // The counts receive coalescing relies on stay exact.
                     prop_assert_eq!(s.awaited(), s.tasks.recount());
-                    if r.is_err() {
+                    let Ok(events) = r else {
                         break;
+                    };
+                    for e in events {
+                        match e {
+                            Event::Completed(c) => {
+                                prop_assert!(!matches!(c.tag, 4 | 5), "{}", c.tag);
+                                ended.push(c.tag);
+                            }
+                            Event::Terminated { tag, .. } => ended.push(tag),
+                            // Task management requests end as such only.
+                            Event::TaskManagement { tag, .. } => {
+                                prop_assert!(tag == 4 || tag == 5, "{}", tag);
+                                ended.push(tag);
+                            }
+                            _ => {}
+                        }
                     }
                 }
+                // Commands end as commands, each once at most.
+                prop_assert!(ended.iter().all(|t| matches!(t, 1..=6)), "{:?}", ended);
+                let mut once = ended.clone();
+                once.sort_unstable();
+                once.dedup();
+                prop_assert_eq!(once.len(), ended.len(), "{:?}", ended);
                 let _ = drain(&mut s);
                 let again = s.take_unfinished();
                 prop_assert_eq!(s.awaited(), Awaited::default());
