@@ -41,6 +41,9 @@ enum Role {
     /// yet goes on talking: a NOP-In every 100 ms, each opening the
     /// command window wide.
     Deaf,
+    /// Closes the connection at the first Login Request, as LIO does when
+    /// a target that requires CHAP is offered AuthMethod=None.
+    Hangup,
 }
 
 /// Answers held back by a `Role::Gated` target.
@@ -185,6 +188,7 @@ fn serve(
                 r.set_itt(p.itt());
                 r.bhs[8..14].copy_from_slice(&p.bhs[8..14]);
                 match &role {
+                    Role::Hangup => return,
                     Role::Redirect { to, permanent } => {
                         r.set_byte(36, 1);
                         r.set_byte(37, if *permanent { 2 } else { 1 });
@@ -723,4 +727,25 @@ fn a_target_that_talks_but_takes_nothing_is_given_up_and_logged_in_to_again() {
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("shutdown hung");
+}
+
+#[test]
+fn a_target_that_hangs_up_on_a_login_without_authentication_is_explained() {
+    let t = Fake::start(Role::Hangup);
+    let e = Client::start("hangup", vec![t.addr.clone()], params(), no_discovery())
+        .err()
+        .expect("login succeeded");
+    assert!(e.to_string().contains("probably requires CHAP"), "{e}");
+    // Offered CHAP, the same hang-up is only a closed connection.
+    let p = LoginParams {
+        chap: Some(vhost_user_scsi::iscsi::login::Credentials {
+            user: "alice".into(),
+            secret: "alicesecret12".into(),
+        }),
+        ..params()
+    };
+    let e = Client::start("hangup", vec![t.addr.clone()], p, no_discovery())
+        .err()
+        .expect("login succeeded");
+    assert_eq!(e.to_string(), "The target closed the connection");
 }

@@ -26,6 +26,13 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("The target closed the connection")]
     Closed,
+    /// Closed at the first login request, which offered no authentication
+    /// (LIO does that when its target requires CHAP).
+    #[error(
+        "The target closed the connection when offered no authentication: \
+         it probably requires CHAP, and no credentials are configured"
+    )]
+    ClosedWithoutAuth,
     #[error(transparent)]
     Login(#[from] LoginError),
     #[error(transparent)]
@@ -152,7 +159,12 @@ impl Connection {
         let mut rx = Vec::new();
         stream.write_all(&login.start().encode(Digests::default()))?;
         let n: Negotiated = loop {
-            let resp = read_pdu(&mut stream, &mut rx, Digests::default(), LOGIN_MAX_DATA)?;
+            let resp = match read_pdu(&mut stream, &mut rx, Digests::default(), LOGIN_MAX_DATA) {
+                Err(Error::Closed) if login.offered_no_auth() => {
+                    return Err(Error::ClosedWithoutAuth)
+                }
+                r => r?,
+            };
             match login.receive(&resp)? {
                 Step::Send(p) => stream.write_all(&p.encode(Digests::default()))?,
                 Step::Done(n) => break n,

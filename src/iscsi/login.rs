@@ -200,6 +200,12 @@ impl Login {
         k
     }
 
+    /// Whether the target has not answered yet a first request that offered
+    /// no authentication (AuthMethod=None only).
+    pub fn offered_no_auth(&self) -> bool {
+        self.state == State::Security && self.p.chap.is_none()
+    }
+
     /// The first Login Request.
     pub fn start(&mut self) -> Pdu {
         let mut keys = self.identity_keys();
