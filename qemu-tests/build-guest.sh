@@ -71,7 +71,8 @@ cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 
 # Kernel modules the guest needs, with their dependencies resolved by modprobe.
 mods=(virtio_pci virtio_scsi sd_mod sg qemu_fw_cfg)
-[[ $minimal == minimal ]] || mods+=(dm_mod dm_multipath dm_round_robin)
+[[ $minimal == minimal ]] || mods+=(dm_mod dm_multipath dm_round_robin
+                                    virtio_net configfs target_core_mod target_core_file iscsi_target_mod)
 kmod_root=$work/kernel
 depmod -b "$kmod_root" "$kver"
 for m in "${mods[@]}"; do
@@ -111,7 +112,9 @@ while [ ! -e "$raw" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 if [ -e "$raw" ]; then
     cat "$raw" > /test.sh
     # Give SCSI scanning a moment to create the disks.
+    # (vus_nodisk on the command line: a guest without disks.)
     i=0
+    grep -q vus_nodisk /proc/cmdline && i=100
     while [ -z "$(ls /sys/class/scsi_disk 2>/dev/null)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
     sh -e /test.sh
     rc=$?

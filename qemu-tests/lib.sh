@@ -91,6 +91,74 @@ stop_tgtd() {
     kill_tgtd
 }
 
+# pr_two_paths_script: the guest side of persistent reservations on one
+# iSCSI LUN reached through two controllers (host 0 and host 1: two
+# sessions, two I_T nexuses at the target): path A registers and reserves,
+# path B sees the reservation and conflicts, then preempts A and clears.
+pr_two_paths_script() {
+    guest_script ipr <<'G'
+A=$(disk_for_lun /0:0:0:0); B=$(disk_for_lun /1:0:0:0)
+echo "path A: $A, path B: $B"
+check '[ -n "$A" ] && [ -n "$B" ] && [ "$A" != "$B" ]'
+# The first command of each session may carry a unit attention.
+sg_turs "$A" >/dev/null 2>&1 || true; sg_turs "$B" >/dev/null 2>&1 || true
+sg_persist --out --register --param-sark=0xabc123 "$A"
+sg_persist --out --reserve --param-rk=0xabc123 --prout-type=3 "$A"
+sg_persist --in --read-keys "$B" | tee /tmp/k
+check 'grep -q 0xabc123 /tmp/k'
+sg_persist --in --read-reservation "$B" | tee /tmp/r
+check 'grep -qi "Exclusive Access" /tmp/r'
+check 'conflicts rd "$(sg_of $B)"'
+check '! conflicts rd "$(sg_of $A)"'
+sg_persist --out --release --param-rk=0xabc123 --prout-type=3 "$A"
+check '! conflicts rd "$(sg_of $B)"'
+sg_persist --out --register --param-sark=0x123abc "$B"
+sg_persist --out --reserve --param-rk=0xabc123 --prout-type=1 "$A"
+sg_persist --out --preempt --param-rk=0x123abc --param-sark=0xabc123 --prout-type=1 "$B"
+check 'conflicts wr "$(sg_of $A)" || conflicts wr "$(sg_of $A)"'
+sg_persist --out --clear --param-rk=0x123abc "$B"
+sg_persist --in --read-keys "$A" | tee /tmp/k2
+check 'grep -qi "there are NO registered reservation keys" /tmp/k2'
+G
+}
+
+# start_lio: the Linux kernel's iSCSI target (LIO) in a guest of its own
+# (qemu-tests/lio-target.sh lists its targets), its port 3260 forwarded to
+# 127.0.0.1:$LIO_PORT. Returns once the targets are set up.
+LIO_PORT=
+LIO_IQN=iqn.2026-12.org.vhost-user-scsi.lio
+start_lio() {
+    LIO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local console=$LOG_DIR/lio.log
+    # shellcheck disable=SC2086
+    "$QEMU" $QEMU_ARGS \
+        -accel tcg -nodefaults -no-reboot -display none -m 512 -smp 1 \
+        -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initrd" \
+        -append "console=ttyS0 panic=-1 quiet vus_nodisk" \
+        -serial "file:$console" \
+        -fw_cfg name=opt/test,file="$(dirname "${BASH_SOURCE[0]}")/lio-target.sh" \
+        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$LIO_PORT-:3260" \
+        -device virtio-net-pci,netdev=n0,romfile= >"$console.qemu" 2>&1 &
+    local pid=$!
+    echo "$pid" >>"$WORK/qemu.pids"
+    disown "$pid" # killed by cleanup, without a "Killed" job notice
+    local i
+    for i in $(seq 1200); do
+        if grep -aq LIO-READY "$console" 2>/dev/null; then
+            # Its portal listens a moment after configfs says so.
+            for i in $(seq 100); do
+                "$VUS_BIN" discover "iscsi://127.0.0.1:$LIO_PORT" >/dev/null 2>&1 && return 0
+                sleep 0.2
+            done
+            fail "LIO's portal does not answer (see $console)"
+        fi
+        grep -aq GUEST-RESULT "$console" 2>/dev/null && fail "LIO setup failed (see $console)"
+        kill -0 "$pid" 2>/dev/null || fail "the LIO guest exited (see $console.qemu)"
+        sleep 0.1
+    done
+    fail "LIO did not come up in 120 s (see $console)"
+}
+
 # make_disk NAME SIZE: a sparse file in $WORK; prints its path.
 make_disk() {
     local path=$WORK/$1
