@@ -10,8 +10,12 @@ use super::Options;
 
 #[derive(Default)]
 pub struct QueueResult {
-    /// Latency of every successful command, in nanoseconds (saturating).
+    /// Latency of every successful command, in `TICK_NS` ticks (a command
+    /// that takes more than about 7 minutes counts as that long here).
     latencies: Vec<u32>,
+    /// Their exact sum and maximum.
+    total: Duration,
+    max: Duration,
     pub errors: u64,
     pub verify_failures: u64,
     /// Used-buffer notifications (call eventfd signals) received.
@@ -21,8 +25,11 @@ pub struct QueueResult {
 impl QueueResult {
     pub fn record(&mut self, latency: Duration, ok: bool) {
         if ok {
+            let ticks = latency.as_nanos() / TICK_NS;
             self.latencies
-                .push(u32::try_from(latency.as_nanos()).unwrap_or(u32::MAX));
+                .push(u32::try_from(ticks).unwrap_or(u32::MAX));
+            self.total += latency;
+            self.max = self.max.max(latency);
         } else {
             self.errors += 1;
         }
@@ -74,12 +81,17 @@ pub struct Report {
     pub notifications_per_io: f64,
 }
 
+/// Latency resolution for percentiles: 100 ns (a u32 of them spans 429 s;
+/// nanoseconds would end at 4.3 s, under a target's recovery time).
+const TICK_NS: u128 = 100;
+
+/// The `p` percentile of sorted ticks, in microseconds.
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
+    f64::from(sorted[idx.min(sorted.len() - 1)]) * TICK_NS as f64 / 1000.0
 }
 
 impl Report {
@@ -92,8 +104,11 @@ impl Report {
     ) -> Report {
         let mut lat: Vec<u32> = Vec::new();
         let (mut errors, mut verify_failures, mut notifications) = (0, 0, 0);
+        let (mut total, mut max) = (Duration::ZERO, Duration::ZERO);
         for r in results {
             lat.extend(r.latencies);
+            total += r.total;
+            max = max.max(r.max);
             errors += r.errors;
             verify_failures += r.verify_failures;
             notifications += r.notifications;
@@ -102,11 +117,7 @@ impl Report {
         let ios = lat.len() as u64;
         let secs = elapsed.as_secs_f64().max(1e-9);
         let per_io = |d: Duration| d.as_secs_f64() * 1e6 / (ios.max(1) as f64);
-        let mean = if ios > 0 {
-            lat.iter().map(|&v| f64::from(v)).sum::<f64>() / ios as f64 / 1000.0
-        } else {
-            0.0
-        };
+        let mean = total.as_secs_f64() * 1e6 / (ios.max(1) as f64);
         Report {
             block_size: o.block_size,
             queue_depth: o.queue_depth,
@@ -127,7 +138,7 @@ impl Report {
                 percentile(&lat, 0.50),
                 percentile(&lat, 0.99),
                 percentile(&lat, 0.999),
-                lat.last().map_or(0.0, |&v| f64::from(v) / 1000.0),
+                max.as_secs_f64() * 1e6,
             ],
             backend_cpu_us_per_io: backend_cpu.map(per_io),
             bench_cpu_us_per_io: per_io(own_cpu),
@@ -210,10 +221,41 @@ mod tests {
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {
-        let v: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
+        let v: Vec<u32> = (1..=1000).map(|i| i * 10).collect();
         assert_eq!(percentile(&v, 0.5), 501.0);
         assert_eq!(percentile(&v, 0.99), 990.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn a_command_that_waited_out_a_target_recovery_keeps_its_latency() {
+        // 25 s: past what a u32 of nanoseconds holds.
+        let mut r = QueueResult::default();
+        r.record(Duration::from_micros(100), true);
+        r.record(Duration::from_secs(25), true);
+        r.record(Duration::from_micros(300), true);
+        r.record(Duration::from_secs(1), false);
+        let o = Options {
+            socket: "s".into(),
+            lun: 0,
+            block_size: 4096,
+            queue_depth: 8,
+            queues: 1,
+            pattern: crate::bench::Pattern::RandRead,
+            read_pct: 70,
+            duration: None,
+            ios: None,
+            verify: false,
+            backend_pid: None,
+            span: 0,
+            progress: false,
+        };
+        let rep = Report::new(&o, vec![r], Duration::from_secs(30), None, Duration::ZERO);
+        assert_eq!(rep.ios, 3);
+        assert_eq!(rep.errors, 1);
+        assert_eq!(rep.lat_us[1], 300.0); // p50
+        assert_eq!(rep.lat_us[4], 25e6); // max
+        assert!((rep.lat_us[0] - (25e6 + 400.0) / 3.0).abs() < 1e-3); // mean
     }
 
     #[test]
