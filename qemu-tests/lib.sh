@@ -124,8 +124,10 @@ G
 
 # start_lio: the Linux kernel's iSCSI target (LIO) in a guest of its own
 # (qemu-tests/lio-target.sh lists its targets), its port 3260 forwarded to
-# 127.0.0.1:$LIO_PORT. Returns once the targets are set up.
+# 127.0.0.1:$LIO_PORT; LIO_PID is its QEMU. Returns once the targets are
+# set up.
 LIO_PORT=
+LIO_PID=
 LIO_IQN=iqn.2026-12.org.vhost-user-scsi.lio
 start_lio() {
     LIO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -139,7 +141,8 @@ start_lio() {
         -fw_cfg name=opt/test,file="$(dirname "${BASH_SOURCE[0]}")/lio-target.sh" \
         -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$LIO_PORT-:3260" \
         -device virtio-net-pci,netdev=n0,romfile= >"$console.qemu" 2>&1 &
-    local pid=$!
+    LIO_PID=$!
+    local pid=$LIO_PID
     echo "$pid" >>"$WORK/qemu.pids"
     disown "$pid" # killed by cleanup, without a "Killed" job notice
     local i

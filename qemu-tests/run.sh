@@ -43,7 +43,10 @@ for q in "${qemus[@]}"; do
     for s in "${scenarios[@]}"; do
         # Nested-QEMU scenarios take minutes and test the inner QEMU, which
         # is the same for every outer one: run them once.
-        if [[ $s == *-nested && $first_qemu == 0 ]]; then
+        # So are scenarios marked "# run-once" (their QEMU is not the one
+        # under test).
+        if [[ ($s == *-nested || -n $(grep -m1 '^# run-once' "qemu-tests/scenarios/$s.sh")) &&
+              $first_qemu == 0 ]]; then
             continue
         fi
         dir=$logs/qemu-$qname/$s
