@@ -43,8 +43,8 @@ pub struct LunConfig {
     pub iscsi: Option<IscsiLun>,
 }
 
-/// `--lun [N:]iscsi://...[,credentials=FILE][,header-digest][,data-digest]
-/// [,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite][,discover-portals=yes|no]
+/// `--lun [N:]iscsi://...[,credentials=FILE][,chap-algorithms=A[:A]...]
+/// [,header-digest][,data-digest][,portal=HOST:PORT]...[,recovery-timeout=SECS|infinite][,discover-portals=yes|no]
 /// [,coalesce-us=US]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IscsiLun {
@@ -54,6 +54,8 @@ pub struct IscsiLun {
     pub credentials: Option<PathBuf>,
     pub header_digest: bool,
     pub data_digest: bool,
+    /// The CHAP algorithms allowed (`chap-algorithms=sha256:sha1:md5`).
+    pub chap_algorithms: crate::iscsi::chap::Offer,
     /// How long commands wait for a lost session before failing (None:
     /// forever).
     pub recovery_timeout: Option<std::time::Duration>,
@@ -141,6 +143,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
             credentials: None,
             header_digest: false,
             data_digest: false,
+            chap_algorithms: crate::iscsi::chap::Offer::ALL,
             recovery_timeout: Some(crate::iscsi::client::DEFAULT_RECOVERY_TIMEOUT),
             discover_portals: true,
             coalesce: std::time::Duration::from_micros(
@@ -152,6 +155,10 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
                 Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
                 Some(("portal", p)) if p.contains(':') => l.portals.push(p.to_string()),
                 Some(("recovery-timeout", "infinite")) => l.recovery_timeout = None,
+                Some(("chap-algorithms", v)) => {
+                    l.chap_algorithms =
+                        crate::iscsi::chap::Offer::parse(v).map_err(|e| bad_lun(spec, e))?
+                }
                 Some(("discover-portals", "yes")) => l.discover_portals = true,
                 Some(("discover-portals", "no")) => l.discover_portals = false,
                 Some(("recovery-timeout", v)) => match v.parse::<u64>() {
@@ -486,6 +493,20 @@ mod tests {
         let (_, l) =
             parse_lun("iscsi://127.0.0.1:1/iqn.x/1,portal=127.0.0.1:2,portal=[::1]:3").unwrap();
         assert_eq!(l.iscsi.unwrap().portals, vec!["127.0.0.1:2", "[::1]:3"]);
+    }
+
+    #[test]
+    fn iscsi_chap_algorithms_can_be_restricted() {
+        use crate::iscsi::chap::Offer;
+        let t = |spec: &str| parse_lun(spec).map(|(_, l)| l.iscsi.unwrap().chap_algorithms);
+        assert_eq!(t("iscsi://h/iqn.x/1"), Ok(Offer::ALL));
+        assert_eq!(
+            t("iscsi://h/iqn.x/1,chap-algorithms=sha256:sha1").map(|o| o.key()),
+            Ok("7,6".into())
+        );
+        for bad in ["", "md4", "sha1,md5"] {
+            assert!(t(&format!("iscsi://h/iqn.x/1,chap-algorithms={bad}")).is_err());
+        }
     }
 
     #[test]

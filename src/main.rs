@@ -73,10 +73,12 @@ enum Command {
         /// Other forms: [N:]null,size=SIZE (reads zeros, drops writes; SIZE
         /// with K/M/G/T), and
         /// [N:]iscsi://[user[%pw]@]host[:port]/target-iqn/lun[,credentials=FILE]
-        /// [,header-digest][,data-digest][,portal=HOST:PORT]...
+        /// [,chap-algorithms=sha256:sha1:md5][,header-digest][,data-digest]
+        /// [,portal=HOST:PORT]...
         /// [,recovery-timeout=SECS|infinite][,discover-portals=yes|no]
         /// [,coalesce-us=US] (a LUN on an iSCSI target, passed through by
-        /// the built-in initiator; commands fail after recovery-timeout,
+        /// the built-in initiator; chap-algorithms: the CHAP digests
+        /// allowed, default all three; commands fail after recovery-timeout,
         /// default 120 s, without a session; the target's answers wait at
         /// most coalesce-us, default 200, 0 = never, to be received together
         /// while many commands are due, and a few big reads' data at most
@@ -259,11 +261,16 @@ struct DiscoverArgs {
     /// instead of putting secrets in the URL.
     #[arg(long, value_name = "FILE")]
     credentials: Option<std::path::PathBuf>,
+    /// The CHAP algorithms allowed, joined with ':' (offered strongest
+    /// first).
+    #[arg(long, value_name = "A[:A]...", default_value = "sha256:sha1:md5")]
+    chap_algorithms: String,
 }
 
 fn discover(a: DiscoverArgs) -> Result<(), String> {
     use vhost_user_scsi::iscsi::{chap, conn, credentials, login, url};
     let u = url::parse(&a.url).map_err(|e| e.to_string())?;
+    let chap_offer = chap::Offer::parse(&a.chap_algorithms)?;
     let mut creds = match &a.credentials {
         Some(f) => credentials::load(f).map_err(|e| error_chain(&e))?,
         None => credentials::ChapConfig::default(),
@@ -284,7 +291,7 @@ fn discover(a: DiscoverArgs) -> Result<(), String> {
         max_burst_length: 262144,
         first_burst_length: 65536,
         initial_cmd_sn: 1,
-        chap_offer: chap::OFFERS[0],
+        chap_offer,
     };
     let mut c = conn::Connection::login(&u.address(), params, std::time::Duration::from_secs(15))
         .map_err(|e| error_chain(&e))?;

@@ -199,7 +199,7 @@ pub const STATE_DIR: &str = "/var/lib/vhost-user-scsi";
 fn remote_luns(
     c: &crate::config::ControllerConfig,
 ) -> Result<BTreeMap<u16, crate::device::RemoteLun>, Error> {
-    use crate::iscsi::{chap, client::Client, credentials, login};
+    use crate::iscsi::{client::Client, credentials, login};
     let mut sessions: HashMap<(String, String), Client> = HashMap::new();
     let mut out = BTreeMap::new();
     for (&n, lc) in &c.luns {
@@ -242,7 +242,7 @@ fn remote_luns(
                 max_burst_length: 1 << 20,
                 first_burst_length: 65536,
                 initial_cmd_sn: 1,
-                chap_offer: chap::OFFERS[0],
+                chap_offer: il.chap_algorithms,
             };
             let name = format!("{} -> {}/{}", c.socket.display(), key.0, target);
             let mut portals = vec![key.0.clone()];

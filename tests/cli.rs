@@ -59,6 +59,29 @@ fn bad_lun_spec_is_one_line_naming_the_problem() {
 }
 
 #[test]
+fn unknown_chap_algorithm_is_one_line_in_serve_and_discover() {
+    let (code, err) = stderr_of(&[
+        "serve",
+        "--socket",
+        "/tmp/x",
+        "--lun",
+        "iscsi://127.0.0.1/iqn.2026-12.t:x/0,chap-algorithms=sha256:sha3",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown CHAP algorithm 'sha3'"), "{err}");
+    let (code, err) = stderr_of(&[
+        "discover",
+        "iscsi://127.0.0.1:1",
+        "--chap-algorithms",
+        "md4",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown CHAP algorithm 'md4'"), "{err}");
+}
+
+#[test]
 fn missing_backstore_is_one_line_with_the_path() {
     let (code, err) = stderr_of(&[
         "serve",

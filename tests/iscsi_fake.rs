@@ -327,7 +327,7 @@ fn params() -> LoginParams {
         max_burst_length: 262144,
         first_burst_length: 65536,
         initial_cmd_sn: 1,
-        chap_offer: chap::OFFERS[0],
+        chap_offer: chap::Offer::ALL,
     }
 }
 

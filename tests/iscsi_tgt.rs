@@ -276,7 +276,7 @@ fn params(target: Option<&str>) -> LoginParams {
         max_burst_length: 1 << 20,
         first_burst_length: 65536,
         initial_cmd_sn: 1,
-        chap_offer: vhost_user_scsi::iscsi::chap::OFFERS[0],
+        chap_offer: vhost_user_scsi::iscsi::chap::Offer::ALL,
     }
 }
 
@@ -454,6 +454,39 @@ fn chap_with_the_right_secret_logs_in_and_a_wrong_one_fails() {
             Error::Login(LoginError::AuthenticationFailed | LoginError::ChapRequired)
         ),
         "{e:?}"
+    );
+}
+
+#[test]
+fn chap_algorithms_can_be_restricted_and_a_target_without_them_is_refused() {
+    use vhost_user_scsi::iscsi::chap::{Algorithm, Offer};
+    // tgt does MD5 only.
+    let mut t = Tgt::start();
+    let (tid, _) = t.target("iqn.2026-11.test:chapalg");
+    t.bind_all(tid);
+    t.account(tid, "alice", "alicesecret12", false);
+    let mut p = params(Some("iqn.2026-11.test:chapalg"));
+    p.chap = Some(Credentials {
+        user: "alice".into(),
+        secret: "alicesecret12".into(),
+    });
+    let c = login(&t, p.clone()).unwrap();
+    assert_eq!(c.session.n.chap, Some(Algorithm::Md5));
+    drop(c);
+    p.chap_offer = Offer::parse("md5").unwrap();
+    let c = login(&t, p.clone()).unwrap();
+    assert_eq!(c.session.n.chap, Some(Algorithm::Md5));
+    drop(c);
+    let no_md5 = Offer::parse("sha256:sha1").unwrap();
+    p.chap_offer = no_md5;
+    let e = login(&t, p).err().expect("tgt has no SHA");
+    assert!(
+        matches!(e, Error::Login(LoginError::ChapAlgorithmsRefused(o)) if o == no_md5),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "The target accepts none of the CHAP algorithms allowed (SHA-256, SHA-1)"
     );
 }
 

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # The initiator against the Linux kernel's own iSCSI target (LIO), which
 # runs in a guest of its own (qemu-tests/lio-target.sh): discovery; CHAP,
-# one-way and mutual, and the errors of a wrong secret, of no credentials
+# one-way and mutual, with SHA-256, SHA-1 and MD5, and the errors of a wrong secret, of no credentials
 # and of an ACL; header and data digests; data written and read back
 # through the daemon in 4 KiB commands and in 1 MiB ones (R2T-driven
 # Data-Out); then persistent reservations through two controllers (two
@@ -47,9 +47,21 @@ refused "" "$u:chap/0,credentials=$bad" "Authentication failed"
 refused "" "$u:mutual/0,credentials=$impostor" "The target failed mutual CHAP authentication"
 refused "" "$u:acl/0" "not allowed to log in to this target (ACL)"
 
-# verified SOCKET-ARGS LUN: data written through the daemon and read back.
+# verified SOCKET-ARGS LUN [LOGIN]: data written through the daemon and read
+# back; LOGIN: what the daemon must say of how it logged in.
 verified() {
+    local before i how=
+    before=$(grep -c "logged in to" "$DAEMON_LOG" 2>/dev/null || true)
     start_daemon --socket "$WORK/v.sock$1" --lun "$2"
+    if [[ -n ${3:-} ]]; then
+        # The socket is up before the login is done.
+        for i in $(seq 100); do
+            how=$(grep "logged in to" "$DAEMON_LOG" | tail -n +$((before + 1)))
+            [[ -n $how ]] && break
+            sleep 0.1
+        done
+        grep -qF "$3" <<<"$how" || fail "login through $2: expected \"$3\", got: $how"
+    fi
     "$VUS_BIN" bench --socket "$WORK/v.sock" --verify --ios 500 --qd 8 --quiet \
         >"$LOG_DIR/bench.log" 2>&1 || fail "4 KiB verify through $2 failed (see $LOG_DIR/bench.log)"
     "$VUS_BIN" bench --socket "$WORK/v.sock" --verify --bs 1M --span 16M --ios 32 --qd 4 --quiet \
@@ -59,8 +71,10 @@ verified() {
 }
 verified "" "$u:plain/0"
 verified "" "$u:plain/0,header-digest,data-digest"
-verified "" "$u:chap/0,credentials=$good"
-verified "" "$u:mutual/0,credentials=$mutual,header-digest"
+verified "" "$u:chap/0,credentials=$good" "(CHAP, SHA-256)"
+verified "" "$u:mutual/0,credentials=$mutual,header-digest" "(mutual CHAP, SHA-256)"
+verified "" "$u:mutual/0,credentials=$mutual,chap-algorithms=sha1" "(mutual CHAP, SHA-1)"
+verified "" "$u:chap/0,credentials=$good,chap-algorithms=md5" "(CHAP, MD5)"
 verified ",initiator=$LIO_IQN:allowed" "$u:acl/0"
 
 log "persistent reservations through two sessions"

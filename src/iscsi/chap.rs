@@ -34,10 +34,103 @@ impl Algorithm {
     }
 }
 
-/// CHAP_A lists to offer, strongest first. Some targets (tgt 1.0.85) fail
-/// the login when the list names an algorithm they do not know instead of
-/// choosing one they do, so a refused list is retried with the next one.
-pub const OFFERS: [&str; 3] = ["7,6,5", "6,5", "5"];
+impl Algorithm {
+    /// Strongest first: the order of a CHAP_A list (the target takes the
+    /// first one it supports, RFC 7143 12.1.3).
+    pub const ALL: [Algorithm; 3] = [Algorithm::Sha256, Algorithm::Sha1, Algorithm::Md5];
+
+    /// The name used in options: `sha256`, `sha1`, `md5`.
+    pub fn option_name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Sha256 => "sha256",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Algorithm::Md5 => 1,
+            Algorithm::Sha1 => 2,
+            Algorithm::Sha256 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha1 => "SHA-1",
+            Algorithm::Sha256 => "SHA-256",
+        })
+    }
+}
+
+/// The CHAP algorithms we allow, offered strongest first. Some targets
+/// (tgt 1.0.85) fail the login when the list names an algorithm they do not
+/// know instead of choosing one they do, so a refused offer is retried
+/// without its strongest algorithm ([`Offer::weaker`]) until one is left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer(u8);
+
+impl Offer {
+    /// SHA-256, SHA-1 and MD5 (the default).
+    pub const ALL: Offer = Offer(7);
+
+    /// Parse `sha256:sha1:md5` (any order, any non-empty subset; the offer
+    /// is always made strongest first).
+    pub fn parse(list: &str) -> Result<Offer, String> {
+        let mut bits = 0;
+        for name in list.split(':') {
+            let a = Algorithm::ALL
+                .into_iter()
+                .find(|a| a.option_name().eq_ignore_ascii_case(name.trim()))
+                .ok_or_else(|| {
+                    format!(
+                        "unknown CHAP algorithm '{name}' (sha256, sha1 or md5, joined with ':')"
+                    )
+                })?;
+            bits |= a.bit();
+        }
+        Ok(Offer(bits))
+    }
+
+    pub fn contains(self, a: Algorithm) -> bool {
+        self.0 & a.bit() != 0
+    }
+
+    fn algorithms(self) -> impl Iterator<Item = Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+
+    /// The value of our CHAP_A key, e.g. `7,6,5`.
+    pub fn key(self) -> String {
+        let codes: Vec<String> = self.algorithms().map(|a| (a as u8).to_string()).collect();
+        codes.join(",")
+    }
+
+    /// This offer without its strongest algorithm; None when one is left.
+    pub fn weaker(self) -> Option<Offer> {
+        let strongest = self.algorithms().next()?;
+        Some(Offer(self.0 & !strongest.bit())).filter(|o| o.0 != 0)
+    }
+}
+
+impl Default for Offer {
+    fn default() -> Offer {
+        Offer::ALL
+    }
+}
+
+impl std::fmt::Display for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.algorithms().map(|a| a.to_string()).collect();
+        f.write_str(&names.join(", "))
+    }
+}
 
 pub fn response(alg: Algorithm, id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
     fn h<D: Digest>(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
@@ -90,6 +183,31 @@ mod tests {
     }
 
     #[test]
+    fn offers_are_made_strongest_first_and_weaken_one_by_one() {
+        assert_eq!(Offer::ALL.key(), "7,6,5");
+        let o = Offer::parse("md5:SHA256").unwrap();
+        assert_eq!(
+            (o.key(), o.to_string()),
+            ("7,5".into(), "SHA-256, MD5".into())
+        );
+        assert!(o.contains(Algorithm::Md5) && !o.contains(Algorithm::Sha1));
+        let w = o.weaker().unwrap();
+        assert_eq!(w.key(), "5");
+        assert_eq!(w.weaker(), None);
+        let mut keys = vec![];
+        let mut next = Some(Offer::ALL);
+        while let Some(o) = next {
+            keys.push(o.key());
+            next = o.weaker();
+        }
+        assert_eq!(keys, ["7,6,5", "6,5", "5"]);
+        assert_eq!(Offer::parse("sha1").unwrap().key(), "6");
+        for bad in ["", "sha3", "sha1,md5", "sha1:"] {
+            assert!(Offer::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn constant_time_compare() {
         assert!(same(b"abc", b"abc"));
         assert!(!same(b"abc", b"abd"));
@@ -108,6 +226,16 @@ mod sha_vectors {
         assert_eq!(
             crate::iscsi::text::encode_hex(&r),
             "0x5b633724d095a694aa332de6d45b9fb10bdd9fbcd21429370dd475757def0231"
+        );
+    }
+
+    #[test]
+    fn sha1_response_matches_sha1sum() {
+        // printf '\x06sha1\x0a\x0b' | sha1sum
+        let r = response(Algorithm::Sha1, 6, b"sha1", &[0x0a, 0x0b]);
+        assert_eq!(
+            crate::iscsi::text::encode_hex(&r),
+            "0x435f820abb2d3f7eec4808cee70dcf4e3070b893"
         );
     }
 }

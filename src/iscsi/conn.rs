@@ -80,7 +80,7 @@ fn read_pdu(
 impl Connection {
     /// Connect to `addr` (host:port) and log in, following login redirects
     /// (RFC 7143 6.2.1); with CHAP, fall back to shorter CHAP_A lists if
-    /// the target refuses one (see `chap::OFFERS`).
+    /// the target refuses one (see `chap::Offer::weaker`).
     pub fn login(addr: &str, params: LoginParams, timeout: Duration) -> Result<Connection, Error> {
         let mut at = addr.to_string();
         let mut moved_to = None;
@@ -123,21 +123,22 @@ impl Connection {
         mut params: LoginParams,
         timeout: Duration,
     ) -> Result<Connection, Error> {
-        let offers = super::chap::OFFERS;
-        let start = offers
-            .iter()
-            .position(|o| *o == params.chap_offer)
-            .unwrap_or(0);
-        for offer in &offers[start..] {
-            params.chap_offer = offer;
+        let allowed = params.chap_offer;
+        let mut offer = Some(allowed);
+        while let Some(o) = offer {
+            params.chap_offer = o;
             match Self::login_once(addr, params.clone(), timeout) {
                 Err(Error::Login(LoginError::ChapAlgorithmsRefused(o))) => {
-                    log::debug!("iSCSI: target refused CHAP_A={o}, trying a shorter list");
+                    log::debug!(
+                        "iSCSI: target refused CHAP_A={}, trying a shorter list",
+                        o.key()
+                    );
+                    offer = o.weaker();
                 }
                 other => return other,
             }
         }
-        Err(Error::Login(LoginError::ChapAlgorithmsRefused("5")))
+        Err(Error::Login(LoginError::ChapAlgorithmsRefused(allowed)))
     }
 
     fn login_once(addr: &str, params: LoginParams, timeout: Duration) -> Result<Connection, Error> {

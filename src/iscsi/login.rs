@@ -45,8 +45,9 @@ pub struct LoginParams {
     pub max_burst_length: u32,
     pub first_burst_length: u32,
     pub initial_cmd_sn: u32,
-    /// CHAP_A list to offer (one of `chap::OFFERS`).
-    pub chap_offer: &'static str,
+    /// The CHAP algorithms to offer (fewer after a target refused more,
+    /// see [`chap::Offer::weaker`]).
+    pub chap_offer: chap::Offer,
 }
 
 /// The result of operational negotiation.
@@ -70,6 +71,8 @@ pub struct Negotiated {
     pub exp_cmd_sn: u32,
     pub max_cmd_sn: u32,
     pub exp_stat_sn: u32,
+    /// The CHAP algorithm we authenticated with (None: no CHAP).
+    pub chap: Option<Algorithm>,
     /// Other keys the target sent (e.g. TargetAlias).
     pub target_keys: Vec<(String, String)>,
 }
@@ -95,8 +98,13 @@ pub enum LoginError {
     ChapRequired,
     #[error("The target failed mutual CHAP authentication")]
     MutualChapFailed,
-    #[error("The target refused the CHAP algorithms {0}")]
-    ChapAlgorithmsRefused(&'static str),
+    #[error("The target accepts none of the CHAP algorithms allowed ({0})")]
+    ChapAlgorithmsRefused(chap::Offer),
+    #[error("The target chose CHAP algorithm {chosen}, which is not allowed ({allowed})")]
+    ChapAlgorithmNotAllowed {
+        chosen: Algorithm,
+        allowed: chap::Offer,
+    },
     #[error("Login protocol error: {0}")]
     Protocol(String),
 }
@@ -126,6 +134,7 @@ pub struct Login {
     exp_stat_sn: u32,
     rounds: usize,
     mutual_challenge: Option<(Algorithm, u8, Vec<u8>)>,
+    chap_used: Option<Algorithm>,
 }
 
 fn protocol(msg: impl Into<String>) -> LoginError {
@@ -141,6 +150,7 @@ impl Login {
             exp_stat_sn: 0,
             rounds: 0,
             mutual_challenge: None,
+            chap_used: None,
         }
     }
 
@@ -247,11 +257,14 @@ impl Login {
                     permanent: detail == 0x02,
                 });
             }
-            // A miscellaneous initiator error while CHAP is being set up:
-            // the algorithm list was not acceptable (see chap::OFFERS).
+            // A miscellaneous initiator error in answer to our CHAP_A (or,
+            // from some targets, to the response that used an algorithm
+            // they could not handle): the list was not acceptable (see
+            // chap::Offer).
             2 if detail == 0
-                && matches!(self.state, State::ChapAlgorithm | State::ChapResponse)
-                && self.p.chap_offer != "5" =>
+                && (self.state == State::ChapAlgorithm
+                    || self.state == State::ChapResponse
+                        && self.p.chap_offer.weaker().is_some()) =>
             {
                 return Err(LoginError::ChapAlgorithmsRefused(self.p.chap_offer))
             }
@@ -281,7 +294,7 @@ impl Login {
                 match text::get(&keys, "AuthMethod") {
                     Some("CHAP") if self.p.chap.is_some() => {
                         self.state = State::ChapAlgorithm;
-                        let keys = vec![("CHAP_A".to_string(), self.p.chap_offer.to_string())];
+                        let keys = vec![("CHAP_A".to_string(), self.p.chap_offer.key())];
                         Ok(Step::Send(self.request(
                             SECURITY,
                             OPERATIONAL,
@@ -302,6 +315,15 @@ impl Login {
                 let alg = text::get(&keys, "CHAP_A")
                     .and_then(Algorithm::from_code)
                     .ok_or_else(|| protocol("no usable CHAP_A from the target"))?;
+                // The target must choose from our list (RFC 7143 12.1.3); an
+                // operator who left out MD5 meant it.
+                if !self.p.chap_offer.contains(alg) {
+                    return Err(LoginError::ChapAlgorithmNotAllowed {
+                        chosen: alg,
+                        allowed: self.p.chap_offer,
+                    });
+                }
+                self.chap_used = Some(alg);
                 let id: u8 = text::get(&keys, "CHAP_I")
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| protocol("bad CHAP_I"))?;
@@ -413,6 +435,7 @@ impl Login {
             exp_cmd_sn: r.exp_cmd_sn(),
             max_cmd_sn: r.max_cmd_sn(),
             exp_stat_sn: self.exp_stat_sn,
+            chap: self.chap_used,
             target_keys: keys,
         }
     }
@@ -442,7 +465,7 @@ mod tests {
             max_burst_length: 1 << 20,
             first_burst_length: 65536,
             initial_cmd_sn: 1,
-            chap_offer: chap::OFFERS[0],
+            chap_offer: chap::Offer::ALL,
         }
     }
 
@@ -505,17 +528,24 @@ mod tests {
         assert_eq!(n.max_cmd_sn, 64);
     }
 
-    #[test]
-    fn mutual_chap_answers_the_challenge_and_checks_the_target() {
-        let mut l = Login::new(params(true, true));
+    /// Start `l`, have the target ask for CHAP: the CHAP_A list we offer.
+    fn chap_offered(l: &mut Login) -> String {
         l.start();
         let Step::Send(a) = l
             .receive(&resp(false, 0, 0, &[("AuthMethod", "CHAP")], 1))
             .unwrap()
         else {
-            panic!()
+            panic!("no CHAP_A sent")
         };
-        assert_eq!(text::get(&keys_of(&a), "CHAP_A"), Some("7,6,5"));
+        text::get(&keys_of(&a), "CHAP_A")
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn mutual_chap_answers_the_challenge_and_checks_the_target() {
+        let mut l = Login::new(params(true, true));
+        assert_eq!(chap_offered(&mut l), "7,6,5");
         let Step::Send(r) = l
             .receive(&resp(
                 false,
@@ -560,6 +590,43 @@ mod tests {
             panic!("mutual CHAP rejected")
         };
         assert_eq!(op.flags(), 0x87);
+    }
+
+    #[test]
+    fn chap_takes_only_an_allowed_algorithm_and_reports_the_one_used() {
+        let mut p = params(true, false);
+        p.chap_offer = chap::Offer::parse("sha256:sha1").unwrap();
+        let challenge = [("CHAP_I", "3"), ("CHAP_C", "0x0a0b0c0d")];
+        // A target answering with MD5, which we did not offer, is refused.
+        let mut l = Login::new(p.clone());
+        assert_eq!(chap_offered(&mut l), "7,6");
+        let md5 = [&[("CHAP_A", "5")][..], &challenge].concat();
+        assert_eq!(
+            l.receive(&resp(false, 0, 0, &md5, 2)).err(),
+            Some(LoginError::ChapAlgorithmNotAllowed {
+                chosen: Algorithm::Md5,
+                allowed: p.chap_offer,
+            })
+        );
+        // SHA-1 is answered with SHA-1, and the session says so.
+        let mut l = Login::new(p);
+        l.start();
+        l.receive(&resp(false, 0, 0, &[("AuthMethod", "CHAP")], 1))
+            .unwrap();
+        let sha1 = [&[("CHAP_A", "6")][..], &challenge].concat();
+        let Step::Send(r) = l.receive(&resp(false, 0, 0, &sha1, 2)).unwrap() else {
+            panic!()
+        };
+        let expect = chap::response(Algorithm::Sha1, 3, b"secret12345678", &[10, 11, 12, 13]);
+        assert_eq!(
+            text::get(&keys_of(&r), "CHAP_R"),
+            Some(text::encode_hex(&expect).as_str())
+        );
+        l.receive(&resp(true, 0, 1, &[], 3)).unwrap();
+        let Step::Done(n) = l.receive(&resp(true, 1, 3, &[], 4)).unwrap() else {
+            panic!("login not done")
+        };
+        assert_eq!(n.chap, Some(Algorithm::Sha1));
     }
 
     #[test]
@@ -737,7 +804,7 @@ mod fallback_tests {
             max_burst_length: 262144,
             first_burst_length: 65536,
             initial_cmd_sn: 1,
-            chap_offer: chap::OFFERS[0],
+            chap_offer: chap::Offer::ALL,
         };
         let mut l = Login::new(p.clone());
         l.start();
@@ -748,13 +815,25 @@ mod fallback_tests {
         fail.set_byte(36, 2);
         assert_eq!(
             l.receive(&fail).err(),
-            Some(LoginError::ChapAlgorithmsRefused("7,6,5"))
+            Some(LoginError::ChapAlgorithmsRefused(chap::Offer::ALL))
         );
-        // With the last offer the same answer is just an initiator error.
-        p.chap_offer = "5";
+        // The last offer refused in answer to CHAP_A is refused too...
+        let md5 = chap::Offer::parse("md5").unwrap();
+        p.chap_offer = md5;
+        let mut l = Login::new(p.clone());
+        l.start();
+        l.receive(&chap).unwrap();
+        assert_eq!(
+            l.receive(&fail).err(),
+            Some(LoginError::ChapAlgorithmsRefused(md5))
+        );
+        // ...but after our response it is just an initiator error.
         let mut l = Login::new(p);
         l.start();
         l.receive(&chap).unwrap();
+        let mut challenge = Pdu::new(Opcode::LoginResponse);
+        challenge.data = text::encode(&[("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0x01")]);
+        l.receive(&challenge).unwrap();
         assert_eq!(l.receive(&fail).err(), Some(LoginError::InitiatorError(0)));
     }
 }

@@ -1252,6 +1252,7 @@ pub(crate) mod tests {
             exp_cmd_sn: 10,
             max_cmd_sn,
             exp_stat_sn: 5,
+            chap: None,
             target_keys: vec![],
         }
     }

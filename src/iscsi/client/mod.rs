@@ -429,7 +429,12 @@ impl Client {
             return Err(last.unwrap_or(Error::Closed));
         };
         let mut portals = portals;
-        info!("iSCSI {name}: logged in to {}", portals[current]);
+        let auth = match conn.session.n.chap {
+            Some(a) if params.mutual.is_some() => format!(" (mutual CHAP, {a})"),
+            Some(a) => format!(" (CHAP, {a})"),
+            None => String::new(),
+        };
+        info!("iSCSI {name}: logged in to {}{auth}", portals[current]);
         if let Some(moved) = conn.moved_to.clone() {
             info!(
                 "iSCSI {name}: using {moved} instead of {} from now on",
