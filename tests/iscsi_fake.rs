@@ -44,6 +44,17 @@ enum Role {
     /// Closes the connection at the first Login Request, as LIO does when
     /// a target that requires CHAP is offered AuthMethod=None.
     Hangup,
+    /// Logins succeed and every SCSI command gets GOOD, except that the
+    /// first session ends after its first command: announced by an
+    /// Asynchronous Message 3 whose Time2Wait is `time2wait`
+    /// (`announce`), or unannounced after negotiating
+    /// DefaultTime2Wait=`time2wait`. `times` gets when that session ended,
+    /// then when each later login began.
+    Drops {
+        announce: bool,
+        time2wait: u16,
+        times: Arc<std::sync::Mutex<Vec<Instant>>>,
+    },
 }
 
 /// Answers held back by a `Role::Gated` target.
@@ -179,6 +190,11 @@ fn serve(
             Some(Opcode::LoginRequest) => {
                 let keys = text::parse(&p.data);
                 if first {
+                    if let (Role::Drops { times, .. }, 1..) =
+                        (&role, logins.load(Ordering::Relaxed))
+                    {
+                        times.lock().unwrap().push(Instant::now());
+                    }
                     logins.fetch_add(1, Ordering::Relaxed);
                     first = false;
                     normal = text::get(&keys, "SessionType") != Some("Discovery");
@@ -196,7 +212,7 @@ fn serve(
                         send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                         return;
                     }
-                    Role::Target { .. } | Role::Gated(_) | Role::Deaf => {
+                    Role::Target { .. } | Role::Gated(_) | Role::Deaf | Role::Drops { .. } => {
                         let event = match &role {
                             Role::Target { event, .. } => event.as_ref(),
                             _ => None,
@@ -211,10 +227,19 @@ fn serve(
                         } else {
                             r.set_flags(0x87);
                             r.set_u16(14, 1);
+                            let time2wait = match &role {
+                                Role::Drops {
+                                    announce: false,
+                                    time2wait,
+                                    ..
+                                } => *time2wait,
+                                _ => 0,
+                            };
                             r.data = text::encode(&[
                                 ("HeaderDigest", "None"),
                                 ("DataDigest", "None"),
                                 ("MaxRecvDataSegmentLength", "65536"),
+                                ("DefaultTime2Wait", &time2wait.to_string()),
                             ]);
                             send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                             if let (true, Some(sense)) = (normal, event) {
@@ -292,6 +317,27 @@ fn serve(
                     gate.held.lock().unwrap().push(r.encode(Digests::default()));
                 } else {
                     send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                }
+                if let Role::Drops {
+                    announce,
+                    time2wait,
+                    times,
+                } = &role
+                {
+                    if logins.load(Ordering::Relaxed) == 1 {
+                        if *announce {
+                            // "Dropping all connections", Time2Wait in
+                            // Parameter2, Time2Retain 0 in Parameter3.
+                            let mut a = Pdu::new(Opcode::AsyncMessage);
+                            a.set_flags(0x80);
+                            a.set_itt(0xffff_ffff);
+                            a.set_byte(36, 3);
+                            a.set_u16(40, *time2wait);
+                            send(&mut s, a, exp_cmd_sn, &mut stat_sn);
+                        }
+                        times.lock().unwrap().push(Instant::now());
+                        return;
+                    }
                 }
             }
             Some(Opcode::NopOut) if p.itt() != 0xffff_ffff => {
@@ -748,4 +794,31 @@ fn a_target_that_hangs_up_on_a_login_without_authentication_is_explained() {
         .err()
         .expect("login succeeded");
     assert_eq!(e.to_string(), "The target closed the connection");
+}
+
+#[test]
+fn the_next_login_waits_for_the_time2wait_the_target_gave() {
+    // Announced: the Time2Wait of the Asynchronous Message. Unannounced:
+    // the session's DefaultTime2Wait (the implicit logout of a
+    // reinstatement may not come sooner, RFC 7143 13.15).
+    for announce in [true, false] {
+        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = Fake::start(Role::Drops {
+            announce,
+            time2wait: 2,
+            times: times.clone(),
+        });
+        let c = Client::start("drops", vec![t.addr.clone()], params(), no_discovery()).unwrap();
+        assert_eq!(one(&c, &TUR).unwrap().status, 0);
+        // Answered after the wait, on the new session.
+        assert_eq!(one(&c, &TUR).unwrap().status, 0);
+        let times = times.lock().unwrap().clone();
+        assert!(times.len() >= 2, "announce={announce}: {times:?}");
+        let waited = times[1].duration_since(times[0]);
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+            "announce={announce}: logged in again after {waited:?}"
+        );
+        c.shutdown();
+    }
 }

@@ -383,6 +383,9 @@ fn plain_login_reads_and_writes_with_many_commands_in_flight() {
     let (tid, img) = t.target("iqn.2026-11.test:plain");
     t.bind_all(tid);
     let mut c = login(&t, params(Some("iqn.2026-11.test:plain"))).unwrap();
+    // We offer DefaultTime2Wait=0 (result function Maximum): tgt's own
+    // value, 2 s, decides how long a reinstatement waits.
+    assert_eq!(c.session.n.default_time2wait, 2);
     clear_unit_attention(&mut c);
     let inq = c
         .execute(LUN1, &[0x12, 0, 0, 0, 96, 0], Data::Read(96))

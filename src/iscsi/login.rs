@@ -199,7 +199,9 @@ impl Login {
                 ("MaxOutstandingR2T", "1".to_string()),
                 ("DataPDUInOrder", "Yes".to_string()),
                 ("DataSequenceInOrder", "Yes".to_string()),
-                ("DefaultTime2Wait", "2".to_string()),
+                // Result function Maximum (RFC 7143 13.15): we need no
+                // wait before a reinstatement, so the target's value decides.
+                ("DefaultTime2Wait", "0".to_string()),
                 ("DefaultTime2Retain", "0".to_string()),
                 ("ErrorRecoveryLevel", "0".to_string()),
                 ("MaxConnections", "1".to_string()),

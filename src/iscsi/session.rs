@@ -205,12 +205,17 @@ pub enum Event {
         lun: [u8; 8],
         sense: Vec<u8>,
     },
-    /// The target asks us to log out within `within_secs`.
+    /// The target asks us to log out within `within_secs` (Asynchronous
+    /// Message 1, its Parameter3).
     LogoutRequested {
         within_secs: u16,
     },
-    /// The target will drop the connection or session.
-    Dropping,
+    /// The target will drop the connection or session (Asynchronous
+    /// Message 2 or 3); log in again no sooner than `time2wait` seconds
+    /// (its Parameter2) after.
+    Dropping {
+        time2wait: u16,
+    },
     /// A complete Text Response (SendTargets and the like).
     Text(Vec<(String, String)>),
     LoggedOut {
@@ -1138,10 +1143,14 @@ impl Session {
                             sense,
                         });
                     }
+                    // RFC 7143 11.9.1: Parameter1 at byte 38, Parameter2
+                    // at 40, Parameter3 at 42.
                     1 => ev.push(Event::LogoutRequested {
-                        within_secs: p.u16_at(40),
+                        within_secs: p.u16_at(42),
                     }),
-                    2 | 3 => ev.push(Event::Dropping),
+                    2 | 3 => ev.push(Event::Dropping {
+                        time2wait: p.u16_at(40),
+                    }),
                     _ => {}
                 }
             }
@@ -1635,11 +1644,35 @@ pub(crate) mod tests {
         let mut s = Session::new(negotiated(true, true, 100));
         let mut a = Pdu::new(Opcode::AsyncMessage);
         a.set_byte(36, 1);
-        a.set_u16(40, 5);
+        a.set_u16(42, 5);
         assert_eq!(
             s.receive(a).unwrap(),
             vec![Event::LogoutRequested { within_secs: 5 }]
         );
+    }
+
+    /// An Asynchronous Message with `event` and Parameter1-3 (RFC 7143
+    /// 11.9: bytes 36, 38, 40, 42).
+    fn async_message(event: u8, params: [u16; 3]) -> Pdu {
+        let mut a = Pdu::new(Opcode::AsyncMessage);
+        a.set_flags(0x80);
+        a.set_itt(RESERVED_TAG);
+        a.set_byte(36, event);
+        a.set_u16(38, params[0]);
+        a.set_u16(40, params[1]);
+        a.set_u16(42, params[2]);
+        a
+    }
+
+    #[test]
+    fn a_drop_announcement_reports_its_time2wait_from_parameter2() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        // Event 3 (all connections), Parameter2 Time2Wait 7, Parameter3
+        // Time2Retain 20.
+        let ev = s.receive(async_message(3, [0, 7, 20])).unwrap();
+        assert_eq!(ev, vec![Event::Dropping { time2wait: 7 }]);
+        let ev = s.receive(async_message(2, [1, 0, 0])).unwrap();
+        assert_eq!(ev, vec![Event::Dropping { time2wait: 0 }]);
     }
 
     #[test]

@@ -721,6 +721,8 @@ impl Client {
             for c in std::mem::take(&mut st.held) {
                 st.fail_here(c.0, Failure::Reset, &mut aborted);
             }
+            // An explicit logout: nothing to wait for before the next login.
+            st.time2wait = None;
             st.reconnect_now = true;
             aborted
         };

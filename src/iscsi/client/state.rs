@@ -19,6 +19,9 @@ use crate::seqhash::SeqMap;
 /// oldest are dropped: a target flooding events cannot grow memory).
 pub(super) const MAX_EVENTS: usize = 16;
 
+/// The longest Time2Wait there is (RFC 7143 13.15: 0 to 3600 s).
+const MAX_TIME2WAIT: u32 = 3600;
+
 /// A command the client has to answer.
 pub(super) struct Pending {
     pub(super) done: Callback,
@@ -43,6 +46,11 @@ pub(super) struct State {
     pub(super) recovery: Option<Duration>,
     /// Set by an I_T nexus reset: log in again without a backoff.
     pub(super) reconnect_now: bool,
+    /// The least time to wait before the next login, when the target has
+    /// a say in it: the Time2Wait of an Asynchronous Message 2 or 3, or the
+    /// session's DefaultTime2Wait after an unexpected loss (RFC 7143 13.15:
+    /// reinstating a session logs the old one out implicitly).
+    pub(super) time2wait: Option<Duration>,
     /// Guest commands not answered yet, by tag.
     pub(super) pending: SeqMap<u64, Pending>,
     pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
@@ -80,6 +88,9 @@ impl State {
         let now = Instant::now();
         self.down_since.get_or_insert(now);
         if let Some(mut w) = self.writer.take() {
+            let negotiated = w.session.n.default_time2wait.min(MAX_TIME2WAIT);
+            self.time2wait
+                .get_or_insert(Duration::from_secs(negotiated.into()));
             let mut again = w.session.take_unfinished();
             again.retain(|c| c.0 < INTERNAL_TAG);
             again.append(&mut self.held);
@@ -229,12 +240,22 @@ impl State {
                         let _ = tx.send(response);
                     }
                 }
-                Event::LogoutRequested { .. } | Event::Dropping if result.is_ok() => {
+                Event::LogoutRequested { .. } | Event::Dropping { .. } if result.is_ok() => {
                     if let Some(w) = self.writer.as_mut() {
                         w.session.logout();
                         w.flush();
                     }
-                    result = Err("the target asks to log out".into());
+                    // Asked for, not unexpected: only a drop names a wait.
+                    let wait = match e {
+                        Event::Dropping { time2wait } => time2wait.min(MAX_TIME2WAIT as u16),
+                        _ => 0,
+                    };
+                    self.time2wait = Some(Duration::from_secs(wait.into()));
+                    result = Err(if wait > 0 {
+                        format!("the target is closing the connection (Time2Wait {wait} s)")
+                    } else {
+                        "the target asks to log out".into()
+                    });
                 }
                 _ => {}
             }

@@ -89,9 +89,17 @@ impl SessionThread {
         loop {
             let fd = self.shared.reader().as_ref().map(|r| r.stream.as_raw_fd());
             let Some(fd) = fd else {
-                // Reconnect after the backoff, in steps of at most a second
-                // that fail the commands whose recovery timeout passes.
-                let until = Instant::now() + backoff;
+                // Reconnect after the backoff, or the Time2Wait the target
+                // asked for if longer, in steps of at most a second that
+                // fail the commands whose recovery timeout passes.
+                let time2wait = self.shared.lock().time2wait.take().unwrap_or_default();
+                if time2wait > backoff {
+                    info!(
+                        "iSCSI {name}: logging in again in {} s (the target's Time2Wait)",
+                        time2wait.as_secs()
+                    );
+                }
+                let until = Instant::now() + backoff.max(time2wait);
                 loop {
                     let mut st = self.shared.lock();
                     if st.stopping {
