@@ -55,6 +55,20 @@ enum Role {
         time2wait: u16,
         times: Arc<std::sync::Mutex<Vec<Instant>>>,
     },
+    /// Logins succeed and every SCSI command gets GOOD; after each login
+    /// the target asks to negotiate (Asynchronous Message 4) and answers
+    /// the Text Request by declaring MaxRecvDataSegmentLength=4096.
+    Renegotiates(Arc<Renegotiation>),
+}
+
+/// What a `Role::Renegotiates` target saw.
+#[derive(Default)]
+struct Renegotiation {
+    /// Text Requests received.
+    asked: AtomicUsize,
+    /// The largest data segment of a SCSI Command or Data-Out since the
+    /// last declaration.
+    largest: AtomicUsize,
 }
 
 /// Answers held back by a `Role::Gated` target.
@@ -212,7 +226,11 @@ fn serve(
                         send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                         return;
                     }
-                    Role::Target { .. } | Role::Gated(_) | Role::Deaf | Role::Drops { .. } => {
+                    Role::Target { .. }
+                    | Role::Gated(_)
+                    | Role::Deaf
+                    | Role::Drops { .. }
+                    | Role::Renegotiates(_) => {
                         let event = match &role {
                             Role::Target { event, .. } => event.as_ref(),
                             _ => None,
@@ -242,6 +260,15 @@ fn serve(
                                 ("DefaultTime2Wait", &time2wait.to_string()),
                             ]);
                             send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                            if let (true, Role::Renegotiates(_)) = (normal, &role) {
+                                // Negotiation request, within 5 s (Parameter3).
+                                let mut a = Pdu::new(Opcode::AsyncMessage);
+                                a.set_flags(0x80);
+                                a.set_itt(0xffff_ffff);
+                                a.set_byte(36, 4);
+                                a.set_u16(42, 5);
+                                send(&mut s, a, exp_cmd_sn, &mut stat_sn);
+                            }
                             if let (true, Some(sense)) = (normal, event) {
                                 let mut a = Pdu::new(Opcode::AsyncMessage);
                                 a.set_flags(0x80);
@@ -254,6 +281,19 @@ fn serve(
                         }
                     }
                 }
+            }
+            Some(Opcode::TextRequest) if matches!(role, Role::Renegotiates(_)) => {
+                let Role::Renegotiates(seen) = &role else {
+                    return;
+                };
+                let mut r = Pdu::new(Opcode::TextResponse);
+                r.set_flags(0x80);
+                r.set_itt(p.itt());
+                r.set_u32(20, 0xffff_ffff);
+                r.data = text::encode(&[("MaxRecvDataSegmentLength", "4096")]);
+                seen.largest.store(0, Ordering::Relaxed);
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                seen.asked.fetch_add(1, Ordering::Relaxed);
             }
             Some(Opcode::TextRequest) => {
                 let Role::Target { portals, .. } = &role else {
@@ -284,6 +324,20 @@ fn serve(
                     sleep(Duration::from_millis(100));
                 }
                 return;
+            }
+            Some(Opcode::ScsiCommand | Opcode::DataOut)
+                if matches!(role, Role::Renegotiates(_)) =>
+            {
+                if let Role::Renegotiates(seen) = &role {
+                    seen.largest.fetch_max(p.data.len(), Ordering::Relaxed);
+                }
+                if p.opcode() == Some(Opcode::ScsiCommand) {
+                    commands.fetch_add(1, Ordering::Relaxed);
+                    let mut r = Pdu::new(Opcode::ScsiResponse);
+                    r.set_flags(0x80);
+                    r.set_itt(p.itt());
+                    send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                }
             }
             Some(Opcode::ScsiCommand) => {
                 commands.fetch_add(1, Ordering::Relaxed);
@@ -821,4 +875,46 @@ fn the_next_login_waits_for_the_time2wait_the_target_gave() {
         );
         c.shutdown();
     }
+}
+
+#[test]
+fn a_target_asking_to_negotiate_gets_a_text_request_and_its_new_segment_length_is_kept() {
+    let seen = Arc::new(Renegotiation::default());
+    let t = Fake::start(Role::Renegotiates(seen.clone()));
+    let c = Client::start(
+        "renegotiate",
+        vec![t.addr.clone()],
+        params(),
+        no_discovery(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while seen.asked.load(Ordering::Relaxed) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no Text Request within Parameter3"
+        );
+        sleep(Duration::from_millis(10));
+    }
+    // A WRITE(10) of 16 KiB: the immediate data was 16 KiB under the
+    // MaxRecvDataSegmentLength of the login (65536); now at most 4096.
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[8] = 32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.submit(
+        LUN1,
+        &cdb,
+        Data::Write(vec![5; 16384]),
+        Box::new(move |r| {
+            let _ = tx.send(r);
+            None
+        }),
+    );
+    let done = rx.recv_timeout(Duration::from_secs(10)).expect("no answer");
+    assert_eq!(done.unwrap().status, 0);
+    assert_eq!(seen.largest.load(Ordering::Relaxed), 4096);
+    // The negotiation did not cost the session.
+    assert_eq!(t.logins(), 1);
+    c.shutdown();
 }

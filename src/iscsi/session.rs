@@ -405,6 +405,21 @@ impl Tasks {
 /// lists): a target that never stops continuing is cut off.
 const MAX_TEXT: usize = 1 << 20;
 
+/// Text Request/Response rounds a full-feature phase negotiation may take:
+/// each of our answers settles every key offered, so a target that keeps
+/// offering more is cut off.
+const MAX_NEGOTIATION_ROUNDS: u8 = 4;
+
+/// Whose text exchange is under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TextTask {
+    /// Ours (SendTargets): the keys go out as `Event::Text`.
+    Caller,
+    /// One the target asked for (Asynchronous Message 4), `rounds` so far:
+    /// the session settles it itself.
+    Negotiation { rounds: u8 },
+}
+
 /// `a <= b` in 32-bit serial number arithmetic (RFC 1982).
 fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
@@ -458,6 +473,8 @@ pub struct Session {
     waiting: VecDeque<u32>,
     out: VecDeque<Outgoing>,
     text_acc: Vec<u8>,
+    /// The text exchange under way (at most one, RFC 7143 11.10), by ITT.
+    text: Option<(u32, TextTask)>,
 }
 
 impl Session {
@@ -473,6 +490,7 @@ impl Session {
             waiting: VecDeque::new(),
             out: VecDeque::new(),
             text_acc: Vec::new(),
+            text: None,
         }
     }
 
@@ -780,15 +798,61 @@ impl Session {
 
     /// Text Request (SendTargets=All for discovery).
     pub fn text_request(&mut self, keys: &[(&str, &str)]) {
+        let itt = self.alloc_itt();
+        self.text = Some((itt, TextTask::Caller));
+        self.send_text(itt, RESERVED_TAG, text::encode(keys));
+    }
+
+    /// A final (F) Text Request of task `itt`, continuing the target's
+    /// `ttt` (RFC 7143 11.10; immediate, so it needs no CmdSN window).
+    fn send_text(&mut self, itt: u32, ttt: u32, data: Vec<u8>) {
         let mut p = Pdu::new(Opcode::TextRequest);
         p.set_immediate();
         p.set_flags(0x80);
-        p.set_itt(self.alloc_itt());
-        p.set_u32(20, RESERVED_TAG);
+        p.set_itt(itt);
+        p.set_u32(20, ttt);
         p.set_u32(24, self.cmd_sn);
         p.set_u32(28, self.exp_stat_sn);
-        p.data = text::encode(keys);
+        p.data = data;
         self.out.push_back(p.into());
+    }
+
+    /// Asynchronous Message 4: the target asks to negotiate. RFC 7143
+    /// 11.9.1: answer with a Text Request, which may be empty, unless one
+    /// is already pending.
+    fn negotiation_requested(&mut self) {
+        if self.text.is_none() {
+            let itt = self.alloc_itt();
+            self.text = Some((itt, TextTask::Negotiation { rounds: 0 }));
+            self.send_text(itt, RESERVED_TAG, Vec::new());
+        }
+    }
+
+    /// The target's final Text Response in a negotiation it asked for:
+    /// apply what it declares, answer what it offers (`text::full_feature_keys`),
+    /// and go on while it offers something or says it is not done (F=0).
+    fn negotiation_answered(
+        &mut self,
+        p: &Pdu,
+        keys: &[(String, String)],
+        rounds: u8,
+    ) -> Result<(), SessionError> {
+        let f = text::full_feature_keys(keys).map_err(protocol)?;
+        if let Some(n) = f.max_xmit_data_segment_length {
+            self.n.max_xmit_data_segment_length = n;
+        }
+        let target_done = p.flags() & 0x80 != 0;
+        if f.answers.is_empty() && target_done {
+            return Ok(());
+        }
+        if rounds + 1 >= MAX_NEGOTIATION_ROUNDS {
+            return Err(protocol(format!(
+                "a negotiation the target asked for took over {MAX_NEGOTIATION_ROUNDS} rounds"
+            )));
+        }
+        self.text = Some((p.itt(), TextTask::Negotiation { rounds: rounds + 1 }));
+        self.send_text(p.itt(), p.ttt(), text::encode(&f.answers));
+        Ok(())
     }
 
     /// Logout Request: close the session (immediate).
@@ -1119,8 +1183,17 @@ impl Session {
                     r.set_u32(28, self.exp_stat_sn);
                     self.out.push_back(r.into());
                 } else {
-                    let all = std::mem::take(&mut self.text_acc);
-                    ev.push(Event::Text(text::parse(&all)));
+                    let keys = text::parse(&std::mem::take(&mut self.text_acc));
+                    let task = self.text.filter(|t| t.0 == p.itt()).map(|t| t.1);
+                    if task.is_some() {
+                        self.text = None;
+                    }
+                    match task {
+                        Some(TextTask::Negotiation { rounds }) => {
+                            self.negotiation_answered(&p, &keys, rounds)?
+                        }
+                        _ => ev.push(Event::Text(keys)),
+                    }
                 }
             }
             Opcode::AsyncMessage => {
@@ -1151,6 +1224,17 @@ impl Session {
                     2 | 3 => ev.push(Event::Dropping {
                         time2wait: p.u16_at(40),
                     }),
+                    4 => self.negotiation_requested(),
+                    // Only with TaskReporting=FastAbort (RFC 7143 11.9.1),
+                    // which we never negotiate: the target's view of our
+                    // tasks is no longer ours, so the connection goes and
+                    // the commands are retried on a new session.
+                    5 => {
+                        return Err(protocol(
+                            "task termination message without TaskReporting=FastAbort",
+                        ))
+                    }
+                    // 255 vendor specific, the rest reserved: ignored.
                     _ => {}
                 }
             }
@@ -1664,6 +1748,16 @@ pub(crate) mod tests {
         a
     }
 
+    /// The target's final Text Response to task `itt`: `done` sets F.
+    fn text_response(itt: u32, ttt: u32, done: bool, keys: &[(&str, &str)]) -> Pdu {
+        let mut r = Pdu::new(Opcode::TextResponse);
+        r.set_flags(if done { 0x80 } else { 0 });
+        r.set_itt(itt);
+        r.set_u32(20, ttt);
+        r.data = text::encode(keys);
+        r
+    }
+
     #[test]
     fn a_drop_announcement_reports_its_time2wait_from_parameter2() {
         let mut s = Session::new(negotiated(true, true, 100));
@@ -1673,6 +1767,150 @@ pub(crate) mod tests {
         assert_eq!(ev, vec![Event::Dropping { time2wait: 7 }]);
         let ev = s.receive(async_message(2, [1, 0, 0])).unwrap();
         assert_eq!(ev, vec![Event::Dropping { time2wait: 0 }]);
+    }
+
+    #[test]
+    fn a_negotiation_request_is_answered_with_an_empty_text_request() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        assert_eq!(s.receive(async_message(4, [0, 0, 5])).unwrap(), vec![]);
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        let t = &out[0];
+        assert_eq!(t.opcode(), Some(Opcode::TextRequest));
+        assert_eq!(t.bhs[0] & 0x40, 0x40, "immediate");
+        assert_eq!(t.flags() & 0x80, 0x80, "final");
+        assert_eq!(t.ttt(), RESERVED_TAG);
+        assert!(t.data.is_empty());
+        // The target has nothing to negotiate after all: done, no event.
+        let ev = s
+            .receive(text_response(t.itt(), RESERVED_TAG, true, &[]))
+            .unwrap();
+        assert_eq!(ev, vec![]);
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_negotiation_request_while_a_text_request_is_pending_sends_nothing_more() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.text_request(&[("SendTargets", "All")]);
+        let itt = drain(&mut s)[0].itt();
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        assert!(drain(&mut s).is_empty());
+        // The pending request's answer still goes to the caller.
+        let ev = s
+            .receive(text_response(
+                itt,
+                RESERVED_TAG,
+                true,
+                &[("TargetName", "iqn.x")],
+            ))
+            .unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::Text(vec![("TargetName".into(), "iqn.x".into())])]
+        );
+    }
+
+    #[test]
+    fn a_max_recv_data_segment_length_declared_after_login_cuts_later_data_outs() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        let itt = drain(&mut s)[0].itt();
+        let ev = s
+            .receive(text_response(
+                itt,
+                RESERVED_TAG,
+                true,
+                &[("MaxRecvDataSegmentLength", "4096")],
+            ))
+            .unwrap();
+        assert_eq!(ev, vec![]);
+        assert!(drain(&mut s).is_empty(), "a declaration needs no answer");
+        // Immediate data and solicited Data-Out now come in 4096 bytes.
+        let w = s.submit(1, LUN, [0x2a; 10], Data::Write(vec![3; 12288]));
+        assert_eq!(drain(&mut s)[0].data.len(), 4096);
+        s.receive(r2t(w, 0x10, 4096, 8192)).unwrap();
+        let outs = drain(&mut s);
+        assert_eq!(
+            outs.iter().map(|p| p.data.len()).collect::<Vec<_>>(),
+            vec![4096, 4096]
+        );
+    }
+
+    #[test]
+    fn offers_after_login_are_answered_in_the_same_task_with_the_targets_ttt() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        let itt = drain(&mut s)[0].itt();
+        // F=0: the target is not done, and offers a login-only key.
+        s.receive(text_response(
+            itt,
+            0x55,
+            false,
+            &[("MaxBurstLength", "65536")],
+        ))
+        .unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].opcode(), Some(Opcode::TextRequest));
+        assert_eq!((out[0].itt(), out[0].ttt()), (itt, 0x55));
+        assert_eq!(
+            text::parse(&out[0].data),
+            vec![("MaxBurstLength".into(), "Reject".into())]
+        );
+        // The value negotiated at login stands.
+        assert_eq!(s.n.max_burst_length, 262144);
+        s.receive(text_response(itt, RESERVED_TAG, true, &[]))
+            .unwrap();
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_target_that_never_ends_a_negotiation_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        let mut itt = drain(&mut s)[0].itt();
+        let mut failed = false;
+        for _ in 0..MAX_NEGOTIATION_ROUNDS {
+            let r = text_response(itt, 0x9, false, &[("X-more", "1")]);
+            if s.receive(r).is_err() {
+                failed = true;
+                break;
+            }
+            itt = drain(&mut s)[0].itt();
+        }
+        assert!(failed);
+    }
+
+    #[test]
+    fn an_out_of_range_declaration_after_login_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        let itt = drain(&mut s)[0].itt();
+        let r = text_response(
+            itt,
+            RESERVED_TAG,
+            true,
+            &[("MaxRecvDataSegmentLength", "1")],
+        );
+        assert!(s.receive(r).is_err());
+    }
+
+    #[test]
+    fn a_task_termination_message_without_fast_abort_is_a_protocol_error() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, [0x28; 10], Data::Read(512));
+        drain(&mut s);
+        assert!(s.receive(async_message(5, [0, 0, 0])).is_err());
+    }
+
+    #[test]
+    fn vendor_and_reserved_async_events_are_ignored() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        for event in [6, 100, 255] {
+            assert_eq!(s.receive(async_message(event, [1, 2, 3])).unwrap(), vec![]);
+        }
+        assert!(drain(&mut s).is_empty());
     }
 
     #[test]

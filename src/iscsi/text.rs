@@ -89,6 +89,82 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Keys defined by RFC 7143 (section 13, and the obsolete marker keys of
+/// RFC 3720 it still reserves): understood, so answered `Reject` rather
+/// than `NotUnderstood` when they cannot be negotiated.
+const STANDARD_KEYS: &[&str] = &[
+    "HeaderDigest",
+    "DataDigest",
+    "MaxConnections",
+    "SendTargets",
+    "TargetName",
+    "InitiatorName",
+    "TargetAlias",
+    "InitiatorAlias",
+    "TargetAddress",
+    "TargetPortalGroupTag",
+    "InitialR2T",
+    "ImmediateData",
+    "MaxRecvDataSegmentLength",
+    "MaxBurstLength",
+    "FirstBurstLength",
+    "DefaultTime2Wait",
+    "DefaultTime2Retain",
+    "MaxOutstandingR2T",
+    "DataPDUInOrder",
+    "DataSequenceInOrder",
+    "ErrorRecoveryLevel",
+    "SessionType",
+    "AuthMethod",
+    "TaskReporting",
+    "iSCSIProtocolLevel",
+    "OFMarker",
+    "IFMarker",
+    "OFMarkInt",
+    "IFMarkInt",
+];
+
+/// What the initiator makes of the keys a target sends in a full-feature
+/// phase negotiation (RFC 7143 6.2, asked for by Asynchronous Message 4).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FullFeatureKeys {
+    /// The target's new MaxRecvDataSegmentLength (a declaration, 13.12:
+    /// the most data we may put in one PDU from now on).
+    pub max_xmit_data_segment_length: Option<u32>,
+    /// Our answers to the keys it offered, to send in the next Text Request.
+    pub answers: Vec<(String, &'static str)>,
+}
+
+/// Sort a target's full-feature phase keys into what we apply and what we
+/// answer. Only MaxRecvDataSegmentLength may change after login for a
+/// session like ours: every other standard key is login-only (IO) or
+/// leading-connection-only (LO) and settled at login, so an offer of one
+/// is answered `Reject` (the value stays as negotiated, 6.2); a key we do
+/// not know is answered `NotUnderstood` (6.2.1). Declarations other than
+/// MaxRecvDataSegmentLength, and the target's own answers (`Reject`,
+/// `Irrelevant`, `NotUnderstood`), need no answer. An out-of-range
+/// MaxRecvDataSegmentLength (13.12: 512 to 2^24-1) is an error.
+pub fn full_feature_keys(keys: &[(String, String)]) -> Result<FullFeatureKeys, String> {
+    let mut out = FullFeatureKeys::default();
+    for (k, v) in keys {
+        match k.as_str() {
+            "MaxRecvDataSegmentLength" => {
+                let n = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (512..=(1 << 24) - 1).contains(n))
+                    .ok_or_else(|| format!("MaxRecvDataSegmentLength={v} is out of range"))?;
+                out.max_xmit_data_segment_length = Some(n);
+            }
+            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {}
+            _ if matches!(v.as_str(), "Reject" | "Irrelevant" | "NotUnderstood") => {}
+            _ if STANDARD_KEYS.contains(&k.as_str()) => out.answers.push((k.clone(), "Reject")),
+            _ => out.answers.push((k.clone(), "NotUnderstood")),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +190,68 @@ mod tests {
         assert_eq!(decode_binary("0bAQID"), Some(vec![1, 2, 3]));
         assert_eq!(decode_binary("12"), None);
         assert_eq!(encode_hex(&[0, 0xab]), "0x00ab");
+    }
+
+    fn pairs(kv: &[(&str, &str)]) -> Vec<(String, String)> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_declared_max_recv_data_segment_length_is_applied_and_not_answered() {
+        let f = full_feature_keys(&pairs(&[("MaxRecvDataSegmentLength", "16384")])).unwrap();
+        assert_eq!(
+            f,
+            FullFeatureKeys {
+                max_xmit_data_segment_length: Some(16384),
+                answers: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn an_out_of_range_max_recv_data_segment_length_is_an_error() {
+        for v in ["511", "16777216", "-1", "big", ""] {
+            assert!(
+                full_feature_keys(&pairs(&[("MaxRecvDataSegmentLength", v)])).is_err(),
+                "{v}"
+            );
+        }
+        assert!(full_feature_keys(&pairs(&[("MaxRecvDataSegmentLength", "512")])).is_ok());
+        assert!(full_feature_keys(&pairs(&[("MaxRecvDataSegmentLength", "16777215")])).is_ok());
+    }
+
+    #[test]
+    fn login_only_offers_are_rejected_and_unknown_keys_not_understood() {
+        let f = full_feature_keys(&pairs(&[
+            ("MaxBurstLength", "65536"),
+            ("X-com.example.Fancy", "1"),
+            ("HeaderDigest", "CRC32C"),
+            ("Strange", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            f.answers,
+            vec![
+                ("MaxBurstLength".to_string(), "Reject"),
+                ("X-com.example.Fancy".to_string(), "NotUnderstood"),
+                ("HeaderDigest".to_string(), "Reject"),
+                ("Strange".to_string(), "NotUnderstood"),
+            ]
+        );
+    }
+
+    #[test]
+    fn declarations_and_the_targets_own_answers_need_no_answer() {
+        let f = full_feature_keys(&pairs(&[
+            ("TargetAlias", "disk"),
+            ("TargetPortalGroupTag", "1"),
+            ("MaxBurstLength", "Reject"),
+            ("X-vendor", "NotUnderstood"),
+            ("ImmediateData", "Irrelevant"),
+        ]))
+        .unwrap();
+        assert_eq!(f, FullFeatureKeys::default());
     }
 }
