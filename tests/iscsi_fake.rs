@@ -918,3 +918,51 @@ fn a_target_asking_to_negotiate_gets_a_text_request_and_its_new_segment_length_i
     assert_eq!(t.logins(), 1);
     c.shutdown();
 }
+
+/// A scripted target listening on the IPv6 loopback, `[::1]:port`.
+fn target_v6() -> Fake {
+    Fake::on(
+        TcpListener::bind("[::1]:0").expect("IPv6 loopback"),
+        Role::Target {
+            portals: vec![],
+            event: None,
+        },
+    )
+}
+
+#[test]
+fn ipv6_portals_are_logged_in_to_redirected_to_and_failed_over_to() {
+    // Directly, as an iscsi://[::1]:port/... URL names it.
+    let v6 = target_v6();
+    assert!(v6.addr.starts_with("[::1]:"), "{}", v6.addr);
+    let c = Client::start("v6", vec![v6.addr.clone()], params(), no_discovery()).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    c.shutdown();
+
+    // Redirected from an IPv4 portal (TargetAddress "[::1]:port,1").
+    let r = Fake::start(Role::Redirect {
+        to: v6.addr.clone(),
+        permanent: true,
+    });
+    let c = Client::start("v6-moved", vec![r.addr.clone()], params(), no_discovery()).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!((r.logins(), v6.logins()), (1, 2));
+    c.shutdown();
+
+    // Learnt by SendTargets from an IPv4 portal, then taking over from it.
+    let a = Fake::start(Role::Target {
+        portals: vec![v6.addr.clone()],
+        event: None,
+    });
+    let options = Options {
+        recovery_timeout: Some(Duration::from_secs(10)),
+        ..Options::default()
+    };
+    let c = Client::start("v6-failover", vec![a.addr.clone()], params(), options).unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    let before = v6.commands.load(Ordering::Relaxed);
+    a.kill();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert!(v6.commands.load(Ordering::Relaxed) > before);
+    c.shutdown();
+}
