@@ -19,10 +19,11 @@ use vhost_user_scsi::iscsi::session::{Completion, Data, Sink, SinkRef, Source, S
 const INITIATOR: &str = "iqn.2026-11.org.vhost-user-scsi:test";
 const LUN1: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
 
-fn spawn_tgtd(ctl: &str, port: u16, dir: &tempfile::TempDir) -> Child {
+/// tgtd with one portal, `host` being "127.0.0.1" or "[::1]".
+fn spawn_tgtd(ctl: &str, host: &str, port: u16, dir: &tempfile::TempDir) -> Child {
     Command::new("tgtd")
         .args(["-f", "-C", ctl, "--iscsi"])
-        .arg(format!("portal=127.0.0.1:{port}"))
+        .arg(format!("portal={host}:{port}"))
         .env("TGT_IPC_SOCKET", dir.path().join("ipc"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -32,6 +33,7 @@ fn spawn_tgtd(ctl: &str, port: u16, dir: &tempfile::TempDir) -> Child {
 
 struct Tgt {
     child: Child,
+    host: &'static str,
     port: u16,
     ctl: String,
     dir: tempfile::TempDir,
@@ -40,7 +42,12 @@ struct Tgt {
 
 impl Tgt {
     fn start() -> Tgt {
-        let port = TcpListener::bind("127.0.0.1:0")
+        Tgt::start_on("127.0.0.1")
+    }
+
+    /// tgtd listening on `host` ("127.0.0.1", or "[::1]" for IPv6).
+    fn start_on(host: &'static str) -> Tgt {
+        let port = TcpListener::bind(format!("{host}:0"))
             .unwrap()
             .local_addr()
             .unwrap()
@@ -48,9 +55,10 @@ impl Tgt {
         let dir = tempfile::tempdir().unwrap();
         // -C takes at most 32767; the socket directory is ours anyway.
         let ctl = (port % 32000 + 1).to_string();
-        let child = spawn_tgtd(&ctl, port, &dir);
+        let child = spawn_tgtd(&ctl, host, port, &dir);
         let t = Tgt {
             child,
+            host,
             port,
             ctl,
             dir,
@@ -146,7 +154,7 @@ impl Tgt {
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}", self.ctl)));
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}.lock", self.ctl)));
         sleep(Duration::from_millis(500));
-        self.child = spawn_tgtd(&self.ctl, self.port, &self.dir);
+        self.child = spawn_tgtd(&self.ctl, self.host, self.port, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.try_adm(&["--mode", "sys", "--op", "show"]) {
             assert!(Instant::now() < deadline, "tgtd did not restart");
@@ -228,7 +236,7 @@ impl Tgt {
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -374,6 +382,32 @@ fn discovery_lists_targets_and_portals() {
             .any(|p| p.starts_with(&format!("127.0.0.1:{}", t.port))),
         "{list:?}"
     );
+    c.logout().unwrap();
+}
+
+#[test]
+fn an_ipv6_portal_is_discovered_logged_in_to_and_carries_verified_data() {
+    let mut t = Tgt::start_on("[::1]");
+    let (tid, _) = t.target("iqn.2026-11.test:six");
+    t.bind_all(tid);
+    let mut d = login(&t, params(None)).unwrap();
+    let list = d.send_targets().unwrap();
+    d.logout().unwrap();
+    // tgt names its portal in brackets, as RFC 7143 13.9 asks.
+    let portals = &list[0].1;
+    let portal = portals
+        .iter()
+        .find_map(|p| vhost_user_scsi::iscsi::url::portal_address(p))
+        .unwrap_or_else(|| panic!("no usable portal in {list:?}"));
+    assert_eq!(portal, t.addr());
+    let mut c = Connection::login(
+        &portal,
+        params(Some("iqn.2026-11.test:six")),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    clear_unit_attention(&mut c);
+    write_read_verify(&mut c);
     c.logout().unwrap();
 }
 
