@@ -59,6 +59,9 @@ enum Role {
     /// the target asks to negotiate (Asynchronous Message 4) and answers
     /// the Text Request by declaring MaxRecvDataSegmentLength=4096.
     Renegotiates(Arc<Renegotiation>),
+    /// Logins succeed and every SCSI command gets GOOD, except the first
+    /// session's first, which is rejected with "waiting for logout" (0Ch).
+    WantsLogout,
 }
 
 /// What a `Role::Renegotiates` target saw.
@@ -230,7 +233,8 @@ fn serve(
                     | Role::Gated(_)
                     | Role::Deaf
                     | Role::Drops { .. }
-                    | Role::Renegotiates(_) => {
+                    | Role::Renegotiates(_)
+                    | Role::WantsLogout => {
                         let event = match &role {
                             Role::Target { event, .. } => event.as_ref(),
                             _ => None,
@@ -338,6 +342,18 @@ fn serve(
                     r.set_itt(p.itt());
                     send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                 }
+            }
+            Some(Opcode::ScsiCommand)
+                if matches!(role, Role::WantsLogout)
+                    && logins.load(Ordering::Relaxed) == 1
+                    && commands.fetch_add(1, Ordering::Relaxed) == 0 =>
+            {
+                let mut r = Pdu::new(Opcode::Reject);
+                r.set_flags(0x80);
+                r.set_itt(0xffff_ffff);
+                r.set_byte(2, 0x0c);
+                r.data = p.bhs.to_vec();
+                send(&mut s, r, exp_cmd_sn, &mut stat_sn);
             }
             Some(Opcode::ScsiCommand) => {
                 commands.fetch_add(1, Ordering::Relaxed);
@@ -964,5 +980,19 @@ fn ipv6_portals_are_logged_in_to_redirected_to_and_failed_over_to() {
     a.kill();
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
     assert!(v6.commands.load(Ordering::Relaxed) > before);
+    c.shutdown();
+}
+
+#[test]
+fn a_command_rejected_while_the_target_waits_for_a_logout_succeeds_on_the_next_session() {
+    let t = Fake::start(Role::WantsLogout);
+    let c = Client::start("logout", vec![t.addr.clone()], params(), no_discovery()).unwrap();
+    // The caller sees only GOOD, completed at the target (a nonzero
+    // response would reach the guest as a transport failure): the rejected
+    // command went again after the logout and the new login.
+    let done = one(&c, &TUR).unwrap();
+    assert_eq!((done.response, done.status), (0, 0));
+    assert_eq!(t.logins(), 2);
+    assert_eq!(t.commands.load(Ordering::Relaxed), 2);
     c.shutdown();
 }

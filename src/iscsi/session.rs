@@ -410,6 +410,10 @@ const MAX_TEXT: usize = 1 << 20;
 /// offering more is cut off.
 const MAX_NEGOTIATION_ROUNDS: u8 = 4;
 
+/// Reject reasons (RFC 7143 11.17.1) that change what a Reject ends.
+const REJECT_DATA_DIGEST: u8 = 0x02;
+const REJECT_WAITING_FOR_LOGOUT: u8 = 0x0c;
+
 /// Whose text exchange is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TextTask {
@@ -1240,24 +1244,7 @@ impl Session {
             }
             Opcode::Reject => {
                 self.update_sn(&p, true);
-                // The rejected PDU's header is the data segment.
-                if p.data.len() >= 20 {
-                    let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
-                    match self.tasks.get(&itt).map(|t| t.tmf.is_some()) {
-                        // A rejected task management request: "function
-                        // rejected" (RFC 7143 11.6.1), and nothing ended.
-                        Some(true) => {
-                            if let Some(t) = self.tasks.remove(&itt) {
-                                ev.push(Event::TaskManagement {
-                                    tag: t.tag,
-                                    response: 255,
-                                });
-                            }
-                        }
-                        // A rejected command finishes with a target failure.
-                        _ => ev.extend(self.complete(itt, 0x01, 0, Vec::new(), 0)),
-                    }
-                }
+                self.rejected(&p, ev)?;
             }
             Opcode::TaskMgmtResponse => {
                 self.update_sn(&p, true);
@@ -1291,6 +1278,60 @@ impl Session {
             }
         }
         self.pump();
+        Ok(())
+    }
+
+    /// A Reject (RFC 7143 11.17): the rejected PDU's header is its data
+    /// segment. What it ends depends on what was rejected and why
+    /// (11.17.1: a task the rejected PDU belonged to, once instantiated,
+    /// still ends with the target's SCSI Response).
+    fn rejected(&mut self, p: &Pdu, ev: &mut Vec<Event>) -> Result<(), SessionError> {
+        if p.data.len() < BHS_LEN {
+            return Ok(());
+        }
+        let reason = p.byte(2);
+        let opcode = Opcode::from_u8(p.data[0] & 0x3f);
+        let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+        if let Some(task) = self.text.filter(|t| t.0 == itt).map(|t| t.1) {
+            self.text = None;
+            self.text_acc.clear();
+            // A refused negotiation ends it; a refused SendTargets would
+            // otherwise leave its caller waiting for an answer.
+            return match task {
+                TextTask::Negotiation { .. } => Ok(()),
+                TextTask::Caller => Err(protocol(format!(
+                    "the target rejected our Text Request (reason {reason:#04x})"
+                ))),
+            };
+        }
+        match (self.tasks.get(&itt).map(|t| t.tmf.is_some()), opcode) {
+            // A rejected task management request: "function rejected"
+            // (11.6.1), and nothing ended.
+            (Some(true), _) => {
+                if let Some(t) = self.tasks.remove(&itt) {
+                    ev.push(Event::TaskManagement {
+                        tag: t.tag,
+                        response: 255,
+                    });
+                }
+            }
+            // Part of a command the target has: a Data-Out, or the
+            // command's own immediate data failing its digest (7.8). The
+            // target ends the task with a SCSI Response once the data it
+            // still expects has come (11.17.1).
+            (Some(false), Some(Opcode::DataOut)) => {}
+            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_DATA_DIGEST => {}
+            // Not run: the target waits for us to log out (11.9.1, event
+            // 1). The command stays, to go again on the next session.
+            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_WAITING_FOR_LOGOUT => {
+                ev.push(Event::LogoutRequested { within_secs: 0 });
+            }
+            // A command the target refused outright never became a task
+            // there: it ends here, with a target failure.
+            (Some(false), _) => ev.extend(self.complete(itt, 0x01, 0, Vec::new(), 0)),
+            // Our NOP-Out ping, a Logout, or a task already ended.
+            (None, _) => {}
+        }
         Ok(())
     }
 
@@ -2172,6 +2213,110 @@ pub(crate) mod tests {
         assert_eq!(s.in_flight(), 1);
         // Its response, should one still come, finds nothing.
         assert!(s.receive(tmf_response(tmf.itt(), 0)).unwrap().is_empty());
+    }
+
+    /// A Reject with `reason` of the PDU whose header is `rejected`.
+    fn reject(reason: u8, rejected: &Pdu) -> Pdu {
+        let mut rj = Pdu::new(Opcode::Reject);
+        rj.set_flags(0x80);
+        rj.set_itt(RESERVED_TAG);
+        rj.set_byte(2, reason);
+        rj.data = rejected.bhs.to_vec();
+        rj
+    }
+
+    #[test]
+    fn a_rejected_data_out_leaves_its_command_to_the_targets_response() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        let itt = s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 16384]));
+        drain(&mut s);
+        s.receive(r2t(itt, 0x20, 8192, 8192)).unwrap();
+        let data_out = drain(&mut s).remove(0);
+        assert_eq!(data_out.opcode(), Some(Opcode::DataOut));
+        // Data digest error (02h): the target discards the PDU and ends
+        // the task itself (RFC 7143 11.17.1).
+        assert_eq!(s.receive(reject(0x02, &data_out)).unwrap(), vec![]);
+        assert_eq!(s.in_flight(), 1);
+        // Its CHECK CONDITION ends the command, sense and all.
+        let sense = vec![0x70, 0, 0x0b, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05];
+        let mut r = Pdu::new(Opcode::ScsiResponse);
+        r.set_flags(0x80);
+        r.set_itt(itt);
+        r.set_byte(3, 0x02);
+        r.data = (sense.len() as u16).to_be_bytes().to_vec();
+        r.data.extend_from_slice(&sense);
+        let ev = s.receive(r).unwrap();
+        let Event::Completed(c) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!((c.tag, c.response, c.status), (1, 0, 0x02));
+        assert_eq!(c.sense, sense);
+    }
+
+    #[test]
+    fn a_command_whose_immediate_data_failed_its_digest_is_not_ended_by_the_reject() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(1, LUN, [0x2a; 10], Data::Write(vec![1; 4096]));
+        let cmd = drain(&mut s).remove(0);
+        assert_eq!(s.receive(reject(0x02, &cmd)).unwrap(), vec![]);
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_command_rejected_outright_ends_as_a_target_failure() {
+        for reason in [0x04, 0x05, 0x09, 0x0a] {
+            let mut s = Session::new(negotiated(true, true, 100));
+            s.submit(7, LUN, [0x28; 10], Data::Read(512));
+            let cmd = drain(&mut s).remove(0);
+            let ev = s.receive(reject(reason, &cmd)).unwrap();
+            assert!(
+                matches!(&ev[..], [Event::Completed(c)] if c.tag == 7 && c.response == 0x01),
+                "reason {reason:#x}: {ev:?}"
+            );
+            assert_eq!(s.in_flight(), 0);
+        }
+    }
+
+    #[test]
+    fn a_command_rejected_while_the_target_waits_for_a_logout_is_kept_for_the_next_session() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(7, LUN, [0x28; 10], Data::Read(512));
+        let cmd = drain(&mut s).remove(0);
+        let ev = s.receive(reject(0x0c, &cmd)).unwrap();
+        assert_eq!(ev, vec![Event::LogoutRequested { within_secs: 0 }]);
+        let again = s.take_unfinished();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, 7);
+    }
+
+    #[test]
+    fn a_rejected_send_targets_is_an_error_and_a_rejected_negotiation_just_ends() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.text_request(&[("SendTargets", "All")]);
+        let req = drain(&mut s).remove(0);
+        assert!(s.receive(reject(0x05, &req)).is_err());
+
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        let req = drain(&mut s).remove(0);
+        assert_eq!(s.receive(reject(0x04, &req)).unwrap(), vec![]);
+        // Over: the next request is answered afresh.
+        s.receive(async_message(4, [0, 0, 5])).unwrap();
+        assert_eq!(drain(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn a_short_reject_or_one_naming_nothing_ends_nothing() {
+        let mut s = Session::new(negotiated(true, true, 100));
+        s.submit(7, LUN, [0x28; 10], Data::Read(512));
+        let cmd = drain(&mut s).remove(0);
+        let mut short = reject(0x04, &cmd);
+        short.data.truncate(20);
+        assert_eq!(s.receive(short).unwrap(), vec![]);
+        let mut ping = Pdu::new(Opcode::NopOut);
+        ping.set_itt(0x1234_5678);
+        assert_eq!(s.receive(reject(0x04, &ping)).unwrap(), vec![]);
+        assert_eq!(s.in_flight(), 1);
     }
 
     #[test]
