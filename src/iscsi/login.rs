@@ -374,11 +374,20 @@ impl Login {
                     self.state = State::Done;
                     return Ok(Step::Done(self.negotiated(r, keys)));
                 }
+                // Not done: answer whatever the target offered of its own
+                // (RFC 7143 6.2), along with asking to go on.
+                let ours: Vec<(String, String)> = self
+                    .identity_keys()
+                    .into_iter()
+                    .chain(self.operational_keys())
+                    .collect();
+                let ours: Vec<&str> = ours.iter().map(|(k, _)| k.as_str()).collect();
+                let answers = text::answers_to(&keys, &ours);
                 Ok(Step::Send(self.request(
                     OPERATIONAL,
                     FULL_FEATURE,
                     true,
-                    &[],
+                    &answers,
                 )))
             }
             State::Done => Err(protocol("Login Response after the login completed")),
@@ -489,6 +498,55 @@ mod tests {
 
     fn keys_of(p: &Pdu) -> Vec<(String, String)> {
         text::parse(&p.data)
+    }
+
+    #[test]
+    fn offers_of_the_target_during_login_are_answered_and_its_answers_are_not() {
+        let mut l = Login::new(params(false, false));
+        l.start();
+        let Step::Send(_) = l
+            .receive(&resp(true, 0, 1, &[("AuthMethod", "None")], 5))
+            .unwrap()
+        else {
+            panic!()
+        };
+        // No transit yet: answers to our keys, a declaration, and two
+        // offers of its own.
+        let more = resp(
+            false,
+            1,
+            0,
+            &[
+                ("InitialR2T", "Yes"),
+                ("MaxBurstLength", "262144"),
+                ("TargetPortalGroupTag", "1"),
+                ("OFMarker", "Yes"),
+                ("X-com.example.Tuning", "7"),
+            ],
+            6,
+        );
+        let Step::Send(next) = l.receive(&more).unwrap() else {
+            panic!()
+        };
+        assert_eq!(next.flags(), 0x87); // T, CSG 1, NSG 3: go on
+        assert_eq!(
+            keys_of(&next),
+            vec![
+                ("OFMarker".to_string(), "Reject".to_string()),
+                (
+                    "X-com.example.Tuning".to_string(),
+                    "NotUnderstood".to_string()
+                ),
+            ]
+        );
+        // Nothing offered: an empty request, as before.
+        let Step::Send(again) = l
+            .receive(&resp(false, 1, 0, &[("DataDigest", "None")], 7))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(again.data.is_empty());
     }
 
     #[test]

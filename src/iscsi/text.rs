@@ -90,8 +90,8 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Keys defined by RFC 7143 (section 13, and the obsolete marker keys of
-/// RFC 3720 it still reserves): understood, so answered `Reject` rather
-/// than `NotUnderstood` when they cannot be negotiated.
+/// RFC 3720, which 13.26 says to answer `Reject`, never `NotUnderstood`):
+/// understood, so answered `Reject` when they are not ours to negotiate.
 const STANDARD_KEYS: &[&str] = &[
     "HeaderDigest",
     "DataDigest",
@@ -132,35 +132,60 @@ pub struct FullFeatureKeys {
     /// the most data we may put in one PDU from now on).
     pub max_xmit_data_segment_length: Option<u32>,
     /// Our answers to the keys it offered, to send in the next Text Request.
-    pub answers: Vec<(String, &'static str)>,
+    pub answers: Vec<(String, String)>,
+}
+
+/// Our answers to what a target offered among `keys` (RFC 7143 6.2: every
+/// offer is answered). Not offers: the keys named in `ours` (its answers to
+/// our offers), declarations (TargetAlias, TargetAddress,
+/// TargetPortalGroupTag, MaxRecvDataSegmentLength) and its own answer
+/// words (`Reject`, `Irrelevant`, `NotUnderstood`). We negotiate only what
+/// we offer, so a standard key it offers is answered `Reject` (the value
+/// stays what it was, 6.2), and a key we do not know `NotUnderstood`
+/// (6.2.1).
+pub fn answers_to(keys: &[(String, String)], ours: &[&str]) -> Vec<(String, String)> {
+    keys.iter()
+        .filter(|(k, v)| {
+            !ours.contains(&k.as_str())
+                && !matches!(
+                    k.as_str(),
+                    "TargetAlias"
+                        | "TargetAddress"
+                        | "TargetPortalGroupTag"
+                        | "MaxRecvDataSegmentLength"
+                )
+                && !matches!(v.as_str(), "Reject" | "Irrelevant" | "NotUnderstood")
+        })
+        .map(|(k, _)| {
+            let answer = if STANDARD_KEYS.contains(&k.as_str()) {
+                "Reject"
+            } else {
+                "NotUnderstood"
+            };
+            (k.clone(), answer.to_string())
+        })
+        .collect()
 }
 
 /// Sort a target's full-feature phase keys into what we apply and what we
 /// answer. Only MaxRecvDataSegmentLength may change after login for a
 /// session like ours: every other standard key is login-only (IO) or
 /// leading-connection-only (LO) and settled at login, so an offer of one
-/// is answered `Reject` (the value stays as negotiated, 6.2); a key we do
-/// not know is answered `NotUnderstood` (6.2.1). Declarations other than
-/// MaxRecvDataSegmentLength, and the target's own answers (`Reject`,
-/// `Irrelevant`, `NotUnderstood`), need no answer. An out-of-range
-/// MaxRecvDataSegmentLength (13.12: 512 to 2^24-1) is an error.
+/// is answered `Reject` (`answers_to`, with nothing of ours under way). An
+/// out-of-range MaxRecvDataSegmentLength (13.12: 512 to 2^24-1) is an
+/// error.
 pub fn full_feature_keys(keys: &[(String, String)]) -> Result<FullFeatureKeys, String> {
-    let mut out = FullFeatureKeys::default();
-    for (k, v) in keys {
-        match k.as_str() {
-            "MaxRecvDataSegmentLength" => {
-                let n = v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (512..=(1 << 24) - 1).contains(n))
-                    .ok_or_else(|| format!("MaxRecvDataSegmentLength={v} is out of range"))?;
-                out.max_xmit_data_segment_length = Some(n);
-            }
-            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {}
-            _ if matches!(v.as_str(), "Reject" | "Irrelevant" | "NotUnderstood") => {}
-            _ if STANDARD_KEYS.contains(&k.as_str()) => out.answers.push((k.clone(), "Reject")),
-            _ => out.answers.push((k.clone(), "NotUnderstood")),
-        }
+    let mut out = FullFeatureKeys {
+        answers: answers_to(keys, &[]),
+        ..FullFeatureKeys::default()
+    };
+    if let Some(v) = get(keys, "MaxRecvDataSegmentLength") {
+        let n = v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (512..=(1 << 24) - 1).contains(n))
+            .ok_or_else(|| format!("MaxRecvDataSegmentLength={v} is out of range"))?;
+        out.max_xmit_data_segment_length = Some(n);
     }
     Ok(out)
 }
@@ -233,12 +258,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             f.answers,
-            vec![
-                ("MaxBurstLength".to_string(), "Reject"),
-                ("X-com.example.Fancy".to_string(), "NotUnderstood"),
-                ("HeaderDigest".to_string(), "Reject"),
-                ("Strange".to_string(), "NotUnderstood"),
-            ]
+            pairs(&[
+                ("MaxBurstLength", "Reject"),
+                ("X-com.example.Fancy", "NotUnderstood"),
+                ("HeaderDigest", "Reject"),
+                ("Strange", "NotUnderstood"),
+            ])
         );
     }
 
@@ -253,5 +278,26 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(f, FullFeatureKeys::default());
+    }
+
+    #[test]
+    fn answers_skip_the_targets_answers_to_our_own_offers() {
+        let keys = pairs(&[
+            ("HeaderDigest", "None"),
+            ("MaxBurstLength", "65536"),
+            ("OFMarker", "Yes"),
+            ("IFMarkInt", "2048~8192"),
+            ("X-com.example.Opt", "1"),
+            ("TargetPortalGroupTag", "1"),
+        ]);
+        assert_eq!(
+            answers_to(&keys, &["HeaderDigest", "MaxBurstLength"]),
+            // Markers: Reject, never NotUnderstood (RFC 7143 13.26).
+            pairs(&[
+                ("OFMarker", "Reject"),
+                ("IFMarkInt", "Reject"),
+                ("X-com.example.Opt", "NotUnderstood"),
+            ])
+        );
     }
 }
