@@ -44,6 +44,9 @@ enum Role {
     /// Closes the connection at the first Login Request, as LIO does when
     /// a target that requires CHAP is offered AuthMethod=None.
     Hangup,
+    /// Answers every login with status 0301h, service unavailable (a
+    /// node in maintenance).
+    Unavailable,
     /// Logins succeed and every SCSI command gets GOOD, except that the
     /// first session ends after its first command: announced by an
     /// Asynchronous Message 3 whose Time2Wait is `time2wait`
@@ -222,6 +225,12 @@ fn serve(
                 r.bhs[8..14].copy_from_slice(&p.bhs[8..14]);
                 match &role {
                     Role::Hangup => return,
+                    Role::Unavailable => {
+                        r.set_byte(36, 3);
+                        r.set_byte(37, 1);
+                        send(&mut s, r, exp_cmd_sn, &mut stat_sn);
+                        return;
+                    }
                     Role::Redirect { to, permanent } => {
                         r.set_byte(36, 1);
                         r.set_byte(37, if *permanent { 2 } else { 1 });
@@ -995,4 +1004,30 @@ fn a_command_rejected_while_the_target_waits_for_a_logout_succeeds_on_the_next_s
     assert_eq!(t.logins(), 2);
     assert_eq!(t.commands.load(Ordering::Relaxed), 2);
     c.shutdown();
+}
+
+#[test]
+fn a_portal_whose_service_is_unavailable_at_start_is_passed_over_for_the_next() {
+    let down = Fake::start(Role::Unavailable);
+    let up = target();
+    let c = Client::start(
+        "maintenance",
+        vec![down.addr.clone(), up.addr.clone()],
+        params(),
+        no_discovery(),
+    )
+    .unwrap();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!((down.logins(), up.logins()), (1, 1));
+    c.shutdown();
+    // With no other portal, the start fails and says why.
+    let e = Client::start(
+        "maintenance",
+        vec![down.addr.clone()],
+        params(),
+        no_discovery(),
+    )
+    .err()
+    .expect("no portal accepts the login");
+    assert!(e.to_string().contains("service is unavailable"), "{e}");
 }

@@ -77,6 +77,28 @@ pub struct Negotiated {
     pub target_keys: Vec<(String, String)>,
 }
 
+/// What a target error (status class 03h and unknown classes, RFC 7143
+/// 11.13.5) says.
+fn target_error_text(class: u8, detail: u8) -> &'static str {
+    match (class, detail) {
+        (3, 0) => "target error",
+        (3, 1) => "the target's service is unavailable",
+        (3, 2) => "the target is out of resources",
+        (3, _) => "target error",
+        _ => "unknown status class",
+    }
+}
+
+impl LoginError {
+    /// Whether another portal, or the same one later, may accept the same
+    /// login: a target error (class 03h: "the initiator may retry", RFC
+    /// 7143 11.13.5, e.g. a node in maintenance). Authentication, access
+    /// and target-name refusals (class 02h) are the same everywhere.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LoginError::TargetError { class: 3, .. })
+    }
+}
+
 /// Why a login failed, by class (RFC 7143 11.13.5).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
@@ -92,7 +114,7 @@ pub enum LoginError {
     TargetRemoved,
     #[error("Login rejected: initiator error {0:#04x}")]
     InitiatorError(u8),
-    #[error("Login failed: target error {class:#04x}/{detail:#04x}")]
+    #[error("Login failed: {} ({class:#04x}/{detail:#04x})", target_error_text(*class, *detail))]
     TargetError { class: u8, detail: u8 },
     #[error("The target needs CHAP and no credentials are configured")]
     ChapRequired,
@@ -714,6 +736,32 @@ mod tests {
             3,
         ));
         assert_eq!(r.err(), Some(LoginError::MutualChapFailed));
+    }
+
+    #[test]
+    fn only_target_errors_are_worth_another_portal() {
+        let busy = LoginError::TargetError {
+            class: 3,
+            detail: 1,
+        };
+        assert!(busy.is_transient());
+        assert_eq!(
+            busy.to_string(),
+            "Login failed: the target's service is unavailable (0x03/0x01)"
+        );
+        for refused in [
+            LoginError::AuthenticationFailed,
+            LoginError::Forbidden,
+            LoginError::TargetNotFound,
+            LoginError::TargetRemoved,
+            LoginError::InitiatorError(7),
+            LoginError::TargetError {
+                class: 9,
+                detail: 0,
+            },
+        ] {
+            assert!(!refused.is_transient(), "{refused}");
+        }
     }
 
     #[test]

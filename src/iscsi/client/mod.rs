@@ -417,8 +417,9 @@ impl Client {
                     found = Some((i, c));
                     break;
                 }
-                // A refused login is final; an unreachable portal is not.
-                Err(e @ Error::Login(_)) => return Err(e),
+                // A refused login is final; an unreachable portal, or one
+                // whose target is busy or in maintenance, is not.
+                Err(Error::Login(e)) if !e.is_transient() => return Err(Error::Login(e)),
                 Err(e) => {
                     warn!("iSCSI {name}: portal {addr}: {e}");
                     last = Some(e);
