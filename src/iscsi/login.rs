@@ -81,7 +81,6 @@ pub struct Negotiated {
 /// 11.13.5) says.
 fn target_error_text(class: u8, detail: u8) -> &'static str {
     match (class, detail) {
-        (3, 0) => "target error",
         (3, 1) => "the target's service is unavailable",
         (3, 2) => "the target is out of resources",
         (3, _) => "target error",

@@ -246,16 +246,20 @@ impl State {
                         w.flush();
                     }
                     // Asked for, not unexpected: only a drop names a wait.
-                    let wait = match e {
-                        Event::Dropping { time2wait } => time2wait.min(MAX_TIME2WAIT as u16),
-                        _ => 0,
+                    let (wait, why) = match e {
+                        Event::Dropping { time2wait } => {
+                            let wait = time2wait.min(MAX_TIME2WAIT as u16);
+                            (
+                                wait,
+                                format!(
+                                    "the target is closing the connection (Time2Wait {wait} s)"
+                                ),
+                            )
+                        }
+                        _ => (0, "the target asks to log out".to_string()),
                     };
                     self.time2wait = Some(Duration::from_secs(wait.into()));
-                    result = Err(if wait > 0 {
-                        format!("the target is closing the connection (Time2Wait {wait} s)")
-                    } else {
-                        "the target asks to log out".into()
-                    });
+                    result = Err(why);
                 }
                 _ => {}
             }
