@@ -406,6 +406,10 @@ struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// End by closing the connection with the last commands still in
+    /// flight, as a killed QEMU would (to test a backend's clean-up).
+    #[arg(long)]
+    drop_in_flight: bool,
 }
 
 fn bench(a: BenchArgs) -> Result<(), String> {
@@ -444,6 +448,7 @@ fn bench(a: BenchArgs) -> Result<(), String> {
             .transpose()?
             .unwrap_or(0),
         progress: !a.quiet && !a.json,
+        drop_in_flight: a.drop_in_flight,
     };
     let report = bench::run(&opts).map_err(|e| error_chain(&e))?;
     if a.json {

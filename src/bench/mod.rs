@@ -12,7 +12,7 @@ mod stats;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -98,6 +98,9 @@ pub struct Options {
     /// Limit the LBA range to the first N bytes (0: whole LUN).
     pub span: u64,
     pub progress: bool,
+    /// End the run by closing the connection while the last commands are
+    /// still in flight, as a killed front-end would (for testing backends).
+    pub drop_in_flight: bool,
 }
 
 /// Request queue descriptors: 3 per command (header, data, response).
@@ -366,7 +369,7 @@ fn command(dev: &mut Device, lun: u16, cdb: &[u8], len: u32) -> Result<Vec<u8>, 
             }
             q.harvest(&mut done)?;
             if done.is_empty() && q.arm()? {
-                q.wait(100)?;
+                q.wait(100, dev._frontend.as_raw_fd())?;
             }
         }
         let (resp, status, key) = slot.result(&dev.mem)?;
@@ -489,6 +492,7 @@ pub fn run(o: &Options) -> Result<Report, Error> {
         for (qi, q) in queues.into_iter().skip(2).enumerate() {
             let mut w = Worker {
                 o,
+                backend: frontend.as_raw_fd(),
                 qi,
                 q,
                 mem: mem.clone(),
@@ -514,7 +518,9 @@ pub fn run(o: &Options) -> Result<Report, Error> {
             handles.push(s.spawn(move || w.run()));
         }
         let mut last = (Instant::now(), 0u64, 0u64);
-        while handles.iter().any(|h| !h.is_finished()) {
+        // A count of I/Os and no progress line: nothing to watch meanwhile.
+        let watch = o.duration.is_some() || o.progress;
+        while watch && handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
             if o.duration.is_some_and(|d| start.elapsed() >= d) {
                 stop.store(true, Ordering::Relaxed);
@@ -576,6 +582,8 @@ impl Default for SlotState {
 /// One request queue's load: QD slots, each reissued as it completes.
 struct Worker<'a> {
     o: &'a Options,
+    /// The vhost-user socket (to notice the backend hanging up).
+    backend: RawFd,
     qi: usize,
     q: DriverQueue,
     mem: GuestMemoryMmap<()>,
@@ -679,11 +687,18 @@ impl Worker<'_> {
         self.q.publish()?;
         let mut done = Vec::with_capacity(qd);
         while in_flight > 0 {
+            if self.o.drop_in_flight
+                && (self.stop.load(Ordering::Relaxed)
+                    || self.remaining.load(Ordering::Relaxed) == 0)
+            {
+                // Everything is issued: leave with commands in flight.
+                break;
+            }
             done.clear();
             self.q.harvest(&mut done)?;
             if done.is_empty() {
                 if self.q.arm()? {
-                    self.q.wait(50)?;
+                    self.q.wait(50, self.backend)?;
                 }
                 continue;
             }

@@ -5,6 +5,7 @@
 //! accesses go through vm-memory's bounds-checked, volatile accessors.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -184,15 +185,30 @@ impl DriverQueue {
 
     /// Wait for the call eventfd, at most `timeout_ms`; count the
     /// notifications it carried.
-    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&self.call),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if r > 0 {
+    pub fn wait(&mut self, timeout_ms: i32, backend: RawFd) -> io::Result<()> {
+        let mut pfd = [
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&self.call),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            // The vhost-user socket: the backend hanging up ends the run
+            // instead of leaving it waiting for completions forever.
+            libc::pollfd {
+                fd: backend,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout_ms) };
+        if r > 0 && pfd[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the backend closed the vhost-user connection",
+            ));
+        }
+        if r > 0 && pfd[0].revents != 0 {
             if let Ok(n) = self.call.read() {
                 self.notifications += n;
             }

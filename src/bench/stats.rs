@@ -249,6 +249,7 @@ mod tests {
             backend_pid: None,
             span: 0,
             progress: false,
+            drop_in_flight: false,
         };
         let rep = Report::new(&o, vec![r], Duration::from_secs(30), None, Duration::ZERO);
         assert_eq!(rep.ios, 3);

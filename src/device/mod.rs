@@ -16,6 +16,7 @@ mod tests;
 mod vring;
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -102,6 +103,8 @@ struct Inner {
     events_missed: AtomicBool,
     /// The driver accepted VIRTIO_SCSI_F_CHANGE (parameter change events).
     change_events: AtomicBool,
+    /// The worker threads' exit eventfds (see `exit_event`).
+    exit_consumers: Mutex<Vec<OwnedFd>>,
 }
 
 impl ScsiBackend {
@@ -133,6 +136,7 @@ impl ScsiBackend {
                 event_vring: Mutex::new(None),
                 events_missed: AtomicBool::new(false),
                 change_events: AtomicBool::new(false),
+                exit_consumers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -374,7 +378,26 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        // vhost-user-backend 0.24 (pinned) registers the consumer in its
+        // epoll set with `into_raw_fd` and never closes it: one descriptor
+        // per worker thread and connection would outlive the connection.
+        // So the descriptor stays owned here, closed when this connection's
+        // backend goes, and the crate gets an alias of the same number.
+        // SAFETY: `into_raw_fd` hands over the descriptor the consumer owned.
+        let owned = unsafe { OwnedFd::from_raw_fd(consumer.into_raw_fd()) };
+        // SAFETY: the alias is only ever turned back into a raw number by
+        // the crate (never closed by it); `owned` keeps the descriptor open
+        // for as long as the epoll handlers exist, since they hold this
+        // backend.
+        let alias = unsafe { EventConsumer::from_raw_fd(owned.as_raw_fd()) };
+        self.inner
+            .exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(owned);
+        Some((alias, notifier))
     }
 
     /// `device_event` is the index of the vring within this thread's vrings
