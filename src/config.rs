@@ -41,6 +41,10 @@ pub struct LunConfig {
     pub null_size: Option<u64>,
     /// An iSCSI LUN passed through instead of a local backstore.
     pub iscsi: Option<IscsiLun>,
+    /// Other processes (another daemon, a VM) may write the backstore at
+    /// the same time (`share-rw`): its lock shares writes, and
+    /// reservations are not served (they could not be enforced there).
+    pub share_rw: bool,
 }
 
 /// `--lun [N:]iscsi://...[,credentials=FILE][,chap-algorithms=A[:A]...]
@@ -105,7 +109,7 @@ fn bad_lun(spec: &str, why: impl Into<String>) -> Error {
     }
 }
 
-/// Parse `[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=PATH]`.
+/// Parse `[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=PATH][,share-rw]`.
 /// Returns the explicit LUN number, if any.
 pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
     let (lun, rest) = match spec.split_once(':') {
@@ -129,6 +133,7 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         pr_file: None,
         null_size: None,
         iscsi: None,
+        share_rw: false,
     };
     if rest.starts_with("iscsi://") {
         let mut parts = rest.split(',');
@@ -227,6 +232,9 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
             None if opt == "null" => null = true,
             None if opt == "ro" => cfg.read_only = true,
             None if opt == "direct" => cfg.direct = true,
+            None if opt == "share-rw" => cfg.share_rw = true,
+            Some(("share-rw", "on")) => cfg.share_rw = true,
+            Some(("share-rw", "off")) => cfg.share_rw = false,
             _ => return Err(bad_lun(spec, format!("unknown option '{opt}'"))),
         }
     }
@@ -406,6 +414,15 @@ mod tests {
         assert!(l.read_only && l.direct);
         assert_eq!(l.block_size, 4096);
         assert_eq!(l.serial.as_deref(), Some("ABC"));
+    }
+
+    #[test]
+    fn share_rw_is_off_unless_asked_for() {
+        assert!(!parse_lun("file=/d.img").unwrap().1.share_rw);
+        assert!(parse_lun("file=/d.img,share-rw").unwrap().1.share_rw);
+        assert!(parse_lun("file=/d.img,share-rw=on").unwrap().1.share_rw);
+        assert!(!parse_lun("file=/d.img,share-rw=off").unwrap().1.share_rw);
+        assert!(parse_lun("file=/d.img,share-rw=yes").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod backstore;
 pub mod bench;
+pub mod claim;
 pub mod config;
 pub mod device;
 pub mod iscsi;

@@ -48,8 +48,8 @@ enum Command {
     /// Serve SCSI disks to QEMU over vhost-user sockets.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve {
-        /// vhost-user socket to listen on (created; an existing file is
-        /// replaced). Starts a controller: the --lun options after it are its
+        /// vhost-user socket to listen on (created; a stale socket file is
+        /// replaced, a live one or any other file is refused). Starts a controller: the --lun options after it are its
         /// LUNs. queues=N sets how many request queues it offers (default 16;
         /// QEMU's num_queues must not exceed it). initiator=NAME names the
         /// controller's I_T nexus for persistent reservations (an iSCSI name;
@@ -69,7 +69,11 @@ enum Command {
         /// direct: open with O_DIRECT; serial: unit serial number (default:
         /// derived from the canonical path, stable across restarts); pr-file:
         /// where APTPL reservation state is kept (default PATH.pr, or
-        /// /var/lib/vhost-user-scsi/SERIAL.pr for a block device).
+        /// /var/lib/vhost-user-scsi/SERIAL.pr for a block device);
+        /// share-rw: other processes may write the backstore at the same
+        /// time if they share writes too (its lock, QEMU-compatible, shares
+        /// writes; reservations are then refused). Without it, a backstore
+        /// another process holds is refused at start.
         /// Other forms: [N:]null,size=SIZE (reads zeros, drops writes; SIZE
         /// with K/M/G/T), and
         /// [N:]iscsi://[user[%pw]@]host[:port]/target-iqn/lun[,credentials=FILE]
@@ -86,13 +90,17 @@ enum Command {
         /// docs/iscsi.md).
         #[arg(
             long,
-            value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P]"
+            value_name = "[N:]file=PATH[,ro][,block-size=512|4096][,direct][,serial=S][,pr-file=P][,share-rw]"
         )]
         lun: Vec<String>,
         /// Also serve the qemu-pr-helper protocol on this socket (for
         /// scsi-block/scsi-generic passthrough disks of any QEMU).
         #[arg(long, value_name = "PATH")]
         pr_helper_socket: Option<std::path::PathBuf>,
+        /// Write the daemon's PID to this file, locked while it runs (a
+        /// second daemon given the same file refuses to start).
+        #[arg(long, value_name = "PATH")]
+        pidfile: Option<std::path::PathBuf>,
     },
     /// A drop-in replacement for qemu-pr-helper (same options and socket
     /// protocol).
@@ -175,20 +183,10 @@ struct PrHelperArgs {
 const DEFAULT_PR_HELPER_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
 
 fn bind_unix(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener, String> {
-    use std::os::unix::fs::FileTypeExt;
     if !path.is_absolute() {
         return Err(format!("socket path {} must be absolute", path.display()));
     }
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(format!(
-                "cannot listen on {}: it exists and is not a socket",
-                path.display()
-            ));
-        }
-    }
-    vhost_user_scsi::server::listen_unix(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+    vhost_user_scsi::claim::listen_unix(path).map_err(|e| error_chain(&e))
 }
 
 fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
@@ -224,8 +222,8 @@ fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
             ));
         }
     }
-    let _pidfile = prhelper::write_pidfile(&a.pidfile)
-        .map_err(|e| format!("pidfile {}: {e}", a.pidfile.display()))?;
+    let _pidfile =
+        vhost_user_scsi::claim::write_pidfile(&a.pidfile).map_err(|e| error_chain(&e))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         privileges::drop_privileges(user, group, !a.no_multipath)
@@ -503,12 +501,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Serve {
-            pr_helper_socket, ..
+            pr_helper_socket,
+            pidfile,
+            ..
         } => {
             let sub = matches.subcommand_matches("serve").unwrap_or(&matches);
             Config::from_ordered_args(&ordered_serve_args(sub))
                 .map_err(|e| error_chain(&e))
                 .and_then(|mut cfg| {
+                    let _pidfile = pidfile
+                        .map(|p| vhost_user_scsi::claim::write_pidfile(&p))
+                        .transpose()
+                        .map_err(|e| error_chain(&e))?;
                     if let Some(p) = pr_helper_socket {
                         cfg.pr_helper = Some(bind_unix(&p)?);
                     }

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,12 +33,8 @@ pub enum Error {
     ConflictingBackstore(PathBuf),
     #[error("Backstore {path} is smaller than one {block_size}-byte block")]
     TooSmall { path: PathBuf, block_size: u32 },
-    #[error("Cannot listen on {path}")]
-    Listen {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Claim(#[from] crate::claim::Error),
     #[error("Cannot set up signal handling")]
     Signals(#[source] io::Error),
     #[error("No --socket given")]
@@ -61,9 +56,11 @@ struct Shared {
     active: Vec<Mutex<Option<ShutdownHandle>>>,
 }
 
-/// Open every backstore once, shared by all LUNs that name the same file.
+/// Open every backstore once, shared by all LUNs that name the same object
+/// (file or block device, whatever the path), and claim each (see
+/// `crate::claim`): a backstore another process holds is refused.
 fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>>>, Error> {
-    let mut by_path: HashMap<PathBuf, (LunConfig, Arc<LogicalUnit>)> = HashMap::new();
+    let mut by_object: HashMap<backstore::ObjectId, (LunConfig, Arc<LogicalUnit>)> = HashMap::new();
     let mut out = Vec::new();
     for c in &cfg.controllers {
         let mut luns = BTreeMap::new();
@@ -93,17 +90,19 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
                         identity,
                         pr_file: None,
                         pr_state: Default::default(),
+                        reservations: true,
                     },
                 );
                 luns.insert(n, Arc::new(lu));
                 continue;
             }
-            let canonical =
-                Backstore::canonical_id(&lc.path).map_err(|source| backstore::Error::Open {
-                    path: lc.path.clone(),
-                    source,
-                })?;
-            let lu = match by_path.get(&canonical) {
+            let open_err = |source| backstore::Error::Open {
+                path: lc.path.clone(),
+                source,
+            };
+            let canonical = Backstore::canonical_id(&lc.path).map_err(open_err)?;
+            let object = Backstore::object_id(&canonical).map_err(open_err)?;
+            let lu = match by_object.get(&object) {
                 Some((seen, lu)) => {
                     let same = LunConfig {
                         path: seen.path.clone(),
@@ -115,56 +114,8 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
                     lu.clone()
                 }
                 None => {
-                    let store = Backstore::open(&canonical, lc.read_only, lc.direct)?;
-                    if store.size() < u64::from(lc.block_size) {
-                        return Err(Error::TooSmall {
-                            path: canonical,
-                            block_size: lc.block_size,
-                        });
-                    }
-                    let key = lc
-                        .serial
-                        .clone()
-                        .unwrap_or_else(|| canonical.to_string_lossy().into_owned());
-                    let mut identity = Identity::derive(&key);
-                    if let Some(s) = &lc.serial {
-                        identity.serial = s.clone();
-                    }
-                    let pr_file = lc.pr_file.clone().unwrap_or_else(|| {
-                        default_pr_file(&canonical, store.kind(), &identity.serial)
-                    });
-                    let pr_state = crate::scsi::pr::load(&pr_file, identity.naa)?;
-                    if let Some(st) = &pr_state {
-                        info!(
-                            "{}: restored {} registration(s){} from {}",
-                            canonical.display(),
-                            st.registrations.len(),
-                            if st.reservation.is_some() {
-                                " and a reservation"
-                            } else {
-                                ""
-                            },
-                            pr_file.display()
-                        );
-                    }
-                    info!(
-                        "Opened {} ({} bytes, {}-byte blocks{}{})",
-                        canonical.display(),
-                        store.size(),
-                        lc.block_size,
-                        if lc.read_only { ", read-only" } else { "" },
-                        if lc.direct { ", O_DIRECT" } else { "" }
-                    );
-                    let lu = Arc::new(LogicalUnit::new(
-                        store,
-                        LuConfig {
-                            block_size: lc.block_size,
-                            identity,
-                            pr_file: Some(pr_file),
-                            pr_state: pr_state.unwrap_or_default(),
-                        },
-                    ));
-                    by_path.insert(canonical, (lc.clone(), lu.clone()));
+                    let lu = Arc::new(open_local(lc, &canonical)?);
+                    by_object.insert(object, (lc.clone(), lu.clone()));
                     lu
                 }
             };
@@ -173,6 +124,76 @@ fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>
         out.push(luns);
     }
     Ok(out)
+}
+
+/// Open, check and claim one file or block device backstore, and load its
+/// reservation state.
+fn open_local(lc: &LunConfig, canonical: &Path) -> Result<LogicalUnit, Error> {
+    let mut store = Backstore::open(canonical, lc.read_only, lc.direct)?;
+    if store.size() < u64::from(lc.block_size) {
+        return Err(Error::TooSmall {
+            path: canonical.into(),
+            block_size: lc.block_size,
+        });
+    }
+    store.claim(lc.share_rw)?;
+    let key = lc
+        .serial
+        .clone()
+        .unwrap_or_else(|| canonical.to_string_lossy().into_owned());
+    let mut identity = Identity::derive(&key);
+    if let Some(s) = &lc.serial {
+        identity.serial = s.clone();
+    }
+    // With share-rw, reservations are not served (another process writing
+    // the backstore would not see them): no state file either.
+    let (pr_file, pr_state) = if lc.share_rw {
+        (None, None)
+    } else {
+        let pr_file = lc
+            .pr_file
+            .clone()
+            .unwrap_or_else(|| default_pr_file(canonical, store.kind(), &identity.serial));
+        store.hold(crate::claim::claim_state_file(&pr_file)?);
+        let pr_state = crate::scsi::pr::load(&pr_file, identity.naa)?;
+        if let Some(st) = &pr_state {
+            info!(
+                "{}: restored {} registration(s){} from {}",
+                canonical.display(),
+                st.registrations.len(),
+                if st.reservation.is_some() {
+                    " and a reservation"
+                } else {
+                    ""
+                },
+                pr_file.display()
+            );
+        }
+        (Some(pr_file), pr_state)
+    };
+    info!(
+        "Opened {} ({} bytes, {}-byte blocks{}{}{})",
+        canonical.display(),
+        store.size(),
+        lc.block_size,
+        if lc.read_only { ", read-only" } else { "" },
+        if lc.direct { ", O_DIRECT" } else { "" },
+        if lc.share_rw {
+            ", shared with other writers: no reservations"
+        } else {
+            ""
+        }
+    );
+    Ok(LogicalUnit::new(
+        store,
+        LuConfig {
+            block_size: lc.block_size,
+            identity,
+            pr_file,
+            pr_state: pr_state.unwrap_or_default(),
+            reservations: !lc.share_rw,
+        },
+    ))
 }
 
 /// Default APTPL state file: `PATH.pr` beside a regular file; for a block
@@ -301,20 +322,69 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     }
 }
 
+/// Descriptors the daemon may hold with every controller connected, as
+/// measured (docs/operation.md, "Descriptor budget"): a controller holds
+/// 4 + 7 per request queue while it waits for QEMU (its next connection's
+/// worker threads are ready: epoll sets, eventfds, timers); a connected
+/// QEMU adds 2 per virtqueue (kick and call eventfds), 1 per request queue
+/// in use (its io_uring), its memory regions (up to 8 counted) and the
+/// socket; a LUN holds its backstore and its state-file lock (3 for a
+/// loop device, counted as 3). Plus 16 for the process itself.
+pub fn descriptor_budget(cfg: &Config) -> u64 {
+    let per_controller = |c: &crate::config::ControllerConfig| {
+        let q = c.request_queues as u64;
+        let idle = 4 + 7 * q;
+        let connected = 2 * (q + 2) + q + 8 + 1;
+        idle + connected + 3 * c.luns.len() as u64
+    };
+    16 + cfg.controllers.iter().map(per_controller).sum::<u64>()
+}
+
+/// Raise the soft limit on open descriptors to the hard limit (it is only
+/// low for programs that still use select(2); this one does not), and warn
+/// when even that is below what the configuration may need.
+fn check_descriptor_limit(budget: u64) {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid resource and out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid resource and a pointer to a live rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            info!(
+                "Raised the open descriptor limit from {} to {}",
+                lim.rlim_cur, lim.rlim_max
+            );
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < budget {
+        warn!(
+            "With every VM connected this configuration may need about {budget} open \
+             descriptors, but the limit is {} (raise LimitNOFILE= or ulimit -n)",
+            lim.rlim_cur
+        );
+    }
+}
+
 /// Run the daemon until SIGINT or SIGTERM.
 pub fn serve(mut cfg: Config) -> Result<(), Error> {
     if cfg.controllers.is_empty() {
         return Err(Error::NoController);
     }
     let sigset = block_signals().map_err(Error::Signals)?;
+    check_descriptor_limit(descriptor_budget(&cfg));
     let lus = open_logical_units(&cfg)?;
     let mut listeners = Vec::new();
     let mut controllers = Vec::new();
     for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
-        let listener = listen_unix(&c.socket).map_err(|source| Error::Listen {
-            path: c.socket.clone(),
-            source,
-        })?;
+        let listener = crate::claim::listen_unix(&c.socket)?;
         let listener = Listener::from(listener);
         info!(
             "Listening on {} with {} LUN(s), {} request queue(s)",
@@ -402,37 +472,6 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Listen on the Unix socket `path` (replacing a stale one) so that the
-/// path never exists without a listening socket behind it: bind and
-/// listen under a temporary name next to it, then rename. Binding
-/// straight to `path` leaves a moment between bind(2) and listen(2) in
-/// which a client (QEMU started as soon as the socket appears) is refused.
-/// Falls back to that when the temporary name does not fit a socket
-/// address.
-pub fn listen_unix(path: &Path) -> io::Result<UnixListener> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp = std::ffi::OsString::from(".");
-    tmp.push(name);
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    match UnixListener::bind(&tmp) {
-        Ok(l) => match std::fs::rename(&tmp, path) {
-            Ok(()) => Ok(l),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        },
-        Err(_) => {
-            let _ = std::fs::remove_file(path);
-            UnixListener::bind(path)
-        }
-    }
-}
-
 /// Serve connections on one socket, one at a time, until told to stop.
 fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared: &Shared) {
     let name = &ctrl.name;
@@ -507,36 +546,5 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared:
             Err(e) => warn!("{name}: connection ended: {e}"),
         }
         drop(daemon);
-    }
-}
-
-#[cfg(test)]
-mod listen_tests {
-    use std::os::unix::net::UnixStream;
-
-    use super::*;
-
-    #[test]
-    fn the_socket_appears_listening_and_replaces_a_stale_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
-        let stale = UnixListener::bind(&path).unwrap();
-        drop(stale);
-        let l = listen_unix(&path).unwrap();
-        UnixStream::connect(&path).unwrap();
-        drop(l);
-        // No temporary name left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
-    }
-
-    #[test]
-    fn a_path_too_long_for_the_temporary_name_still_works() {
-        let dir = tempfile::tempdir().unwrap();
-        // 107 bytes is the most a socket address holds (with its NUL).
-        let room = 107 - dir.path().as_os_str().len() - 1;
-        let path = dir.path().join("s".repeat(room));
-        let _l = listen_unix(&path).unwrap();
-        UnixStream::connect(&path).unwrap();
     }
 }

@@ -256,7 +256,9 @@ fn second_instance_with_the_same_pidfile_refuses_to_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another instance"), "{err}");
+    // The message names the running instance.
+    let running = format!("is locked: process {} ", h.child.id());
+    assert!(err.contains(&running), "{err}");
 }
 
 #[test]

@@ -223,3 +223,94 @@ fn thousands_of_connections_leave_descriptors_threads_and_memory_as_they_were() 
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// The budget the daemon works out for its configuration (it warns when
+/// the descriptor limit is below it) covers what it really holds with a
+/// QEMU connected on every queue.
+#[test]
+fn a_connected_controller_stays_within_the_descriptor_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), 4);
+    let pid = d.child.id();
+    let cfg = vhost_user_scsi::config::Config::from_ordered_args(&[
+        (true, format!("{},queues=4", d.socket.display())),
+        (false, "file=/x".into()),
+    ])
+    .unwrap();
+    let budget = vhost_user_scsi::server::descriptor_budget(&cfg) as usize;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let peak = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(usage(pid).fds);
+                sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        let mut o = options(&d.socket, 4, 40_000);
+        o.queue_depth = 16;
+        bench::run(&o).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    });
+    let idle = settled(pid).fds;
+    assert!(
+        peak > idle,
+        "the sampler saw the connection ({peak} > {idle})"
+    );
+    assert!(peak <= budget, "{peak} descriptors held, budget {budget}");
+}
+
+/// The soft limit on descriptors (1024 under systemd by default) is raised
+/// to the hard limit at start.
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--lun")
+        .arg(format!("file={}", disk.display()))
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let d = Daemon { child, socket };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&d.socket).is_err() {
+        assert!(Instant::now() < deadline, "the daemon never listened");
+        sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["4096", "4096"], "{line}");
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(
+        log.contains("Raised the open descriptor limit from 256 to 4096"),
+        "{log}"
+    );
+}

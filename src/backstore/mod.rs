@@ -71,6 +71,8 @@ pub struct Backstore {
     /// never waits for a device, so it is done inline instead of through
     /// io_uring (whose io-wq hand-off would cost more than the copy).
     in_memory: bool,
+    /// Files kept open for their locks (see `claim`, `hold`).
+    held: Vec<File>,
 }
 
 /// statfs(2) f_type of tmpfs and ramfs (linux/magic.h).
@@ -126,6 +128,7 @@ impl Backstore {
             read_only,
             direct,
             in_memory,
+            held: Vec::new(),
         })
     }
 
@@ -139,6 +142,7 @@ impl Backstore {
             read_only: false,
             direct: false,
             in_memory: true,
+            held: Vec::new(),
         }
     }
 
@@ -350,11 +354,57 @@ impl Backstore {
         self.file.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
-    /// A stable identity for this backstore: its canonical path. Used to share
-    /// one logical unit between controllers and to derive its designators.
+    /// A stable name for this backstore: its canonical path. Used to
+    /// derive its designators and default serial number.
     pub fn canonical_id(path: &Path) -> io::Result<PathBuf> {
         path.canonicalize()
     }
+
+    /// The object `path` names, whatever the path: two LUNs whose paths
+    /// name one object (hard links, bind mounts, symlinks, two nodes of one
+    /// block device) are one logical unit.
+    pub fn object_id(path: &Path) -> io::Result<ObjectId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(if m.file_type().is_block_device() {
+            ObjectId::Block { rdev: m.rdev() }
+        } else {
+            ObjectId::File {
+                dev: m.dev(),
+                ino: m.ino(),
+            }
+        })
+    }
+
+    /// Claim this backstore for this process (see `crate::claim`): others
+    /// that would conflict with `share_rw` and this backstore's access
+    /// (read-only or not) are refused, and we are refused if one already
+    /// holds it. Held until the backstore is dropped.
+    pub fn claim(&mut self, share_rw: bool) -> Result<(), crate::claim::Error> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let usage = crate::claim::Usage {
+            writable: !self.read_only,
+            share_rw,
+        };
+        let extra = crate::claim::claim_backstore(file, &self.path, usage)?;
+        self.held.extend(extra);
+        Ok(())
+    }
+
+    /// Keep `file` (a lock on something this backstore's state depends
+    /// on) open for as long as the backstore.
+    pub fn hold(&mut self, file: File) {
+        self.held.push(file);
+    }
+}
+
+/// What a backstore path refers to (see `Backstore::object_id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectId {
+    File { dev: u64, ino: u64 },
+    Block { rdev: u64 },
 }
 
 fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {

@@ -80,6 +80,7 @@ impl Harness {
                 identity: Identity::derive("/mock"),
                 pr_file: None,
                 pr_state: Default::default(),
+                reservations: true,
             },
         ));
         let controller = Arc::new(Controller {

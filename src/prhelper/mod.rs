@@ -232,25 +232,6 @@ fn execute(
     sgio::execute(fd, cdb, param, in_len)
 }
 
-/// Write `pid` to `path`, locked so a second instance fails to start.
-pub fn write_pidfile(path: &Path) -> io::Result<std::fs::File> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    // SAFETY: lockf on an fd we own; no memory arguments.
-    if unsafe { libc::lockf(f.as_raw_fd(), libc::F_TLOCK, 0) } < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} is locked: another instance is running", path.display()),
-        ));
-    }
-    f.set_len(0)?;
-    writeln!(f, "{}", std::process::id())?;
-    Ok(f)
-}
-
 /// The listening socket handed over by systemd (LISTEN_PID/LISTEN_FDS,
 /// sd_listen_fds(3)), if any: exactly one, at fd 3.
 pub fn socket_activation() -> io::Result<Option<UnixListener>> {

@@ -70,6 +70,11 @@ pub struct LuConfig {
     pub pr_file: Option<PathBuf>,
     /// Persistent reservation state loaded at start (APTPL).
     pub pr_state: PrState,
+    /// Whether reservations (persistent, and RESERVE/RELEASE) are served.
+    /// Off for a backstore other processes may write too (`share-rw`):
+    /// a reservation held here could not be enforced there, so the
+    /// commands are refused rather than pretended.
+    pub reservations: bool,
 }
 
 /// Aborts every command a nexus has in flight on this logical unit, and
@@ -101,6 +106,8 @@ pub struct LogicalUnit {
     /// Fast-path hint: a reservation exists, commands must be checked.
     pr_active: AtomicBool,
     pub(crate) pr_file: Option<PathBuf>,
+    /// See `LuConfig::reservations`.
+    pub(crate) reservations: bool,
     attached: Mutex<HashMap<u32, Attached>>,
 }
 
@@ -123,6 +130,7 @@ impl LogicalUnit {
             ),
             pr: Mutex::new(config.pr_state),
             pr_file: config.pr_file,
+            reservations: config.reservations,
             attached: Mutex::new(HashMap::new()),
         }
     }

@@ -24,6 +24,18 @@ fn conflict() -> Failure {
     Failure::Status(Status::ReservationConflict)
 }
 
+/// Reservations are not served on this logical unit (`share-rw`): the
+/// commands are refused as unsupported (SPC-4 4.5.2, invalid command
+/// operation code), so that no initiator relies on a reservation another
+/// process sharing the backstore would not see.
+fn unsupported(lu: &LogicalUnit) -> Result<(), Failure> {
+    if lu.reservations {
+        Ok(())
+    } else {
+        Err(Failure::Sense(Sense::INVALID_COMMAND_OPERATION_CODE))
+    }
+}
+
 fn good(data: Vec<u8>) -> Result<Outcome, Failure> {
     Ok(Outcome::Done(Response::good(data)))
 }
@@ -38,6 +50,7 @@ impl From<PrError> for Failure {
 }
 
 pub(crate) fn persistent_reserve_in(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     let it = it_nexus(ctx.nexus);
     let alloc = usize::from(ctx.cdb.be16(7));
     let st = lu.pr_lock();
@@ -62,6 +75,7 @@ pub(crate) fn persistent_reserve_in(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<O
 }
 
 pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     let it = it_nexus(ctx.nexus);
     let sa = ctx.cdb.service_action() as u8;
     let len = ctx.cdb.be32(5) as usize;
@@ -154,19 +168,23 @@ fn check_third_party(ctx: &Ctx) -> Result<(), Failure> {
 }
 
 pub(crate) fn reserve6(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     legacy(lu, ctx, true)
 }
 
 pub(crate) fn release6(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     legacy(lu, ctx, false)
 }
 
 pub(crate) fn reserve10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     check_third_party(ctx)?;
     legacy(lu, ctx, true)
 }
 
 pub(crate) fn release10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    unsupported(lu)?;
     check_third_party(ctx)?;
     legacy(lu, ctx, false)
 }

@@ -36,6 +36,7 @@ fn fixture_with(blocks: u64, block_size: u32, read_only: bool) -> Fixture {
             identity: Identity::derive("/test/disk.img"),
             pr_file: None,
             pr_state: Default::default(),
+            reservations: true,
         },
     ));
     let target = Target::new(BTreeMap::from([(0, lu.clone())]));
@@ -934,6 +935,7 @@ mod reservations {
                 // A path under a regular file: it can never be written.
                 pr_file: Some(blocker.path().join("state.pr")),
                 pr_state: Default::default(),
+                reservations: true,
             },
         ));
         let f = Fixture {
@@ -963,6 +965,7 @@ mod reservations {
                     identity: id.clone(),
                     pr_file: Some(state.clone()),
                     pr_state,
+                    reservations: true,
                 },
             ))
         };
@@ -1053,5 +1056,48 @@ mod passthrough {
         // LUNs 0 and 3.
         assert_eq!(&r.data[0..4], &[0, 0, 0, 16]);
         assert_eq!(r.data[8 + 8 + 1], 3);
+    }
+}
+
+/// A backstore shared with other writers (`share-rw`): reservations could
+/// not be enforced there, so every reservation command is refused as
+/// unsupported rather than pretended.
+#[test]
+fn reservations_are_refused_on_a_logical_unit_shared_with_other_writers() {
+    let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+    file.as_file().set_len(1 << 20).unwrap();
+    let lu = Arc::new(LogicalUnit::new(
+        Backstore::open(file.path(), false, false).unwrap(),
+        LuConfig {
+            block_size: 512,
+            identity: Identity::derive("/shared"),
+            pr_file: None,
+            pr_state: Default::default(),
+            reservations: false,
+        },
+    ));
+    let f = Fixture {
+        _file: file,
+        target: Target::new(BTreeMap::from([(0, lu.clone())])),
+        lu,
+    };
+    // Consume the power-on unit attention.
+    run(&f, &[0x00, 0, 0, 0, 0, 0], &[]);
+    let register = [0u8; 24];
+    for (cdb, data) in [
+        // PERSISTENT RESERVE IN, READ KEYS, allocation length 64.
+        (&[0x5e, 0x00, 0, 0, 0, 0, 0, 0, 64, 0][..], &[][..]),
+        // PERSISTENT RESERVE OUT, REGISTER, parameter list length 24.
+        (&[0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0][..], &register[..]),
+        // RESERVE(6), RELEASE(6).
+        (&[0x16, 0, 0, 0, 0, 0][..], &[][..]),
+        (&[0x17, 0, 0, 0, 0, 0][..], &[][..]),
+        // RESERVE(10), RELEASE(10).
+        (&[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0][..], &[][..]),
+        (&[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0][..], &[][..]),
+    ] {
+        let r = run(&f, cdb, data);
+        // ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (20h/00h).
+        assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x20, 0x00), "{cdb:02x?}");
     }
 }
