@@ -293,9 +293,25 @@ fn claim_one(file: &File, path: &Path, usage: Usage) -> Result<(), Error> {
 fn in_use(file: &File, path: &Path, byte: i64, what: &'static str) -> Error {
     Error::BackstoreInUse {
         path: path.into(),
-        holder: lock_holder(file, byte).unwrap_or_else(|| "another process".into()),
+        holder: lock_holder_bounded(file, byte).unwrap_or_else(|| "another process".into()),
         what,
     }
+}
+
+/// `lock_holder`, given at most a second: reading /proc of a process in
+/// the middle of an exec can wait, and the answer only decorates a message.
+fn lock_holder_bounded(file: &File, byte: i64) -> Option<String> {
+    let file = file.try_clone().ok()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("lock-holder".into())
+        .spawn(move || {
+            let _ = tx.send(lock_holder(&file, byte));
+        })
+        .ok()?;
+    rx.recv_timeout(std::time::Duration::from_secs(1))
+        .ok()
+        .flatten()
 }
 
 /// The process holding an OFD lock on `byte` of `file`'s inode. OFD locks
@@ -433,7 +449,7 @@ pub fn claim_state_file(path: &Path) -> Result<File, Error> {
         if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
             return Err(Error::FileInUse {
                 path: path.into(),
-                holder: lock_holder(&f, 0).unwrap_or_else(|| "another process".into()),
+                holder: lock_holder_bounded(&f, 0).unwrap_or_else(|| "another process".into()),
             });
         }
         return Err(Error::Lock {

@@ -4,7 +4,6 @@
 //! daemons in one test, locks held by other processes (this test, QEMU's
 //! tools), stale sockets of a killed daemon.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -176,40 +175,47 @@ fn daemons_that_all_share_writes_may_serve_one_disk() {
     assert!(err.contains("writes it"), "{err}");
 }
 
-/// Take the byte locks QEMU's `-drive file=IMG` takes for a writer that
-/// shares no writes (bytes 100, 101 and 201, shared OFD locks), from this
-/// test process.
-fn lock_like_qemu(img: &Path) -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
+/// Another process holding the byte locks QEMU's `-drive file=IMG`
+/// takes for a writer that shares no writes (bytes 100, 101 and 201,
+/// shared OFD locks); it prints "locked" once it holds them. (Not this test
+/// process: a child spawned meanwhile by another test would inherit the
+/// descriptor until its exec, and keep the lock a moment longer.)
+fn lock_like_qemu(img: &Path) -> Child {
+    use std::io::BufRead;
+    let script = r#"
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+for byte in (100, 101, 201):
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_RDLCK, 0, byte, 1, 0))
+print("locked", flush=True)
+time.sleep(600)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(img)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for this test");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
         .unwrap();
-    for byte in [100, 101, 201] {
-        // SAFETY: flock is plain data; the fields that matter are set.
-        let mut l: libc::flock = unsafe { std::mem::zeroed() };
-        l.l_type = libc::F_RDLCK as libc::c_short;
-        l.l_whence = libc::SEEK_SET as libc::c_short;
-        l.l_start = byte;
-        l.l_len = 1;
-        // SAFETY: valid descriptor and a live flock.
-        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &l) };
-        assert_eq!(r, 0);
-    }
-    f
+    assert_eq!(line.trim(), "locked");
+    child
 }
 
 #[test]
 fn a_disk_locked_by_another_process_is_refused_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let img = disk(dir.path(), "a.img");
-    let held = lock_like_qemu(&img);
+    let holder = Daemon(lock_like_qemu(&img));
     let err = refused(&args(&dir.path().join("s.sock"), &[file_lun(&img, "")]));
     assert!(
-        err.contains(&format!("process {} ", std::process::id())),
+        err.contains(&format!("process {} ", holder.0.id())),
         "{err}"
     );
-    drop(held);
+    assert!(err.contains("python3"), "{err}");
+    drop(holder);
     let sock = dir.path().join("s.sock");
     let _d = serve(&args(&sock, &[file_lun(&img, "")]), &sock);
 }
