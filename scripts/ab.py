@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-"""Compare builds of the daemon on the same tgtd null LUN, in alternating
-runs (A, B, A, B, ...), so that a slow spell of a shared machine hits both.
-Python standard library only; uses scripts/bench.py's helpers.
+"""Compare builds of the daemon on the same LUN (a tgtd null LUN by
+default; `--target null` a null LUN of the daemon, `--target file` a file
+on /dev/shm), in alternating runs (A, B, A, B, ...), so that a slow spell
+of a shared machine hits both. Python standard library only; uses
+scripts/bench.py's helpers.
 
 Each case is BS:QD:RW (`vhost-user-scsi bench` options); each build is
 NAME=PATH to a daemon binary. For every case and build it prints the
@@ -17,6 +19,7 @@ Example (the build before a change against the working tree):
                 --build after=target/release/vhost-user-scsi 1M:4:randread 4K:32:randread
 """
 import argparse
+import os
 import statistics
 
 import bench
@@ -27,19 +30,30 @@ def main():
     ap.add_argument("--build", action="append", required=True, metavar="NAME=PATH")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4)
-    ap.add_argument("--lun-options", default="", help="appended to the iSCSI --lun, e.g. ,coalesce-us=0")
+    ap.add_argument("--lun-options", default="", help="appended to the --lun, e.g. ,coalesce-us=0")
+    ap.add_argument("--target", choices=["iscsi", "null", "file"], default="iscsi")
     ap.add_argument("cases", nargs="+", metavar="BS:QD:RW")
     a = ap.parse_args()
     builds = dict(b.split("=", 1) for b in a.build)
     cases = [c.split(":") for c in a.cases]
-    t = bench.Tgtd()
+    t = bench.Tgtd() if a.target == "iscsi" else None
+    disk = None
+    if a.target == "iscsi":
+        lun = t.url
+    elif a.target == "null":
+        lun = "null,size=64G"
+    else:
+        disk = "/dev/shm/vus-ab.img"
+        with open(disk, "wb") as f:
+            f.truncate(1 << 30)
+        lun = "file=" + disk
     try:
         for bs, qd, rw in cases:
             runs = {name: [] for name in builds}
             for _ in range(a.repeat):
                 for name, path in builds.items():
                     bench.BIN = path
-                    d = bench.Daemon(["--lun", t.url + a.lun_options])
+                    d = bench.Daemon(["--lun", lun + a.lun_options])
                     try:
                         runs[name].append(bench.bench(d, a.seconds, ["--rw", rw, "--bs", bs, "--qd", qd]))
                     finally:
@@ -50,7 +64,10 @@ def main():
                 print(f"{bs} QD{qd} {rw} {name}: {bench.median(rs, 'backend_cpu_us_per_io'):.1f} us/IO, "
                       f"{bench.median(rs, 'iops'):.0f} IOPS (runs: {each})", flush=True)
     finally:
-        t.stop()
+        if t:
+            t.stop()
+        if disk:
+            os.unlink(disk)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ pub mod prhelper;
 pub mod scsi;
 pub mod seqhash;
 pub mod server;
+pub mod vhost;
 pub mod virtio;
 
 /// An error and its sources, joined with ": " (for one-line reports).

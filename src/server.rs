@@ -8,17 +8,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::vhost::{Connection, Rings, ShutdownHandle};
 use log::{error, info, warn};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 
 use crate::backstore::{self, Backstore};
 use crate::config::{Config, LunConfig};
@@ -323,18 +321,19 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 /// Descriptors the daemon may hold with every controller connected, as
-/// measured (docs/operation.md, "Descriptor budget"): a controller holds
-/// 4 + 7 per request queue while it waits for QEMU (its next connection's
-/// worker threads are ready: epoll sets, eventfds, timers); a connected
-/// QEMU adds 2 per virtqueue (kick and call eventfds), 1 per request queue
-/// in use (its io_uring), its memory regions (up to 8 counted) and the
-/// socket; a LUN holds its backstore and its state-file lock (3 for a
-/// loop device, counted as 3). Plus 16 for the process itself.
+/// measured (docs/operation.md, "Descriptor budget"): a controller waiting
+/// for QEMU holds its listening socket; a connected QEMU adds, per thread
+/// of the connection (one per request queue, one for the control and
+/// event queues) an epoll set and an exit eventfd, per request queue an
+/// eventfd and a timer for completions and an io_uring, per virtqueue its
+/// kick and call eventfds, its memory regions (up to 8 counted) and the
+/// socket; a LUN holds its backstore and its state-file lock (3 for a loop
+/// device, counted as 3). Plus 16 for the process itself.
 pub fn descriptor_budget(cfg: &Config) -> u64 {
     let per_controller = |c: &crate::config::ControllerConfig| {
         let q = c.request_queues as u64;
-        let idle = 4 + 7 * q;
-        let connected = 2 * (q + 2) + q + 8 + 1;
+        let idle = 1;
+        let connected = 2 * (q + 1) + 2 * q + 2 * (q + 2) + q + 8 + 1;
         idle + connected + 3 * c.luns.len() as u64
     };
     16 + cfg.controllers.iter().map(per_controller).sum::<u64>()
@@ -385,7 +384,6 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     let mut controllers = Vec::new();
     for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
         let listener = crate::claim::listen_unix(&c.socket)?;
-        let listener = Listener::from(listener);
         info!(
             "Listening on {} with {} LUN(s), {} request queue(s)",
             c.socket.display(),
@@ -473,78 +471,76 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
 }
 
 /// Serve connections on one socket, one at a time, until told to stop.
-fn accept_loop(i: usize, ctrl: &Arc<Controller>, mut listener: Listener, shared: &Shared) {
+fn accept_loop(i: usize, ctrl: &Arc<Controller>, listener: UnixListener, shared: &Shared) {
     let name = &ctrl.name;
     while !shared.stop.load(Ordering::SeqCst) {
-        let backend = match ScsiBackend::new(ctrl.clone()) {
-            Ok(b) => b,
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
             Err(e) => {
-                error!("{name}: cannot create device: {e}");
-                thread::sleep(Duration::from_secs(1));
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                error!("{name}: accepting a connection failed: {e}");
+                thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
-            Ok(d) => d,
-            Err(e) => {
-                error!("{name}: cannot create vhost-user daemon: {e}");
-                thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let handlers = daemon.get_epoll_handlers();
-        for (thread, fd, id) in backend.completion_listeners() {
-            if let Some(h) = handlers.get(thread) {
-                if let Err(e) = h.register_listener(fd, EventSet::IN, id) {
-                    error!("{name}: cannot watch I/O completions: {e}");
-                }
-            }
-        }
-        for (thread, fd, id) in backend.session_listeners() {
-            if let Some(h) = handlers.get(thread) {
-                match h.register_listener(fd, EventSet::IN, id) {
-                    Ok(()) => backend.attach_session(id),
-                    // The session's own thread keeps receiving.
-                    Err(e) => warn!("{name}: cannot watch an iSCSI session: {e}"),
-                }
-            }
-        }
-        drop(handlers);
-        if let Err(e) = daemon.start(&mut listener) {
-            if shared.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            error!("{name}: accepting a connection failed: {e}");
-            thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
         if shared.stop.load(Ordering::SeqCst) {
-            daemon.request_shutdown();
+            break;
         }
-        info!("{name}: front-end connected");
-        backend.attach();
-        let result = daemon.wait();
-        *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
-        // The workers stop: the sessions' threads receive the answers
-        // still due, and in-flight requests finish before the device state
-        // goes away.
-        backend.detach_sessions();
-        backend.quiesce();
-        ctrl.target.detach(&ctrl.nexus);
-        for (_, lu) in ctrl.target.luns() {
-            if let Err(e) = lu.flush() {
-                error!("Flushing {} failed: {e}", lu.backstore().path().display());
-            }
-        }
-        match result {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => info!("{name}: front-end disconnected"),
-            Err(e) => warn!("{name}: connection ended: {e}"),
-        }
-        drop(daemon);
+        serve_connection(i, ctrl, stream, shared);
     }
+}
+
+/// One QEMU connection, from set-up to the last completion.
+fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared: &Shared) {
+    let name = &ctrl.name;
+    let queues = crate::virtio::FIRST_REQUEST_QUEUE + ctrl.request_queues;
+    let rings = match Rings::new(queues, crate::device::MAX_QUEUE_SIZE as u16) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("{name}: cannot create the virtqueues: {e}");
+            return;
+        }
+    };
+    let backend = match ScsiBackend::new(ctrl.clone(), rings.clone()) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            error!("{name}: cannot create device: {e}");
+            return;
+        }
+    };
+    let mut conn = match Connection::new(stream, rings, backend.clone(), name) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{name}: cannot serve the connection: {e}");
+            backend.detach_sessions();
+            return;
+        }
+    };
+    *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = conn.shutdown_handle().ok();
+    if shared.stop.load(Ordering::SeqCst) {
+        if let Ok(h) = conn.shutdown_handle() {
+            h.shutdown();
+        }
+    }
+    info!("{name}: front-end connected");
+    backend.attach();
+    // Returns once every ring has stopped and its requests completed.
+    let result = conn.run();
+    *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
+    // The sessions' own threads receive again from now on.
+    backend.detach_sessions();
+    backend.quiesce();
+    ctrl.target.detach(&ctrl.nexus);
+    for (_, lu) in ctrl.target.luns() {
+        if let Err(e) = lu.flush() {
+            error!("Flushing {} failed: {e}", lu.backstore().path().display());
+        }
+    }
+    match result {
+        Ok(()) => info!("{name}: front-end disconnected"),
+        Err(e) => warn!("{name}: connection ended: {e}"),
+    }
+    drop(conn);
 }

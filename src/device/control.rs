@@ -4,8 +4,6 @@
 //! asynchronous notification query/subscribe.
 
 use log::{debug, info};
-use vhost_user_backend::VringT;
-use virtio_queue::QueueOwnedT;
 
 use super::inflight::Scope;
 use super::{notify, ScsiBackend, Vring};
@@ -25,23 +23,22 @@ impl ScsiBackend {
             if vring.disable_notification().is_err() {
                 return;
             }
-            let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-                Ok(it) => it.collect(),
+            let chains = match vring.pop_all(&mem) {
+                Ok(c) => c,
                 Err(e) => {
                     self.guest_error(format_args!("Control queue: {e}"));
                     return;
                 }
             };
-            for chain in chains {
-                let head = chain.head_index();
-                let used = match ChainBuffers::collect(chain) {
-                    Ok(bufs) => self.control_request(&mem, &bufs),
+            for (head, bufs) in chains {
+                let (used, written) = match bufs {
+                    Ok(bufs) => (self.control_request(&mem, &bufs), bufs.writable),
                     Err(e) => {
                         self.guest_error(format_args!("Control queue: {e}"));
-                        0
+                        (0, Default::default())
                     }
                 };
-                let _ = vring.add_used(head, used);
+                let _ = vring.add_used(head, used, &written);
                 // Each TMF may have waited: tell the driver right away.
                 notify(vring);
             }

@@ -10,13 +10,10 @@
 use std::sync::atomic::Ordering;
 
 use log::debug;
-use vhost_user_backend::VringT;
 use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_PARAM_CHANGE};
-use virtio_queue::QueueT;
 
 use super::{notify, ScsiBackend};
 use crate::scsi::target::encode_lun;
-use crate::virtio::buffers::ChainBuffers;
 
 /// `le32 event, u8 lun[8], le32 reason`.
 pub const EVENT_LEN: usize = 16;
@@ -80,32 +77,25 @@ impl ScsiBackend {
     /// VIRTIO_SCSI_T_EVENTS_MISSED, virtio 5.6.6.3).
     fn post_event(&self, mut event: [u8; EVENT_LEN]) {
         let inner = &self.inner;
-        let vring = inner
-            .event_vring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let (Some(vring), Some(mem)) = (vring, self.memory()) else {
+        let (Some(vring), Some(mem)) = (self.event_vring(), self.memory()) else {
             inner.events_missed.store(true, Ordering::Relaxed);
             return;
         };
-        let chain = vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(mem.clone());
-        let Some(chain) = chain else {
+        let Some((head, chain)) = vring.pop_one(&mem) else {
             inner.events_missed.store(true, Ordering::Relaxed);
             return;
         };
-        let head = chain.head_index();
-        let used = match ChainBuffers::collect(chain) {
+        let mut written = Default::default();
+        let used = match chain {
             Ok(b) if b.writable.len() >= EVENT_LEN as u64 => {
                 if inner.events_missed.swap(false, Ordering::Relaxed) {
                     let kind = u32::from_le_bytes([event[0], event[1], event[2], event[3]]);
                     event[0..4]
                         .copy_from_slice(&(kind | VIRTIO_SCSI_T_EVENTS_MISSED).to_le_bytes());
                 }
-                match b.writable.write_at(&mem, 0, &event) {
+                let r = b.writable.write_at(&mem, 0, &event);
+                written = b.writable;
+                match r {
                     Ok(()) => EVENT_LEN as u32,
                     Err(e) => {
                         self.guest_error(format_args!("Event queue: {e}"));
@@ -125,7 +115,7 @@ impl ScsiBackend {
         if used == 0 {
             inner.events_missed.store(true, Ordering::Relaxed);
         }
-        let _ = vring.add_used(head, used);
-        notify(&vring);
+        let _ = vring.add_used(head, used, &written);
+        notify(vring);
     }
 }

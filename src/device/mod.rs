@@ -13,23 +13,15 @@ mod request;
 mod sink;
 #[cfg(test)]
 mod tests;
-mod vring;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::iscsi::client::{Client, Receiver};
@@ -52,7 +44,8 @@ pub const DEFAULT_REQUEST_QUEUES: usize = 16;
 /// before the rest go to debug (a misbehaving guest must not flood the log).
 const WARN_LIMIT: u32 = 16;
 
-pub use vring::Vring;
+use crate::vhost::Rings;
+pub use crate::vhost::Vring;
 
 /// One controller as configured: its target (LUNs) and its nexus identity,
 /// which stays the same across connections.
@@ -82,14 +75,11 @@ pub struct ScsiBackend {
 
 struct Inner {
     controller: Arc<Controller>,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemory>>>,
-    event_idx: AtomicBool,
+    /// The connection's rings and guest memory.
+    rings: Arc<Rings>,
     workers: Vec<Mutex<Worker>>,
     inflight: Inflight,
     coalesce: coalesce::Coalesce,
-    /// Each request queue's vring, once its worker has seen it (to send a
-    /// coalesced notification when the queue stops).
-    request_vrings: Vec<std::sync::OnceLock<Vring>>,
     guest_errors: AtomicU32,
     /// Bytes of commands in flight to iSCSI targets (data-out + data-in).
     remote_budget: request::Budget,
@@ -97,18 +87,15 @@ struct Inner {
     sessions: Vec<Client>,
     /// Sessions whose answers the request-queue workers receive.
     receivers: Mutex<Vec<Receiver>>,
-    /// The event queue, once thread 0 has seen it.
-    event_vring: Mutex<Option<Vring>>,
     /// An event found no buffer: the next one says so.
     events_missed: AtomicBool,
     /// The driver accepted VIRTIO_SCSI_F_CHANGE (parameter change events).
     change_events: AtomicBool,
-    /// The worker threads' exit eventfds (see `exit_event`).
-    exit_consumers: Mutex<Vec<OwnedFd>>,
 }
 
 impl ScsiBackend {
-    pub fn new(controller: Arc<Controller>) -> io::Result<ScsiBackend> {
+    /// The device of one connection, over its rings.
+    pub fn new(controller: Arc<Controller>, rings: Arc<Rings>) -> io::Result<ScsiBackend> {
         let n = controller.request_queues;
         let mut sessions: Vec<Client> = Vec::new();
         for r in controller.remote.values() {
@@ -123,20 +110,16 @@ impl ScsiBackend {
         Ok(ScsiBackend {
             inner: Arc::new(Inner {
                 controller,
-                mem: RwLock::new(None),
-                event_idx: AtomicBool::new(false),
+                rings,
                 workers,
                 inflight: Inflight::new(n),
                 coalesce,
-                request_vrings: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
                 guest_errors: AtomicU32::new(0),
                 remote_budget: request::Budget::default(),
                 sessions,
                 receivers: Mutex::new(Vec::new()),
-                event_vring: Mutex::new(None),
                 events_missed: AtomicBool::new(false),
                 change_events: AtomicBool::new(false),
-                exit_consumers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -145,41 +128,25 @@ impl ScsiBackend {
         FIRST_REQUEST_QUEUE + self.inner.controller.request_queues
     }
 
-    /// The epoll event id under which a worker's io_uring completions are
-    /// reported: above the queue indices and the exit event (`total_queues`).
-    fn completion_event(&self) -> u64 {
-        (self.total_queues() + 1) as u64
+    /// The device's event ids (see `listeners`): per worker, its io_uring
+    /// completions and its notification timer; then one per session.
+    fn completion_event(worker: usize) -> u64 {
+        2 * worker as u64
     }
 
-    /// The epoll event id of a worker's notification timer.
-    fn timer_event(&self) -> u64 {
-        self.completion_event() + 1
+    fn timer_event(worker: usize) -> u64 {
+        2 * worker as u64 + 1
     }
 
-    /// The epoll event id of the controller's first iSCSI session.
     fn first_session_event(&self) -> u64 {
-        self.completion_event() + 2
+        2 * self.inner.workers.len() as u64
     }
 
-    /// (thread index, fd, event id) of every worker's completion eventfd
-    /// and notification timer, for registration with the worker threads'
-    /// epoll loops.
-    pub fn completion_listeners(&self) -> Vec<(usize, i32, u64)> {
-        let mut v = Vec::new();
-        for i in 0..self.inner.workers.len() {
-            v.push((1 + i, self.worker(i).eventfd_raw(), self.completion_event()));
-            if let Some(fd) = self.inner.coalesce.timer_fd(i) {
-                v.push((1 + i, fd, self.timer_event()));
-            }
-        }
-        v
-    }
-
-    /// (thread index, fd, event id) for every iSCSI session of the
-    /// controller: the request-queue worker that receives its answers (one
-    /// per session, spread over the workers), so a command's answer is
-    /// handled without waking another thread.
-    pub fn session_listeners(&self) -> Vec<(usize, i32, u64)> {
+    /// The iSCSI sessions' descriptors: each is watched by one
+    /// request-queue worker (spread over the workers), which receives its
+    /// answers, so a command's answer is handled without waking another
+    /// thread. (thread, fd, event id).
+    fn session_listeners(&self) -> Vec<(usize, i32, u64)> {
         let first = self.first_session_event();
         let workers = self.inner.workers.len().max(1);
         self.inner
@@ -192,7 +159,7 @@ impl ScsiBackend {
 
     /// The worker watching session event `id` (from `session_listeners`) is
     /// registered: it receives for that session from now on.
-    pub fn attach_session(&self, id: u64) {
+    fn attach_session(&self, id: u64) {
         let Some(j) = id.checked_sub(self.first_session_event()) else {
             return;
         };
@@ -226,8 +193,7 @@ impl ScsiBackend {
 
     /// Snapshot of guest memory, if the frontend has sent a memory table.
     fn memory(&self) -> Option<Arc<GuestMemory>> {
-        let m = self.inner.mem.read().unwrap_or_else(|e| e.into_inner());
-        m.as_ref().map(|a| a.memory().into_inner())
+        self.inner.rings.memory()
     }
 
     /// Log a guest protocol error: warn for the first few, then debug.
@@ -283,7 +249,11 @@ impl ScsiBackend {
 
 impl ScsiBackend {
     fn request_vring(&self, queue: usize) -> Option<&Vring> {
-        self.inner.request_vrings.get(queue)?.get()
+        self.inner.rings.get(FIRST_REQUEST_QUEUE + queue)
+    }
+
+    fn event_vring(&self) -> Option<&Vring> {
+        self.inner.rings.get(EVENT_QUEUE)
     }
 
     /// Request queue `queue` put buffers in its used ring: tell the driver
@@ -305,16 +275,13 @@ fn notify(vring: &Vring) {
     }
 }
 
-impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
-    type Vring = Vring;
-
+impl crate::vhost::Backend for ScsiBackend {
     fn num_queues(&self) -> usize {
         self.total_queues()
     }
 
-    fn max_queue_size(&self) -> usize {
-        MAX_QUEUE_SIZE
+    fn max_queue_size(&self) -> u16 {
+        MAX_QUEUE_SIZE as u16
     }
 
     fn features(&self) -> u64 {
@@ -323,15 +290,34 @@ impl VhostUserBackend for ScsiBackend {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VIRTIO_SCSI_F_HOTPLUG
             | VIRTIO_SCSI_F_CHANGE
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Not CONFIG: QEMU builds the virtio-scsi config space itself.
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::RESET_DEVICE
+    fn queue_threads(&self) -> Vec<u64> {
+        // Thread 0: control + event queues; then one thread per request queue.
+        let mut v = vec![(1 << CONTROL_QUEUE) | (1 << EVENT_QUEUE)];
+        v.extend(
+            (0..self.inner.controller.request_queues).map(|i| 1u64 << (FIRST_REQUEST_QUEUE + i)),
+        );
+        v
+    }
+
+    fn listeners(&self) -> Vec<(usize, RawFd, u64)> {
+        let mut v = Vec::new();
+        for i in 0..self.inner.workers.len() {
+            v.push((
+                1 + i,
+                self.worker(i).eventfd_raw(),
+                Self::completion_event(i),
+            ));
+            if let Some(fd) = self.inner.coalesce.timer_fd(i) {
+                v.push((1 + i, fd, Self::timer_event(i)));
+            }
+        }
+        for (thread, fd, id) in self.session_listeners() {
+            v.push((thread, fd, id));
+            self.attach_session(id);
+        }
+        v
     }
 
     fn acked_features(&self, features: u64) {
@@ -339,23 +325,44 @@ impl VhostUserBackend for ScsiBackend {
         self.inner.change_events.store(change, Ordering::Relaxed);
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    fn handle_queue(&self, _thread: usize, vring: &Vring) {
+        match vring.index() {
+            CONTROL_QUEUE => self.process_control_queue(vring),
+            // Event queue buffers stay available for the events we post.
+            EVENT_QUEUE => {}
+            q => {
+                let Some(slot) = self.inner.workers.get(q - FIRST_REQUEST_QUEUE) else {
+                    return;
+                };
+                let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
+                self.process_request_queue(&mut w, vring);
+            }
+        }
     }
 
-    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
-        *self.inner.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
+    fn handle_event(&self, _thread: usize, id: u64) {
+        if let Some(j) = id.checked_sub(self.first_session_event()) {
+            // Answers from an iSCSI session (completed on this thread).
+            if let Some(c) = self.inner.sessions.get(j as usize) {
+                c.receive();
+            }
+            return;
+        }
+        let i = (id / 2) as usize;
+        let (Some(slot), Some(vring)) = (self.inner.workers.get(i), self.request_vring(i)) else {
+            return;
+        };
+        if id == Self::completion_event(i) {
+            let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
+            self.process_completions(&mut w, vring);
+        } else if self.inner.coalesce.expired(i) {
+            notify(vring);
+        }
     }
 
-    fn reset_device(&self) {
-        // Every accepted request completes before the device is reset.
-        self.inner.inflight.drain(None);
-    }
-
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+    fn stop_queue(&self, queue: usize) {
         // GET_VRING_BASE: requests already taken from the ring complete first.
-        if let Some(q) = (queue_index as usize).checked_sub(FIRST_REQUEST_QUEUE) {
+        if let Some(q) = queue.checked_sub(FIRST_REQUEST_QUEUE) {
             self.inner.inflight.drain(Some(q));
             // The driver hears of every completion before its call eventfd
             // goes (it may wait for an interrupt the delay still holds).
@@ -365,98 +372,11 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
         }
-        Ok(())
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        // Thread 0: control + event queues; then one thread per request queue.
-        let mut v = vec![(1 << CONTROL_QUEUE) | (1 << EVENT_QUEUE)];
-        v.extend(
-            (0..self.inner.controller.request_queues).map(|i| 1u64 << (FIRST_REQUEST_QUEUE + i)),
-        );
-        v
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
-        // vhost-user-backend 0.24 (pinned) registers the consumer in its
-        // epoll set with `into_raw_fd` and never closes it: one descriptor
-        // per worker thread and connection would outlive the connection.
-        // So the descriptor stays owned here, closed when this connection's
-        // backend goes, and the crate gets an alias of the same number.
-        // SAFETY: `into_raw_fd` hands over the descriptor the consumer owned.
-        let owned = unsafe { OwnedFd::from_raw_fd(consumer.into_raw_fd()) };
-        // SAFETY: the alias is only ever turned back into a raw number by
-        // the crate (never closed by it); `owned` keeps the descriptor open
-        // for as long as the epoll handlers exist, since they hold this
-        // backend.
-        let alias = unsafe { EventConsumer::from_raw_fd(owned.as_raw_fd()) };
-        self.inner
-            .exit_consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(owned);
-        Some((alias, notifier))
-    }
-
-    /// `device_event` is the index of the vring within this thread's vrings
-    /// (what vhost-user-backend registers), our completion event, or an
-    /// iSCSI session's event.
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Ok(());
-        }
-        let ev = u64::from(device_event);
-        if thread_id == 0 {
-            // vrings: [control, event]. Event queue buffers stay available
-            // for the events we post (from any thread: keep the queue).
-            if let Some(v) = vrings.get(1) {
-                let mut slot = self
-                    .inner
-                    .event_vring
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if slot.is_none() {
-                    *slot = Some(v.clone());
-                }
-            }
-            if ev == 0 {
-                if let Some(vring) = vrings.first() {
-                    self.process_control_queue(vring);
-                }
-            }
-            return Ok(());
-        }
-        if let Some(j) = ev.checked_sub(self.first_session_event()) {
-            // Answers from an iSCSI session (completed on this thread).
-            if let Some(c) = self.inner.sessions.get(j as usize) {
-                c.receive();
-            }
-            return Ok(());
-        }
-        let (Some(vring), Some(slot)) = (vrings.first(), self.inner.workers.get(thread_id - 1))
-        else {
-            return Ok(());
-        };
-        if let Some(known) = self.inner.request_vrings.get(thread_id - 1) {
-            known.get_or_init(|| vring.clone());
-        }
-        let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if ev == 0 {
-            self.process_request_queue(&mut w, vring);
-        } else if ev == self.completion_event() {
-            self.process_completions(&mut w, vring);
-        } else if ev == self.timer_event() && self.inner.coalesce.expired(thread_id - 1) {
-            notify(vring);
-        }
-        Ok(())
+    fn reset(&self) {
+        // Every accepted request completes before the device is reset.
+        self.inner.inflight.drain(None);
     }
 }
 

@@ -13,8 +13,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use log::{debug, error};
-use vhost_user_backend::VringT;
-use virtio_queue::QueueOwnedT;
 
 use super::engine::Engine;
 use super::{completion_eventfd, ScsiBackend, Vring, MAX_QUEUE_SIZE};
@@ -198,7 +196,7 @@ fn respond(
         Err(_) => 0,
     };
     let used = u32::try_from(used).unwrap_or(u32::MAX);
-    if let Err(e) = vring.add_used(head, used) {
+    if let Err(e) = vring.add_used(head, used, &bufs.writable) {
         error!("Cannot return descriptor {head} to the used ring: {e}");
     }
 }
@@ -214,16 +212,15 @@ impl ScsiBackend {
                 self.guest_error(format_args!("Request queue {}: {e}", w.index));
                 break;
             }
-            let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-                Ok(it) => it.collect(),
+            let chains = match vring.pop_all(&mem) {
+                Ok(c) => c,
                 Err(e) => {
                     self.guest_error(format_args!("Request queue {}: {e}", w.index));
                     break;
                 }
             };
-            for chain in chains {
-                let head = chain.head_index();
-                used_any |= self.start_request(w, vring, &mem, head, chain);
+            for (head, bufs) in chains {
+                used_any |= self.start_request(w, vring, &mem, head, bufs);
             }
             match vring.enable_notification() {
                 Ok(true) => continue,
@@ -248,13 +245,13 @@ impl ScsiBackend {
         vring: &Vring,
         mem: &Arc<GuestMemory>,
         head: u16,
-        chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+        bufs: Result<ChainBuffers, crate::virtio::chain::Error>,
     ) -> bool {
-        let bufs = match ChainBuffers::collect(chain) {
+        let bufs = match bufs {
             Ok(b) => b,
             Err(e) => {
                 self.guest_error(format_args!("Request queue {}: {e}", w.index));
-                let _ = vring.add_used(head, 0);
+                let _ = vring.add_used(head, 0, &Buffer::default());
                 return true;
             }
         };
@@ -264,7 +261,7 @@ impl ScsiBackend {
                 w.index,
                 bufs.writable.len()
             ));
-            let _ = vring.add_used(head, 0);
+            let _ = vring.add_used(head, 0, &Buffer::default());
             return true;
         }
         let mut raw = [0u8; REQ_HEADER_LEN];
@@ -758,6 +755,59 @@ fn sync_io(p: &Pending) -> io::Result<()> {
             p.lu.run_io_sync(&p.io, &mut buf)
         }
         IoKind::Flush => p.lu.run_io_sync(&p.io, &mut []),
+    }
+}
+
+#[cfg(test)]
+impl ScsiBackend {
+    /// What the iSCSI receiver does for a read of `data` (which a target
+    /// sent) into request `head`'s data-in buffer: write it through the
+    /// command's sink, then complete the command (tests).
+    pub(super) fn complete_placed_for_test(
+        &self,
+        vring: &Vring,
+        head: u16,
+        bufs: ChainBuffers,
+        data: &[u8],
+    ) {
+        use crate::iscsi::session::Sink;
+        let mem = self.memory().expect("guest memory");
+        let data_in_len = bufs.writable.len() - RESP_HEADER_LEN as u64;
+        let sink = Arc::new(
+            GuestSink::new(
+                &mem,
+                &bufs.writable,
+                RESP_HEADER_LEN as u64,
+                data_in_len as usize,
+            )
+            .expect("a mapped buffer"),
+        );
+        assert!(sink.write_at(0, data));
+        let key = self.inner.inflight.begin(0, LunAddress::Lun(5), 1);
+        let p = RemotePending {
+            vring: vring.clone(),
+            queue: 0,
+            head,
+            bufs,
+            mem,
+            key,
+            data_in_len,
+            write: false,
+            reserved: 0,
+            sink: Some(sink),
+        };
+        let done = crate::iscsi::session::Completion {
+            tag: 1,
+            response: 0,
+            status: 0,
+            sense: Vec::new(),
+            data: Vec::new(),
+            placed: data.len() as u32,
+            residual: 0,
+        };
+        if let Some(d) = self.complete_remote(p, Ok(done)) {
+            (d.run)();
+        }
     }
 }
 

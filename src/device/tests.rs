@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VhostUserBackend, VringT};
+use crate::vhost::{Backend, DirtyLog, Rings};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -35,9 +35,9 @@ struct Harness {
     mem: &'static GuestMemoryMmap<()>,
     mocks: [MockSplitQueue<'static, GuestMemoryMmap<()>>; 3],
     backend: ScsiBackend,
+    log: Arc<DirtyLog>,
     req: Vring,
     ctrl: Vring,
-    evt: Vring,
     next_desc: [u16; 3],
     _file: tempfile::NamedTempFile,
 }
@@ -46,35 +46,66 @@ struct Harness {
 type Desc = (u64, u32, bool);
 
 fn vring(
+    index: usize,
     atomic: &GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    log: &Arc<DirtyLog>,
     mock: &MockSplitQueue<GuestMemoryMmap<()>>,
 ) -> Vring {
-    let v = Vring::new(atomic.clone(), QUEUE_SIZE).unwrap();
-    v.set_queue_size(QUEUE_SIZE);
-    v.set_queue_info(
+    Vring::for_test(
+        index,
+        atomic.clone(),
+        log.clone(),
+        QUEUE_SIZE,
         mock.desc_table_addr().0,
         mock.avail_addr().0,
         mock.used_addr().0,
     )
-    .unwrap();
-    v.set_queue_ready(true);
-    v.set_enabled(true);
-    v
+}
+
+/// Where LUN 0 lives: each is a different data path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// A file on tmpfs: I/O done inline with preadv2/pwritev2.
+    Memory,
+    /// A file on a disk filesystem: I/O through the worker's io_uring.
+    Disk,
+    /// The same with O_DIRECT: misaligned buffers are redone through a
+    /// bounce buffer (synchronous I/O).
+    DiskDirect,
+    /// The null backstore: reads fill zeros.
+    Null,
 }
 
 impl Harness {
     fn new() -> Harness {
-        Harness::with_coalescing(Default::default())
+        Harness::build(Default::default(), Store::Memory)
     }
 
     fn with_coalescing(coalesce: super::coalesce::Policy) -> Harness {
-        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        Harness::build(coalesce, Store::Memory)
+    }
+
+    fn on(store: Store) -> Harness {
+        Harness::build(Default::default(), store)
+    }
+
+    fn build(coalesce: super::coalesce::Policy, store: Store) -> Harness {
+        let dir = if store == Store::Memory {
+            "/dev/shm"
+        } else {
+            "/var/tmp"
+        };
+        let file = tempfile::NamedTempFile::new_in(dir).unwrap();
         file.as_file().set_len(1 << 20).unwrap();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(file.path(), &data).unwrap();
         file.as_file().set_len(1 << 20).unwrap();
+        let backstore = match store {
+            Store::Null => Backstore::null(1 << 20),
+            s => Backstore::open(file.path(), false, s == Store::DiskDirect).unwrap(),
+        };
         let lu = Arc::new(LogicalUnit::new(
-            Backstore::open(file.path(), false, false).unwrap(),
+            backstore,
             LuConfig {
                 block_size: 512,
                 identity: Identity::derive("/mock"),
@@ -101,23 +132,29 @@ impl Harness {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
         ));
         let atomic = GuestMemoryAtomic::new(mem.clone());
-        let backend = ScsiBackend::new(controller).unwrap();
-        backend.update_memory(atomic.clone()).unwrap();
         let mocks = [
             MockSplitQueue::create(mem, GuestAddress(REQ_RING), QUEUE_SIZE),
             MockSplitQueue::create(mem, GuestAddress(CTRL_RING), QUEUE_SIZE),
             MockSplitQueue::create(mem, GuestAddress(EVT_RING), QUEUE_SIZE),
         ];
-        let req = vring(&atomic, &mocks[0]);
-        let ctrl = vring(&atomic, &mocks[1]);
-        let evt = vring(&atomic, &mocks[2]);
+        // Off until a test starts it (`start_logging`).
+        let log = Arc::new(DirtyLog::default());
+        let ctrl = vring(0, &atomic, &log, &mocks[1]);
+        let evt = vring(1, &atomic, &log, &mocks[2]);
+        let req = vring(2, &atomic, &log, &mocks[0]);
+        let rings = Arc::new(Rings::with_memory(
+            vec![ctrl.clone(), evt.clone(), req.clone()],
+            atomic,
+            log.clone(),
+        ));
+        let backend = ScsiBackend::new(controller, rings).unwrap();
         Harness {
             mem,
             mocks,
             backend,
+            log,
             req,
             ctrl,
-            evt,
             next_desc: [0, 0, 0],
             _file: file,
         }
@@ -141,6 +178,15 @@ impl Harness {
             .collect();
         mock.add_desc_chains(&raw, start).unwrap();
         self.next_desc[which] += descs.len() as u16;
+    }
+
+    /// Dirty page logging on, as QEMU starts it for a migration: a log
+    /// covering guest memory, then LOG_ALL.
+    fn start_logging(&self) {
+        let bytes = (MEM_SIZE as u64) / crate::vhost::log::LOG_PAGE / 8;
+        let f = crate::vhost::log::tests::memfd(bytes);
+        self.log.set_base(&f, 0, bytes).unwrap();
+        self.log.set_wanted(true);
     }
 
     fn write_header(&self, lun: [u8; 8], tag: u64, cdb: &[u8]) {
@@ -225,9 +271,9 @@ fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
         delay: Duration::from_secs(1),
         depth: 1,
     });
-    let (call, call_file) = super::vring::tests::call_fd();
-    h.req.set_call(Some(call_file));
-    // A running ring's new call eventfd is signalled once (vring.rs).
+    let (call, call_file) = crate::vhost::vring::tests::call_fd();
+    h.req.set_call_for_test(Some(call_file));
+    // A running ring's new call eventfd is signalled once (vhost/vring.rs).
     assert_eq!(call.read().unwrap(), 1);
     // A command stays in flight (as one at an iSCSI target would), so the
     // queue counts as busy.
@@ -256,15 +302,7 @@ fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
         };
         // SAFETY: one valid pollfd for the duration of the call.
         assert_eq!(unsafe { libc::poll(&mut p, 1, 3000) }, 1, "timer");
-        let ev = h.backend.timer_event() as u16;
-        h.backend
-            .handle_event(
-                ev,
-                vmm_sys_util::epoll::EventSet::IN,
-                std::slice::from_ref(&h.req),
-                1,
-            )
-            .unwrap();
+        h.backend.handle_event(1, ScsiBackend::timer_event(0));
     };
     // Answered at once in the used ring; the notification waits.
     inquiry(&mut h, 1);
@@ -278,7 +316,7 @@ fn a_busy_queue_notifies_after_the_delay_or_when_it_stops() {
     assert_eq!(h.used(0).len(), 2);
     assert!(call.read().is_err(), "notified before the delay");
     h.backend.inner.inflight.finish(0, busy);
-    h.backend.stop_vring(2).unwrap();
+    h.backend.stop_queue(2);
     assert_eq!(call.read().unwrap(), 1);
     // ... and only then: the timer has nothing left to send.
     timer_fires(&h);
@@ -580,10 +618,6 @@ fn event_harness(change: bool) -> Harness {
         h.backend.acked_features(1 << VIRTIO_SCSI_F_CHANGE);
     }
     h.add_chain(2, &[(EVT, 16, true)]);
-    let vrings = [h.ctrl.clone(), h.evt.clone()];
-    h.backend
-        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
-        .unwrap();
     h
 }
 
@@ -655,4 +689,167 @@ mod properties {
             prop_assert_eq!(used.len(), 1);
         }
     }
+}
+
+// --- Dirty page logging: every path that writes guest memory marks it ---
+
+/// The data-in region of a READ(10) of 2 blocks (1024 bytes) at `din`, its
+/// response at RESP: run it with logging on and return the pages marked
+/// among those of the response, the data and an untouched page.
+fn read_with_logging(h: &mut Harness, din: u64) -> (bool, bool, bool, bool) {
+    h.start_logging();
+    h.write_header(LUN0, 7, &[0x28, 0, 0, 0, 0, 1, 0, 0, 2, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+            (din, 1024, true),
+        ],
+    );
+    let used = h.run_requests(1);
+    assert_eq!(used, vec![(0, RESP_HEADER_LEN as u32 + 1024)]);
+    assert_eq!(h.response()[10..12], [0, 0], "GOOD, OK");
+    let used_ring = h.mocks[0].used_addr().0;
+    (
+        h.log.is_marked(RESP),
+        h.log.is_marked(din),
+        h.log.is_marked(used_ring),
+        // The request header page was only read.
+        h.log.is_marked(HDR),
+    )
+}
+
+#[test]
+fn logging_marks_data_read_inline_from_a_memory_file() {
+    let mut h = Harness::on(Store::Memory);
+    assert_eq!(read_with_logging(&mut h, DIN), (true, true, true, false));
+}
+
+#[test]
+fn logging_marks_data_read_through_io_uring() {
+    let mut h = Harness::on(Store::Disk);
+    assert_eq!(read_with_logging(&mut h, DIN), (true, true, true, false));
+    // It came from the file, through the ring.
+    let mut got = [0u8; 4];
+    h.mem.read_slice(&mut got, GuestAddress(DIN)).unwrap();
+    assert_eq!(
+        got,
+        [
+            (512 % 251) as u8,
+            (513 % 251) as u8,
+            (514 % 251) as u8,
+            (515 % 251) as u8
+        ]
+    );
+}
+
+#[test]
+fn logging_marks_data_read_through_the_bounce_buffer() {
+    // O_DIRECT refuses a buffer that is not 512-byte aligned: the read is
+    // redone synchronously and copied into guest memory.
+    let mut h = Harness::on(Store::DiskDirect);
+    assert_eq!(
+        read_with_logging(&mut h, DIN + 3),
+        (true, true, true, false)
+    );
+    let mut got = [0u8; 1];
+    h.mem.read_slice(&mut got, GuestAddress(DIN + 3)).unwrap();
+    assert_eq!(got[0], (512 % 251) as u8);
+}
+
+#[test]
+fn logging_marks_zeros_of_the_null_backstore() {
+    let mut h = Harness::on(Store::Null);
+    h.mem.write_slice(&[0xff; 16], GuestAddress(DIN)).unwrap();
+    assert_eq!(read_with_logging(&mut h, DIN), (true, true, true, false));
+}
+
+#[test]
+fn logging_marks_emulated_replies() {
+    let mut h = Harness::new();
+    h.start_logging();
+    h.write_header(LUN0, 1, &[0x12, 0, 0, 0, 96, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+            (DIN, 96, true),
+        ],
+    );
+    h.run_requests(1);
+    assert!(h.log.is_marked(RESP) && h.log.is_marked(DIN));
+}
+
+#[test]
+fn logging_marks_task_management_responses_and_events() {
+    let mut h = Harness::new();
+    h.start_logging();
+    // A LOGICAL UNIT RESET on the control queue.
+    let mut tmf = [0u8; 24];
+    tmf[4] = 5; // subtype LUN reset
+    tmf[8..16].copy_from_slice(&LUN0);
+    h.mem.write_slice(&tmf, GuestAddress(HDR)).unwrap();
+    h.add_chain(1, &[(HDR, 24, false), (RESP, 1, true)]);
+    h.backend.process_control_queue(&h.ctrl);
+    assert!(h.log.is_marked(RESP));
+    assert!(h.log.is_marked(h.mocks[1].used_addr().0));
+    // A parameter change event on the event queue.
+    h.backend
+        .acked_features(1 << virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_CHANGE);
+    h.add_chain(2, &[(EVT, 16, true)]);
+    assert!(!h.log.is_marked(EVT));
+    h.backend.post_param_change(0, 0x2a, 0x09);
+    assert!(h.log.is_marked(EVT));
+    assert!(h.log.is_marked(h.mocks[2].used_addr().0));
+}
+
+#[test]
+fn logging_marks_data_an_iscsi_target_placed_in_guest_buffers() {
+    // The initiator's receiver writes Data-In straight into the guest's
+    // buffer through the command's sink, then completes the command.
+    let mut h = Harness::new();
+    h.start_logging();
+    h.write_header(LUN0, 9, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+            (DIN + 0x4000, 512, true),
+        ],
+    );
+    let mem = h.backend.memory().unwrap();
+    let (head, bufs) = h.req.pop_all(&mem).unwrap().pop().unwrap();
+    let bufs = bufs.unwrap();
+    h.backend
+        .complete_placed_for_test(&h.req, head, bufs, &[0xab; 512]);
+    let mut got = [0u8; 1];
+    h.mem
+        .read_slice(&mut got, GuestAddress(DIN + 0x4000))
+        .unwrap();
+    assert_eq!(got[0], 0xab);
+    assert!(h.log.is_marked(DIN + 0x4000));
+    assert!(h.log.is_marked(RESP));
+    assert!(h.log.is_marked(h.mocks[0].used_addr().0));
+}
+
+#[test]
+fn nothing_is_marked_once_the_front_end_stops_logging() {
+    let mut h = Harness::on(Store::Disk);
+    h.start_logging();
+    h.log.set_wanted(false);
+    h.write_header(LUN0, 7, &[0x28, 0, 0, 0, 0, 1, 0, 0, 2, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+            (DIN, 1024, true),
+        ],
+    );
+    h.run_requests(1);
+    assert!(!h.log.is_on());
+    assert!(!h.log.is_marked(RESP) && !h.log.is_marked(DIN));
 }

@@ -5,7 +5,6 @@
 //! bounds-checked copies and host iovecs for zero-copy I/O. Addresses come
 //! from the guest and are only trusted after guest memory has resolved them.
 
-use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest memory as the daemon maps it.
@@ -57,6 +56,11 @@ impl Buffer {
             b.push(a, l);
         }
         b
+    }
+
+    /// The guest address ranges of this buffer, (address, length), in order.
+    pub fn regions(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.regions.iter().map(|r| (r.addr, r.len))
     }
 
     fn push(&mut self, addr: u64, len: u32) {
@@ -170,23 +174,18 @@ pub struct ChainBuffers {
 }
 
 impl ChainBuffers {
-    /// Collect a chain's descriptors, enforcing readable-before-writable.
-    pub fn collect(descriptors: impl Iterator<Item = Descriptor>) -> Result<ChainBuffers, Error> {
-        let mut b = ChainBuffers::default();
-        for (i, d) in descriptors.enumerate() {
-            if i >= MAX_DESCRIPTORS {
-                return Err(Error::TooManyDescriptors);
+    /// Add one descriptor's buffer, enforcing readable-before-writable
+    /// (virtio 1.2, 2.7.4.2).
+    pub fn push(&mut self, addr: u64, len: u32, write: bool) -> Result<(), Error> {
+        if write {
+            self.writable.push(addr, len);
+        } else {
+            if !self.writable.regions.is_empty() {
+                return Err(Error::ReadableAfterWritable);
             }
-            if d.is_write_only() {
-                b.writable.push(d.addr().0, d.len());
-            } else {
-                if !b.writable.regions.is_empty() {
-                    return Err(Error::ReadableAfterWritable);
-                }
-                b.readable.push(d.addr().0, d.len());
-            }
+            self.readable.push(addr, len);
         }
-        Ok(b)
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! buffer access. Knows nothing about SCSI semantics beyond the layouts.
 
 pub mod buffers;
+pub mod chain;
 
 /// Queue indices (virtio 5.6.2).
 pub const CONTROL_QUEUE: usize = 0;
