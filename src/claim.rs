@@ -270,24 +270,41 @@ fn claim_one(file: &File, path: &Path, usage: Usage) -> Result<(), Error> {
     for p in &unshared {
         lock_byte(file, UNSHARED_BASE + p).map_err(lock_err)?;
     }
-    // Someone refuses a permission we hold...
-    for p in &held {
-        if byte_taken(file, UNSHARED_BASE + p).map_err(lock_err)? {
-            return Err(in_use(
-                file,
-                path,
-                UNSHARED_BASE + p,
-                "uses it and lets no one else write it",
-            ));
+    let conflict = || -> Result<Option<Error>, Error> {
+        // Someone refuses a permission we hold...
+        for p in &held {
+            if byte_taken(file, UNSHARED_BASE + p).map_err(lock_err)? {
+                let what = "uses it and lets no one else write it";
+                return Ok(Some(in_use(file, path, UNSHARED_BASE + p, what)));
+            }
+        }
+        // ...or holds one we refuse.
+        for p in &unshared {
+            if byte_taken(file, PERM_BASE + p).map_err(lock_err)? {
+                return Ok(Some(in_use(file, path, PERM_BASE + p, "writes it")));
+            }
+        }
+        Ok(None)
+    };
+    match conflict() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) | Err(e) => {
+            // Refused: take back what we locked.
+            for b in held.iter().map(|p| PERM_BASE + p) {
+                unlock_byte(file, b);
+            }
+            for b in unshared.iter().map(|p| UNSHARED_BASE + p) {
+                unlock_byte(file, b);
+            }
+            Err(e)
         }
     }
-    // ...or holds one we refuse.
-    for p in &unshared {
-        if byte_taken(file, PERM_BASE + p).map_err(lock_err)? {
-            return Err(in_use(file, path, PERM_BASE + p, "writes it"));
-        }
-    }
-    Ok(())
+}
+
+fn unlock_byte(file: &File, byte: i64) {
+    let l = flock(libc::F_UNLCK, byte);
+    // SAFETY: fcntl with a valid descriptor and a pointer to a live flock.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &l) };
 }
 
 fn in_use(file: &File, path: &Path, byte: i64, what: &'static str) -> Error {
@@ -300,13 +317,16 @@ fn in_use(file: &File, path: &Path, byte: i64, what: &'static str) -> Error {
 
 /// `lock_holder`, given at most a second: reading /proc of a process in
 /// the middle of an exec can wait, and the answer only decorates a message.
+/// (The search gets the file's identity, not a copy of its descriptor,
+/// which would keep our locks alive as long as the search.)
 fn lock_holder_bounded(file: &File, byte: i64) -> Option<String> {
-    let file = file.try_clone().ok()?;
+    let m = file.metadata().ok()?;
+    let key = lock_key(m.dev(), m.ino());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("lock-holder".into())
         .spawn(move || {
-            let _ = tx.send(lock_holder(&file, byte));
+            let _ = tx.send(lock_holder(&key, byte));
         })
         .ok()?;
     rx.recv_timeout(std::time::Duration::from_secs(1))
@@ -314,18 +334,15 @@ fn lock_holder_bounded(file: &File, byte: i64) -> Option<String> {
         .flatten()
 }
 
-/// The process holding an OFD lock on `byte` of `file`'s inode. OFD locks
+/// How /proc/locks and fdinfo name an inode: "MAJ:MIN:INODE", hex device.
+fn lock_key(dev: u64, ino: u64) -> String {
+    format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev))
+}
+
+/// The process holding an OFD lock on `byte` of the inode `key` names. OFD locks
 /// carry no PID (/proc/locks shows -1), but each holder's descriptor lists
 /// its locks in /proc/PID/fdinfo/FD.
-fn lock_holder(file: &File, byte: i64) -> Option<String> {
-    let m = file.metadata().ok()?;
-    let dev = m.dev();
-    let key = format!(
-        "{:02x}:{:02x}:{}",
-        libc::major(dev),
-        libc::minor(dev),
-        m.ino()
-    );
+fn lock_holder(key: &str, byte: i64) -> Option<String> {
     let me = std::process::id();
     for p in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -603,6 +620,20 @@ mod tests {
         let c = open(&p);
         let e = claim_backstore(&c, &p, WRITER).unwrap_err();
         assert!(e.to_string().contains("writes it"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_claim_leaves_no_lock_behind() {
+        let (_d, p) = image();
+        let a = open(&p);
+        claim_backstore(&a, &p, WRITER).unwrap();
+        let b = open(&p);
+        assert!(claim_backstore(&b, &p, WRITER).is_err());
+        // `b` is still open, but holds nothing: once `a` goes, the disk is
+        // free.
+        drop(a);
+        claim_backstore(&open(&p), &p, WRITER).unwrap();
+        drop(b);
     }
 
     #[test]
