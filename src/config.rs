@@ -77,6 +77,9 @@ pub struct ControllerConfig {
     pub socket: PathBuf,
     /// Initiator port name of this controller's I_T nexus (an iSCSI name).
     pub initiator: String,
+    /// Relative target port identifier this controller presents (1-65535;
+    /// default: its position among the sockets, from 1).
+    pub relative_port: Option<u16>,
     pub request_queues: usize,
     /// Notification coalescing of the request queues.
     pub coalesce: crate::device::coalesce::Policy,
@@ -305,7 +308,7 @@ pub fn parse_size(v: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
-/// Parse `PATH[,queues=N][,initiator=NAME][,coalesce-us=N][,coalesce-depth=N]`
+/// Parse `PATH[,queues=N][,initiator=NAME][,port=N][,coalesce-us=N][,coalesce-depth=N]`
 /// into an empty controller.
 pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
     let bad = |why: String| Error::BadSocket {
@@ -320,6 +323,7 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
     let mut c = ControllerConfig {
         socket: PathBuf::from(path),
         initiator: default_initiator(std::path::Path::new(path)),
+        relative_port: None,
         request_queues: DEFAULT_REQUEST_QUEUES,
         coalesce: Default::default(),
         luns: BTreeMap::new(),
@@ -340,6 +344,14 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
                     )));
                 }
                 c.initiator = n.into();
+            }
+            Some(("port", n)) => {
+                c.relative_port = Some(
+                    n.parse()
+                        .ok()
+                        .filter(|&p: &u16| p >= 1)
+                        .ok_or_else(|| bad("port must be 1 to 65535".into()))?,
+                );
             }
             Some(("coalesce-us", n)) => {
                 let us = n
@@ -486,6 +498,19 @@ mod tests {
         assert!(valid_iscsi_name(&default_initiator(std::path::Path::new(
             &long
         ))));
+    }
+
+    #[test]
+    fn relative_port_is_1_to_65535() {
+        assert_eq!(parse_socket("/s").unwrap().relative_port, None);
+        assert_eq!(parse_socket("/s,port=7").unwrap().relative_port, Some(7));
+        assert_eq!(
+            parse_socket("/s,port=65535").unwrap().relative_port,
+            Some(65535)
+        );
+        for bad in ["0", "65536", "-1", "x", ""] {
+            assert!(parse_socket(&format!("/s,port={bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -382,8 +382,16 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     let lus = open_logical_units(&cfg)?;
     let mut listeners = Vec::new();
     let mut controllers = Vec::new();
+    // Controllers with the same initiator port and relative target port
+    // are one I_T nexus (the two ends of a live migration).
+    let mut nexus_ids: HashMap<(String, u16), u32> = HashMap::new();
     for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
         let listener = crate::claim::listen_unix(&c.socket)?;
+        let relative_port = c.relative_port.unwrap_or(i as u16 + 1);
+        let next_id = nexus_ids.len() as u32 + 1;
+        let id = *nexus_ids
+            .entry((c.initiator.clone(), relative_port))
+            .or_insert(next_id);
         info!(
             "Listening on {} with {} LUN(s), {} request queue(s)",
             c.socket.display(),
@@ -396,8 +404,9 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             target: Target::with_passthrough(luns, remote.keys().copied().collect()),
             remote,
             nexus: Nexus {
-                id: i as u32 + 1,
-                relative_port: i as u16 + 1,
+                id,
+                path: i as u32 + 1,
+                relative_port,
                 initiator: c.initiator.as_str().into(),
             },
             request_queues: c.request_queues,

@@ -121,6 +121,7 @@ impl Harness {
             target: Target::with_passthrough(BTreeMap::from([(0, lu)]), vec![5]),
             nexus: Nexus {
                 id: 1,
+                path: 1,
                 relative_port: 1,
                 initiator: "iqn.2026-11.test:mock".into(),
             },

@@ -81,10 +81,11 @@ pub struct LuConfig {
 /// returns when they have completed (PREEMPT AND ABORT).
 pub type AbortHook = Arc<dyn Fn() + Send + Sync>;
 
-/// An attached I_T nexus: its PR identity and how to abort its commands.
+/// An attached I_T nexus: its PR identity and, per path (controller
+/// connection) it is attached through, how to abort its commands there.
 struct Attached {
     it: ItNexus,
-    abort: Option<AbortHook>,
+    paths: HashMap<u32, Option<AbortHook>>,
 }
 
 pub struct LogicalUnit {
@@ -172,7 +173,7 @@ impl LogicalUnit {
                     if reg.nexus.initiator == a.it.initiator
                         && (reg.all_tg_pt || reg.nexus.port == a.it.port)
                     {
-                        hooks.extend(a.abort.clone());
+                        hooks.extend(a.paths.values().flatten().cloned());
                     }
                 }
             }
@@ -216,27 +217,46 @@ impl LogicalUnit {
         self.ua.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new I_T nexus (a controller connected): it sees a power-on unit
-    /// attention, as after any device power-on (SPC-4 6.33... SAM-5 6.3.2).
+    /// A controller connected: its nexus is attached through it. A nexus
+    /// seen for the first time sees a power-on unit attention, as after any
+    /// device power-on (SAM-5 6.3.2); one already attached through another
+    /// controller (the destination of a live migration, while the source
+    /// still runs) keeps its pending unit attentions and gets no new one.
     pub fn attach(&self, nexus: &Nexus, abort: Option<AbortHook>) {
-        self.attached().insert(
-            nexus.id,
-            Attached {
-                it: it_nexus(nexus),
-                abort,
-            },
-        );
+        let mut attached = self.attached();
+        let a = attached.entry(nexus.id).or_insert_with(|| Attached {
+            it: it_nexus(nexus),
+            paths: HashMap::new(),
+        });
+        let first = a.paths.is_empty();
+        a.paths.insert(nexus.path, abort);
+        drop(attached);
         self.stopped.store(false, Ordering::Relaxed);
-        let mut map = self.ua_map();
-        map.insert(nexus.id, VecDeque::from([Sense::POWER_ON_RESET_OCCURRED]));
-        self.ua_hint.store(true, Ordering::Release);
+        if first {
+            let mut map = self.ua_map();
+            map.insert(nexus.id, VecDeque::from([Sense::POWER_ON_RESET_OCCURRED]));
+            self.ua_hint.store(true, Ordering::Release);
+        }
     }
 
-    /// The nexus is gone (controller disconnected).
+    /// A controller disconnected. When it was the nexus' last path, the
+    /// nexus is gone: its unit attentions go, and I_T nexus loss releases
+    /// an SPC-2 reservation (SPC-2 5.5.1).
     pub fn detach(&self, nexus: &Nexus) {
+        let mut attached = self.attached();
+        let last = match attached.get_mut(&nexus.id) {
+            Some(a) => {
+                a.paths.remove(&nexus.path);
+                a.paths.is_empty()
+            }
+            None => true,
+        };
+        if !last {
+            return;
+        }
+        attached.remove(&nexus.id);
+        drop(attached);
         self.ua_map().remove(&nexus.id);
-        self.attached().remove(&nexus.id);
-        // I_T nexus loss releases an SPC-2 reservation (SPC-2 5.5.1).
         let mut st = self.pr_lock();
         st.nexus_loss(&it_nexus(nexus));
         self.pr_changed(&st);

@@ -41,8 +41,14 @@ pub fn target_wlun() -> [u8; 8] {
 /// came through.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Nexus {
-    /// Identifies the controller; unique within the daemon.
+    /// Identifies the I_T nexus within the daemon: controllers with the
+    /// same initiator port and relative target port (the source and
+    /// destination controllers of a live migration) are the same nexus,
+    /// with one set of unit attentions and reservations.
     pub id: u32,
+    /// Identifies the controller (a path of the nexus); unique within the
+    /// daemon.
+    pub path: u32,
     /// Relative target port identifier (SPC-4 7.8.6.2), 1-based.
     pub relative_port: u16,
     /// Initiator port name (an iSCSI name), the TransportID of the nexus.

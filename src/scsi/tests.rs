@@ -12,6 +12,7 @@ use crate::backstore::Backstore;
 fn nexus() -> Nexus {
     Nexus {
         id: 1,
+        path: 1,
         relative_port: 1,
         initiator: "iqn.2026-11.test:a".into(),
     }
@@ -803,6 +804,7 @@ mod reservations {
     fn nexus_b() -> Nexus {
         Nexus {
             id: 2,
+            path: 2,
             relative_port: 2,
             initiator: "iqn.2026-11.test:b".into(),
         }
@@ -1099,5 +1101,69 @@ fn reservations_are_refused_on_a_logical_unit_shared_with_other_writers() {
         let r = run(&f, cdb, data);
         // ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (20h/00h).
         assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x20, 0x00), "{cdb:02x?}");
+    }
+}
+
+/// The destination controller of a live migration inside one daemon: the
+/// same initiator port and relative target port, so the same nexus on
+/// another path (controller).
+fn nexus_second_path() -> Nexus {
+    Nexus { path: 9, ..nexus() }
+}
+
+/// TEST UNIT READY's sense (or GOOD) for `n`.
+fn tur_as(f: &Fixture, n: &Nexus) -> Response {
+    run_as(f, n, &[0x00, 0, 0, 0, 0, 0], &[])
+}
+
+#[test]
+fn a_second_path_of_a_nexus_keeps_its_unit_attentions_without_a_new_one() {
+    let f = fixture();
+    f.target.attach(&nexus(), |_| None);
+    // Consume the power-on unit attention; a mode change leaves another
+    // one pending for this nexus.
+    assert_eq!(sense_of(&tur_as(&f, &nexus())), (0x6, 0x29, 0x00));
+    f.lu.establish_ua(
+        nexus().id,
+        crate::scsi::sense::Sense::MODE_PARAMETERS_CHANGED,
+    );
+    // The migration destination attaches: no power-on, nothing lost.
+    f.target.attach(&nexus_second_path(), |_| None);
+    // The source goes (its QEMU quits).
+    f.target.detach(&nexus());
+    // Reported once, through the destination, then nothing.
+    assert_eq!(
+        sense_of(&tur_as(&f, &nexus_second_path())),
+        (0x6, 0x2a, 0x01)
+    );
+    good(&tur_as(&f, &nexus_second_path()));
+}
+
+#[test]
+fn a_nexus_is_lost_only_with_its_last_path() {
+    let f = fixture();
+    f.target.attach(&nexus(), |_| None);
+    f.target.attach(&nexus_second_path(), |_| None);
+    let _ = tur_as(&f, &nexus());
+    // RESERVE(6) through the first path: an SPC-2 reservation of the nexus.
+    good(&run_as(&f, &nexus(), &[0x16, 0, 0, 0, 0, 0], &[]));
+    f.target.detach(&nexus());
+    // Still held: a second nexus conflicts.
+    f.target.attach(&nexus_b_for_paths(), |_| None);
+    let _ = tur_as(&f, &nexus_b_for_paths());
+    // READ(10) of one block.
+    let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    assert_eq!(run_as(&f, &nexus_b_for_paths(), &read, &[]).status, 0x18);
+    // The last path goes: I_T nexus loss releases it.
+    f.target.detach(&nexus_second_path());
+    good(&run_as(&f, &nexus_b_for_paths(), &read, &[]));
+}
+
+fn nexus_b_for_paths() -> Nexus {
+    Nexus {
+        id: 3,
+        path: 3,
+        relative_port: 3,
+        initiator: "iqn.2026-11.test:other".into(),
     }
 }
