@@ -264,6 +264,26 @@ impl InflightQueue {
         }
     }
 
+    /// Whether nothing was ever recorded here: no descriptor taken, no
+    /// batch, a used index of 0 (how GET_INFLIGHT_FD hands it out).
+    fn untouched(&self) -> Option<bool> {
+        let r = &self.region;
+        if r.get_u16(self.base + OFF_USED_IDX).ok()? != 0
+            || r.get_u16(self.base + OFF_LAST_BATCH).ok()? != 0
+        {
+            return Some(false);
+        }
+        for head in 0..self.size {
+            if r.get_u8(self.desc(head, D_INFLIGHT)).ok()? != 0
+                || r.get_u64(self.desc(head, D_COUNTER)).ok()? != 0
+                || r.get_u16(self.desc(head, D_NEXT)).ok()? != 0
+            {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
     /// The ring starts with `ring_used_idx` in its used ring: undo a batch
     /// a crash left half-published, then return the requests still in
     /// flight, in the order they were taken. None if the region does not
@@ -282,6 +302,14 @@ impl InflightQueue {
         }
         let region_used = r.get_u16(self.base + OFF_USED_IDX).ok()?;
         let batch = ring_used_idx.wrapping_sub(region_used);
+        if batch != 0 && self.untouched()? {
+            // A region no ring has used yet (a migration's destination gets
+            // a new one while the ring's used index is far along): there is
+            // no batch to undo, and nothing in flight.
+            r.put_u16(self.base + OFF_USED_IDX, ring_used_idx).ok()?;
+            self.counter = 0;
+            return Some(Vec::new());
+        }
         if batch != 0 {
             if batch > self.size {
                 warn!(
