@@ -258,7 +258,56 @@ pub fn claim_backstore(file: &File, path: &Path, usage: Usage) -> Result<Vec<Fil
     Ok(extra)
 }
 
+/// How long a backstore held by no process we can find is waited for: a
+/// daemon killed with I/O in flight keeps its file, and with it its locks,
+/// until that I/O completes, after the process itself is gone.
+const UNNAMED_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn claim_one(file: &File, path: &Path, usage: Usage) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + UNNAMED_HOLDER_WAIT;
+    let mut waited = false;
+    loop {
+        let Some((byte, what)) = try_claim(file, path, usage)? else {
+            return Ok(());
+        };
+        let holder = lock_holder_bounded(file, byte);
+        match holder {
+            Some(holder) => {
+                return Err(Error::BackstoreInUse {
+                    path: path.into(),
+                    holder,
+                    what,
+                })
+            }
+            None if std::time::Instant::now() < deadline => {
+                if !waited {
+                    info!(
+                        "{} is held by no process found (the last I/O of one that \
+                         died?): waiting up to {} s",
+                        path.display(),
+                        UNNAMED_HOLDER_WAIT.as_secs()
+                    );
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None => {
+                return Err(Error::BackstoreInUse {
+                    path: path.into(),
+                    holder: "another process".into(),
+                    what,
+                })
+            }
+        }
+    }
+}
+
+/// Lock the bytes of the permissions held and of those refused to others,
+/// then check that no one else holds what conflicts: None if claimed, or
+/// the byte in conflict and what its holder does (our locks then taken
+/// back). Locks are taken before the check, so of two processes starting
+/// at once at least one sees the other.
+fn try_claim(file: &File, path: &Path, usage: Usage) -> Result<Option<(i64, &'static str)>, Error> {
     let lock_err = |source| Error::Lock {
         path: path.into(),
         source,
@@ -270,49 +319,39 @@ fn claim_one(file: &File, path: &Path, usage: Usage) -> Result<(), Error> {
     for p in &unshared {
         lock_byte(file, UNSHARED_BASE + p).map_err(lock_err)?;
     }
-    let conflict = || -> Result<Option<Error>, Error> {
+    let conflict = || -> Result<Option<(i64, &'static str)>, Error> {
         // Someone refuses a permission we hold...
         for p in &held {
             if byte_taken(file, UNSHARED_BASE + p).map_err(lock_err)? {
                 let what = "uses it and lets no one else write it";
-                return Ok(Some(in_use(file, path, UNSHARED_BASE + p, what)));
+                return Ok(Some((UNSHARED_BASE + p, what)));
             }
         }
         // ...or holds one we refuse.
         for p in &unshared {
             if byte_taken(file, PERM_BASE + p).map_err(lock_err)? {
-                return Ok(Some(in_use(file, path, PERM_BASE + p, "writes it")));
+                return Ok(Some((PERM_BASE + p, "writes it")));
             }
         }
         Ok(None)
     };
-    match conflict() {
-        Ok(None) => Ok(()),
-        Ok(Some(e)) | Err(e) => {
-            // Refused: take back what we locked.
-            for b in held.iter().map(|p| PERM_BASE + p) {
-                unlock_byte(file, b);
-            }
-            for b in unshared.iter().map(|p| UNSHARED_BASE + p) {
-                unlock_byte(file, b);
-            }
-            Err(e)
+    let r = conflict();
+    if !matches!(r, Ok(None)) {
+        // Refused: take back what we locked.
+        for b in held.iter().map(|p| PERM_BASE + p) {
+            unlock_byte(file, b);
+        }
+        for b in unshared.iter().map(|p| UNSHARED_BASE + p) {
+            unlock_byte(file, b);
         }
     }
+    r
 }
 
 fn unlock_byte(file: &File, byte: i64) {
     let l = flock(libc::F_UNLCK, byte);
     // SAFETY: fcntl with a valid descriptor and a pointer to a live flock.
     unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &l) };
-}
-
-fn in_use(file: &File, path: &Path, byte: i64, what: &'static str) -> Error {
-    Error::BackstoreInUse {
-        path: path.into(),
-        holder: lock_holder_bounded(file, byte).unwrap_or_else(|| "another process".into()),
-        what,
-    }
 }
 
 /// `lock_holder`, given at most a second: reading /proc of a process in
@@ -348,9 +387,6 @@ fn lock_holder(key: &str, byte: i64) -> Option<String> {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me {
-            continue;
-        }
         let Ok(infos) = std::fs::read_dir(p.path().join("fdinfo")) else {
             continue;
         };
@@ -368,6 +404,11 @@ fn lock_holder(key: &str, byte: i64) -> Option<String> {
                     && (f[n - 1] == "EOF" || f[n - 1].parse::<i64>().is_ok_and(|e| e >= byte))
             });
             if holds {
+                if pid == me {
+                    // Another descriptor of this very process: two LUN
+                    // entries for one disk it could not tell apart.
+                    return Some("this daemon (another LUN entry)".into());
+                }
                 return Some(describe_process(pid));
             }
         }
