@@ -10,37 +10,9 @@
 # Usage: hang-dump.py MONITOR_SOCKET QEMU_PID [DAEMON_PID...]
 # Writes the report to stdout.
 import os
-import re
-import socket
 import sys
 
-
-class Monitor:
-    """QEMU's human monitor on a unix socket."""
-
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(5)
-        self.s.connect(path)
-        self._read_prompt()
-
-    def _read_prompt(self):
-        buf = b""
-        while not buf.endswith(b"(qemu) "):
-            chunk = self.s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return buf.decode(errors="replace")
-
-    def run(self, cmd):
-        self.s.sendall(cmd.encode() + b"\n")
-        out = self._read_prompt()
-        # The monitor echoes the command (with terminal escapes) first.
-        out = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out)
-        lines = [l.rstrip("\r") for l in out.split("\n")]
-        lines = [l for l in lines if l and not l.startswith("(qemu)")]
-        return "\n".join(lines[1:] if lines and cmd in lines[0] else lines)
+from monitor import Monitor
 
 
 def monitor_report(path):

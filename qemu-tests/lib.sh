@@ -199,27 +199,36 @@ stop_daemon() {
     [[ $rc -eq 0 ]] || fail "daemon exited with $rc after SIGTERM"
 }
 
+# guest_args CONSOLE MONITOR SCRIPT TIMEOUT: set GUEST_ARGS to the QEMU
+# arguments of a test guest (no devices): 512M of shared (memfd) memory so
+# the daemon can map it, SMP from $SMP, SCRIPT as its test (fw_cfg), its
+# console in CONSOLE, its monitor on the unix socket MONITOR.
+guest_args() {
+    local console=$1 monitor=$2 script=$3 timeout=$4
+    local mem=${GUEST_MEM:-512}
+    GUEST_ARGS=(
+        -accel tcg -nodefaults -no-reboot -display none
+        -m "$mem" -smp "${SMP:-1}"
+        -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem
+        -kernel "$GUEST_DIR/vmlinuz" -initrd "${GUEST_INITRD:-$GUEST_DIR/initrd}"
+        -append "console=ttyS0 panic=-1 quiet vus_watchdog=$((timeout > 30 ? timeout - 15 : timeout * 2 / 3))"
+        -serial "file:$console"
+        -monitor "unix:$monitor,server=on,wait=off"
+        -fw_cfg "name=opt/test,file=$script"
+    )
+}
+
 # boot_guest SCRIPT [QEMU ARGS...]: boot the test guest with SCRIPT as its
 # test; the remaining arguments add devices. Returns the script's exit code.
-# Guest memory: 512M shared (memfd) so the daemon can map it. SMP from $SMP.
 boot_guest() {
     local script=$1
     shift
     GUEST_N=$((GUEST_N + 1))
     local console=$LOG_DIR/guest$GUEST_N.log
-    local mem=${GUEST_MEM:-512}
     local monitor=$WORK/guest$GUEST_N.mon timeout=${GUEST_TIMEOUT:-240}
+    guest_args "$console" "$monitor" "$script" "$timeout"
     # shellcheck disable=SC2086
-    "$QEMU" $QEMU_ARGS \
-        -accel tcg -nodefaults -no-reboot -display none \
-        -m "$mem" -smp "${SMP:-1}" \
-        -object memory-backend-memfd,id=mem,size="${mem}M",share=on -numa node,memdev=mem \
-        -kernel "$GUEST_DIR/vmlinuz" -initrd "${GUEST_INITRD:-$GUEST_DIR/initrd}" \
-        -append "console=ttyS0 panic=-1 quiet vus_watchdog=$((timeout > 30 ? timeout - 15 : timeout * 2 / 3))" \
-        -serial "file:$console" \
-        -monitor "unix:$monitor,server=on,wait=off" \
-        -fw_cfg name=opt/test,file="$script" \
-        "$@" >"$console.qemu" 2>&1 &
+    "$QEMU" $QEMU_ARGS "${GUEST_ARGS[@]}" "$@" >"$console.qemu" 2>&1 &
     local qemu_pid=$! deadline=$((SECONDS + timeout))
     echo "$qemu_pid" >>"$WORK/qemu.pids"
     while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
@@ -241,6 +250,61 @@ boot_guest() {
         return 98
     fi
     return "${line##*: }"
+}
+
+# start_guest NAME SCRIPT [QEMU ARGS...]: start a test guest in the
+# background, for scenarios that drive it themselves (live migration):
+# console $LOG_DIR/NAME.log, monitor $WORK/NAME.mon; sets GUEST_PID. The
+# guest may run for GUEST_TIMEOUT seconds (its watchdog reports then).
+start_guest() {
+    local name=$1 script=$2
+    shift 2
+    guest_args "$LOG_DIR/$name.log" "$WORK/$name.mon" "$script" "${GUEST_TIMEOUT:-240}"
+    # shellcheck disable=SC2086
+    "$QEMU" $QEMU_ARGS "${GUEST_ARGS[@]}" "$@" >"$LOG_DIR/$name.log.qemu" 2>&1 &
+    GUEST_PID=$!
+    echo "$GUEST_PID" >>"$WORK/qemu.pids"
+    disown "$GUEST_PID"
+    local i
+    for i in $(seq 100); do
+        [[ -S $WORK/$name.mon ]] && return 0
+        kill -0 "$GUEST_PID" 2>/dev/null || fail "QEMU $name exited at start (see $LOG_DIR/$name.log.qemu)"
+        sleep 0.1
+    done
+    fail "QEMU $name did not start"
+}
+
+# hmp NAME COMMAND...: run monitor commands in guest NAME's QEMU.
+hmp() {
+    local name=$1
+    shift
+    python3 "$(dirname "${BASH_SOURCE[0]}")/monitor.py" "$WORK/$name.mon" "$@"
+}
+
+# migrate FROM TO: live-migrate guest FROM (started with start_guest) to
+# guest TO (started with start_guest ... -incoming unix:$WORK/TO.mig), wait
+# until it completed, and quit FROM's QEMU.
+migrate() {
+    local from=$1 to=$2 out
+    if ! out=$(python3 "$(dirname "${BASH_SOURCE[0]}")/monitor.py" "$WORK/$from.mon" \
+                   --migrate "unix:$WORK/$to.mig" --timeout 180 2>&1); then
+        echo "$out" >&2
+        fail "migration $from -> $to did not complete"
+    fi
+    grep -E "total time|downtime" <<<"$out" | sed "s/^/  $from -> $to: /" || true
+    hmp "$from" quit >/dev/null 2>&1 || true
+}
+
+# migrate_and_cancel FROM TO: start migrating guest FROM to guest TO (as
+# for migrate), cancel it while it runs, and quit TO's QEMU: FROM goes on.
+migrate_and_cancel() {
+    local from=$1 to=$2 out
+    if ! out=$(python3 "$(dirname "${BASH_SOURCE[0]}")/monitor.py" "$WORK/$from.mon" \
+                   --migrate-and-cancel "unix:$WORK/$to.mig" 2>&1); then
+        echo "$out" >&2
+        fail "migration $from -> $to was not cancelled"
+    fi
+    hmp "$to" quit >/dev/null 2>&1 || true
 }
 
 # with_nested_qemu: put Debian's QEMU (binary, libraries, TCG module,
@@ -328,4 +392,122 @@ GLIB
         echo 'exit $FAILED'
     } >"$path"
     echo "$path"
+}
+
+# fio_passes_script NAME [PR]: a guest script for live migration and restart
+# scenarios. Path A is LUN 0 of the first controller; LUN 1 of the same
+# controller is a control disk the host writes STOP into to end the test.
+# Until then the guest runs fio passes on A (random writes, crc32c
+# verification with verify_backlog, one job per vCPU, two request queues),
+# printing FIO-RUNNING first and "fio passes: N" at the end, and fails on
+# any verification error or I/O error in its kernel log. With PR, path B
+# (LUN 0 of the second controller, another nexus) is used too: A registers
+# and reserves Exclusive Access first, B conflicts; at the end the
+# reservation still holds, B still conflicts, A releases, B reads.
+fio_passes_script() {
+    local pr=${2:-}
+    {
+        echo 'A=$(disk_for_lun /0:0:0:0); CTL=$(disk_for_lun /0:0:0:1)'
+        echo 'check '"'"'[ -n "$A" ] && [ -n "$CTL" ]'"'"
+        echo 'check '"'"'[ "$(ls /sys/block/${A#/dev/}/mq | wc -l)" = 2 ]'"'"
+        echo 'sg_turs "$A" >/dev/null 2>&1 || true'
+        if [[ -n $pr ]]; then
+            cat <<'G'
+B=$(disk_for_lun /1:0:0:0)
+check '[ -n "$B" ]'
+sg_turs "$B" >/dev/null 2>&1 || true
+sg_persist --out --register --param-sark=0xa1 "$A"
+sg_persist --out --reserve --param-rk=0xa1 --prout-type=3 "$A"
+check 'conflicts rd "$(sg_of $B)"'
+G
+        fi
+        cat <<'G'
+echo FIO-RUNNING
+pass=0
+while :; do
+    sg_raw -o /tmp/ctl -r 512 "$(sg_of $CTL)" 28 00 00 00 00 00 00 00 01 00 >/dev/null 2>&1 || true
+    grep -q STOP /tmp/ctl 2>/dev/null && break
+    for cpu in 0 1; do
+        taskset -c $cpu fio --name=m$cpu --filename="$A" --ioengine=io_uring --direct=1 \
+            --rw=randwrite --bs=4k --iodepth=32 --size=8M --offset=$((cpu * 8))M \
+            --verify=crc32c --verify_backlog=64 --verify_fatal=1 --do_verify=1 \
+            --randrepeat=0 --output=/tmp/fio$cpu.log &
+    done
+    wait
+    pass=$((pass + 1))
+    for cpu in 0 1; do
+        if ! grep -q "err= 0" /tmp/fio$cpu.log; then
+            echo "fio pass $pass on cpu $cpu failed:"; cat /tmp/fio$cpu.log; FAILED=1
+        fi
+    done
+    [ $FAILED = 0 ] || break
+done
+echo "fio passes: $pass"
+check '[ $pass -ge 1 ]'
+G
+        if [[ -n $pr ]]; then
+            cat <<'G'
+sg_persist --in --read-reservation "$A" | tee /tmp/r
+check 'grep -qi "Exclusive Access" /tmp/r'
+check 'grep -q 0xa1 /tmp/r'
+check 'conflicts rd "$(sg_of $B)"'
+check '! conflicts rd "$(sg_of $A)"'
+sg_persist --out --release --param-rk=0xa1 --prout-type=3 "$A"
+check '! conflicts rd "$(sg_of $B)"'
+sg_persist --out --register --param-rk=0xa1 --param-sark=0 "$A"
+G
+        fi
+        cat <<'G'
+echo "--- kernel log (SCSI)"; dmesg | grep -iE "sd |scsi|virtio" | tail -20
+if dmesg | grep -iE "I/O error|blk_update_request|critical"; then
+    echo "I/O errors in the kernel log"; FAILED=1
+fi
+true
+G
+    } | guest_script "$1"
+}
+
+# wait_for_console NAME TEXT: until guest NAME's console shows TEXT (or the
+# guest ends, or 120 s pass).
+wait_for_console() {
+    local i
+    for i in $(seq 1200); do
+        grep -aq -e "$2" -e GUEST-RESULT "$LOG_DIR/$1.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -aq "$2" "$LOG_DIR/$1.log" || fail "guest $1 never printed $2 (see $LOG_DIR/$1.log)"
+}
+
+# finish_fio_passes NAME CTL: write STOP into the control disk CTL and wait
+# for guest NAME to end its fio passes; fails unless its result is 0.
+finish_fio_passes() {
+    local name=$1 deadline line
+    printf 'STOP' | dd of="$2" conv=notrunc status=none
+    deadline=$((SECONDS + 300))
+    while kill -0 "$GUEST_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+    kill -0 "$GUEST_PID" 2>/dev/null && fail "guest $name did not finish (see $LOG_DIR/$name.log)"
+    line=$(grep -a 'GUEST-RESULT:' "$LOG_DIR/$name.log" | tail -1 | tr -d '\r')
+    grep -a "fio passes" "$LOG_DIR/$name.log" | tr -d '\r' | sed 's/^/  /'
+    [[ ${line##*: } == 0 ]] || fail "guest result: ${line:-none} (see $LOG_DIR/$name.log)"
+}
+
+# migrate_back_and_forth N DEVICES_FN: guest g0 (already started with
+# `DEVICES_FN src`) is migrated N times, alternately to a QEMU started with
+# `DEVICES_FN dst` and `DEVICES_FN src`, a few seconds of I/O apart. Sets
+# LAST_GUEST to the guest that runs at the end.
+migrate_back_and_forth() {
+    local n=$1 fn=$2 cur=g0 next i end
+    for i in $(seq "$n"); do
+        sleep 3
+        next=g$i
+        end=dst
+        ((i % 2 == 0)) && end=src
+        # shellcheck disable=SC2046
+        start_guest "$next" "$MIGRATION_SCRIPT" $("$fn" "$end") -incoming "unix:$WORK/$next.mig"
+        migrate "$cur" "$next"
+        cur=$next
+        grep -aq GUEST-RESULT "$LOG_DIR/$cur.log" && fail "fio ended before migration $i (passes too short)"
+        log "migration $i completed"
+    done
+    LAST_GUEST=$cur
 }
