@@ -175,8 +175,35 @@ fn settled(pid: u32) -> Usage {
     }
 }
 
+/// Run `f` on a thread of its own and fail if it has not finished within
+/// `limit`: a daemon that stops answering must fail the test, not hang it
+/// (the load generator waits for the daemon's replies without a timeout).
+fn within(limit: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().unwrap(),
+        // The thread panicked (the sender is gone): report its panic.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(e) = t.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("not finished within {limit:?}: the daemon stopped answering")
+        }
+    }
+}
+
 #[test]
 fn thousands_of_connections_leave_descriptors_threads_and_memory_as_they_were() {
+    within(Duration::from_secs(600), soak);
+}
+
+fn soak() {
     let total: usize = std::env::var("VUS_SOAK_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -229,6 +256,10 @@ fn thousands_of_connections_leave_descriptors_threads_and_memory_as_they_were() 
 /// QEMU connected on every queue.
 #[test]
 fn a_connected_controller_stays_within_the_descriptor_budget() {
+    within(Duration::from_secs(300), budget);
+}
+
+fn budget() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), 4);
     let pid = d.child.id();
