@@ -212,14 +212,25 @@ fn default_pr_file(path: &std::path::Path, kind: backstore::Kind, serial: &str) 
 /// Where state of block-device LUs lives by default.
 pub const STATE_DIR: &str = "/var/lib/vhost-user-scsi";
 
-/// Log in to every iSCSI target a controller's LUNs name: one session per
-/// (controller, portal, target), with the controller's initiator name and
-/// an ISID derived from the socket and target (stable across restarts).
+/// The iSCSI sessions of the daemon, by the initiator port (initiator name
+/// and relative target port of the controller: the VM's identity) and the
+/// target (portal, name): controllers of one nexus share a session.
+type Sessions =
+    HashMap<(String, u16, String, String), (crate::iscsi::client::Client, crate::config::IscsiLun)>;
+
+/// Check every iSCSI target a controller's LUNs name and set up a session
+/// client for each (see `Client::start`: the session logs in when a VM
+/// uses it): one per (nexus, portal, target), with the controller's
+/// initiator name and an ISID derived from the nexus and the target
+/// (stable across restarts, and the same in every daemon configured with
+/// the same initiator= and port=, so a live migration's destination is the
+/// same initiator port at the target).
 fn remote_luns(
     c: &crate::config::ControllerConfig,
+    relative_port: u16,
+    sessions: &mut Sessions,
 ) -> Result<BTreeMap<u16, crate::device::RemoteLun>, Error> {
     use crate::iscsi::{client::Client, credentials, login};
-    let mut sessions: HashMap<(String, String), Client> = HashMap::new();
     let mut out = BTreeMap::new();
     for (&n, lc) in &c.luns {
         let Some(il) = &lc.iscsi else { continue };
@@ -229,8 +240,24 @@ fn remote_luns(
             source,
         };
         let target = il.url.target.clone().unwrap_or_default();
-        let key = (il.url.address(), target.clone());
-        if !sessions.contains_key(&key) {
+        let key = (
+            c.initiator.clone(),
+            relative_port,
+            il.url.address(),
+            target.clone(),
+        );
+        // The session's options are those of its LUNs: all must agree.
+        let mut agreed = il.clone();
+        agreed.url.lun = None;
+        if let Some((_, seen)) = sessions.get(&key) {
+            if *seen != agreed {
+                return Err(err(
+                    "LUNs of one session (same initiator, port and target) must have the \
+                     same iSCSI options"
+                        .into(),
+                ));
+            }
+        } else {
             let mut creds = match &il.credentials {
                 Some(f) => credentials::load(f).map_err(|e| err(Box::new(e)))?,
                 None => credentials::ChapConfig::default(),
@@ -238,13 +265,9 @@ fn remote_luns(
             if let (Some(user), Some(secret)) = (il.url.user.clone(), il.url.password.clone()) {
                 creds.chap = Some(login::Credentials { user, secret });
             }
-            let h = crate::scsi::Identity::derive(&format!(
-                "{}|{}|{}",
-                c.socket.display(),
-                key.0,
-                key.1
-            ))
-            .naa;
+            let h =
+                crate::scsi::Identity::derive(&format!("{}|{}|{}|{}", key.0, key.1, key.2, key.3))
+                    .naa;
             let b = h.to_be_bytes();
             // ISID type 10b (random qualifier), RFC 7143 11.12.5.
             let isid = [0x80 | (b[2] & 0x3f), b[3], b[4], b[5], b[6], b[7]];
@@ -263,8 +286,8 @@ fn remote_luns(
                 initial_cmd_sn: 1,
                 chap_offer: il.chap_algorithms,
             };
-            let name = format!("{} -> {}/{}", c.socket.display(), key.0, target);
-            let mut portals = vec![key.0.clone()];
+            let name = format!("{} -> {}/{}", c.socket.display(), key.2, target);
+            let mut portals = vec![key.2.clone()];
             portals.extend(il.portals.iter().cloned());
             let options = crate::iscsi::client::Options {
                 recovery_timeout: il.recovery_timeout,
@@ -276,13 +299,13 @@ fn remote_luns(
             };
             let client =
                 Client::start(&name, portals, params, options).map_err(|e| err(Box::new(e)))?;
-            sessions.insert(key.clone(), client);
+            sessions.insert(key.clone(), (client, agreed));
         }
         let l = il.url.lun.unwrap_or(0);
         out.insert(
             n,
             crate::device::RemoteLun {
-                client: sessions[&key].clone(),
+                client: sessions[&key].0.clone(),
                 lun: crate::scsi::target::encode_lun(l),
             },
         );
@@ -385,6 +408,7 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
     // Controllers with the same initiator port and relative target port
     // are one I_T nexus (the two ends of a live migration).
     let mut nexus_ids: HashMap<(String, u16), u32> = HashMap::new();
+    let mut sessions = Sessions::new();
     for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
         let listener = crate::claim::listen_unix(&c.socket)?;
         let relative_port = c.relative_port.unwrap_or(i as u16 + 1);
@@ -398,7 +422,7 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             luns.len(),
             c.request_queues
         );
-        let remote = remote_luns(c)?;
+        let remote = remote_luns(c, relative_port, &mut sessions)?;
         controllers.push(Arc::new(Controller {
             name: c.socket.display().to_string(),
             target: Target::with_passthrough(luns, remote.keys().copied().collect()),

@@ -114,7 +114,12 @@ impl Gate {
 
 struct Fake {
     addr: String,
+    /// Sessions logged in (not counting the client's checks at start).
     logins: Arc<AtomicUsize>,
+    /// The client's checks at start (see `serve`).
+    checks: Arc<AtomicUsize>,
+    /// Sessions logged out (not counting checks).
+    logouts: Arc<AtomicUsize>,
     commands: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
@@ -130,17 +135,24 @@ impl Fake {
         let f = Fake {
             addr: l.local_addr().unwrap().to_string(),
             logins: Arc::default(),
+            checks: Arc::default(),
+            logouts: Arc::default(),
             commands: Arc::default(),
             stop: Arc::default(),
         };
-        let (logins, commands, stop) = (f.logins.clone(), f.commands.clone(), f.stop.clone());
+        let counts = Counts {
+            logins: f.logins.clone(),
+            checks: f.checks.clone(),
+            logouts: f.logouts.clone(),
+        };
+        let (commands, stop) = (f.commands.clone(), f.stop.clone());
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (role, logins, commands, stop) =
-                            (role.clone(), logins.clone(), commands.clone(), stop.clone());
-                        thread::spawn(move || serve(s, role, &logins, &commands, &stop));
+                        let (role, counts, commands, stop) =
+                            (role.clone(), counts.clone(), commands.clone(), stop.clone());
+                        thread::spawn(move || serve(s, role, &counts, &commands, &stop));
                     }
                     Err(_) => sleep(Duration::from_millis(10)),
                 }
@@ -158,6 +170,18 @@ impl Fake {
     fn logins(&self) -> usize {
         self.logins.load(Ordering::Relaxed)
     }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+/// What a fake target counts, shared by its connections.
+#[derive(Clone)]
+struct Counts {
+    logins: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
+    logouts: Arc<AtomicUsize>,
 }
 
 impl Drop for Fake {
@@ -182,13 +206,9 @@ fn read_pdu(s: &mut TcpStream, rx: &mut Vec<u8>, stop: &AtomicBool) -> Option<Pd
     }
 }
 
-fn serve(
-    mut s: TcpStream,
-    role: Role,
-    logins: &AtomicUsize,
-    commands: &AtomicUsize,
-    stop: &AtomicBool,
-) {
+fn serve(mut s: TcpStream, role: Role, counts: &Counts, commands: &AtomicUsize, stop: &AtomicBool) {
+    let (logins, checks) = (&*counts.logins, &*counts.checks);
+    let mut check = false;
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut rx = Vec::new();
     let mut stat_sn = 1u32;
@@ -210,14 +230,22 @@ fn serve(
             Some(Opcode::LoginRequest) => {
                 let keys = text::parse(&p.data);
                 if first {
-                    if let (Role::Drops { times, .. }, 1..) =
-                        (&role, logins.load(Ordering::Relaxed))
-                    {
-                        times.lock().unwrap().push(Instant::now());
+                    // The client's check at start logs in with its ISID's
+                    // qualifier bit 0x40 flipped (ours ends in 9), then
+                    // out: not a session the scripts are about.
+                    check = p.bhs[13] & 0x40 != 0;
+                    if check {
+                        checks.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        if let (Role::Drops { times, .. }, 1..) =
+                            (&role, logins.load(Ordering::Relaxed))
+                        {
+                            times.lock().unwrap().push(Instant::now());
+                        }
+                        logins.fetch_add(1, Ordering::Relaxed);
                     }
-                    logins.fetch_add(1, Ordering::Relaxed);
                     first = false;
-                    normal = text::get(&keys, "SessionType") != Some("Discovery");
+                    normal = !check && text::get(&keys, "SessionType") != Some("Discovery");
                     exp_cmd_sn = p.u32_at(24);
                 }
                 let mut r = Pdu::new(Opcode::LoginResponse);
@@ -427,6 +455,9 @@ fn serve(
                 send(&mut s, r, exp_cmd_sn, &mut stat_sn);
             }
             Some(Opcode::LogoutRequest) => {
+                if !check {
+                    counts.logouts.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut r = Pdu::new(Opcode::LogoutResponse);
                 r.set_flags(0x80);
                 r.set_itt(p.itt());
@@ -514,7 +545,8 @@ fn a_permanent_redirect_replaces_the_portal() {
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
     c.reset_nexus();
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
-    assert_eq!((r.logins(), t.logins()), (1, 2));
+    // The check at start was moved; the sessions went to the new portal.
+    assert_eq!((r.checks(), r.logins(), t.logins()), (1, 0, 2));
     c.shutdown();
 }
 
@@ -913,6 +945,8 @@ fn a_target_asking_to_negotiate_gets_a_text_request_and_its_new_segment_length_i
         no_discovery(),
     )
     .unwrap();
+    // A VM uses the session: it logs in.
+    c.activate();
     let start = Instant::now();
     while seen.asked.load(Ordering::Relaxed) == 0 {
         assert!(
@@ -971,7 +1005,7 @@ fn ipv6_portals_are_logged_in_to_redirected_to_and_failed_over_to() {
     });
     let c = Client::start("v6-moved", vec![r.addr.clone()], params(), no_discovery()).unwrap();
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
-    assert_eq!((r.logins(), v6.logins()), (1, 2));
+    assert_eq!((r.checks(), r.logins(), v6.logins()), (1, 0, 2));
     c.shutdown();
 
     // Learnt by SendTargets from an IPv4 portal, then taking over from it.
@@ -1018,7 +1052,9 @@ fn a_portal_whose_service_is_unavailable_at_start_is_passed_over_for_the_next() 
     )
     .unwrap();
     assert_eq!(one(&c, &TUR).unwrap().status, 0);
-    assert_eq!((down.logins(), up.logins()), (1, 1));
+    // The check at start passed the portal over; the session went to the
+    // next.
+    assert_eq!((down.checks(), down.logins(), up.logins()), (1, 0, 1));
     c.shutdown();
     // With no other portal, the start fails and says why.
     let e = Client::start(
@@ -1030,4 +1066,38 @@ fn a_portal_whose_service_is_unavailable_at_start_is_passed_over_for_the_next() 
     .err()
     .expect("no portal accepts the login");
     assert!(e.to_string().contains("service is unavailable"), "{e}");
+}
+
+/// Sessions follow the devices using them: none after the check at start
+/// (which uses an ISID of its own, so it could not cut a live session of
+/// the same initiator port: a live migration's source), one while a device
+/// runs, logged out when the last one stops, and again on the next start.
+#[test]
+fn the_session_is_logged_in_while_a_device_uses_it() {
+    let t = target();
+    let c = Client::start("lazy", vec![t.addr.clone()], params(), no_discovery()).unwrap();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+            sleep(Duration::from_millis(10));
+        }
+    };
+    assert_eq!((t.checks(), t.logins()), (1, 0));
+    c.activate();
+    c.activate();
+    wait("logged in on activation", &|| t.logins() == 1);
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    // One device of two stops: the session stays.
+    c.deactivate();
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    assert_eq!(t.logouts.load(Ordering::Relaxed), 0);
+    // The last one: logged out.
+    c.deactivate();
+    wait("logged out", &|| t.logouts.load(Ordering::Relaxed) == 1);
+    // And in again, at once (an explicit logout has no Time2Wait).
+    c.activate();
+    wait("logged in again", &|| t.logins() == 2);
+    assert_eq!(one(&c, &TUR).unwrap().status, 0);
+    c.shutdown();
 }

@@ -87,6 +87,11 @@ struct Inner {
     sessions: Vec<Client>,
     /// Sessions whose answers the request-queue workers receive.
     receivers: Mutex<Vec<Receiver>>,
+    /// Our event hooks on the sessions: (session index, hook id).
+    event_hooks: Mutex<Vec<(usize, u64)>>,
+    /// Request queues running (bit i: request queue i): while any is, the
+    /// controller's iSCSI sessions are wanted.
+    running: Mutex<u64>,
     /// An event found no buffer: the next one says so.
     events_missed: AtomicBool,
     /// The driver accepted VIRTIO_SCSI_F_CHANGE (parameter change events).
@@ -118,6 +123,8 @@ impl ScsiBackend {
                 remote_budget: request::Budget::default(),
                 sessions,
                 receivers: Mutex::new(Vec::new()),
+                event_hooks: Mutex::new(Vec::new()),
+                running: Mutex::new(0),
                 events_missed: AtomicBool::new(false),
                 change_events: AtomicBool::new(false),
             }),
@@ -173,8 +180,17 @@ impl ScsiBackend {
     /// about to stop), and stop posting their events.
     pub fn detach_sessions(&self) {
         self.receivers().clear();
-        for c in &self.inner.sessions {
-            c.set_event_hook(None);
+        let hooks = std::mem::take(
+            &mut *self
+                .inner
+                .event_hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (j, id) in hooks {
+            if let Some(c) = self.inner.sessions.get(j) {
+                c.remove_event_hook(id);
+            }
         }
     }
 
@@ -229,11 +245,38 @@ impl ScsiBackend {
         // change events for the guest (besides their unit attention).
         for (j, client) in self.inner.sessions.iter().enumerate() {
             let weak = Arc::downgrade(&self.inner);
-            client.set_event_hook(Some(Arc::new(move |lun, sense| {
+            let id = client.add_event_hook(Arc::new(move |lun, sense| {
                 if let Some(inner) = weak.upgrade() {
                     ScsiBackend { inner }.remote_event(j, lun, sense);
                 }
-            })));
+            }));
+            self.inner
+                .event_hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((j, id));
+        }
+    }
+
+    /// Request queue `q` started or stopped. The controller's iSCSI
+    /// sessions are logged in while any of its queues runs, and out when
+    /// none does (their commands have completed by then): the source of a
+    /// live migration leaves the session to the destination.
+    fn set_running(&self, q: usize, on: bool) {
+        let Some(bit) = 1u64.checked_shl(q as u32) else {
+            return;
+        };
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *running;
+        if on {
+            *running |= bit;
+        } else {
+            *running &= !bit;
+        }
+        match (before == 0, *running == 0) {
+            (true, false) => self.inner.sessions.iter().for_each(Client::activate),
+            (false, true) => self.inner.sessions.iter().for_each(Client::deactivate),
+            _ => {}
         }
     }
 
@@ -320,6 +363,12 @@ impl crate::vhost::Backend for ScsiBackend {
         v
     }
 
+    fn queue_started(&self, queue: usize) {
+        if let Some(q) = queue.checked_sub(FIRST_REQUEST_QUEUE) {
+            self.set_running(q, true);
+        }
+    }
+
     fn acked_features(&self, features: u64) {
         let change = features & VIRTIO_SCSI_F_CHANGE != 0;
         self.inner.change_events.store(change, Ordering::Relaxed);
@@ -364,6 +413,7 @@ impl crate::vhost::Backend for ScsiBackend {
         // GET_VRING_BASE: requests already taken from the ring complete first.
         if let Some(q) = queue.checked_sub(FIRST_REQUEST_QUEUE) {
             self.inner.inflight.drain(Some(q));
+            self.set_running(q, false);
             // The driver hears of every completion before its call eventfd
             // goes (it may wait for an interrupt the delay still holds).
             if self.inner.coalesce.flush(q) {
@@ -377,6 +427,9 @@ impl crate::vhost::Backend for ScsiBackend {
     fn reset(&self) {
         // Every accepted request completes before the device is reset.
         self.inner.inflight.drain(None);
+        for q in 0..self.inner.workers.len() {
+            self.set_running(q, false);
+        }
     }
 }
 

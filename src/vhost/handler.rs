@@ -296,6 +296,7 @@ impl<B: Backend> VhostUserBackendReqHandlerMut for Handler<B> {
                 *slot = Some(fd);
             }
         }
+        self.backend.queue_started(q);
         // Requests may already be waiting (after a reconnection or a
         // migration): look at the ring now.
         v.poke();

@@ -49,6 +49,8 @@ pub trait Backend: Send + Sync + 'static {
     fn listeners(&self) -> Vec<(usize, RawFd, u64)>;
     /// Features acked by the front-end.
     fn acked_features(&self, features: u64);
+    /// Virtqueue `queue` started (SET_VRING_KICK).
+    fn queue_started(&self, _queue: usize) {}
     /// A running ring was kicked (or has requests to look at).
     fn handle_queue(&self, thread: usize, vring: &Vring);
     /// One of the device's descriptors is readable.

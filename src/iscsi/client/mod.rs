@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,7 +49,7 @@ use super::login::LoginParams;
 use super::session::{is_small, tmf_covers, Awaited, Completion, Data};
 pub use coalesce::Coalescing;
 use coalesce::{next_wait, Timer, Wait, ANSWER_HEADER};
-use halves::{set_receive_low_water, split, Reader, Writer};
+use halves::{set_receive_low_water, Reader, Writer};
 pub use pr::PrMemory;
 use state::{Pending, State};
 use thread::{discovered_portals, SessionThread};
@@ -137,6 +137,22 @@ type PrOut = ([u8; 8], Vec<u8>, Vec<u8>);
 /// A command to send (again): tag, LUN, CDB, data.
 type Cmd = (u64, [u8; 8], Vec<u8>, Data);
 
+/// How a login authenticated, for the log: " (CHAP, SHA-256)".
+fn auth_of(conn: &Connection, params: &LoginParams) -> String {
+    match conn.session.n.chap {
+        Some(a) if params.mutual.is_some() => format!(" (mutual CHAP, {a})"),
+        Some(a) => format!(" (CHAP, {a})"),
+        None => String::new(),
+    }
+}
+
+/// The ISID of the check at start: ours with another qualifier bit, a
+/// session of its own (discovery flips another bit).
+fn probe_isid(mut isid: [u8; 6]) -> [u8; 6] {
+    isid[5] ^= 0x40;
+    isid
+}
+
 /// Tags above this are the client's own commands (PR restoration).
 const INTERNAL_TAG: u64 = u64::MAX - 1024;
 
@@ -174,8 +190,8 @@ struct Shared {
     /// Wakes the session thread: shutdown, bytes left to send, a broken
     /// connection seen by another thread, or the last receiver gone.
     wake: EventFd,
-    /// Told about asynchronous SCSI events (`set_event_hook`).
-    hook: Mutex<Option<EventHook>>,
+    /// Told about asynchronous SCSI events (`add_event_hook`), by id.
+    hooks: Mutex<Vec<(u64, EventHook)>>,
 }
 
 /// Told the LUN field and sense data of each SCSI asynchronous event the
@@ -358,9 +374,15 @@ impl Shared {
         }
         complete_all(done);
         if !notices.is_empty() {
-            let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(h) = hook {
-                for (lun, sense) in notices {
+            let hooks: Vec<EventHook> = self
+                .hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect();
+            for (lun, sense) in notices {
+                for h in &hooks {
                     h(lun, &sense);
                 }
             }
@@ -399,10 +421,16 @@ const TMF_TIMEOUT: Duration = Duration::from_secs(30);
 const TMF_TAGS: u64 = 1000;
 
 impl Client {
-    /// Log in through the first portal that answers (a failure on all of
-    /// them is reported: the configuration is wrong or the target is down at
-    /// start), then serve from a thread. On a connection loss the current
-    /// portal is retried first, then the others in turn.
+    /// Check that the target takes this initiator (through the first
+    /// portal that answers: a failure on all of them is reported, the
+    /// configuration is wrong or the target is down at start), then serve
+    /// from a thread. The session itself is logged in when a device using
+    /// it starts (`activate`) or a command is submitted, and logged out when
+    /// the last device stops (`deactivate`): the check at start uses an
+    /// ISID of its own, so starting the daemon of a live migration's
+    /// destination does not reinstate, and so cut, the source's session. On
+    /// a connection loss the current portal is retried first, then the
+    /// others in turn.
     pub fn start(
         name: &str,
         portals: Vec<String>,
@@ -411,8 +439,10 @@ impl Client {
     ) -> Result<Client, Error> {
         let mut last = None;
         let mut found = None;
+        let mut probe = params.clone();
+        probe.isid = probe_isid(params.isid);
         for (i, addr) in portals.iter().enumerate() {
-            match Connection::login(addr, params.clone(), LOGIN_TIMEOUT) {
+            match Connection::login(addr, probe.clone(), LOGIN_TIMEOUT) {
                 Ok(c) => {
                     found = Some((i, c));
                     break;
@@ -426,16 +456,16 @@ impl Client {
                 }
             }
         }
-        let Some((current, conn)) = found else {
+        let Some((current, mut conn)) = found else {
             return Err(last.unwrap_or(Error::Closed));
         };
         let mut portals = portals;
-        let auth = match conn.session.n.chap {
-            Some(a) if params.mutual.is_some() => format!(" (mutual CHAP, {a})"),
-            Some(a) => format!(" (CHAP, {a})"),
-            None => String::new(),
-        };
-        info!("iSCSI {name}: logged in to {}{auth}", portals[current]);
+        info!(
+            "iSCSI {name}: the target at {} accepts this initiator{}; \
+             the session logs in when a VM uses it",
+            portals[current],
+            auth_of(&conn, &params)
+        );
         if let Some(moved) = conn.moved_to.clone() {
             info!(
                 "iSCSI {name}: using {moved} instead of {} from now on",
@@ -451,12 +481,12 @@ impl Client {
                 }
             }
         }
-        let (reader, writer) = split(conn)?;
+        if let Err(e) = conn.logout() {
+            debug!("iSCSI {name}: logging out of the check session: {e}");
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                writer: Some(writer),
                 recovery: options.recovery_timeout,
-                last_heard: Some(std::time::Instant::now()),
                 ..State::default()
             }),
             reader: Mutex::new(None),
@@ -469,14 +499,13 @@ impl Client {
             small_sent: AtomicU64::new(0),
             mark_dropped: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
-            hook: Mutex::new(None),
+            hooks: Mutex::new(Vec::new()),
         });
         shared.poll.ctl(
             ControlOperation::Add,
             shared.timer().fd().as_raw_fd(),
             EpollEvent::new(EventSet::IN, 1),
         )?;
-        shared.install(&mut shared.reader(), reader);
         let client = Client {
             shared: shared.clone(),
             name: name.into(),
@@ -492,6 +521,39 @@ impl Client {
             .name("iscsi".into())
             .spawn(move || thread.run())?;
         Ok(client)
+    }
+
+    /// A device using the session started: log in if nobody was.
+    pub fn activate(&self) {
+        let mut st = self.shared.lock();
+        st.users += 1;
+        self.want(&mut st);
+    }
+
+    /// A device using the session stopped (every command it sent has
+    /// completed): the last one out logs the session out.
+    pub fn deactivate(&self) {
+        let mut st = self.shared.lock();
+        st.users = st.users.saturating_sub(1);
+        if st.users == 0 && st.wanted {
+            st.wanted = false;
+            drop(st);
+            let _ = self.shared.wake.write(1);
+        }
+    }
+
+    /// Have a session up (called under the state lock).
+    fn want(&self, st: &mut State) {
+        if st.wanted || st.stopping {
+            return;
+        }
+        st.wanted = true;
+        st.reconnect_now = true;
+        if st.writer.is_none() {
+            // Commands wait for the login, within the recovery timeout.
+            st.down_since = Some(std::time::Instant::now());
+        }
+        let _ = self.shared.wake.write(1);
     }
 
     /// A file descriptor that is readable whenever the target has sent
@@ -515,7 +577,31 @@ impl Client {
     /// Have `hook` told about asynchronous SCSI events from now on (None:
     /// nobody). It must not hold this client (a cycle).
     pub fn set_event_hook(&self, hook: Option<EventHook>) {
-        *self.shared.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+        let mut hooks = self.shared.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        hooks.clear();
+        hooks.extend(hook.map(|h| (0, h)));
+    }
+
+    /// Have `hook` told about asynchronous SCSI events too (each device
+    /// using the session adds its own); returns its id for
+    /// `remove_event_hook`. It must not hold this client (a cycle).
+    pub fn add_event_hook(&self, hook: EventHook) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, hook));
+        id
+    }
+
+    pub fn remove_event_hook(&self, id: u64) {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
     }
 
     /// Receive what the target sent and complete the commands it answered
@@ -557,6 +643,8 @@ impl Client {
             complete_all(requests.into_iter().map(|r| (r.done, Err(f))));
             return;
         }
+        // A command is a reason to have a session.
+        self.want(st);
         let mut up =
             st.restoring.is_empty() && st.writer.as_ref().is_some_and(|w| w.broken.is_none());
         let mut now = Vec::new();

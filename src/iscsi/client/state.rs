@@ -39,6 +39,15 @@ pub(super) type Answer = (Callback, Result<Completion, Failure>);
 #[derive(Default)]
 pub(super) struct State {
     pub(super) stopping: bool,
+    /// A session should be up: some device using it runs (`users`), or a
+    /// command was submitted. Without, the session is logged out and the
+    /// client idle (a live migration's source and destination take turns).
+    pub(super) wanted: bool,
+    /// Devices using the session (`Client::activate`).
+    pub(super) users: usize,
+    /// The last session was lost (not logged out): the next one is a
+    /// reinstatement.
+    pub(super) lost: bool,
     /// None while the connection is down.
     pub(super) writer: Option<Writer>,
     /// Since when the connection is down.
@@ -86,6 +95,7 @@ impl State {
     /// next session (our own are re-derived from `pr`).
     pub(super) fn link_down(&mut self) {
         let now = Instant::now();
+        self.lost = true;
         self.down_since.get_or_insert(now);
         if let Some(mut w) = self.writer.take() {
             let negotiated = w.session.n.default_time2wait.min(MAX_TIME2WAIT);
@@ -155,10 +165,12 @@ impl State {
         self.expire(name, out);
         self.down_since = None;
         self.heard();
-        info!(
-            "iSCSI {name}: session reinstated, retrying {} command(s)",
-            self.held.len()
-        );
+        if std::mem::take(&mut self.lost) {
+            info!(
+                "iSCSI {name}: session reinstated, retrying {} command(s)",
+                self.held.len()
+            );
+        }
         self.restoring = self.pr.restore();
         self.internal_tries = 0;
         if let Some((cdb, p)) = self.restoring.first() {

@@ -88,6 +88,10 @@ impl SessionThread {
         let mut done = Vec::new();
         loop {
             let fd = self.shared.reader().as_ref().map(|r| r.stream.as_raw_fd());
+            if fd.is_none() && !self.idle() {
+                // Stopping.
+                return self.shutdown();
+            }
             let Some(fd) = fd else {
                 // Reconnect after the backoff, or the Time2Wait the target
                 // asked for if longer, in steps of at most a second that
@@ -187,6 +191,11 @@ impl SessionThread {
                 drop(st);
                 return self.shutdown();
             }
+            if !st.wanted && st.pending.is_empty() && st.held.is_empty() {
+                drop(st);
+                self.log_out();
+                continue;
+            }
             let mut failure = None;
             if st.writer.is_none() {
                 // Closed under us (I_T nexus reset, or a receiver found the
@@ -231,6 +240,50 @@ impl SessionThread {
         }
     }
 
+    /// While no session is wanted, wait (logged out) until one is, or the
+    /// client stops (false).
+    fn idle(&self) -> bool {
+        loop {
+            let st = self.shared.lock();
+            if st.stopping {
+                return false;
+            }
+            if st.wanted {
+                return true;
+            }
+            drop(st);
+            wait_fd(
+                self.shared.wake.as_raw_fd(),
+                libc::POLLIN,
+                Duration::from_secs(1),
+            );
+            let _ = self.shared.wake.read();
+        }
+    }
+
+    /// No device uses the session any more: log out (an explicit logout:
+    /// the next login need not wait for a Time2Wait).
+    fn log_out(&self) {
+        let writer = {
+            let mut st = self.shared.lock();
+            st.time2wait = None;
+            st.down_since = None;
+            st.writer.take()
+        };
+        if let Some(mut w) = writer {
+            w.session.logout();
+            let fd = w.stream.as_raw_fd();
+            for _ in 0..100 {
+                if w.flush() || w.broken.is_some() {
+                    break;
+                }
+                wait_fd(fd, libc::POLLOUT, Duration::from_millis(10));
+            }
+        }
+        self.shared.uninstall(&mut self.shared.reader());
+        info!("iSCSI {}: logged out: no VM uses the session", self.name);
+    }
+
     /// Log in again: the current portal first, then the others.
     pub(super) fn reconnect(&mut self) -> Option<(Reader, Writer)> {
         let name = &self.name;
@@ -242,6 +295,10 @@ impl SessionThread {
                     if i != self.current {
                         info!("iSCSI {name}: failed over to portal {addr}");
                     }
+                    info!(
+                        "iSCSI {name}: logged in to {addr}{}",
+                        super::auth_of(&c, &self.params)
+                    );
                     self.current = i;
                     if let Some(moved) = c.moved_to.clone() {
                         info!("iSCSI {name}: using {moved} instead of {addr} from now on");
