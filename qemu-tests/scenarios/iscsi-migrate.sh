@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-# run-once (three guests at once: LIO's and the two ends of each migration)
+# run-only 10.0 (three guests at once: LIO's and the two ends of each migration)
 # Live migration of a guest whose disk is an iSCSI LUN (LIO, the kernel's
 # target, in a guest of its own) reached by two daemon processes, one per
 # end: the guest runs fio random writes with crc32c verification on two

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-# run-once (the daemons under test are the same with either QEMU; the one-daemon scenario runs on both)
+# run-only 10.0 (the daemons under test are the same with either QEMU; the one-daemon scenario runs on both)
 # Live migration between two daemon processes on the same file: what two
 # hosts on shared storage look like. Both give share-rw (each would refuse
 # the disk the other holds otherwise); the guest runs fio random writes

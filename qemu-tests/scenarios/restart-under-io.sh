@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 10.0 (QEMU 7.2 cannot reconnect a vhost-user-scsi back-end)
 # The daemon restarted under a running guest. QEMU 8.2 and later reconnect
 # to a vhost-user-scsi back-end (`-chardev socket,...,reconnect-ms=`);
 # QEMU 7.2 cannot, so this scenario runs on 10.0 only. A file LUN with
