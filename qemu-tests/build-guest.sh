@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 #
 # Build the test guest: Debian's cloud kernel (unpacked, never installed) and a
-# busybox initramfs carrying sg3_utils, lsscsi, e2fsprogs and fio with their
-# libraries. The guest's /init runs the script handed in by fw_cfg
+# busybox initramfs carrying sg3_utils, lsscsi, e2fsprogs, fio and libiscsi's
+# conformance suite (iscsi-test-cu) with their libraries. The guest's /init runs the script handed in by fw_cfg
 # (opt/test) and powers off, printing "GUEST-RESULT: <rc>".
 #
 # Usage: qemu-tests/build-guest.sh OUTDIR [minimal]
@@ -50,7 +50,8 @@ else
 progs=(sg_inq sg_vpd sg_readcap sg_luns sg_opcodes sg_modes sg_unmap sg_write_same sg_sync
        sg_compare_and_write sg_get_lba_status sg_reset sg_turs sg_rtpg sg_requests sg_verify
        sg_raw sg_dd sg_persist sg_rep_zones sg_start sg_prevent sg_wr_mode sg_rdcap
-       lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum
+       sg_xcopy sg_copy_results sg_sanitize sg_seek sg_write_x sg_write_verify sg_stpg
+       iscsi-test-cu lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum
        qemu-pr-helper dmsetup)
 fi
 for p in "${progs[@]}"; do
