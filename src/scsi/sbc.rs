@@ -9,8 +9,8 @@ use super::lu::{Failure, LogicalUnit};
 use super::opcodes::Ctx;
 use super::sense::Sense;
 use super::spc::{
-    MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
-    MAX_WRITE_SAME_BYTES,
+    max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS,
 };
 use super::writes::BlockRange;
 use super::{IoKind, Outcome, Response};
@@ -189,7 +189,7 @@ pub(crate) fn synchronize_cache(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outco
     Ok(lu.block_io(IoKind::Flush, t.lba, 0, false))
 }
 
-/// WRITE SAME(10)/(16) (SBC-3 5.43/5.44), with UNMAP and NDOB.
+/// WRITE SAME(10)/(16) (SBC-4 5.49/5.50), with UNMAP and NDOB.
 pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     check_protect(ctx)?;
     if ctx.cdb.bit(1, 4) {
@@ -204,11 +204,17 @@ pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fai
         // WSNZ = 1 in the block limits page.
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
-    let bs = u64::from(lu.block_size());
-    if t.blocks.saturating_mul(bs) > MAX_WRITE_SAME_BYTES && !unmap {
+    if t.blocks > max_write_same_blocks(lu.block_size()) && !unmap {
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
     let (offset, len) = lu.byte_range(t.lba, t.blocks)?;
+    let bs = u64::from(lu.block_size());
+    // The Data-Out Buffer holds the one logical block the CDB implies, or
+    // nothing with NDOB; a buffer of another size is not this command's.
+    let expected = if ndob { 0 } else { bs };
+    if ctx.data_out.len() as u64 != expected {
+        return Err(Sense::INVALID_FIELD_IN_CDB.into());
+    }
     let pattern = if ndob {
         vec![0u8; bs as usize]
     } else {

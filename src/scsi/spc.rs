@@ -24,8 +24,16 @@ pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// UNMAP limits (VPD B0h): descriptors per command and blocks per command.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 pub const MAX_UNMAP_BLOCKS: u32 = 0xffff_ffff;
-/// Largest WRITE SAME that writes data, in bytes (it runs synchronously).
+/// Largest WRITE SAME, in bytes, with or without UNMAP: it runs
+/// synchronously on a queue worker while holding its block range, and with
+/// a non-zero pattern it writes every byte.
 pub const MAX_WRITE_SAME_BYTES: u64 = 256 << 20;
+
+/// MAXIMUM WRITE SAME LENGTH (VPD B0h) in blocks: what the page says and
+/// what WRITE SAME enforces.
+pub(crate) fn max_write_same_blocks(block_size: u32) -> u64 {
+    MAX_WRITE_SAME_BYTES / u64::from(block_size)
+}
 
 fn done(data: Vec<u8>, alloc: usize) -> Result<Outcome, Failure> {
     let mut data = data;
@@ -166,7 +174,7 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         d[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
         d[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
     }
-    d[32..40].copy_from_slice(&(MAX_WRITE_SAME_BYTES / bs).to_be_bytes());
+    d[32..40].copy_from_slice(&max_write_same_blocks(lu.block_size()).to_be_bytes());
     d
 }
 

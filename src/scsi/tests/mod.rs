@@ -9,6 +9,8 @@ use std::sync::Arc;
 use super::*;
 use crate::backstore::Backstore;
 
+mod write_same;
+
 fn nexus() -> Nexus {
     Nexus {
         id: 1,
