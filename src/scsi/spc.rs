@@ -16,9 +16,14 @@ pub const VENDOR: &[u8; 8] = b"VUSCSI  ";
 pub const PRODUCT: &[u8; 16] = b"vhost-user-scsi ";
 pub const REVISION: &[u8; 4] = b"0001";
 
-/// Largest transfer we advertise (VPD B0h), in bytes. Bounded so that a
-/// single command cannot pin an unbounded amount of guest memory in flight.
-pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
+/// Largest transfer we advertise (VPD B0h MAXIMUM TRANSFER LENGTH) and
+/// accept, in bytes: what QEMU's virtio-scsi front end carries with its
+/// default `max_sectors` (0xFFFF 512-byte sectors, 32 MiB - 512; a Linux
+/// guest shows max_hw_sectors_kb 32767), rounded down to 4 KiB so that it
+/// is a whole number of blocks of either logical block size and of the
+/// 4 KiB physical block: 32 MiB - 4 KiB. Bounded also so that one command
+/// cannot pin an unbounded amount of guest memory.
+pub const MAX_TRANSFER_BYTES: u64 = (0xffff * 512) & !4095;
 /// Largest COMPARE AND WRITE, in blocks (SBC-3 6.3: a one-byte field).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// UNMAP limits (VPD B0h): descriptors per command and blocks per command.

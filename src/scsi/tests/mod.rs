@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::*;
 use crate::backstore::Backstore;
 
+mod block_limits;
 mod write_same;
 
 fn nexus() -> Nexus {
