@@ -204,7 +204,9 @@ pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fai
         // WSNZ = 1 in the block limits page.
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
-    if t.blocks > max_write_same_blocks(lu.block_size()) && !unmap {
+    // One limit for every WRITE SAME, whatever UNMAP says: with a non-zero
+    // pattern an UNMAP request writes every block like any other.
+    if t.blocks > max_write_same_blocks(lu.block_size()) {
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
     let (offset, len) = lu.byte_range(t.lba, t.blocks)?;

@@ -29,10 +29,10 @@ pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// UNMAP limits (VPD B0h): descriptors per command and blocks per command.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 pub const MAX_UNMAP_BLOCKS: u32 = 0xffff_ffff;
-/// Largest WRITE SAME, in bytes, with or without UNMAP: it runs
-/// synchronously on a queue worker while holding its block range, and with
-/// a non-zero pattern it writes every byte.
-pub const MAX_WRITE_SAME_BYTES: u64 = 256 << 20;
+/// Largest WRITE SAME, in bytes, with or without UNMAP: no more than one
+/// WRITE may carry. It runs synchronously on a queue worker while holding
+/// its block range, and with a non-zero pattern it writes every byte.
+pub const MAX_WRITE_SAME_BYTES: u64 = MAX_TRANSFER_BYTES;
 
 /// MAXIMUM WRITE SAME LENGTH (VPD B0h) in blocks: what the page says and
 /// what WRITE SAME enforces.
