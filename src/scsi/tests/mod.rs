@@ -10,6 +10,7 @@ use super::*;
 use crate::backstore::Backstore;
 
 mod block_limits;
+mod get_lba_status;
 mod write_same;
 
 fn nexus() -> Nexus {
