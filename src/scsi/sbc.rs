@@ -39,7 +39,7 @@ fn transfer(ctx: &Ctx) -> Transfer {
             )
         }
         0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => (u64::from(c.be32(2)), u64::from(c.be16(7))),
-        0xa8 | 0xaa => (u64::from(c.be32(2)), u64::from(c.be32(6))),
+        0xa8 | 0xaa | 0xae | 0xaf => (u64::from(c.be32(2)), u64::from(c.be32(6))),
         _ => (c.be64(2), u64::from(c.be32(10))),
     };
     let fua = c.opcode() != 0x08 && c.opcode() != 0x0a && c.bit(1, 3);
@@ -59,7 +59,7 @@ fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
 fn length_field(opcode: u8) -> u16 {
     match opcode {
         0x08 | 0x0a => 4,
-        0xa8 | 0xaa => 6,
+        0xa8 | 0xaa | 0xae | 0xaf => 6,
         0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => 7,
         _ => 10,
     }
@@ -122,7 +122,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// VERIFY(10)/(16) (SBC-3 5.34/5.35).
+/// VERIFY(10)/(12)/(16) (SBC-4 5.44-5.46).
 pub(crate) fn verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let t = checked_transfer(lu, ctx)?;
     let bytchk = (ctx.cdb.byte(1) >> 1) & 0x03;
@@ -154,7 +154,7 @@ pub(crate) fn verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure
     good()
 }
 
-/// WRITE AND VERIFY(10)/(16) (SBC-3 5.41/5.42).
+/// WRITE AND VERIFY(10)/(12)/(16) (SBC-4 5.52-5.54).
 pub(crate) fn write_and_verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let t = checked_transfer(lu, ctx)?;
     let bytchk = ctx.cdb.bit(1, 1);

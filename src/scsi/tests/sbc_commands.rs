@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! VERIFY(12), WRITE AND VERIFY(12), PRE-FETCH(10)/(16), ORWRITE(16) and
+//! READ DEFECT DATA(10)/(12) (SBC-4 5.9-5.16, 5.45, 5.53).
+
+use super::*;
+
+const MISCOMPARE: u8 = 0xe;
+
+/// Write `data` at `lba` with WRITE(10).
+fn write10(f: &Fixture, lba: u8, data: &[u8]) {
+    let blocks = (data.len() / 512) as u8;
+    good(&run(f, &[0x2a, 0, 0, 0, 0, lba, 0, 0, blocks, 0], data));
+}
+
+/// READ(10) of `blocks` blocks at `lba`.
+fn read10(f: &Fixture, lba: u8, blocks: u8) -> Vec<u8> {
+    let r = run(f, &[0x28, 0, 0, 0, 0, lba, 0, 0, blocks, 0], &[]);
+    good(&r);
+    r.data
+}
+
+#[test]
+fn verify12_with_bytchk_01_compares_every_block() {
+    let f = fixture();
+    write10(&f, 5, &[0x3c; 1024]);
+    let cdb = [
+        0xaf, // VERIFY(12)
+        0x02, // VRPROTECT 0, DPO 0, BYTCHK 01b
+        0, 0, 0, 5, // LOGICAL BLOCK ADDRESS 5
+        0, 0, 0, 2, // VERIFICATION LENGTH 2
+        0, 0, // GROUP NUMBER, CONTROL
+    ];
+    good(&run(&f, &cdb, &[0x3c; 1024]));
+    let mut other = vec![0x3c; 1024];
+    other[700] = 0;
+    let r = run(&f, &cdb, &other);
+    assert_eq!(sense_of(&r), (MISCOMPARE, 0x1d, 0x00));
+    // INFORMATION: the offset of the first byte that differs.
+    assert_eq!(r.sense[0], 0xf0);
+    assert_eq!(&r.sense[3..7], &700u32.to_be_bytes());
+}
+
+#[test]
+fn verify12_with_bytchk_00_verifies_the_medium_without_data_out() {
+    let f = fixture();
+    good(&run(
+        &f,
+        &[0xaf, 0x00, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0],
+        &[],
+    ));
+}
+
+#[test]
+fn verify12_with_bytchk_10_is_invalid_field_in_cdb_at_bit_2() {
+    let f = fixture();
+    let r = run(&f, &[0xaf, 0x04, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    // SKSV, C/D, BPV, bit 2; byte 1.
+    assert_eq!(&r.sense[15..18], &[0xca, 0x00, 0x01]);
+}
+
+#[test]
+fn verify12_with_vrprotect_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(&f, &[0xaf, 0x20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn verify12_past_the_last_block_is_lba_out_of_range() {
+    let f = fixture();
+    // LBA 2047, 2 blocks: one past the 2048-block medium.
+    let r = run(&f, &[0xaf, 0x00, 0, 0, 0x07, 0xff, 0, 0, 0, 2, 0, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn write_and_verify12_writes_and_checks_the_data() {
+    let f = fixture();
+    let cdb = [
+        0xae, // WRITE AND VERIFY(12)
+        0x02, // WRPROTECT 0, DPO 0, BYTCHK 1
+        0, 0, 0, 9, // LOGICAL BLOCK ADDRESS 9
+        0, 0, 0, 1, // TRANSFER LENGTH 1
+        0, 0, // GROUP NUMBER, CONTROL
+    ];
+    good(&run(&f, &cdb, &[0x81; 512]));
+    assert_eq!(read10(&f, 9, 1), vec![0x81; 512]);
+}
+
+#[test]
+fn write_and_verify12_past_the_last_block_is_lba_out_of_range() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[0xae, 0x00, 0, 0, 0x08, 0x00, 0, 0, 0, 1, 0, 0],
+        &[0x81; 512],
+    );
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn write_and_verify12_with_wrprotect_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(
+        &f,
+        &[0xae, 0x20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+        &[0x81; 512],
+    );
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn report_supported_opcodes_gives_the_usage_data_of_verify12() {
+    let f = fixture();
+    let cdb = [
+        0xa3, 0x0c, // MAINTENANCE IN, REPORT SUPPORTED OPERATION CODES
+        0x01, // REPORTING OPTIONS 001b: one command, no service action
+        0xaf, // REQUESTED OPERATION CODE: VERIFY(12)
+        0, 0, // REQUESTED SERVICE ACTION
+        0, 0, 0, 0x40, // ALLOCATION LENGTH 64
+        0, 0, // reserved, CONTROL
+    ];
+    let r = run(&f, &cdb, &[]);
+    good(&r);
+    assert_eq!(
+        r.data,
+        vec![
+            0x00, 0x03, 0x00, 0x0c, // SUPPORT 011b, CDB SIZE 12
+            0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04,
+        ]
+    );
+}
