@@ -331,6 +331,29 @@ impl Backstore {
         Ok(())
     }
 
+    /// Ask the page cache to read a range ahead (posix_fadvise WILLNEED).
+    /// Only a hint: it returns at once, and does nothing for O_DIRECT
+    /// backstores (whose reads bypass the page cache) or the null one.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        if self.direct || self.kind == Kind::Null {
+            return;
+        }
+        let (Ok(off), Ok(len), Ok(file)) = (i64::try_from(offset), i64::try_from(len), self.file())
+        else {
+            return;
+        };
+        // SAFETY: posix_fadvise on an fd we own; no memory is passed.
+        let r =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
+        if r != 0 {
+            log::debug!(
+                "{}: posix_fadvise WILLNEED failed: {}",
+                self.path.display(),
+                io::Error::from_raw_os_error(r)
+            );
+        }
+    }
+
     /// The extent starting at `offset`: mapped or deallocated, and its length
     /// (clamped to the backstore size). Block devices are always mapped.
     pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {

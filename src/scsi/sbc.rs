@@ -38,7 +38,9 @@ fn transfer(ctx: &Ctx) -> Transfer {
                 if n == 0 { 256 } else { u64::from(n) },
             )
         }
-        0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => (u64::from(c.be32(2)), u64::from(c.be16(7))),
+        0x28 | 0x2a | 0x2e | 0x2f | 0x34 | 0x35 | 0x41 => {
+            (u64::from(c.be32(2)), u64::from(c.be16(7)))
+        }
         0xa8 | 0xaa | 0xae | 0xaf => (u64::from(c.be32(2)), u64::from(c.be32(6))),
         _ => (c.be64(2), u64::from(c.be32(10))),
     };
@@ -60,7 +62,7 @@ fn length_field(opcode: u8) -> u16 {
     match opcode {
         0x08 | 0x0a => 4,
         0xa8 | 0xaa | 0xae | 0xaf => 6,
-        0x28 | 0x2a | 0x2e | 0x2f | 0x35 | 0x41 => 7,
+        0x28 | 0x2a | 0x2e | 0x2f | 0x34 | 0x35 | 0x41 => 7,
         _ => 10,
     }
 }
@@ -356,6 +358,30 @@ pub(crate) fn compare_and_write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outco
             .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
     });
     result.ok_or_else(LogicalUnit::status_busy)??;
+    good()
+}
+
+/// PRE-FETCH(10)/(16) (SBC-4 5.9/5.10). The daemon has no cache of its
+/// own: the blocks are handed to the host's page cache as a hint (see
+/// [`crate::backstore::Backstore::prefetch`]), which the kernel may act on
+/// or not. CONDITION MET would promise that the blocks are (or will be) in
+/// the cache, so it is never claimed; GOOD is what SBC-4 has the device
+/// server return when the cache cannot take all the blocks. IMMED changes
+/// nothing: the hint is given before the status either way.
+pub(crate) fn prefetch(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = transfer(ctx);
+    // A PREFETCH LENGTH of zero means "to the last logical block".
+    let blocks = if t.blocks == 0 {
+        lu.blocks().saturating_sub(t.lba)
+    } else {
+        t.blocks
+    };
+    if t.lba >= lu.blocks() {
+        return Err(Sense::LBA_OUT_OF_RANGE.into());
+    }
+    let (offset, len) = lu.byte_range(t.lba, blocks)?;
+    // The cache we offer a PRE-FETCH: one maximal transfer.
+    lu.backstore().prefetch(offset, len.min(MAX_TRANSFER_BYTES));
     good()
 }
 

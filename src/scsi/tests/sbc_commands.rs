@@ -111,6 +111,67 @@ fn write_and_verify12_with_wrprotect_is_invalid_field_in_cdb() {
     assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
 }
 
+/// PRE-FETCH(10) of `blocks` at `lba`, `flags` in byte 1 (IMMED 02h).
+fn prefetch10(flags: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let [a, b, c, d] = lba.to_be_bytes();
+    let [e, g] = blocks.to_be_bytes();
+    [
+        0x34, flags, // PRE-FETCH(10), IMMED
+        a, b, c, d,    // LOGICAL BLOCK ADDRESS
+        0x03, // GROUP NUMBER 3
+        e, g,    // PREFETCH LENGTH
+        0x00, // CONTROL
+    ]
+}
+
+#[test]
+fn prefetch10_answers_good_not_condition_met() {
+    let f = fixture();
+    let r = run(&f, &prefetch10(0x00, 0, 16), &[]);
+    assert_eq!(r.status, 0x00, "GOOD: the page cache promises nothing");
+    let r = run(&f, &prefetch10(0x02, 2032, 16), &[]);
+    assert_eq!(r.status, 0x00);
+}
+
+#[test]
+fn prefetch10_of_zero_blocks_reaches_to_the_last_block() {
+    let f = fixture();
+    good(&run(&f, &prefetch10(0x00, 0, 0), &[]));
+    good(&run(&f, &prefetch10(0x00, 2047, 0), &[]));
+    let r = run(&f, &prefetch10(0x00, 2048, 0), &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn prefetch10_past_the_last_block_is_lba_out_of_range() {
+    let f = fixture();
+    let r = run(&f, &prefetch10(0x00, 2047, 2), &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+    let r = run(&f, &prefetch10(0x00, u32::MAX, 1), &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn prefetch10_reserved_bit_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(&f, &prefetch10(0x01, 0, 1), &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    // SKSV, C/D, BPV, bit 0; byte 1.
+    assert_eq!(&r.sense[15..18], &[0xc8, 0x00, 0x01]);
+}
+
+#[test]
+fn prefetch16_of_the_whole_medium_is_good() {
+    let f = fixture();
+    let cdb = [
+        0x90, 0x02, // PRE-FETCH(16), IMMED
+        0, 0, 0, 0, 0, 0, 0, 0, // LOGICAL BLOCK ADDRESS 0
+        0, 0, 0x08, 0, // PREFETCH LENGTH 2048
+        0, 0, // GROUP NUMBER, CONTROL
+    ];
+    good(&run(&f, &cdb, &[]));
+}
+
 #[test]
 fn report_supported_opcodes_gives_the_usage_data_of_verify12() {
     let f = fixture();
