@@ -361,6 +361,32 @@ pub(crate) fn compare_and_write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outco
     good()
 }
 
+/// ORWRITE(16) (SBC-4 5.12): read the blocks, OR the Data-Out Buffer into
+/// them and write the result, as one uninterrupted action against other
+/// writers of the same blocks (the LU's write tracker, as COMPARE AND WRITE).
+pub(crate) fn orwrite(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let t = checked_transfer(lu, ctx)?;
+    let (offset, len) = lu.byte_range(t.lba, t.blocks)?;
+    if t.blocks == 0 {
+        return good();
+    }
+    let data = data_out(ctx, len)?;
+    let fua = t.fua || !lu.wce.load(Ordering::Relaxed);
+    let result = lu.writes.exclusive(BlockRange::new(t.lba, t.blocks), || {
+        let mut medium = read_medium(lu, t.lba, offset, len)?;
+        for (m, d) in medium.iter_mut().zip(&data) {
+            *m |= d;
+        }
+        let store = lu.backstore();
+        store
+            .write_at(&medium, offset)
+            .and_then(|()| if fua { store.flush() } else { Ok(()) })
+            .map_err(|e| lu.io_error_sense(IoKind::Write, t.lba, &e))
+    });
+    result.ok_or_else(LogicalUnit::status_busy)??;
+    good()
+}
+
 /// PRE-FETCH(10)/(16) (SBC-4 5.9/5.10). The daemon has no cache of its
 /// own: the blocks are handed to the host's page cache as a hint (see
 /// [`crate::backstore::Backstore::prefetch`]), which the kernel may act on

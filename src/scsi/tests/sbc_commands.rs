@@ -172,6 +172,64 @@ fn prefetch16_of_the_whole_medium_is_good() {
     good(&run(&f, &cdb, &[]));
 }
 
+/// ORWRITE(16) of `blocks` at `lba`, `flags` in byte 1.
+fn orwrite(flags: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let l = lba.to_be_bytes();
+    let n = blocks.to_be_bytes();
+    [
+        0x8b, flags, // ORWRITE(16), ORPROTECT/DPO/FUA
+        l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], // LOGICAL BLOCK ADDRESS
+        n[0], n[1], n[2], n[3], // TRANSFER LENGTH
+        0, 0, // GROUP NUMBER, CONTROL
+    ]
+}
+
+#[test]
+fn orwrite_ors_the_data_out_into_the_blocks() {
+    let f = fixture();
+    write10(&f, 20, &[0x00; 1024]);
+    good(&run(&f, &orwrite(0, 20, 2), &[0xa5; 1024]));
+    assert_eq!(read10(&f, 20, 2), vec![0xa5; 1024]);
+    good(&run(&f, &orwrite(0x08, 20, 2), &[0x5a; 1024]));
+    assert_eq!(read10(&f, 20, 2), vec![0xff; 1024]);
+}
+
+#[test]
+fn orwrite_of_zero_blocks_is_good_and_writes_nothing() {
+    let f = fixture();
+    good(&run(&f, &orwrite(0, 0, 0), &[]));
+    assert_eq!(read10(&f, 0, 1), vec![0; 512]);
+}
+
+#[test]
+fn orwrite_past_the_last_block_is_lba_out_of_range() {
+    let f = fixture();
+    let r = run(&f, &orwrite(0, 2047, 2), &[0xa5; 1024]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x21, 0x00));
+}
+
+#[test]
+fn orwrite_with_orprotect_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(&f, &orwrite(0x20, 0, 1), &[0xa5; 512]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+}
+
+#[test]
+fn orwrite_with_too_little_data_out_writes_nothing() {
+    let f = fixture();
+    let r = run(&f, &orwrite(0, 0, 2), &[0xa5; 512]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    assert_eq!(read10(&f, 0, 1), vec![0; 512]);
+}
+
+#[test]
+fn orwrite_on_a_read_only_lu_is_write_protected() {
+    let f = fixture_with(64, 512, true);
+    let r = run(&f, &orwrite(0, 0, 1), &[0xa5; 512]);
+    assert_eq!(sense_of(&r), (0x7, 0x27, 0x00));
+}
+
 #[test]
 fn report_supported_opcodes_gives_the_usage_data_of_verify12() {
     let f = fixture();
