@@ -411,6 +411,36 @@ pub(crate) fn prefetch(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failu
     good()
 }
 
+/// READ DEFECT DATA(10)/(12) (SBC-4 5.15/5.16): a file or block device
+/// has no defect list of its own to report, so the list is empty, in
+/// whichever of the address descriptor formats (SBC-4 6.2) is asked for.
+pub(crate) fn read_defect_data(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    let ten = ctx.cdb.opcode() == 0x37;
+    let flags_byte = if ten { 2 } else { 1 };
+    let flags = ctx.cdb.byte(flags_byte);
+    let format = flags & 0x07;
+    // 110b is vendor specific and 111b reserved (SBC-4 table 6.2).
+    if format > 0b101 {
+        return Err(Sense::invalid_cdb_field(flags_byte as u16, Some(2)).into());
+    }
+    // REQ_PLIST and REQ_GLIST come back as PLISTV and GLISTV: the
+    // (empty) lists asked for are the ones returned.
+    let header_flags = flags & 0x1f;
+    let (data, alloc) = if ten {
+        // DEFECT LIST LENGTH 0.
+        (vec![0, header_flags, 0, 0], usize::from(ctx.cdb.be16(7)))
+    } else {
+        // GENERATION CODE 0 (not supported), DEFECT LIST LENGTH 0.
+        (
+            vec![0, header_flags, 0, 0, 0, 0, 0, 0],
+            ctx.cdb.be32(6) as usize,
+        )
+    };
+    let mut data = data;
+    data.truncate(alloc);
+    Ok(Outcome::Done(Response::good(data)))
+}
+
 /// READ CAPACITY(10) (SBC-3 5.15).
 pub(crate) fn read_capacity10(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     if !ctx.cdb.bit(8, 0) && ctx.cdb.be32(2) != 0 {

@@ -231,6 +231,64 @@ fn orwrite_on_a_read_only_lu_is_write_protected() {
 }
 
 #[test]
+fn read_defect_data10_returns_the_empty_lists_asked_for() {
+    let f = fixture();
+    let cdb = [
+        0x37, 0x00, // READ DEFECT DATA(10)
+        0x18, // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT 000b (short block)
+        0, 0, 0, 0, // reserved
+        0x00, 0x20, // ALLOCATION LENGTH 32
+        0x00, // CONTROL
+    ];
+    let r = run(&f, &cdb, &[]);
+    good(&r);
+    // PLISTV, GLISTV, format 000b; DEFECT LIST LENGTH 0.
+    assert_eq!(r.data, vec![0x00, 0x18, 0x00, 0x00]);
+}
+
+#[test]
+fn read_defect_data10_answers_in_the_format_asked_for() {
+    let f = fixture();
+    // Physical sector format (101b), no list requested.
+    let r = run(&f, &[0x37, 0, 0x05, 0, 0, 0, 0, 0, 0x20, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0x00, 0x05, 0x00, 0x00]);
+}
+
+#[test]
+fn read_defect_data10_vendor_specific_format_is_invalid_field_in_cdb() {
+    let f = fixture();
+    let r = run(&f, &[0x37, 0, 0x06, 0, 0, 0, 0, 0, 0x20, 0], &[]);
+    assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x24, 0x00));
+    // SKSV, C/D, BPV, bit 2; byte 2.
+    assert_eq!(&r.sense[15..18], &[0xca, 0x00, 0x02]);
+}
+
+#[test]
+fn read_defect_data10_allocation_length_truncates_the_header() {
+    let f = fixture();
+    let r = run(&f, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 0x02, 0], &[]);
+    good(&r);
+    assert_eq!(r.data, vec![0x00, 0x18]);
+}
+
+#[test]
+fn read_defect_data12_returns_an_eight_byte_header() {
+    let f = fixture();
+    let cdb = [
+        0xb7, // READ DEFECT DATA(12)
+        0x0b, // REQ_GLIST, DEFECT LIST FORMAT 011b (long block)
+        0, 0, 0, 0, // ADDRESS DESCRIPTOR INDEX 0
+        0, 0, 0, 0x20, // ALLOCATION LENGTH 32
+        0, 0, // reserved, CONTROL
+    ];
+    let r = run(&f, &cdb, &[]);
+    good(&r);
+    // GLISTV, format 011b; GENERATION CODE 0; DEFECT LIST LENGTH 0.
+    assert_eq!(r.data, vec![0x00, 0x0b, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
 fn report_supported_opcodes_gives_the_usage_data_of_verify12() {
     let f = fixture();
     let cdb = [
