@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{trace, warn};
 
 use super::cdb::Cdb;
-use super::opcodes::{self, Ctx, MEDIA, NO_UA, WRITES};
+use super::opcodes::{self, Ctx, MEDIA, NO_UA, SANITIZE_OK, WRITES};
 use super::pr::{Access, Effects, ItNexus, PrState};
+use super::sanitize::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
 use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
@@ -89,7 +90,8 @@ struct Attached {
 }
 
 pub struct LogicalUnit {
-    backstore: Backstore,
+    /// Shared with a sanitize operation's thread.
+    backstore: Arc<Backstore>,
     block_size: u32,
     blocks: u64,
     identity: Identity,
@@ -110,13 +112,15 @@ pub struct LogicalUnit {
     /// See `LuConfig::reservations`.
     pub(crate) reservations: bool,
     attached: Mutex<HashMap<u32, Attached>>,
+    /// SANITIZE state, shared with the operation's thread.
+    sanitizer: Arc<Sanitizer>,
 }
 
 impl LogicalUnit {
     pub fn new(backstore: Backstore, config: LuConfig) -> LogicalUnit {
         let blocks = backstore.size() / u64::from(config.block_size);
         LogicalUnit {
-            backstore,
+            backstore: Arc::new(backstore),
             block_size: config.block_size,
             blocks,
             identity: config.identity,
@@ -133,7 +137,20 @@ impl LogicalUnit {
             pr_file: config.pr_file,
             reservations: config.reservations,
             attached: Mutex::new(HashMap::new()),
+            sanitizer: Arc::default(),
         }
+    }
+
+    pub(crate) fn backstore_arc(&self) -> Arc<Backstore> {
+        self.backstore.clone()
+    }
+
+    pub(crate) fn sanitizer(&self) -> &Sanitizer {
+        &self.sanitizer
+    }
+
+    pub(crate) fn sanitizer_arc(&self) -> Arc<Sanitizer> {
+        self.sanitizer.clone()
     }
 
     pub(crate) fn pr_lock(&self) -> MutexGuard<'_, PrState> {
@@ -322,7 +339,6 @@ impl LogicalUnit {
 
     /// Execute one command. `luns` are the LUNs of the target it came through.
     pub fn execute(&self, cmd: Command, luns: &[u16]) -> Outcome {
-        let descriptor = self.descriptor_sense();
         let cdb = Cdb::new(cmd.cdb);
         let mut ctx = Ctx {
             cdb,
@@ -332,10 +348,7 @@ impl LogicalUnit {
         };
         match self.dispatch(&mut ctx) {
             Ok(outcome) => outcome,
-            Err(Failure::Sense(sense)) => {
-                Outcome::Done(Response::check_condition(&sense, descriptor))
-            }
-            Err(Failure::Status(status)) => Outcome::Done(Response::status(status)),
+            Err(failure) => self.failed(failure),
         }
     }
 
@@ -354,6 +367,13 @@ impl LogicalUnit {
         if ctx.cdb.bit(control, 2) {
             // NACA = 1 while NORMACA = 0 in INQUIRY data (SPC-4 7.5.8... SAM-5 5.9).
             return Err(Sense::invalid_cdb_field(control as u16, Some(2)).into());
+        }
+        if info.flags & SANITIZE_OK == 0 {
+            // In failure mode, SANITIZE itself is how the unit recovers.
+            let medium = info.flags & MEDIA != 0 && info.opcode != 0x48;
+            if let Some(refused) = self.sanitizer.refusal(medium) {
+                return Err(refused);
+            }
         }
         if info.flags & MEDIA != 0 && self.stopped.load(Ordering::Relaxed) {
             return Err(Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.into());
@@ -390,6 +410,12 @@ impl LogicalUnit {
         let sync = kind == IoKind::Write && (fua || !self.wce.load(Ordering::Relaxed));
         if kind == IoKind::Write {
             self.writes.begin(BlockRange::new(lba, blocks));
+            // A SANITIZE may have started between the dispatch check and
+            // this registration (it waits for registered writes only).
+            if let Some(refused) = self.sanitizer.refusal(true) {
+                self.writes.end(BlockRange::new(lba, blocks));
+                return self.failed(refused);
+            }
         }
         Outcome::Io(BlockIo {
             kind,
@@ -452,6 +478,20 @@ impl LogicalUnit {
         }
     }
 
+    /// The finished outcome for a failure (as `execute` answers it).
+    fn failed(&self, failure: Failure) -> Outcome {
+        let descriptor = self.descriptor_sense();
+        Outcome::Done(match failure {
+            Failure::Sense(sense) => Response::check_condition(&sense, descriptor),
+            Failure::Status(status) => Response::status(status),
+            Failure::Progress(sense, progress) => Response {
+                status: Status::CheckCondition as u8,
+                sense: sense.encode_with_progress(descriptor, progress),
+                data: Vec::new(),
+            },
+        })
+    }
+
     pub(crate) fn status_busy() -> Failure {
         Failure::Status(Status::Busy)
     }
@@ -467,6 +507,8 @@ pub(crate) fn it_nexus(n: &Nexus) -> ItNexus {
 pub(crate) enum Failure {
     Sense(Sense),
     Status(Status),
+    /// CHECK CONDITION with a progress indication (an operation in progress).
+    Progress(Sense, u16),
 }
 
 impl From<Sense> for Failure {

@@ -15,6 +15,7 @@ mod mode;
 mod opcodes;
 pub mod pr;
 mod reservations;
+mod sanitize;
 mod sbc;
 pub mod sense;
 mod spc;

@@ -8,7 +8,7 @@ use super::cdb::Cdb;
 use super::lu::{Failure, LogicalUnit};
 use super::pr::Access;
 use super::sense::Sense;
-use super::{mode, reservations, sbc, spc, DataOut, Nexus, Outcome};
+use super::{mode, reservations, sanitize, sbc, spc, DataOut, Nexus, Outcome};
 
 /// Everything a command handler can see.
 pub(crate) struct Ctx<'a> {
@@ -35,6 +35,9 @@ pub(crate) const PR_ALLOWED: u8 = 1 << 4;
 /// Conflicts like a read (allowed under Write Exclusive types). Commands
 /// with neither PR flag conflict like writes.
 pub(crate) const PR_READ: u8 = 1 << 5;
+/// Processed while a sanitize operation runs (SBC-4 4.11: INQUIRY, REPORT
+/// LUNS, REQUEST SENSE); every other command gets SANITIZE IN PROGRESS.
+pub(crate) const SANITIZE_OK: u8 = 1 << 6;
 
 /// How a command is treated in the presence of a reservation.
 pub(crate) fn access(info: &OpInfo) -> Access {
@@ -52,8 +55,9 @@ pub(crate) struct OpInfo {
     /// Service action, for opcodes that have them (bits 4-0 of byte 1).
     pub sa: Option<u16>,
     pub name: &'static str,
-    /// CDB usage data (SPC-4 6.35.3): byte 0 is the opcode, every other bit
-    /// set is a bit the device server evaluates. Its length is the CDB length.
+    /// CDB usage data (SPC-4 6.35.3): byte 0 is the opcode, the service
+    /// action field holds the service action, every other bit set is a bit
+    /// the device server evaluates. Its length is the CDB length.
     pub usage: &'static [u8],
     pub flags: u8,
     pub handler: Handler,
@@ -70,10 +74,10 @@ macro_rules! op {
 #[rustfmt::skip]
 pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, 0x04], MEDIA | PR_ALLOWED, spc::test_unit_ready),
-    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA | PR_ALLOWED, spc::request_sense),
+    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::request_sense),
     op!(0x08, None, "READ(6)", [0x08, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read),
     op!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
-    op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA | PR_ALLOWED, spc::inquiry),
+    op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::inquiry),
     op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xff, 0x04], 0, mode::mode_select),
     op!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, 0x04], PR_ALLOWED, reservations::reserve6),
     op!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, 0x04], PR_ALLOWED, reservations::release6),
@@ -90,6 +94,9 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x37, None, "READ DEFECT DATA(10)", [0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read_defect_data),
     op!(0x41, None, "WRITE SAME(10)", [0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
     op!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::unmap),
+    op!(0x48, Some(0x01), "SANITIZE (OVERWRITE)", [0x48, 0xe1, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
+    op!(0x48, Some(0x02), "SANITIZE (BLOCK ERASE)", [0x48, 0xe2, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
+    op!(0x48, Some(0x1f), "SANITIZE (EXIT FAILURE MODE)", [0x48, 0xff, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
     op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], 0, mode::mode_select),
     op!(0x56, None, "RESERVE(10)", [0x56, 0x12, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::reserve10),
     op!(0x57, None, "RELEASE(10)", [0x57, 0x12, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::release10),
@@ -117,7 +124,7 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x93, None, "WRITE SAME(16)", [0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
     op!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity16),
     op!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_READ, sbc::get_lba_status),
-    op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | PR_ALLOWED, spc::report_luns),
+    op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::report_luns),
     op!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED, report_supported_opcodes),
     op!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED, spc::report_supported_tmfs),
     op!(0xa8, None, "READ(12)", [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::read),
@@ -276,7 +283,7 @@ mod tests {
             assert_eq!(o.usage.len(), expected, "{}", o.name);
             assert_eq!(o.usage[0], o.opcode, "{}", o.name);
             if let Some(sa) = o.sa {
-                assert_eq!(u16::from(o.usage[1]), sa, "{}", o.name);
+                assert_eq!(u16::from(o.usage[1] & 0x1f), sa, "{}", o.name);
             }
         }
     }

@@ -75,6 +75,10 @@ sense_consts! {
     NO_ADDITIONAL_SENSE = (NoSense, 0x00, 0x00);
     /// 04h/02h: an initializing command (START STOP UNIT) is required.
     NOT_READY_INITIALIZING_COMMAND_REQUIRED = (NotReady, 0x04, 0x02);
+    /// 04h/1Bh: logical unit not ready, sanitize in progress.
+    SANITIZE_IN_PROGRESS = (NotReady, 0x04, 0x1b);
+    /// 31h/03h: SANITIZE command failed.
+    SANITIZE_COMMAND_FAILED = (MediumError, 0x31, 0x03);
     UNRECOVERED_READ_ERROR = (MediumError, 0x11, 0x00);
     WRITE_ERROR = (MediumError, 0x0c, 0x00);
     /// 44h/00h: internal target failure.
@@ -188,6 +192,28 @@ impl Sense {
             self.to_fixed().to_vec()
         }
     }
+
+    /// Sense data whose sense-key specific field is a PROGRESS INDICATION
+    /// (SPC-4 4.5.2.4.4: SKSV, then a fraction of 65536), for an operation
+    /// in progress (NOT READY) that REQUEST SENSE or a refused command
+    /// reports.
+    pub fn encode_with_progress(&self, descriptor: bool, progress: u16) -> Vec<u8> {
+        let [hi, lo] = progress.to_be_bytes();
+        let plain = Sense {
+            field: None,
+            ..*self
+        };
+        if descriptor {
+            let mut s = plain.to_descriptor();
+            s.extend_from_slice(&[0x02, 0x06, 0, 0, 0x80, hi, lo, 0]);
+            s[7] = (s.len() - 8) as u8;
+            s
+        } else {
+            let mut s = plain.to_fixed();
+            s[15..18].copy_from_slice(&[0x80, hi, lo]);
+            s.to_vec()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +247,33 @@ mod tests {
             .to_fixed();
         assert_eq!(s[0], 0xf0); // VALID + 70h
         assert_eq!(&s[3..7], &[0x00, 0x00, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn sanitize_in_progress_carries_the_progress_indication() {
+        // SPC-4 4.5.3 and 4.5.2.4.4: NOT READY, 04h/1Bh, SKSV with the
+        // progress indication (a quarter done: 4000h) in bytes 16-17.
+        let expected: [u8; 18] = [
+            0x70, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0a, // response code, key, info, len
+            0x00, 0x00, 0x00, 0x00, // command-specific information
+            0x04, 0x1b, 0x00, // ASC, ASCQ, FRU
+            0x80, 0x40, 0x00, // SKSV, PROGRESS INDICATION
+        ];
+        assert_eq!(
+            Sense::SANITIZE_IN_PROGRESS.encode_with_progress(false, 0x4000),
+            expected.to_vec()
+        );
+    }
+
+    #[test]
+    fn progress_in_descriptor_format_is_a_sense_key_specific_descriptor() {
+        assert_eq!(
+            Sense::SANITIZE_IN_PROGRESS.encode_with_progress(true, 0x8000),
+            vec![
+                0x72, 0x02, 0x04, 0x1b, 0, 0, 0, 8, // header, additional length 8
+                0x02, 0x06, 0x00, 0x00, 0x80, 0x80, 0x00, 0x00, // SKSV, progress 8000h
+            ]
+        );
     }
 
     #[test]

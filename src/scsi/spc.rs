@@ -51,17 +51,24 @@ pub(crate) fn test_unit_ready(_lu: &LogicalUnit, _ctx: &mut Ctx) -> Result<Outco
 }
 
 /// REQUEST SENSE (SPC-4 6.39): a pending unit attention (which is then
-/// cleared), NOT READY while stopped, otherwise NO SENSE.
+/// cleared), a sanitize operation's progress or failure (SBC-4 4.11), NOT
+/// READY while stopped, otherwise NO SENSE.
 pub(crate) fn request_sense(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let desc = ctx.cdb.bit(1, 0);
-    let sense = if let Some(ua) = lu.take_ua(ctx.nexus.id) {
-        ua
+    let (sense, progress) = if let Some(ua) = lu.take_ua(ctx.nexus.id) {
+        (ua, None)
+    } else if let Some(state) = lu.sanitizer().request_sense() {
+        state
     } else if lu.stopped.load(Ordering::Relaxed) {
-        Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED
+        (Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED, None)
     } else {
-        Sense::NO_ADDITIONAL_SENSE
+        (Sense::NO_ADDITIONAL_SENSE, None)
     };
-    done(sense.encode(desc), usize::from(ctx.cdb.byte(4)))
+    let data = match progress {
+        Some(p) => sense.encode_with_progress(desc, p),
+        None => sense.encode(desc),
+    };
+    done(data, usize::from(ctx.cdb.byte(4)))
 }
 
 /// REQUEST SENSE addressed to a LUN that does not exist (SPC-4 6.39: GOOD
@@ -183,10 +190,14 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d
 }
 
-/// Block device characteristics VPD page body (SBC-3 6.5.2): non-rotating.
+/// Block device characteristics VPD page body (SBC-4 6.6.2): non-rotating.
 fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3c];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE: non-rotating
+                                                  // WABEREQ 01b: a read of a block a SANITIZE BLOCK ERASE deallocated
+                                                  // completes with GOOD (it reads zeros); WACEREQ 00b: no CRYPTOGRAPHIC
+                                                  // ERASE.
+    d[3] = 0x40;
     d
 }
 

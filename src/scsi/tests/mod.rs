@@ -11,6 +11,7 @@ use crate::backstore::Backstore;
 
 mod block_limits;
 mod get_lba_status;
+mod sanitize;
 mod sbc_commands;
 mod write_same;
 
