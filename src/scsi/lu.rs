@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{trace, warn};
 
+use super::atomic::{atomic_limits, AtomicLimits};
 use super::cdb::Cdb;
 use super::opcodes::{self, Ctx, MEDIA, NO_UA, SANITIZE_OK, WRITES};
 use super::pr::{Access, Effects, ItNexus, PrState};
@@ -114,11 +115,14 @@ pub struct LogicalUnit {
     attached: Mutex<HashMap<u32, Attached>>,
     /// SANITIZE state, shared with the operation's thread.
     sanitizer: Arc<Sanitizer>,
+    /// What WRITE ATOMIC may do here; None: not offered.
+    atomic: Option<AtomicLimits>,
 }
 
 impl LogicalUnit {
     pub fn new(backstore: Backstore, config: LuConfig) -> LogicalUnit {
         let blocks = backstore.size() / u64::from(config.block_size);
+        let atomic = atomic_limits(&backstore, config.block_size);
         LogicalUnit {
             backstore: Arc::new(backstore),
             block_size: config.block_size,
@@ -138,7 +142,14 @@ impl LogicalUnit {
             reservations: config.reservations,
             attached: Mutex::new(HashMap::new()),
             sanitizer: Arc::default(),
+            atomic,
         }
+    }
+
+    /// The atomic write limits of this LU (Block Limits VPD), if it offers
+    /// WRITE ATOMIC at all.
+    pub(crate) fn atomic_limits(&self) -> Option<AtomicLimits> {
+        self.atomic
     }
 
     pub(crate) fn backstore_arc(&self) -> Arc<Backstore> {
@@ -361,6 +372,9 @@ impl LogicalUnit {
             }
         }
         let info = info?;
+        if !opcodes::offered(self, info) {
+            return Err(Sense::INVALID_COMMAND_OPERATION_CODE.into());
+        }
         trace!("nexus {}: {}", ctx.nexus.id, info.name);
         opcodes::check_reserved_bits(info, &ctx.cdb)?;
         let control = info.usage.len() - 1;

@@ -9,6 +9,7 @@
 //! against the backstore with zero copies, finished by
 //! [`LogicalUnit::complete_io`].
 
+mod atomic;
 mod cdb;
 mod lu;
 mod mode;

@@ -8,7 +8,7 @@ use super::cdb::Cdb;
 use super::lu::{Failure, LogicalUnit};
 use super::pr::Access;
 use super::sense::Sense;
-use super::{mode, reservations, sanitize, sbc, spc, DataOut, Nexus, Outcome};
+use super::{atomic, mode, reservations, sanitize, sbc, spc, DataOut, Nexus, Outcome};
 
 /// Everything a command handler can see.
 pub(crate) struct Ctx<'a> {
@@ -22,22 +22,31 @@ pub(crate) struct Ctx<'a> {
 pub(crate) type Handler = fn(&LogicalUnit, &mut Ctx) -> Result<Outcome, Failure>;
 
 /// Command needs the medium: NOT READY while the unit is stopped.
-pub(crate) const MEDIA: u8 = 1 << 0;
+pub(crate) const MEDIA: u16 = 1 << 0;
 /// Command is not failed by a pending unit attention (SPC-4 5.14, table 52... INQUIRY,
 /// REPORT LUNS and REQUEST SENSE).
-pub(crate) const NO_UA: u8 = 1 << 1;
+pub(crate) const NO_UA: u16 = 1 << 1;
 /// Command modifies the medium: DATA PROTECT on a read-only unit.
-pub(crate) const WRITES: u8 = 1 << 2;
+pub(crate) const WRITES: u16 = 1 << 2;
 /// Command must not run while other writes to its blocks are in flight.
-pub(crate) const EXCLUSIVE: u8 = 1 << 3;
+pub(crate) const EXCLUSIVE: u16 = 1 << 3;
 /// Never conflicts with a reservation (SPC-4 table 62 "Allowed").
-pub(crate) const PR_ALLOWED: u8 = 1 << 4;
+pub(crate) const PR_ALLOWED: u16 = 1 << 4;
 /// Conflicts like a read (allowed under Write Exclusive types). Commands
 /// with neither PR flag conflict like writes.
-pub(crate) const PR_READ: u8 = 1 << 5;
+pub(crate) const PR_READ: u16 = 1 << 5;
 /// Processed while a sanitize operation runs (SBC-4 4.11: INQUIRY, REPORT
 /// LUNS, REQUEST SENSE); every other command gets SANITIZE IN PROGRESS.
-pub(crate) const SANITIZE_OK: u8 = 1 << 6;
+pub(crate) const SANITIZE_OK: u16 = 1 << 6;
+/// Offered only by a logical unit that can write atomically
+/// (`LogicalUnit::atomic_limits`); elsewhere it is an unsupported opcode,
+/// and REPORT SUPPORTED OPERATION CODES says so.
+pub(crate) const NEEDS_ATOMIC: u16 = 1 << 7;
+
+/// Whether `lu` offers the command of this table entry.
+pub(crate) fn offered(lu: &LogicalUnit, info: &OpInfo) -> bool {
+    info.flags & NEEDS_ATOMIC == 0 || lu.atomic_limits().is_some()
+}
 
 /// How a command is treated in the presence of a reservation.
 pub(crate) fn access(info: &OpInfo) -> Access {
@@ -59,7 +68,7 @@ pub(crate) struct OpInfo {
     /// action field holds the service action, every other bit set is a bit
     /// the device server evaluates. Its length is the CDB length.
     pub usage: &'static [u8],
-    pub flags: u8,
+    pub flags: u16,
     pub handler: Handler,
 }
 
@@ -122,6 +131,7 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x90, None, "PRE-FETCH(16)", [0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::prefetch),
     op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::synchronize_cache),
     op!(0x93, None, "WRITE SAME(16)", [0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
+    op!(0x9c, None, "WRITE ATOMIC(16)", [0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE | NEEDS_ATOMIC, atomic::write_atomic16),
     op!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity16),
     op!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_READ, sbc::get_lba_status),
     op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::report_luns),
@@ -194,7 +204,7 @@ pub fn needs_exclusive_writes(cdb: &[u8]) -> bool {
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
-fn report_supported_opcodes(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+fn report_supported_opcodes(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let rctd = ctx.cdb.bit(2, 7);
     let options = ctx.cdb.byte(2) & 0x07;
     let req_op = ctx.cdb.byte(3);
@@ -204,7 +214,7 @@ fn report_supported_opcodes(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome,
     match options {
         0 => {
             out.extend_from_slice(&[0; 4]);
-            for o in OPCODES {
+            for o in OPCODES.iter().filter(|o| offered(lu, o)) {
                 let [sa_hi, sa_lo] = o.sa.unwrap_or(0).to_be_bytes();
                 let flags = u8::from(o.sa.is_some()) | if rctd { 0x02 } else { 0 };
                 let [l_hi, l_lo] = (o.usage.len() as u16).to_be_bytes();
@@ -230,7 +240,8 @@ fn report_supported_opcodes(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome,
             }
             let found = OPCODES
                 .iter()
-                .find(|o| o.opcode == req_op && (!with_sa || o.sa == Some(req_sa)));
+                .find(|o| o.opcode == req_op && (!with_sa || o.sa == Some(req_sa)))
+                .filter(|o| offered(lu, o));
             match found {
                 Some(o) => {
                     let support = 0x03; // supported, in conformance with a standard

@@ -50,7 +50,7 @@ fn transfer(ctx: &Ctx) -> Transfer {
 
 /// RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7-5) must be zero: we have no
 /// protection information.
-fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
+pub(crate) fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
     if ctx.cdb.byte(1) & 0xe0 != 0 {
         return Err(Sense::invalid_cdb_field(1, Some(7)));
     }

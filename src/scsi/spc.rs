@@ -187,6 +187,13 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         d[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
     }
     d[32..40].copy_from_slice(&max_write_same_blocks(lu.block_size()).to_be_bytes());
+    if let Some(a) = lu.atomic_limits() {
+        // MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER
+        // LENGTH GRANULARITY; no atomic boundaries (the two fields after).
+        d[40..44].copy_from_slice(&a.max_blocks.to_be_bytes());
+        d[44..48].copy_from_slice(&a.align.to_be_bytes());
+        d[48..52].copy_from_slice(&a.granularity.to_be_bytes());
+    }
     d
 }
 

@@ -13,6 +13,7 @@ mod block_limits;
 mod get_lba_status;
 mod sanitize;
 mod sbc_commands;
+mod write_atomic;
 mod write_same;
 
 fn nexus() -> Nexus {
@@ -25,7 +26,8 @@ fn nexus() -> Nexus {
 }
 
 struct Fixture {
-    _file: tempfile::NamedTempFile,
+    /// The backing file (none for a null LU).
+    _file: Option<tempfile::NamedTempFile>,
     lu: Arc<LogicalUnit>,
     target: Target,
 }
@@ -36,6 +38,19 @@ fn fixture_with(blocks: u64, block_size: u32, read_only: bool) -> Fixture {
         .set_len(blocks * u64::from(block_size))
         .unwrap();
     let store = Backstore::open(file.path(), read_only, false).unwrap();
+    fixture_on(store, block_size, Some(file))
+}
+
+/// A null LU (reads zeros, drops writes) of `blocks` blocks.
+fn fixture_null(blocks: u64, block_size: u32) -> Fixture {
+    fixture_on(
+        Backstore::null(blocks * u64::from(block_size)),
+        block_size,
+        None,
+    )
+}
+
+fn fixture_on(store: Backstore, block_size: u32, file: Option<tempfile::NamedTempFile>) -> Fixture {
     let lu = Arc::new(LogicalUnit::new(
         store,
         LuConfig {
@@ -675,8 +690,9 @@ fn d_sense_switches_to_descriptor_format() {
 }
 
 #[test]
-fn rsoc_all_commands_lists_every_table_entry() {
-    let f = fixture();
+fn rsoc_all_commands_lists_every_table_entry_the_lu_offers() {
+    // A null LU offers every command of the table, WRITE ATOMIC included.
+    let f = fixture_null(2048, 512);
     let r = run(&f, &[0xa3, 0x0c, 0x00, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
     good(&r);
     let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
@@ -947,7 +963,7 @@ mod reservations {
             },
         ));
         let f = Fixture {
-            _file: file,
+            _file: Some(file),
             target: Target::new(BTreeMap::from([(0, lu.clone())])),
             lu,
         };
@@ -1085,7 +1101,7 @@ fn reservations_are_refused_on_a_logical_unit_shared_with_other_writers() {
         },
     ));
     let f = Fixture {
-        _file: file,
+        _file: Some(file),
         target: Target::new(BTreeMap::from([(0, lu.clone())])),
         lu,
     };
