@@ -18,6 +18,7 @@ use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sanitize::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
+use super::xcopy::CopyResults;
 use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
 use crate::backstore::Backstore;
 
@@ -117,6 +118,8 @@ pub struct LogicalUnit {
     sanitizer: Arc<Sanitizer>,
     /// What WRITE ATOMIC may do here; None: not offered.
     atomic: Option<AtomicLimits>,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    pub(crate) copies: CopyResults,
 }
 
 impl LogicalUnit {
@@ -143,7 +146,27 @@ impl LogicalUnit {
             attached: Mutex::new(HashMap::new()),
             sanitizer: Arc::default(),
             atomic,
+            copies: CopyResults::default(),
         }
+    }
+
+    /// Whether `designator` (a designation descriptor from a CSCD
+    /// descriptor: code set, association and type, length, value) names
+    /// this LU: its NAA designator (VPD page 83h), the one that fits the
+    /// 16 bytes a CSCD descriptor has room for.
+    pub(crate) fn has_designator(&self, designator: &[u8]) -> bool {
+        let naa = self.identity.naa.to_be_bytes();
+        designator.len() >= 12
+            && designator[0] & 0x0f == 0x01 // binary
+            && designator[1] & 0x3f == 0x03 // LU association, NAA
+            && designator[3] == 8
+            && designator[4..12] == naa
+    }
+
+    /// Whether the persistent reservation state lets `nexus` at the
+    /// medium that way (for a copy that names this LU).
+    pub(crate) fn access_allowed(&self, nexus: &Nexus, access: Access) -> bool {
+        !self.pr_active.load(Ordering::Acquire) || self.pr_lock().allowed(&it_nexus(nexus), access)
     }
 
     /// The atomic write limits of this LU (Block Limits VPD), if it offers
@@ -285,6 +308,7 @@ impl LogicalUnit {
         attached.remove(&nexus.id);
         drop(attached);
         self.ua_map().remove(&nexus.id);
+        self.copies.forget(Some(nexus.id));
         let mut st = self.pr_lock();
         st.nexus_loss(&it_nexus(nexus));
         self.pr_changed(&st);
@@ -329,6 +353,7 @@ impl LogicalUnit {
     /// unless saved; we keep them, as they are not saveable.
     pub fn lun_reset(&self) {
         self.establish_ua_all(Sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED, None);
+        self.copies.forget(None);
         // Registrations and persistent reservations survive; SPC-2 ones do not.
         let mut st = self.pr_lock();
         st.lun_reset();
@@ -338,6 +363,7 @@ impl LogicalUnit {
     /// I_T NEXUS RESET (SAM-5 7.8): the nexus gets 29h/07h.
     pub fn nexus_reset(&self, nexus: &Nexus) {
         self.establish_ua(nexus.id, Sense::I_T_NEXUS_LOSS_OCCURRED);
+        self.copies.forget(Some(nexus.id));
         let mut st = self.pr_lock();
         st.nexus_loss(&it_nexus(nexus));
         self.pr_changed(&st);

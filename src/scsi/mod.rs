@@ -24,6 +24,7 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 mod writes;
+mod xcopy;
 
 use std::io;
 use std::sync::Arc;

@@ -127,18 +127,23 @@ pub(crate) fn inquiry_no_lun(ctx: &Ctx) -> Result<Response, Sense> {
 }
 
 /// VPD pages we return, in ascending order (SPC-4 7.8.14).
-const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 
 pub(crate) fn inquiry(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let alloc = usize::from(ctx.cdb.be16(3));
     let page = match inquiry_page(ctx)? {
-        None => return done(standard_inquiry(0x00), alloc),
+        None => {
+            let mut d = standard_inquiry(0x00);
+            d[5] |= 0x08; // 3PC: a copy manager (EXTENDED COPY)
+            return done(d, alloc);
+        }
         Some(p) => p,
     };
     let body = match page {
         0x00 => VPD_PAGES.to_vec(),
         0x80 => lu.identity().serial.as_bytes().to_vec(),
         0x83 => device_identification(lu, ctx.nexus.relative_port),
+        0x8f => super::xcopy::third_party_copy_page(lu.block_size()),
         0xb0 => block_limits(lu),
         0xb1 => block_device_characteristics(),
         0xb2 => logical_block_provisioning(lu),

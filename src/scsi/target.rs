@@ -79,6 +79,10 @@ impl Target {
             .collect();
         lun_list.sort_unstable();
         lun_list.dedup();
+        // Every LU a target serves may be named in an EXTENDED COPY.
+        for lu in luns.values() {
+            super::xcopy::register(lu);
+        }
         Target {
             luns,
             passthrough,
