@@ -7,14 +7,16 @@
 # in a guest, destructive tests included, against a thin file LUN with
 # 512-byte blocks and one with 4096-byte blocks, and its WriteAtomic16
 # tests against a null LUN, the one backstore here that offers atomic
-# writes (tmpfs files do not: see src/scsi/atomic.rs). Any failing test
+# writes (tmpfs files do not: see src/scsi/atomic.rs), and its ReadOnly
+# test against a read-only LUN. Any failing test
 # fails the scenario; the counts are recorded in docs/conformance.md.
 . "$(dirname "$0")/../lib.sh"
 
 d512=$(make_disk d512.img 64M)
 d4k=$(make_disk d4k.img 256M)
+dro=$(make_disk dro.img 16M)
 start_daemon --socket "$WORK/s0" --lun "0:file=$d512" --lun "1:file=$d4k,block-size=4096" \
-    --lun "2:null,size=64M"
+    --lun "2:null,size=64M" --lun "3:file=$dro,ro"
 script=$(guest_script suite <<'G'
 # Every test of the SCSI family but Sanitize.OverwriteReserved: in
 # libiscsi 1.19 (Debian 12) that test lacks its "iSCSI only" check and
@@ -99,6 +101,7 @@ sg4k=$(sg_for_lun :0:0:1)
 suite 4096 "$sg4k" SCSI.ReceiveCopyResults.CopyStatus SCSI.ExtendedCopy.Simple
 copy_status 4096-copystatus "$sg4k"
 ONLY=SCSI.WriteAtomic16. suite null "$(sg_for_lun :0:0:2)"
+ONLY=SCSI.ReadOnly. suite ro "$(sg_for_lun :0:0:3)"
 G
 )
 # shellcheck disable=SC2046
