@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{trace, warn};
 
+use super::alua::{self, AluaState, PortGroup};
 use super::atomic::{atomic_limits, AtomicLimits};
 use super::cdb::Cdb;
-use super::opcodes::{self, Ctx, MEDIA, NO_UA, SANITIZE_OK, WRITES};
+use super::opcodes::{
+    self, Ctx, ALUA_STANDBY_OK, ALUA_UNAVAILABLE_OK, MEDIA, NO_UA, SANITIZE_OK, WRITES,
+};
 use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sanitize::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
@@ -120,6 +123,8 @@ pub struct LogicalUnit {
     atomic: Option<AtomicLimits>,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
     pub(crate) copies: CopyResults,
+    /// The target port groups (controllers) that serve this LU.
+    port_groups: Mutex<Vec<PortGroup>>,
 }
 
 impl LogicalUnit {
@@ -147,7 +152,50 @@ impl LogicalUnit {
             sanitizer: Arc::default(),
             atomic,
             copies: CopyResults::default(),
+            port_groups: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A controller serves this LU through target port group `pg` (a
+    /// group of the same identifier replaces the one known).
+    pub fn add_port_group(&self, pg: PortGroup) {
+        let mut groups = self.port_groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|g| g.id != pg.id);
+        groups.push(pg);
+        groups.sort_by_key(|g| g.id);
+    }
+
+    /// The target port groups serving this LU, in identifier order. A
+    /// command through a port no group names (an LU no controller has
+    /// declared, as in tests) sees its port as a group of its own,
+    /// active/optimized.
+    pub(crate) fn port_groups(&self, relative_port: u16) -> Vec<PortGroup> {
+        let groups = self.port_groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups.iter().any(|g| g.relative_port == relative_port) {
+            return groups.clone();
+        }
+        let mut all = groups.clone();
+        all.push(PortGroup {
+            id: relative_port,
+            relative_port,
+            state: AluaState::ActiveOptimized,
+        });
+        all.sort_by_key(|g| g.id);
+        all
+    }
+
+    /// The target port group a command through `relative_port` reaches.
+    pub(crate) fn port_group(&self, relative_port: u16) -> PortGroup {
+        let groups = self.port_groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .find(|g| g.relative_port == relative_port)
+            .copied()
+            .unwrap_or(PortGroup {
+                id: relative_port,
+                relative_port,
+                state: AluaState::ActiveOptimized,
+            })
     }
 
     /// Whether `designator` (a designation descriptor from a CSCD
@@ -407,6 +455,14 @@ impl LogicalUnit {
         if ctx.cdb.bit(control, 2) {
             // NACA = 1 while NORMACA = 0 in INQUIRY data (SPC-4 7.5.8... SAM-5 5.9).
             return Err(Sense::invalid_cdb_field(control as u16, Some(2)).into());
+        }
+        let state = self.port_group(ctx.nexus.relative_port).state;
+        if let Some(refused) = alua::refusal(
+            state,
+            info.flags & ALUA_STANDBY_OK != 0,
+            info.flags & ALUA_UNAVAILABLE_OK != 0,
+        ) {
+            return Err(refused.into());
         }
         if info.flags & SANITIZE_OK == 0 {
             // In failure mode, SANITIZE itself is how the unit recovers.

@@ -9,6 +9,7 @@
 //! against the backstore with zero copies, finished by
 //! [`LogicalUnit::complete_io`].
 
+mod alua;
 mod atomic;
 mod cdb;
 mod lu;
@@ -29,6 +30,7 @@ mod xcopy;
 use std::io;
 use std::sync::Arc;
 
+pub use alua::{AluaState, PortGroup};
 pub use lu::{AbortHook, Identity, LogicalUnit, LuConfig};
 pub use opcodes::needs_exclusive_writes;
 pub use sense::{Sense, SenseKey, Status};

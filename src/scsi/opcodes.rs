@@ -8,7 +8,7 @@ use super::cdb::Cdb;
 use super::lu::{Failure, LogicalUnit};
 use super::pr::Access;
 use super::sense::Sense;
-use super::{atomic, mode, reservations, sanitize, sbc, spc, xcopy, DataOut, Nexus, Outcome};
+use super::{alua, atomic, mode, reservations, sanitize, sbc, spc, xcopy, DataOut, Nexus, Outcome};
 
 /// Everything a command handler can see.
 pub(crate) struct Ctx<'a> {
@@ -42,6 +42,14 @@ pub(crate) const SANITIZE_OK: u16 = 1 << 6;
 /// (`LogicalUnit::atomic_limits`); elsewhere it is an unsupported opcode,
 /// and REPORT SUPPORTED OPERATION CODES says so.
 pub(crate) const NEEDS_ATOMIC: u16 = 1 << 7;
+
+/// Allowed through a target port in the standby / unavailable ALUA state
+/// (SPC-4 5.15.2.4.4-5); everything else is NOT READY there.
+pub(crate) const ALUA_STANDBY_OK: u16 = 1 << 8;
+pub(crate) const ALUA_UNAVAILABLE_OK: u16 = 1 << 9;
+/// Both: INQUIRY, REPORT LUNS, REQUEST SENSE, REPORT TARGET PORT GROUPS
+/// and the two REPORT SUPPORTED commands.
+const ALUA_ANY: u16 = ALUA_STANDBY_OK | ALUA_UNAVAILABLE_OK;
 
 /// Whether `lu` offers the command of this table entry.
 pub(crate) fn offered(lu: &LogicalUnit, info: &OpInfo) -> bool {
@@ -83,14 +91,14 @@ macro_rules! op {
 #[rustfmt::skip]
 pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, 0x04], MEDIA | PR_ALLOWED, spc::test_unit_ready),
-    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::request_sense),
+    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::request_sense),
     op!(0x08, None, "READ(6)", [0x08, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read),
     op!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
-    op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::inquiry),
-    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xff, 0x04], 0, mode::mode_select),
+    op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::inquiry),
+    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xff, 0x04], ALUA_STANDBY_OK, mode::mode_select),
     op!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, 0x04], PR_ALLOWED, reservations::reserve6),
     op!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, 0x04], PR_ALLOWED, reservations::release6),
-    op!(0x1a, None, "MODE SENSE(6)", [0x1a, 0x08, 0xff, 0xff, 0xff, 0x04], PR_READ, mode::mode_sense),
+    op!(0x1a, None, "MODE SENSE(6)", [0x1a, 0x08, 0xff, 0xff, 0xff, 0x04], PR_READ | ALUA_STANDBY_OK, mode::mode_sense),
     op!(0x1b, None, "START STOP UNIT", [0x1b, 0x01, 0, 0, 0xf7, 0x04], 0, sbc::start_stop_unit),
     op!(0x1e, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1e, 0, 0, 0, 0x03, 0x04], 0, sbc::prevent_allow),
     op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity10),
@@ -106,22 +114,22 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x48, Some(0x01), "SANITIZE (OVERWRITE)", [0x48, 0xe1, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
     op!(0x48, Some(0x02), "SANITIZE (BLOCK ERASE)", [0x48, 0xe2, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
     op!(0x48, Some(0x1f), "SANITIZE (EXIT FAILURE MODE)", [0x48, 0xff, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
-    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], 0, mode::mode_select),
+    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], ALUA_STANDBY_OK, mode::mode_select),
     op!(0x56, None, "RESERVE(10)", [0x56, 0x12, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::reserve10),
     op!(0x57, None, "RELEASE(10)", [0x57, 0x12, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::release10),
-    op!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x04], PR_READ, mode::mode_sense),
-    op!(0x5e, Some(0), "PERSISTENT RESERVE IN (READ KEYS)", [0x5e, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_in),
-    op!(0x5e, Some(1), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5e, 1, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_in),
-    op!(0x5e, Some(2), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5e, 2, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_in),
-    op!(0x5e, Some(3), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5e, 3, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_in),
-    op!(0x5f, Some(0), "PERSISTENT RESERVE OUT (REGISTER)", [0x5f, 0, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(1), "PERSISTENT RESERVE OUT (RESERVE)", [0x5f, 1, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(2), "PERSISTENT RESERVE OUT (RELEASE)", [0x5f, 2, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(3), "PERSISTENT RESERVE OUT (CLEAR)", [0x5f, 3, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(4), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5f, 4, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(5), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5f, 5, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(6), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5f, 6, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
-    op!(0x5f, Some(7), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5f, 7, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED, reservations::persistent_reserve_out),
+    op!(0x5a, None, "MODE SENSE(10)", [0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0x04], PR_READ | ALUA_STANDBY_OK, mode::mode_sense),
+    op!(0x5e, Some(0), "PERSISTENT RESERVE IN (READ KEYS)", [0x5e, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_in),
+    op!(0x5e, Some(1), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5e, 1, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_in),
+    op!(0x5e, Some(2), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5e, 2, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_in),
+    op!(0x5e, Some(3), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5e, 3, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_in),
+    op!(0x5f, Some(0), "PERSISTENT RESERVE OUT (REGISTER)", [0x5f, 0, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(1), "PERSISTENT RESERVE OUT (RESERVE)", [0x5f, 1, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(2), "PERSISTENT RESERVE OUT (RELEASE)", [0x5f, 2, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(3), "PERSISTENT RESERVE OUT (CLEAR)", [0x5f, 3, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(4), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5f, 4, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(5), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5f, 5, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(6), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5f, 6, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
+    op!(0x5f, Some(7), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5f, 7, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x04], PR_ALLOWED | ALUA_STANDBY_OK, reservations::persistent_reserve_out),
     op!(0x83, Some(0x00), "EXTENDED COPY(LID1)", [0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | EXCLUSIVE, xcopy::extended_copy),
     op!(0x84, Some(0x00), "RECEIVE COPY STATUS(LID1)", [0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_READ, xcopy::receive_copy_status),
     op!(0x84, Some(0x03), "RECEIVE COPY OPERATING PARAMETERS", [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_READ, xcopy::receive_copy_operating_parameters),
@@ -138,9 +146,10 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x9c, None, "WRITE ATOMIC(16)", [0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE | NEEDS_ATOMIC, atomic::write_atomic16),
     op!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity16),
     op!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_READ, sbc::get_lba_status),
-    op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED, spc::report_luns),
-    op!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED, report_supported_opcodes),
-    op!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED, spc::report_supported_tmfs),
+    op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::report_luns),
+    op!(0xa3, Some(0x0a), "REPORT TARGET PORT GROUPS", [0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, alua::report_target_port_groups),
+    op!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, report_supported_opcodes),
+    op!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, spc::report_supported_tmfs),
     op!(0xa8, None, "READ(12)", [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::read),
     op!(0xaa, None, "WRITE(12)", [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, sbc::write),
     op!(0xae, None, "WRITE AND VERIFY(12)", [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),

@@ -76,6 +76,10 @@ sense_consts! {
     NO_ADDITIONAL_SENSE = (NoSense, 0x00, 0x00);
     /// 04h/02h: an initializing command (START STOP UNIT) is required.
     NOT_READY_INITIALIZING_COMMAND_REQUIRED = (NotReady, 0x04, 0x02);
+    /// 04h/0Bh: logical unit not accessible, target port in standby state.
+    TARGET_PORT_IN_STANDBY_STATE = (NotReady, 0x04, 0x0b);
+    /// 04h/0Ch: logical unit not accessible, target port in unavailable state.
+    TARGET_PORT_IN_UNAVAILABLE_STATE = (NotReady, 0x04, 0x0c);
     /// 04h/1Bh: logical unit not ready, sanitize in progress.
     SANITIZE_IN_PROGRESS = (NotReady, 0x04, 0x1b);
     /// 31h/03h: SANITIZE command failed.

@@ -134,6 +134,7 @@ pub(crate) fn inquiry(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failur
     let page = match inquiry_page(ctx)? {
         None => {
             let mut d = standard_inquiry(0x00);
+            d[5] |= 0x10; // TPGS 01b: implicit asymmetric access (ALUA)
             d[5] |= 0x08; // 3PC: a copy manager (EXTENDED COPY)
             return done(d, alloc);
         }
@@ -172,6 +173,11 @@ fn device_identification(lu: &LogicalUnit, relative_port: u16) -> Vec<u8> {
     // port (01b), designator type 4.
     d.extend_from_slice(&[0x01, 0x14, 0x00, 0x04, 0x00, 0x00]);
     d.extend_from_slice(&relative_port.to_be_bytes());
+    // Target port group: code set binary, PIV=0, association target port,
+    // designator type 5 (SPC-4 7.8.6.5): what multipath tools pair with
+    // REPORT TARGET PORT GROUPS.
+    d.extend_from_slice(&[0x01, 0x15, 0x00, 0x04, 0x00, 0x00]);
+    d.extend_from_slice(&lu.port_group(relative_port).id.to_be_bytes());
     d
 }
 

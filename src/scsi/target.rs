@@ -90,6 +90,15 @@ impl Target {
         }
     }
 
+    /// This target's controller is target port group `pg` of each of its
+    /// logical units (ALUA, SPC-4 5.15).
+    pub fn with_port_group(self, pg: super::PortGroup) -> Target {
+        for lu in self.luns.values() {
+            lu.add_port_group(pg);
+        }
+        self
+    }
+
     /// Whether `lun` exists here, emulated or passed through.
     pub fn has_lun(&self, lun: u16) -> bool {
         self.lun_list.binary_search(&lun).is_ok()

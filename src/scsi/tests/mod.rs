@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::*;
 use crate::backstore::Backstore;
 
+mod alua;
 mod block_limits;
 mod get_lba_status;
 mod sanitize;
