@@ -83,6 +83,8 @@ pub struct ControllerConfig {
     pub request_queues: usize,
     /// Notification coalescing of the request queues.
     pub coalesce: crate::device::coalesce::Policy,
+    /// The ALUA access state of this controller's target port group.
+    pub alua_state: crate::scsi::AluaState,
     pub luns: BTreeMap<u16, LunConfig>,
 }
 
@@ -308,7 +310,7 @@ pub fn parse_size(v: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
-/// Parse `PATH[,queues=N][,initiator=NAME][,port=N][,coalesce-us=N][,coalesce-depth=N]`
+/// Parse `PATH[,queues=N][,initiator=NAME][,port=N][,coalesce-us=N][,coalesce-depth=N][,alua-state=S]`
 /// into an empty controller.
 pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
     let bad = |why: String| Error::BadSocket {
@@ -326,6 +328,7 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
         relative_port: None,
         request_queues: DEFAULT_REQUEST_QUEUES,
         coalesce: Default::default(),
+        alua_state: Default::default(),
         luns: BTreeMap::new(),
     };
     for opt in parts {
@@ -368,6 +371,7 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
                     .filter(|d| (1..=MAX_QUEUE_SIZE).contains(d))
                     .ok_or_else(|| bad(format!("coalesce-depth must be 1 to {MAX_QUEUE_SIZE}")))?;
             }
+            Some(("alua-state", v)) => c.alua_state = v.parse().map_err(bad)?,
             _ => return Err(bad(format!("unknown option '{opt}'"))),
         }
     }
@@ -511,6 +515,26 @@ mod tests {
         for bad in ["0", "65536", "-1", "x", ""] {
             assert!(parse_socket(&format!("/s,port={bad}")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn alua_state_option_sets_the_state_and_defaults_to_active_optimized() {
+        use crate::scsi::AluaState;
+        assert_eq!(
+            parse_socket("/s").unwrap().alua_state,
+            AluaState::ActiveOptimized
+        );
+        assert_eq!(
+            parse_socket("/s,alua-state=active-non-optimized")
+                .unwrap()
+                .alua_state,
+            AluaState::ActiveNonOptimized
+        );
+        assert_eq!(
+            parse_socket("/s,alua-state=standby").unwrap().alua_state,
+            AluaState::Standby
+        );
+        assert!(parse_socket("/s,alua-state=offline").is_err());
     }
 
     #[test]

@@ -57,9 +57,12 @@ enum Command {
         /// has at least coalesce-depth=N commands (default 16) still in
         /// flight, notify the guest of completions at most once per US
         /// microseconds (default 50, 0 = notify every completion at once).
+        /// alua-state=S: the ALUA access state of the controller's target
+        /// port group (active-optimized (default), active-non-optimized,
+        /// standby, unavailable).
         #[arg(
             long,
-            value_name = "PATH[,queues=N][,initiator=NAME][,coalesce-us=US][,coalesce-depth=N]",
+            value_name = "PATH[,queues=N][,initiator=NAME][,coalesce-us=US][,coalesce-depth=N][,alua-state=S]",
             required = true
         )]
         socket: Vec<String>,

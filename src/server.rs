@@ -21,7 +21,7 @@ use log::{error, info, warn};
 use crate::backstore::{self, Backstore};
 use crate::config::{Config, LunConfig};
 use crate::device::{Controller, ScsiBackend};
-use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, Target};
+use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, PortGroup, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -425,7 +425,12 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
         let remote = remote_luns(c, relative_port, &mut sessions)?;
         controllers.push(Arc::new(Controller {
             name: c.socket.display().to_string(),
-            target: Target::with_passthrough(luns, remote.keys().copied().collect()),
+            target: Target::with_passthrough(luns, remote.keys().copied().collect())
+                .with_port_group(PortGroup {
+                    id: relative_port,
+                    relative_port,
+                    state: c.alua_state,
+                }),
             remote,
             nexus: Nexus {
                 id,
