@@ -354,8 +354,10 @@ fn unlock_byte(file: &File, byte: i64) {
     unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &l) };
 }
 
-/// `lock_holder`, given at most a second: reading /proc of a process in
-/// the middle of an exec can wait, and the answer only decorates a message.
+/// `lock_holder`, given at most 5 s: reading /proc of a process in the
+/// middle of an exec can wait, and the answer only decorates a message
+/// (the bound is generous: on a busy machine the scan of every process'
+/// descriptors takes a while, and a holder missed is a worse message).
 /// (The search gets the file's identity, not a copy of its descriptor,
 /// which would keep our locks alive as long as the search.)
 fn lock_holder_bounded(file: &File, byte: i64) -> Option<String> {
@@ -368,7 +370,7 @@ fn lock_holder_bounded(file: &File, byte: i64) -> Option<String> {
             let _ = tx.send(lock_holder(&key, byte));
         })
         .ok()?;
-    rx.recv_timeout(std::time::Duration::from_secs(1))
+    rx.recv_timeout(std::time::Duration::from_secs(5))
         .ok()
         .flatten()
 }
