@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod iscsi;
 pub mod prhelper;
+pub mod ratelimit;
 pub mod scsi;
 pub mod seqhash;
 pub mod server;

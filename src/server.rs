@@ -440,6 +440,7 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             },
             request_queues: c.request_queues,
             coalesce: c.coalesce,
+            problems: Controller::problem_limit(),
         }));
         listeners.push(listener);
     }
@@ -578,7 +579,7 @@ fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared
     }
     match result {
         Ok(()) => info!("{name}: front-end disconnected"),
-        Err(e) => warn!("{name}: connection ended: {e}"),
+        Err(e) => crate::warn_limited!(ctrl.problems, "{name}: connection ended: {e}"),
     }
     drop(conn);
 }

@@ -16,10 +16,10 @@ mod tests;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, warn};
+use log::debug;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
@@ -40,9 +40,10 @@ use request::Worker;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Request queues offered by default: enough for QEMU's num_queues up to 16.
 pub const DEFAULT_REQUEST_QUEUES: usize = 16;
-/// How many malformed requests per connection are logged at warn level
-/// before the rest go to debug (a misbehaving guest must not flood the log).
-const WARN_LIMIT: u32 = 16;
+/// Problems caused by a controller's guest or front-end logged at warn
+/// level per minute; the rest go to debug, and are counted in the next
+/// minute's first line (a misbehaving peer must not flood the log).
+pub const PROBLEMS_PER_MINUTE: u32 = 20;
 
 use crate::vhost::Rings;
 pub use crate::vhost::Vring;
@@ -58,6 +59,16 @@ pub struct Controller {
     pub coalesce: coalesce::Policy,
     /// LUNs served by iSCSI sessions (passed through unchanged).
     pub remote: std::collections::BTreeMap<u16, RemoteLun>,
+    /// Rate limit of the log lines its guest and front-end cause, across
+    /// connections.
+    pub problems: crate::ratelimit::RateLimit,
+}
+
+impl Controller {
+    /// The rate limit `problems` is given.
+    pub fn problem_limit() -> crate::ratelimit::RateLimit {
+        crate::ratelimit::RateLimit::new(PROBLEMS_PER_MINUTE, std::time::Duration::from_secs(60))
+    }
 }
 
 /// A LUN on an iSCSI target, reached through this controller's session.
@@ -80,7 +91,6 @@ struct Inner {
     workers: Vec<Mutex<Worker>>,
     inflight: Inflight,
     coalesce: coalesce::Coalesce,
-    guest_errors: AtomicU32,
     /// Bytes of commands in flight to iSCSI targets (data-out + data-in).
     remote_budget: request::Budget,
     /// The controller's iSCSI sessions (one entry per session).
@@ -119,7 +129,6 @@ impl ScsiBackend {
                 workers,
                 inflight: Inflight::new(n),
                 coalesce,
-                guest_errors: AtomicU32::new(0),
                 remote_budget: request::Budget::default(),
                 sessions,
                 receivers: Mutex::new(Vec::new()),
@@ -212,17 +221,10 @@ impl ScsiBackend {
         self.inner.rings.memory()
     }
 
-    /// Log a guest protocol error: warn for the first few, then debug.
+    /// Log a guest protocol error, rate-limited per controller.
     fn guest_error(&self, what: std::fmt::Arguments) {
-        let n = self.inner.guest_errors.fetch_add(1, Ordering::Relaxed);
-        let name = &self.inner.controller.name;
-        if n < WARN_LIMIT {
-            warn!("{name}: {what}");
-        } else if n == WARN_LIMIT {
-            warn!("{name}: {what} (further guest errors logged at debug level)");
-        } else {
-            debug!("{name}: {what}");
-        }
+        let c = &self.inner.controller;
+        crate::warn_limited!(c.problems, "{}: {what}", c.name);
     }
 
     /// Attach this connection's nexus to every LU of the target, with hooks

@@ -128,6 +128,7 @@ impl Harness {
             request_queues: 1,
             coalesce,
             remote: Default::default(),
+            problems: Controller::problem_limit(),
         });
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),

@@ -338,7 +338,7 @@ impl Vring {
         s.started = true;
         s.queue.set_ready(true);
         s.resubmit.clear();
-        if s.queue.size() > 0 && s.queue.is_valid(&*mem) {
+        if s.queue.size() > 0 && rings_in_memory(&s.queue, &mem) && s.queue.is_valid(&*mem) {
             let used = s
                 .queue
                 .used_idx(&*mem, Ordering::Acquire)
@@ -435,6 +435,25 @@ impl Vring {
     pub(crate) fn set_call_for_test(&self, file: Option<File>) {
         self.set_call(file);
     }
+}
+
+/// Whether the three parts of `q`'s ring lie in guest memory (checked
+/// here first: virtio-queue's own check logs an error line for every bad
+/// ring, which a hostile front-end could use to flood the log).
+fn rings_in_memory(q: &Queue, mem: &GuestMemory) -> bool {
+    use vm_memory::GuestMemoryBackend;
+    let n = u64::from(q.size());
+    [
+        (q.desc_table(), 16 * n),
+        (q.avail_ring(), 6 + 2 * n),
+        (q.used_ring(), 6 + 8 * n),
+    ]
+    .into_iter()
+    .all(|(addr, len)| {
+        usize::try_from(len)
+            .ok()
+            .is_some_and(|l| mem.check_range(GuestAddress(addr), l))
+    })
 }
 
 /// Write 1 to an eventfd.
