@@ -117,6 +117,26 @@ enum Command {
     /// Drive any vhost-user-scsi backend as QEMU would, and measure it.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Connect as a broken or malicious QEMU would (malformed messages,
+    /// bad memory tables and rings, resets with commands in flight, ...)
+    /// and check the backend keeps serving (a testing tool).
+    Hostile(HostileArgs),
+}
+
+#[derive(clap::Args)]
+struct HostileArgs {
+    /// The backend's socket.
+    #[arg(long, value_name = "PATH")]
+    socket: std::path::PathBuf,
+    /// Times every case runs.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Stop starting rounds after SECONDS.
+    #[arg(long = "time", value_name = "SECONDS")]
+    seconds: Option<u64>,
+    /// The backend's PID: fail if it holds more descriptors after.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
 }
 
 const BENCH_EXAMPLES: &str = "\
@@ -526,6 +546,17 @@ fn main() -> ExitCode {
         Command::PrClient(a) => pr_client(a),
         Command::Discover(a) => discover(a),
         Command::Bench(a) => bench(a),
+        Command::Hostile(a) => {
+            let o = vhost_user_scsi::bench::hostile::Options {
+                socket: a.socket,
+                rounds: a.rounds,
+                duration: a.seconds.map(std::time::Duration::from_secs),
+                backend_pid: a.pid,
+            };
+            vhost_user_scsi::bench::hostile::run(&o)
+                .map(|r| println!("{r}"))
+                .map_err(|e| error_chain(&e))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 //! thread per queue, then reports IOPS, bandwidth, latency percentiles and
 //! the backend's CPU time per I/O.
 
+pub mod hostile;
 mod ring;
 mod stats;
 
