@@ -426,6 +426,10 @@ impl crate::vhost::Backend for ScsiBackend {
         }
     }
 
+    fn front_end_problem(&self, what: &str) {
+        self.guest_error(format_args!("{what}"));
+    }
+
     fn reset(&self) {
         // Every accepted request completes before the device is reset.
         self.inner.inflight.drain(None);

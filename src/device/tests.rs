@@ -187,7 +187,9 @@ impl Harness {
     fn start_logging(&self) {
         let bytes = (MEM_SIZE as u64) / crate::vhost::log::LOG_PAGE / 8;
         let f = crate::vhost::log::tests::memfd(bytes);
-        self.log.set_base(&f, 0, bytes).unwrap();
+        self.log
+            .set_base(&f, 0, bytes, &Default::default())
+            .unwrap();
         self.log.set_wanted(true);
     }
 

@@ -139,7 +139,12 @@ impl<B: Backend> Handler<B> {
 
     fn set_memory(&mut self, table: MemoryTable) {
         let mem = table.guest_memory();
-        self.table = table;
+        let old = std::mem::replace(&mut self.table, table);
+        self.rings
+            .old_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(old);
         let atomic: &GuestMemoryAtomic<_> = &self.rings.mem;
         match atomic.lock() {
             Ok(guard) => guard.replace(mem),
@@ -222,7 +227,7 @@ impl<B: Backend> VhostUserBackendReqHandlerMut for Handler<B> {
         _postcopy_listening: Option<bool>,
     ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
         let descs: Vec<RegionDesc> = ctx.iter().map(Self::region_desc).collect();
-        let table = MemoryTable::replace(&descs, files).map_err(io_err)?;
+        let table = MemoryTable::replace(&descs, files, &self.rings.poisoned).map_err(io_err)?;
         debug!("Guest memory: {} region(s)", table.len());
         self.set_memory(table);
         Ok(None)
@@ -382,6 +387,7 @@ impl<B: Backend> VhostUserBackendReqHandlerMut for Handler<B> {
                 msg.mmap_size,
                 msg.num_queues,
                 msg.queue_size,
+                &self.rings.poisoned,
             )
             .map_err(Error::ReqHandlerError)?,
         );
@@ -403,7 +409,7 @@ impl<B: Backend> VhostUserBackendReqHandlerMut for Handler<B> {
     ) -> Result<Option<VhostUserMemoryRegionBase>> {
         let table = self
             .table
-            .add(&Self::region_desc(region), fd)
+            .add(&Self::region_desc(region), fd, &self.rings.poisoned)
             .map_err(io_err)?;
         self.set_memory(table);
         Ok(None)
@@ -438,7 +444,7 @@ impl<B: Backend> VhostUserBackendReqHandlerMut for Handler<B> {
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> Result<()> {
         self.rings
             .log
-            .set_base(&file, log.mmap_offset, log.mmap_size)
+            .set_base(&file, log.mmap_offset, log.mmap_size, &self.rings.poisoned)
             .map_err(Error::ReqHandlerError)?;
         debug!("Dirty log: {} bytes", log.mmap_size);
         Ok(())

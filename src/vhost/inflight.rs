@@ -32,7 +32,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use log::warn;
@@ -66,6 +66,9 @@ pub fn queue_region_size(queue_size: u16) -> u64 {
 /// The shared region of one device: `num_queues` queue regions.
 pub struct InflightRegion {
     map: GuestRegionMmap<()>,
+    /// Watched for its file shrinking (`sigbus`), when the front-end
+    /// handed it in.
+    _watch: Option<super::sigbus::Guard>,
     num_queues: u16,
     queue_size: u16,
 }
@@ -90,6 +93,15 @@ impl InflightRegion {
         // SAFETY: a new descriptor nobody else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)?;
+        // Nobody may shrink it under a mapping (sigbus.rs).
+        // SAFETY: fcntl on a memfd we own, no memory arguments.
+        unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
         let region = InflightRegion::map(file.try_clone()?, 0, size, num_queues, queue_size)?;
         for q in 0..num_queues {
             let base = u64::from(q) * queue_region_size(queue_size);
@@ -107,6 +119,7 @@ impl InflightRegion {
         size: u64,
         num_queues: u16,
         queue_size: u16,
+        owner: &super::memory::Owner,
     ) -> io::Result<InflightRegion> {
         check(num_queues, queue_size)?;
         let need = queue_region_size(queue_size) * u64::from(num_queues);
@@ -123,7 +136,10 @@ impl InflightRegion {
                 "inflight region beyond the end of its file",
             ));
         }
-        InflightRegion::map(file, offset, need, num_queues, queue_size)
+        let mut r = InflightRegion::map(file, offset, need, num_queues, queue_size)?;
+        let len = usize::try_from(need).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        r._watch = Some(super::sigbus::watch(r.map.as_ptr(), len, owner)?);
+        Ok(r)
     }
 
     fn map(
@@ -140,6 +156,7 @@ impl InflightRegion {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         Ok(InflightRegion {
             map,
+            _watch: None,
             num_queues,
             queue_size,
         })
@@ -355,7 +372,17 @@ mod tests {
 
     /// What a new process finds: the same memfd, mapped again.
     fn reopen(f: &File, len: u64, queues: u16, size: u16) -> Arc<InflightRegion> {
-        Arc::new(InflightRegion::open(f.try_clone().unwrap(), 0, len, queues, size).unwrap())
+        Arc::new(
+            InflightRegion::open(
+                f.try_clone().unwrap(),
+                0,
+                len,
+                queues,
+                size,
+                &Default::default(),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -425,19 +452,21 @@ mod tests {
     #[test]
     fn a_region_of_another_queue_size_is_ignored() {
         let (_r, f, len) = fresh(1, 8);
-        assert!(InflightRegion::open(f.try_clone().unwrap(), 0, len, 1, 16).is_err());
+        let o = Default::default();
+        assert!(InflightRegion::open(f.try_clone().unwrap(), 0, len, 1, 16, &o).is_err());
         let big = queue_region_size(16);
-        f.set_len(big).unwrap();
-        let r = Arc::new(InflightRegion::open(f, 0, big, 1, 16).unwrap());
+        let f = crate::vhost::log::tests::memfd(big);
+        let r = Arc::new(InflightRegion::open(f, 0, big, 1, 16, &o).unwrap());
         assert_eq!(r.queue(0).unwrap().recover(0), None);
     }
 
     #[test]
     fn a_region_smaller_than_its_description_is_refused() {
         let (_r, f, len) = fresh(2, 8);
-        assert!(InflightRegion::open(f.try_clone().unwrap(), 0, len - 1, 2, 8).is_err());
-        assert!(InflightRegion::open(f.try_clone().unwrap(), 64, len, 2, 8).is_err());
-        assert!(InflightRegion::open(f, 0, len, 0, 8).is_err());
+        let o = Default::default();
+        assert!(InflightRegion::open(f.try_clone().unwrap(), 0, len - 1, 2, 8, &o).is_err());
+        assert!(InflightRegion::open(f.try_clone().unwrap(), 64, len, 2, 8, &o).is_err());
+        assert!(InflightRegion::open(f, 0, len, 0, 8, &o).is_err());
     }
 
     #[test]

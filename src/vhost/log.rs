@@ -30,6 +30,8 @@ pub const LOG_PAGE: u64 = 0x1000;
 struct LogMap {
     ptr: *mut u8,
     len: usize,
+    /// Watched for its file shrinking (`sigbus`); set once mapped.
+    watch: Option<super::sigbus::Guard>,
 }
 
 // SAFETY: the mapping is only accessed through atomic byte operations.
@@ -63,6 +65,7 @@ impl LogMap {
         Ok(LogMap {
             ptr: ptr.cast(),
             len,
+            watch: None,
         })
     }
 
@@ -80,6 +83,7 @@ impl Drop for LogMap {
     fn drop(&mut self) {
         // SAFETY: unmapping the mapping this value owns, once.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        self.watch = None;
     }
 }
 
@@ -127,8 +131,15 @@ impl DirtyLog {
 
     /// VHOST_USER_SET_LOG_BASE: map the front-end's log (replacing any
     /// earlier one, e.g. after guest memory grew).
-    pub fn set_base(&self, file: &File, offset: u64, size: u64) -> io::Result<()> {
-        let m = LogMap::map(file, offset, size)?;
+    pub fn set_base(
+        &self,
+        file: &File,
+        offset: u64,
+        size: u64,
+        owner: &super::memory::Owner,
+    ) -> io::Result<()> {
+        let mut m = LogMap::map(file, offset, size)?;
+        m.watch = Some(super::sigbus::watch(m.ptr, m.len, owner)?);
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(m));
         self.overflowed.store(false, Ordering::Relaxed);
         self.update();
@@ -176,7 +187,8 @@ pub(crate) mod tests {
     pub(crate) fn logging(bytes: u64) -> DirtyLog {
         let l = DirtyLog::default();
         let f = memfd(bytes / LOG_PAGE / 8 + 1);
-        l.set_base(&f, 0, bytes / LOG_PAGE / 8 + 1).unwrap();
+        l.set_base(&f, 0, bytes / LOG_PAGE / 8 + 1, &Default::default())
+            .unwrap();
         l.set_wanted(true);
         l
     }
@@ -207,7 +219,7 @@ pub(crate) mod tests {
     fn nothing_is_marked_without_log_all() {
         let l = DirtyLog::default();
         let f = memfd(64);
-        l.set_base(&f, 0, 64).unwrap();
+        l.set_base(&f, 0, 64, &Default::default()).unwrap();
         l.mark(0, 4096);
         assert!(!l.is_on());
         l.set_wanted(true);
@@ -229,7 +241,7 @@ pub(crate) mod tests {
     fn a_write_beyond_the_log_is_dropped_not_a_crash() {
         let l = DirtyLog::default();
         let f = memfd(1);
-        l.set_base(&f, 0, 1).unwrap();
+        l.set_base(&f, 0, 1, &Default::default()).unwrap();
         l.set_wanted(true);
         // Page 7 is the last one an 8-bit log covers.
         l.mark(7 * LOG_PAGE, 2 * LOG_PAGE);

@@ -13,6 +13,9 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, Mmap
 
 use crate::virtio::buffers::GuestMemory;
 
+/// The flag a connection's mappings set when their file shrank under them.
+pub type Owner = Arc<std::sync::atomic::AtomicBool>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Memory region of {size} bytes at guest address {gpa:#x} is empty or overflows")]
@@ -27,6 +30,8 @@ pub enum Error {
     },
     #[error("Memory region file is not a regular file of at least {end} bytes")]
     ShortFile { end: u64 },
+    #[error("Cannot watch a memory region")]
+    Watch(#[source] std::io::Error),
     #[error("No memory region holds front-end address {0:#x}")]
     NotMapped(u64),
 }
@@ -42,6 +47,8 @@ struct Region {
     size: u64,
     user_addr: u64,
     mapped: Arc<GuestRegionMmap<()>>,
+    /// The mapping is watched for its file shrinking (`sigbus`).
+    _watch: Arc<super::sigbus::Guard>,
 }
 
 /// The regions of one connection.
@@ -60,8 +67,9 @@ pub struct RegionDesc {
 }
 
 impl MemoryTable {
-    /// Map a region from `file`.
-    fn map(desc: &RegionDesc, file: File) -> Result<Region, Error> {
+    /// Map a region from `file`, watched for its file shrinking (a fault
+    /// there sets `owner`).
+    fn map(desc: &RegionDesc, file: File, owner: &Owner) -> Result<Region, Error> {
         let bad = || Error::BadRegion {
             gpa: desc.gpa,
             size: desc.size,
@@ -87,34 +95,40 @@ impl MemoryTable {
             },
         )?;
         let mapped = GuestRegionMmap::new(mapping, GuestAddress(desc.gpa)).ok_or_else(bad)?;
+        let watch = super::sigbus::watch(mapped.as_ptr(), len, owner).map_err(Error::Watch)?;
         Ok(Region {
             gpa: desc.gpa,
             size: desc.size,
             user_addr: desc.user_addr,
             mapped: Arc::new(mapped),
+            _watch: Arc::new(watch),
         })
     }
 
     /// SET_MEM_TABLE: a whole new table.
-    pub fn replace(descs: &[RegionDesc], files: Vec<File>) -> Result<MemoryTable, Error> {
+    pub fn replace(
+        descs: &[RegionDesc],
+        files: Vec<File>,
+        owner: &Owner,
+    ) -> Result<MemoryTable, Error> {
         if descs.len() != files.len() || descs.len() > MAX_REGIONS {
             return Err(Error::Layout);
         }
         let mut t = MemoryTable::default();
         for (d, f) in descs.iter().zip(files) {
-            t.regions.push(MemoryTable::map(d, f)?);
+            t.regions.push(MemoryTable::map(d, f, owner)?);
         }
         t.check()?;
         Ok(t)
     }
 
     /// ADD_MEM_REG.
-    pub fn add(&self, desc: &RegionDesc, file: File) -> Result<MemoryTable, Error> {
+    pub fn add(&self, desc: &RegionDesc, file: File, owner: &Owner) -> Result<MemoryTable, Error> {
         if self.regions.len() >= MAX_REGIONS {
             return Err(Error::Layout);
         }
         let mut t = self.clone();
-        t.regions.push(MemoryTable::map(desc, file)?);
+        t.regions.push(MemoryTable::map(desc, file, owner)?);
         t.check()?;
         Ok(t)
     }
@@ -183,6 +197,10 @@ mod tests {
         crate::vhost::log::tests::memfd(len)
     }
 
+    fn owner() -> Owner {
+        Owner::default()
+    }
+
     fn desc(gpa: u64, size: u64, user_addr: u64) -> RegionDesc {
         RegionDesc {
             gpa,
@@ -200,6 +218,7 @@ mod tests {
                 desc(0x100000, 0x10000, 0x7e00_0000),
             ],
             vec![file(0x10000), file(0x10000)],
+            &owner(),
         )
         .unwrap();
         assert_eq!(t.to_guest(0x7f00_0010).unwrap(), 0x10);
@@ -218,6 +237,7 @@ mod tests {
                 desc(0x8000, 0x10000, 0x2000_0000),
             ],
             vec![file(0x10000), file(0x10000)],
+            &owner(),
         );
         assert!(matches!(r, Err(Error::Layout)));
         let r = MemoryTable::replace(
@@ -226,30 +246,41 @@ mod tests {
                 desc(0x20000, 0x10000, 0x1000_8000),
             ],
             vec![file(0x10000), file(0x10000)],
+            &owner(),
         );
         assert!(matches!(r, Err(Error::Layout)));
     }
 
     #[test]
     fn empty_or_overflowing_regions_are_refused() {
-        assert!(MemoryTable::replace(&[desc(0, 0, 0)], vec![file(4096)]).is_err());
-        assert!(MemoryTable::replace(&[desc(u64::MAX - 10, 4096, 0)], vec![file(4096)]).is_err());
+        assert!(MemoryTable::replace(&[desc(0, 0, 0)], vec![file(4096)], &owner()).is_err());
+        assert!(
+            MemoryTable::replace(&[desc(u64::MAX - 10, 4096, 0)], vec![file(4096)], &owner())
+                .is_err()
+        );
         // A file shorter than its region.
         assert!(matches!(
-            MemoryTable::replace(&[desc(0, 8192, 0)], vec![file(4096)]),
+            MemoryTable::replace(&[desc(0, 8192, 0)], vec![file(4096)], &owner()),
             Err(Error::ShortFile { end: 8192 })
         ));
         // More fds than regions.
-        assert!(MemoryTable::replace(&[desc(0, 4096, 0)], vec![file(4096), file(4096)]).is_err());
+        assert!(
+            MemoryTable::replace(&[desc(0, 4096, 0)], vec![file(4096), file(4096)], &owner())
+                .is_err()
+        );
     }
 
     #[test]
     fn regions_come_and_go() {
         let t = MemoryTable::default()
-            .add(&desc(0, 0x10000, 0x1000_0000), file(0x10000))
+            .add(&desc(0, 0x10000, 0x1000_0000), file(0x10000), &owner())
             .unwrap();
         let t = t
-            .add(&desc(0x10000, 0x10000, 0x2000_0000), file(0x10000))
+            .add(
+                &desc(0x10000, 0x10000, 0x2000_0000),
+                file(0x10000),
+                &owner(),
+            )
             .unwrap();
         assert_eq!(t.len(), 2);
         let t = t.remove(0, 0x10000).unwrap();

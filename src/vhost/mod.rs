@@ -16,6 +16,7 @@ mod handler;
 pub mod inflight;
 pub mod log;
 pub mod memory;
+pub mod sigbus;
 pub mod vring;
 
 use std::io;
@@ -60,6 +61,10 @@ pub trait Backend: Send + Sync + 'static {
     fn stop_queue(&self, queue: usize);
     /// The device is reset: complete everything in flight.
     fn reset(&self);
+    /// Report a problem the front-end caused (the device rate-limits).
+    fn front_end_problem(&self, what: &str) {
+        ::log::warn!("{what}");
+    }
 }
 
 /// What a connection and its device share: guest memory, the rings and the
@@ -68,6 +73,13 @@ pub struct Rings {
     vrings: Vec<Vring>,
     mem: GuestMemoryAtomic<GuestMemory>,
     log: Arc<DirtyLog>,
+    /// Set when a file the front-end shared shrank under our mapping
+    /// (`sigbus`): the connection ends.
+    poisoned: memory::Owner,
+    /// Memory tables replaced during the connection: their mappings may
+    /// still be in use by a round that took a snapshot, so their watch
+    /// lasts as long as the connection.
+    old_tables: std::sync::Mutex<Vec<memory::MemoryTable>>,
 }
 
 impl Rings {
@@ -77,7 +89,13 @@ impl Rings {
         let vrings = (0..num_queues)
             .map(|i| Vring::new(i, max_queue_size, mem.clone(), log.clone()))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Arc::new(Rings { vrings, mem, log }))
+        Ok(Arc::new(Rings {
+            vrings,
+            mem,
+            log,
+            poisoned: memory::Owner::default(),
+            old_tables: std::sync::Mutex::new(Vec::new()),
+        }))
     }
 
     /// Rings over `mem`, with `log` (tests).
@@ -87,7 +105,13 @@ impl Rings {
         mem: GuestMemoryAtomic<GuestMemory>,
         log: Arc<DirtyLog>,
     ) -> Rings {
-        Rings { vrings, mem, log }
+        Rings {
+            vrings,
+            mem,
+            log,
+            poisoned: memory::Owner::default(),
+            old_tables: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn get(&self, queue: usize) -> Option<&Vring> {
@@ -165,9 +189,10 @@ impl<B: Backend> Connection<B> {
             )?;
             conn.workers.push(w.clone());
             let (rings, backend) = (conn.rings.clone(), conn.backend.clone());
+            let stream = conn.stream.try_clone()?;
             let th = std::thread::Builder::new()
                 .name(format!("{name:.8}-q{t}"))
-                .spawn(move || worker_loop(t, &w, &rings, &*backend))?;
+                .spawn(move || worker_loop(t, &w, &rings, &*backend, &stream))?;
             conn.threads.push(th);
         }
         for (t, fd, id) in conn.backend.listeners() {
@@ -215,6 +240,15 @@ impl<B: Backend> Connection<B> {
                     e => Err(e),
                 };
             }
+            if self
+                .rings
+                .poisoned
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                break Err(VhostError::ReqHandlerError(io::Error::other(
+                    "a memory file the front-end shared shrank under the daemon's mapping",
+                )));
+            }
         };
         handler.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
         result
@@ -234,9 +268,27 @@ impl<B: Backend> Drop for Connection<B> {
     }
 }
 
-fn worker_loop<B: Backend + ?Sized>(t: usize, w: &Worker, rings: &Rings, backend: &B) {
+fn worker_loop<B: Backend + ?Sized>(
+    t: usize,
+    w: &Worker,
+    rings: &Rings,
+    backend: &B,
+    stream: &UnixStream,
+) {
     let mut events = vec![EpollEvent::default(); 64];
     loop {
+        if rings
+            .poisoned
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // Whatever it was doing, the front-end cannot be served: end
+            // the connection (its message loop sees the socket shut).
+            backend.front_end_problem(
+                "A memory file the front-end shared shrank under the daemon's mapping: \
+                 ending the connection",
+            );
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
         let n = match w.epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

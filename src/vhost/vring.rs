@@ -592,7 +592,7 @@ pub(crate) mod tests {
         // Logging off: nothing marked.
         v.add_used(0, 64, &bufs[0].writable).unwrap();
         let f = crate::vhost::log::tests::memfd(64);
-        r.log.set_base(&f, 0, 64).unwrap();
+        r.log.set_base(&f, 0, 64, &Default::default()).unwrap();
         assert!(!r.log.is_marked(0x20000));
         r.log.set_wanted(true);
         v.add_used(1, 64, &bufs[1].writable).unwrap();
@@ -610,7 +610,7 @@ pub(crate) mod tests {
         let v = r.vring();
         v.set_event_idx(true);
         let f = crate::vhost::log::tests::memfd(64);
-        r.log.set_base(&f, 0, 64).unwrap();
+        r.log.set_base(&f, 0, 64, &Default::default()).unwrap();
         r.log.set_wanted(true);
         v.enable_notification().unwrap();
         // avail_event sits after the 16 used elements.
@@ -642,8 +642,17 @@ pub(crate) mod tests {
         assert_eq!(r.used_idx(), 2);
         // The back-end dies; the next one gets the region back.
         drop(v);
-        let again =
-            Arc::new(super::super::inflight::InflightRegion::open(file, 0, len, 3, SIZE).unwrap());
+        let again = Arc::new(
+            super::super::inflight::InflightRegion::open(
+                file,
+                0,
+                len,
+                3,
+                SIZE,
+                &Default::default(),
+            )
+            .unwrap(),
+        );
         let v2 = Vring::new(2, SIZE, r.atomic.clone(), r.log.clone()).unwrap();
         v2.set_size(SIZE).unwrap();
         let m = &r.mock;
