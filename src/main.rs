@@ -137,6 +137,9 @@ struct HostileArgs {
     /// The backend's PID: fail if it holds more descriptors after.
     #[arg(long, value_name = "PID")]
     pid: Option<u32>,
+    /// Only the cases whose name contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 const BENCH_EXAMPLES: &str = "\
@@ -552,6 +555,7 @@ fn main() -> ExitCode {
                 rounds: a.rounds,
                 duration: a.seconds.map(std::time::Duration::from_secs),
                 backend_pid: a.pid,
+                only: a.only,
             };
             vhost_user_scsi::bench::hostile::run(&o)
                 .map(|r| println!("{r}"))

@@ -44,6 +44,7 @@ fn a_hostile_front_end_does_not_crash_hang_or_leak_the_daemon() {
         rounds: 3,
         duration: Some(Duration::from_secs(120)),
         backend_pid: Some(child.id()),
+        only: None,
     };
     let r = hostile::run(&o);
     let alive = child.try_wait().unwrap().is_none();
