@@ -594,8 +594,10 @@ fn portals_learnt_by_discovery_take_over_when_the_first_dies() {
         };
         let c = Client::start("discover", vec![a.addr.clone()], params(), options).unwrap();
         assert_eq!(one(&c, &TUR).unwrap().status, 0);
+        // The recovery timeout runs from when the client saw the portal
+        // go: after this instant, maybe before the command is sent.
+        let killed = Instant::now();
         a.kill();
-        let start = Instant::now();
         let r = one(&c, &TUR);
         if discover {
             assert_eq!(r.unwrap().status, 0);
@@ -603,7 +605,7 @@ fn portals_learnt_by_discovery_take_over_when_the_first_dies() {
         } else {
             // Only the configured (dead) portal: the command times out.
             assert_eq!(r, Err(Failure::Timeout));
-            assert!(start.elapsed() >= Duration::from_secs(2));
+            assert!(killed.elapsed() >= Duration::from_secs(3));
         }
         c.shutdown();
     }
@@ -927,7 +929,7 @@ fn the_next_login_waits_for_the_time2wait_the_target_gave() {
         assert!(times.len() >= 2, "announce={announce}: {times:?}");
         let waited = times[1].duration_since(times[0]);
         assert!(
-            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(15),
             "announce={announce}: logged in again after {waited:?}"
         );
         c.shutdown();
