@@ -216,7 +216,7 @@ fn bind_unix(path: &std::path::Path) -> Result<std::os::unix::net::UnixListener,
 }
 
 fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
-    use vhost_user_scsi::prhelper::{self, privileges};
+    use vhost_user_scsi::{prhelper, privileges};
     let activated = prhelper::socket_activation().map_err(|e| e.to_string())?;
     let listener = match (activated, &a.socket) {
         (Some(_), Some(_)) => return Err("-k is not allowed with socket activation".into()),
@@ -250,10 +250,23 @@ fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
     }
     let _pidfile =
         vhost_user_scsi::claim::write_pidfile(&a.pidfile).map_err(|e| error_chain(&e))?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        privileges::drop_privileges(user, group, !a.no_multipath)
-            .map_err(|e| format!("cannot drop privileges: {e}"))?;
+    if privileges::is_root() {
+        // SG_IO with PERSISTENT RESERVE commands needs CAP_SYS_RAWIO; the
+        // opens of multipath path devices need CAP_DAC_OVERRIDE, raised
+        // only around them.
+        let rawio = privileges::CapSet::of(&[privileges::CAP_SYS_RAWIO]);
+        let target = privileges::Target {
+            uid: user.map(|u| u.uid),
+            gid: group.or(user.map(|u| u.gid)),
+            groups: Vec::new(),
+            effective: rawio,
+            permitted: if a.no_multipath {
+                rawio
+            } else {
+                rawio.with(privileges::CAP_DAC_OVERRIDE)
+            },
+        };
+        privileges::drop_privileges(&target).map_err(|e| format!("cannot drop privileges: {e}"))?;
     } else if user.is_some() || group.is_some() {
         return Err("-u/-g need the helper to start as root".into());
     } else {

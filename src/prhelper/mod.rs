@@ -11,7 +11,6 @@
 pub mod client;
 pub mod codec;
 mod multipath;
-pub mod privileges;
 mod sgio;
 
 use std::io::{self, Read, Write};

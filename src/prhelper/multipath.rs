@@ -24,8 +24,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::codec::Reply;
-use super::privileges;
 use super::sgio::{self, check_condition, is_transport_failure};
+use crate::privileges;
 use crate::scsi::sense::Sense;
 
 const SA_REGISTER: u8 = 0x00;
