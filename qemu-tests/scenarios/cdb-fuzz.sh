@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 10.0 (the guest's SCSI traffic is the same with either QEMU)
 # The guest sends every opcode with random CDB bytes, random transfer
 # directions and lengths, to real and absent LUNs. The daemon answers each
 # (any status) and still serves correct data afterwards.

@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 7.2 (the guest's SCSI traffic is the same with either QEMU)
 # Task management against an iSCSI LUN whose target hangs: tgtd is frozen
 # (SIGSTOP) under a read and the guest resets the LUN. The reset goes to the
 # target as an iSCSI LUN RESET; the target never answers, so once the

@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 10.0 (the guest's SCSI traffic is the same with either QEMU)
 # A guest whose disk is an iSCSI LUN (tgtd on loopback) passed through by
 # the daemon's own initiator: mkfs, mount, write files, fsck, checksums; then
 # fio with crc32c verification while tgtd is killed and restarted under it

@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 7.2 (the guest's SCSI traffic is the same with either QEMU)
 # The initiator against the Linux kernel's own iSCSI target (LIO), which
 # runs in a guest of its own (qemu-tests/lio-target.sh): discovery; CHAP,
 # one-way and mutual, with SHA-256, SHA-1 and MD5, and the errors of a wrong secret, of no credentials

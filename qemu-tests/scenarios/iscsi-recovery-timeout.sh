@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 10.0 (the guest's SCSI traffic is the same with either QEMU)
 # recovery-timeout: when the iSCSI target stays away, the guest's I/O fails
 # after the timeout (instead of hanging) and works again, with the data
 # written before intact, once the target is back.

@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 7.2 (the guest's SCSI traffic is the same with either QEMU)
 # Two VMs (two QEMU processes, two sockets) share a disk served by one
 # daemon: a reservation made by VM1 with APTPL is seen and enforced in VM2,
 # and still there after the daemon restarts (the state file is loaded).

@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+# run-only 10.0 (the guest's SCSI traffic is the same with either QEMU)
 # Writes allocate blocks in the sparse host file; a discard from the guest
 # (UNMAP) punches them out again: du shrinks on the host.
 . "$(dirname "$0")/../lib.sh"
