@@ -369,10 +369,8 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err(format!("odd number of hex digits in '{s}'"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("'{s}' is not hex")))
-        .collect()
+    vhost_user_scsi::iscsi::text::decode_hex(s.as_bytes())
+        .ok_or_else(|| format!("'{s}' is not hex"))
 }
 
 fn pr_client(a: PrClientArgs) -> Result<(), String> {

@@ -241,3 +241,20 @@ fn bench_verify_catches_a_backend_that_loses_writes() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_pr_client_cdb_with_a_multibyte_character_is_refused_as_not_hex() {
+    // 'a' then U+20AC (3 bytes): 4 bytes, an even count, and byte 2 is
+    // inside the character.
+    let (code, err) = stderr_of(&[
+        "pr-client",
+        "--socket",
+        "/nonexistent.sock",
+        "--device",
+        "/dev/null",
+        "--cdb",
+        "a\u{20ac}",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not hex"), "{err}");
+}

@@ -711,6 +711,32 @@ mod tests {
     }
 
     #[test]
+    fn a_chap_challenge_with_a_multibyte_character_is_a_protocol_error() {
+        let mut l = Login::new(params(true, false));
+        chap_offered(&mut l);
+        // CHAP_C: "0x", 'a', U+20AC (3 bytes).
+        let challenge = [("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0xa\u{20ac}")];
+        assert_eq!(
+            l.receive(&resp(false, 0, 0, &challenge, 2)).err(),
+            Some(LoginError::Protocol("bad CHAP_C".into()))
+        );
+    }
+
+    #[test]
+    fn a_mutual_chap_response_with_a_multibyte_character_fails_authentication() {
+        let mut l = Login::new(params(true, true));
+        chap_offered(&mut l);
+        let challenge = [("CHAP_A", "5"), ("CHAP_I", "9"), ("CHAP_C", "0x0102")];
+        l.receive(&resp(false, 0, 0, &challenge, 2)).unwrap();
+        // CHAP_R: "0x", U+20AC (3 bytes), 'f'.
+        let answer = [("CHAP_N", "tgt"), ("CHAP_R", "0x\u{20ac}f")];
+        assert_eq!(
+            l.receive(&resp(true, 0, 1, &answer, 3)).err(),
+            Some(LoginError::MutualChapFailed)
+        );
+    }
+
+    #[test]
     fn mutual_chap_with_a_wrong_target_response_fails() {
         let mut l = Login::new(params(true, true));
         l.start();

@@ -36,23 +36,36 @@ pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Decode a binary value: 0x/0X hex or 0b/0B base64 (RFC 7143 6.1).
+/// Decode a binary value: 0x/0X hex or 0b/0B base64 (RFC 7143 6.1). The
+/// value comes from a target: it is read as bytes, so a character outside
+/// the alphabets is a malformed value whatever its width.
 pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
-    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        let h = if h.len() % 2 == 1 {
-            format!("0{h}")
-        } else {
-            h.to_string()
-        };
-        return (0..h.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
-            .collect();
+    match v.as_bytes() {
+        [b'0', b'x' | b'X', digits @ ..] => decode_hex(digits),
+        [b'0', b'b' | b'B', digits @ ..] => base64_decode(digits),
+        _ => None,
     }
-    if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
-        return base64_decode(b);
+}
+
+/// Hex digits, two per byte; an odd count has an implied leading zero
+/// (`abc` is 0a bc). None if any byte is not a hex digit.
+pub fn decode_hex(digits: &[u8]) -> Option<Vec<u8>> {
+    let nibble = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let (odd, pairs) = digits.split_at(digits.len() % 2);
+    let mut out = Vec::with_capacity(digits.len().div_ceil(2));
+    if let [d] = odd {
+        out.push(nibble(*d)?);
     }
-    None
+    for pair in pairs.chunks_exact(2) {
+        if let [hi, lo] = pair {
+            out.push(nibble(*hi)? << 4 | nibble(*lo)?);
+        }
+    }
+    Some(out)
 }
 
 pub fn encode_hex(b: &[u8]) -> String {
@@ -63,7 +76,7 @@ pub fn encode_hex(b: &[u8]) -> String {
     s
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => u32::from(c - b'A'),
@@ -74,10 +87,10 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
             _ => return None,
         })
     };
-    let s = s.trim_end_matches('=');
+    let end = s.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
+    for &c in s.get(..end)? {
         acc = (acc << 6) | val(c)?;
         bits += 6;
         if bits >= 8 {
@@ -215,6 +228,21 @@ mod tests {
         assert_eq!(decode_binary("0bAQID"), Some(vec![1, 2, 3]));
         assert_eq!(decode_binary("12"), None);
         assert_eq!(encode_hex(&[0, 0xab]), "0x00ab");
+    }
+
+    #[test]
+    fn a_hex_value_with_a_multibyte_character_is_malformed() {
+        // "0x", 'a', then U+20AC (3 bytes): byte 2 of the digits is inside
+        // the character.
+        assert_eq!(decode_binary("0xa\u{20ac}"), None);
+        // The character first, then a digit.
+        assert_eq!(decode_binary("0x\u{20ac}a"), None);
+    }
+
+    #[test]
+    fn a_base64_value_with_a_multibyte_character_is_malformed() {
+        // "0b", "AQ", U+00E9 (2 bytes), "=" padding.
+        assert_eq!(decode_binary("0bAQ\u{e9}="), None);
     }
 
     fn pairs(kv: &[(&str, &str)]) -> Vec<(String, String)> {
