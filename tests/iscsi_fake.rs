@@ -220,7 +220,7 @@ fn serve(mut s: TcpStream, role: Role, counts: &Counts, commands: &AtomicUsize, 
         r.set_u32(28, exp);
         r.set_u32(32, exp.wrapping_add(31));
         *stat = stat.wrapping_add(1);
-        let _ = s.write_all(&r.encode(Digests::default()));
+        let _ = s.write_all(&r.encode(Digests::default()).unwrap());
     };
     while let Some(p) = read_pdu(&mut s, &mut rx, stop) {
         if p.bhs[0] & 0x40 == 0 && p.opcode() == Some(Opcode::ScsiCommand) {
@@ -359,7 +359,7 @@ fn serve(mut s: TcpStream, role: Role, counts: &Counts, commands: &AtomicUsize, 
                     r.set_u32(24, stat_sn);
                     r.set_u32(28, exp_cmd_sn);
                     r.set_u32(32, exp_cmd_sn.wrapping_add(100_000));
-                    if s.write_all(&r.encode(Digests::default())).is_err() {
+                    if s.write_all(&r.encode(Digests::default()).unwrap()).is_err() {
                         return;
                     }
                     sleep(Duration::from_millis(100));
@@ -414,14 +414,17 @@ fn serve(mut s: TcpStream, role: Role, counts: &Counts, commands: &AtomicUsize, 
                         d.set_u32(28, exp_cmd_sn);
                         d.set_u32(32, exp_cmd_sn.wrapping_add(31));
                         d.data = (at..end).map(|i| (i * 7) as u8).collect();
-                        held.push(d.encode(Digests::default()));
+                        held.push(d.encode(Digests::default()).unwrap());
                     }
                 } else if let Role::Gated(gate) = &role {
                     r.set_u32(24, stat_sn);
                     r.set_u32(28, exp_cmd_sn);
                     r.set_u32(32, exp_cmd_sn.wrapping_add(31));
                     stat_sn = stat_sn.wrapping_add(1);
-                    gate.held.lock().unwrap().push(r.encode(Digests::default()));
+                    gate.held
+                        .lock()
+                        .unwrap()
+                        .push(r.encode(Digests::default()).unwrap());
                 } else {
                     send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                 }

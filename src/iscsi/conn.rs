@@ -158,7 +158,7 @@ impl Connection {
         let max_recv = params.max_recv_data_segment_length as usize;
         let mut login = Login::new(params);
         let mut rx = Vec::new();
-        stream.write_all(&login.start().encode(Digests::default()))?;
+        stream.write_all(&login.start().encode(Digests::default())?)?;
         let n: Negotiated = loop {
             let resp = match read_pdu(&mut stream, &mut rx, Digests::default(), LOGIN_MAX_DATA) {
                 Err(Error::Closed) if login.offered_no_auth() => {
@@ -167,7 +167,7 @@ impl Connection {
                 r => r?,
             };
             match login.receive(&resp)? {
-                Step::Send(p) => stream.write_all(&p.encode(Digests::default()))?,
+                Step::Send(p) => stream.write_all(&p.encode(Digests::default())?)?,
                 Step::Done(n) => break n,
             }
         };
@@ -184,7 +184,7 @@ impl Connection {
     fn flush(&mut self) -> Result<(), Error> {
         let mut buf = Vec::new();
         while let Some(p) = self.session.poll_transmit() {
-            buf.extend_from_slice(&p.encode(self.digests));
+            buf.extend_from_slice(&p.encode(self.digests)?);
         }
         if !buf.is_empty() {
             self.stream.write_all(&buf)?;

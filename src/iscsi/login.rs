@@ -16,6 +16,12 @@ const OPERATIONAL: u8 = 1;
 const FULL_FEATURE: u8 = 3;
 /// Defaults when a key is not negotiated (RFC 7143 13).
 const DEFAULT_MRDSL: u32 = 8192;
+/// What MaxRecvDataSegmentLength, MaxBurstLength and FirstBurstLength may
+/// be (RFC 7143 13.12, 13.13, 13.14: 512 to 2^24-1). For the first, the
+/// upper bound is also what DataSegmentLength holds
+/// (`pdu::MAX_DATA_SEGMENT_LENGTH`): a target declaring more would have
+/// us send segments whose length field reads as another length.
+pub const LENGTH_KEY_RANGE: std::ops::RangeInclusive<u32> = 512..=0x00ff_ffff;
 /// Rounds a stage may take before we give up on a target that never
 /// transits.
 const MAX_ROUNDS: usize = 16;
@@ -54,10 +60,13 @@ pub struct LoginParams {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Negotiated {
     pub digests: Digests,
-    /// Largest data segment the target accepts from us.
+    /// Largest data segment the target accepts from us (in
+    /// `LENGTH_KEY_RANGE`).
     pub max_xmit_data_segment_length: u32,
     pub max_recv_data_segment_length: u32,
+    /// In `LENGTH_KEY_RANGE`.
     pub max_burst_length: u32,
+    /// In `LENGTH_KEY_RANGE`.
     pub first_burst_length: u32,
     pub initial_r2t: bool,
     pub immediate_data: bool,
@@ -393,7 +402,7 @@ impl Login {
             State::Operational => {
                 if transit && nsg == FULL_FEATURE {
                     self.state = State::Done;
-                    return Ok(Step::Done(self.negotiated(r, keys)));
+                    return Ok(Step::Done(self.negotiated(r, keys)?));
                 }
                 // Not done: answer whatever the target offered of its own
                 // (RFC 7143 6.2), along with asking to go on.
@@ -415,7 +424,7 @@ impl Login {
         }
     }
 
-    fn negotiated(&self, r: &Pdu, keys: Vec<(String, String)>) -> Negotiated {
+    fn negotiated(&self, r: &Pdu, keys: Vec<(String, String)>) -> Result<Negotiated, LoginError> {
         let yes = |k: &str, default: bool| match text::get(&keys, k) {
             Some("Yes") => true,
             Some("No") => false,
@@ -426,35 +435,51 @@ impl Login {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
+        // A length key outside its range fails the login (RFC 7143 6.2:
+        // an out-of-range answer ends the negotiation); a word (say
+        // FirstBurstLength=Irrelevant) leaves the default.
+        let length = |k: &str, default: u32| match text::get(&keys, k) {
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) => u32::try_from(n)
+                    .ok()
+                    .filter(|n| LENGTH_KEY_RANGE.contains(n))
+                    .ok_or_else(|| {
+                        protocol(format!(
+                            "{k}={v} is out of range ({} to {}, RFC 7143 13)",
+                            LENGTH_KEY_RANGE.start(),
+                            LENGTH_KEY_RANGE.end()
+                        ))
+                    }),
+                Err(_) => Ok(default),
+            },
+            None => Ok(default),
+        };
         let crc = |k: &str| text::get(&keys, k) == Some("CRC32C");
         let normal = self.p.target_name.is_some();
-        Negotiated {
+        Ok(Negotiated {
             digests: Digests {
                 header: crc("HeaderDigest"),
                 data: crc("DataDigest"),
             },
-            max_xmit_data_segment_length: num("MaxRecvDataSegmentLength", DEFAULT_MRDSL)
-                .clamp(512, 1 << 24),
+            max_xmit_data_segment_length: length("MaxRecvDataSegmentLength", DEFAULT_MRDSL)?,
             max_recv_data_segment_length: self.p.max_recv_data_segment_length,
             // Not offered back: the target accepted ours (RFC 7143 6.2).
-            max_burst_length: num(
+            max_burst_length: length(
                 "MaxBurstLength",
                 if normal {
                     self.p.max_burst_length
                 } else {
                     262144
                 },
-            )
-            .clamp(512, 1 << 24),
-            first_burst_length: num(
+            )?,
+            first_burst_length: length(
                 "FirstBurstLength",
                 if normal {
                     self.p.first_burst_length
                 } else {
                     65536
                 },
-            )
-            .clamp(512, 1 << 24),
+            )?,
             initial_r2t: yes("InitialR2T", true),
             immediate_data: yes("ImmediateData", true),
             max_outstanding_r2t: num("MaxOutstandingR2T", 1).max(1),
@@ -469,7 +494,7 @@ impl Login {
             exp_stat_sn: self.exp_stat_sn,
             chap: self.chap_used,
             target_keys: keys,
-        }
+        })
     }
 }
 
@@ -568,6 +593,82 @@ mod tests {
             panic!()
         };
         assert!(again.data.is_empty());
+    }
+
+    /// Log in without authentication; the target's last Login Response
+    /// carries `keys`.
+    fn login_ending_with(keys: &[(&str, &str)]) -> Result<Step, LoginError> {
+        let mut l = Login::new(params(false, false));
+        l.start();
+        l.receive(&resp(true, 0, 1, &[("AuthMethod", "None")], 5))?;
+        l.receive(&resp(true, 1, 3, keys, 6))
+    }
+
+    fn negotiated_with(keys: &[(&str, &str)]) -> Negotiated {
+        match login_ending_with(keys) {
+            Ok(Step::Done(n)) => n,
+            Ok(Step::Send(_)) => panic!("login not done"),
+            Err(e) => panic!("login failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn length_keys_at_the_top_of_their_range_are_taken() {
+        let n = negotiated_with(&[
+            ("MaxRecvDataSegmentLength", "16777215"),
+            ("MaxBurstLength", "16777215"),
+            ("FirstBurstLength", "16777215"),
+        ]);
+        assert_eq!(n.max_xmit_data_segment_length, 16_777_215);
+        assert_eq!(n.max_burst_length, 16_777_215);
+        assert_eq!(n.first_burst_length, 16_777_215);
+    }
+
+    #[test]
+    fn length_keys_at_the_bottom_of_their_range_are_taken() {
+        let n = negotiated_with(&[
+            ("MaxRecvDataSegmentLength", "512"),
+            ("MaxBurstLength", "512"),
+            ("FirstBurstLength", "512"),
+        ]);
+        assert_eq!(n.max_xmit_data_segment_length, 512);
+        assert_eq!(n.max_burst_length, 512);
+        assert_eq!(n.first_burst_length, 512);
+    }
+
+    #[test]
+    fn a_length_key_of_two_to_the_24_fails_the_login() {
+        for key in [
+            "MaxRecvDataSegmentLength",
+            "MaxBurstLength",
+            "FirstBurstLength",
+        ] {
+            let r = login_ending_with(&[(key, "16777216")]);
+            assert!(matches!(r, Err(LoginError::Protocol(_))), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_length_key_below_512_fails_the_login() {
+        for key in [
+            "MaxRecvDataSegmentLength",
+            "MaxBurstLength",
+            "FirstBurstLength",
+        ] {
+            let r = login_ending_with(&[(key, "511")]);
+            assert!(matches!(r, Err(LoginError::Protocol(_))), "{key}");
+        }
+    }
+
+    #[test]
+    fn an_irrelevant_first_burst_length_keeps_the_default() {
+        // RFC 7143 13.14: Irrelevant with InitialR2T=Yes and ImmediateData=No.
+        let n = negotiated_with(&[
+            ("InitialR2T", "Yes"),
+            ("ImmediateData", "No"),
+            ("FirstBurstLength", "Irrelevant"),
+        ]);
+        assert_eq!(n.first_burst_length, 65536); // ours, from params()
     }
 
     #[test]

@@ -9,6 +9,12 @@
 pub const BHS_LEN: usize = 48;
 /// Reserved tag value (RFC 7143 11.2.1.8: 0xffffffff).
 pub const RESERVED_TAG: u32 = 0xffff_ffff;
+/// Longest data segment a PDU can carry: DataSegmentLength is the 24-bit
+/// field in BHS bytes 5-7 (RFC 7143 11.2.1.6).
+pub const MAX_DATA_SEGMENT_LENGTH: usize = 0x00ff_ffff;
+/// Longest AHS: TotalAHSLength, BHS byte 4, counts 4-byte words (RFC 7143
+/// 11.2.1.5).
+pub const MAX_AHS_LENGTH: usize = 4 * 0xff;
 
 /// Opcodes (RFC 7143 11.2.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +79,10 @@ pub enum PduError {
     DataDigest,
     #[error("PDU parts do not match its header")]
     Truncated,
+    #[error("A data segment of {0} bytes does not fit in DataSegmentLength (at most {MAX_DATA_SEGMENT_LENGTH})")]
+    SegmentTooLong(usize),
+    #[error("An AHS of {0} bytes does not fit in TotalAHSLength (4-byte words, at most {MAX_AHS_LENGTH} bytes)")]
+    BadAhsLength(usize),
 }
 
 /// Which digests are in use on a connection (negotiated at login).
@@ -241,24 +251,24 @@ impl Pdu {
     }
 
     /// Encode with the given digests. The length fields come from `ahs`
-    /// and `data`.
-    pub fn encode(&self, dg: Digests) -> Vec<u8> {
+    /// and `data`; lengths they cannot hold are refused.
+    pub fn encode(&self, dg: Digests) -> Result<Vec<u8>, PduError> {
         let mut out = Vec::with_capacity(BHS_LEN + self.ahs.len() + self.data.len() + 12);
-        self.encode_into(dg, &mut out);
-        out
+        self.encode_into(dg, &mut out)?;
+        Ok(out)
     }
 
     /// Append the wire form to `out` (a transmit buffer reused across PDUs).
-    pub fn encode_into(&self, dg: Digests, out: &mut Vec<u8>) {
-        self.encode_with(&self.data, dg, out);
+    pub fn encode_into(&self, dg: Digests, out: &mut Vec<u8>) -> Result<(), PduError> {
+        self.encode_with(&self.data, dg, out)
     }
 
     /// Append the wire form with `data` as the data segment (instead of
     /// `self.data`, which is ignored): write data goes from the command's
     /// buffer to the transmit buffer with one copy.
-    pub fn encode_with(&self, data: &[u8], dg: Digests, out: &mut Vec<u8>) {
+    pub fn encode_with(&self, data: &[u8], dg: Digests, out: &mut Vec<u8>) -> Result<(), PduError> {
         out.reserve(BHS_LEN + self.ahs.len() + data.len() + 12);
-        self.encode_header(data.len(), dg, out);
+        self.encode_header(data.len(), dg, out)?;
         if !data.is_empty() {
             out.extend_from_slice(data);
             let p = padding(data.len());
@@ -267,21 +277,43 @@ impl Pdu {
                 out.extend_from_slice(&digest(&[data, p]));
             }
         }
+        Ok(())
     }
 
     /// Append the header (BHS with DataSegmentLength `dsl`, AHS, header
     /// digest): the data segment, its padding (`padding`) and data digest
-    /// follow from elsewhere.
-    pub fn encode_header(&self, dsl: usize, dg: Digests, out: &mut Vec<u8>) {
+    /// follow from elsewhere. A `dsl` over `MAX_DATA_SEGMENT_LENGTH`, or an
+    /// AHS that TotalAHSLength cannot describe, is refused with nothing
+    /// appended: its length field would read as another length, and the
+    /// peer would take the data for PDUs.
+    pub fn encode_header(
+        &self,
+        dsl: usize,
+        dg: Digests,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PduError> {
+        let dsl = u32::try_from(dsl)
+            .ok()
+            .filter(|&n| n as usize <= MAX_DATA_SEGMENT_LENGTH)
+            .ok_or(PduError::SegmentTooLong(dsl))?;
+        let ahs = self.ahs.len();
+        let ahs_words = u8::try_from(ahs / 4)
+            .ok()
+            .filter(|_| ahs % 4 == 0)
+            .ok_or(PduError::BadAhsLength(ahs))?;
+        let [_, d0, d1, d2] = dsl.to_be_bytes();
         let mut bhs = self.bhs;
-        bhs[4] = (self.ahs.len() / 4) as u8;
-        bhs[5..8].copy_from_slice(&(dsl as u32).to_be_bytes()[1..4]);
+        bhs[4] = ahs_words;
+        bhs[5] = d0;
+        bhs[6] = d1;
+        bhs[7] = d2;
         out.extend_from_slice(&bhs);
         out.extend_from_slice(&self.ahs);
         if dg.header {
             let d = digest(&[&bhs, &self.ahs]);
             out.extend_from_slice(&d);
         }
+        Ok(())
     }
 }
 
@@ -417,7 +449,7 @@ mod tests {
                 p.set_itt(0x1234_5678);
                 p.set_u32(24, 7);
                 p.data = b"InitiatorName=iqn.x".to_vec(); // 19 bytes: padded to 20
-                let wire = p.encode(dg);
+                let wire = p.encode(dg).unwrap();
                 assert_eq!(wire.len() % 4, 0);
                 let (q, used) = decode(&wire, dg, 1 << 20).unwrap().unwrap();
                 assert_eq!(used, wire.len());
@@ -433,7 +465,7 @@ mod tests {
     fn incomplete_input_asks_for_more() {
         let mut p = Pdu::new(Opcode::NopIn);
         p.data = vec![1; 10];
-        let wire = p.encode(Digests::default());
+        let wire = p.encode(Digests::default()).unwrap();
         for cut in [0, 47, 48, 57, wire.len() - 1] {
             assert_eq!(decode(&wire[..cut], Digests::default(), 1 << 20), Ok(None));
         }
@@ -447,12 +479,47 @@ mod tests {
         };
         let mut p = Pdu::new(Opcode::DataIn);
         p.data = vec![7; 16];
-        let mut wire = p.encode(dg);
+        let mut wire = p.encode(dg).unwrap();
         wire[60] ^= 1; // a data byte
         assert_eq!(decode(&wire, dg, 1 << 20), Err(PduError::DataDigest));
-        let mut wire = p.encode(dg);
+        let mut wire = p.encode(dg).unwrap();
         wire[20] ^= 1; // a header byte
         assert_eq!(decode(&wire, dg, 1 << 20), Err(PduError::HeaderDigest));
+    }
+
+    #[test]
+    fn the_longest_data_segment_the_field_holds_is_encoded() {
+        let mut p = Pdu::new(Opcode::DataOut);
+        p.data = vec![0; MAX_DATA_SEGMENT_LENGTH]; // 2^24 - 1 bytes
+        let wire = p.encode(Digests::default()).unwrap();
+        assert_eq!(wire[5..8], [0xff, 0xff, 0xff]); // DataSegmentLength
+        assert_eq!(wire.len(), BHS_LEN + (1 << 24)); // padded by one byte
+    }
+
+    #[test]
+    fn a_data_segment_the_field_cannot_hold_is_refused() {
+        let p = Pdu::new(Opcode::DataOut);
+        let mut out = Vec::new();
+        // 2^24 bytes: DataSegmentLength would read 0.
+        assert_eq!(
+            p.encode_header(1 << 24, Digests::default(), &mut out),
+            Err(PduError::SegmentTooLong(1 << 24))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_ahs_the_length_field_cannot_describe_is_refused() {
+        let mut p = Pdu::new(Opcode::ScsiCommand);
+        p.ahs = vec![0; 6]; // not a whole number of 4-byte words
+        assert_eq!(p.encode(Digests::default()), Err(PduError::BadAhsLength(6)));
+        p.ahs = vec![0; MAX_AHS_LENGTH + 4]; // 256 words
+        assert_eq!(
+            p.encode(Digests::default()),
+            Err(PduError::BadAhsLength(MAX_AHS_LENGTH + 4))
+        );
+        p.ahs = vec![0; MAX_AHS_LENGTH]; // 255 words
+        assert_eq!(p.encode(Digests::default()).unwrap()[4], 0xff); // TotalAHSLength
     }
 
     #[test]
@@ -488,7 +555,7 @@ mod tests {
             let mut p = Pdu::new(Opcode::DataIn);
             p.set_itt(7);
             p.data = (0..70_001u32).map(|i| i as u8).collect();
-            let wire = p.encode(dg);
+            let wire = p.encode(dg).unwrap();
             let l = layout(&wire, dg, 1 << 20).unwrap().unwrap();
             assert_eq!(l.total, wire.len());
             let split = decode_split(&wire[..l.header], wire[l.header..].to_vec(), dg).unwrap();

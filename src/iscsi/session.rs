@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::gather::Gather;
 use super::login::Negotiated;
-use super::pdu::{padding, Digests, Opcode, Pdu, RunningDigest, BHS_LEN, RESERVED_TAG};
+use super::pdu::{padding, Digests, Opcode, Pdu, PduError, RunningDigest, BHS_LEN, RESERVED_TAG};
 use super::text;
 use crate::seqhash::SeqMap;
 
@@ -733,15 +733,17 @@ impl Session {
 
     /// Queue every PDU waiting to be sent on `tx`, data segments straight
     /// from the commands' buffers (from a source, spliced in: no copy; a
-    /// data digest is computed reading it in small pieces).
-    pub fn transmit_into(&mut self, dg: Digests, tx: &mut Gather) {
+    /// data digest is computed reading it in small pieces). A PDU that
+    /// cannot be encoded (`PduError::SegmentTooLong`) ends the round with
+    /// the error: the connection cannot go on.
+    pub fn transmit_into(&mut self, dg: Digests, tx: &mut Gather) -> Result<(), PduError> {
         while let Some(o) = self.out.pop_front() {
             match o.data {
-                None => o.pdu.encode_into(dg, tx.bytes()),
+                None => o.pdu.encode_into(dg, tx.bytes())?,
                 Some(range) => match self.write_chunk(range) {
-                    Some(Chunk::Bytes(d)) => o.pdu.encode_with(d, dg, tx.bytes()),
+                    Some(Chunk::Bytes(d)) => o.pdu.encode_with(d, dg, tx.bytes())?,
                     Some(Chunk::Source(src, at, n)) => {
-                        o.pdu.encode_header(n, dg, tx.bytes());
+                        o.pdu.encode_header(n, dg, tx.bytes())?;
                         // A small write: one copy into the transmit buffer
                         // costs less than a splice's iovecs. (A big one is
                         // spliced whatever its PDUs' size: targets often
@@ -764,6 +766,7 @@ impl Session {
                 },
             }
         }
+        Ok(())
     }
 
     /// The write data an outgoing PDU refers to, if its command still
@@ -2061,12 +2064,12 @@ pub(crate) mod tests {
                 if how == 0 {
                     let mut out = Vec::new();
                     while let Some(p) = s.poll_transmit() {
-                        out.extend_from_slice(&p.encode(dg));
+                        out.extend_from_slice(&p.encode(dg).unwrap());
                     }
                     (out, 0)
                 } else {
                     let mut tx = Gather::default();
-                    s.transmit_into(dg, &mut tx);
+                    s.transmit_into(dg, &mut tx).unwrap();
                     (tx.contiguous(), tx.spliced())
                 }
             };
@@ -2110,7 +2113,7 @@ pub(crate) mod tests {
                 Data::WriteFrom(SourceRef(Arc::new(Unreadable))),
             );
             let mut tx = Gather::default();
-            s.transmit_into(dg, &mut tx);
+            s.transmit_into(dg, &mut tx).unwrap();
             // Left to the splice, whose sending fails (and the connection
             // is recovered): nothing made up goes to the target.
             assert_eq!(tx.spliced(), 100);
@@ -2136,7 +2139,7 @@ pub(crate) mod tests {
         // Data-Out is encoded: nothing refers to freed data.
         s.take_unfinished();
         let mut tx = Gather::default();
-        s.transmit_into(Digests::default(), &mut tx);
+        s.transmit_into(Digests::default(), &mut tx).unwrap();
         assert!(tx.is_empty());
     }
 

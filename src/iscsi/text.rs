@@ -196,7 +196,7 @@ pub fn full_feature_keys(keys: &[(String, String)]) -> Result<FullFeatureKeys, S
         let n = v
             .parse::<u32>()
             .ok()
-            .filter(|n| (512..=(1 << 24) - 1).contains(n))
+            .filter(|n| super::login::LENGTH_KEY_RANGE.contains(n))
             .ok_or_else(|| format!("MaxRecvDataSegmentLength={v} is out of range"))?;
         out.max_xmit_data_segment_length = Some(n);
     }

@@ -36,7 +36,10 @@ impl Writer {
     /// Encode what the session has to send and write what the socket takes
     /// without blocking; true when nothing is left over.
     pub(super) fn flush(&mut self) -> bool {
-        self.session.transmit_into(self.digests, &mut self.tx);
+        if let Err(e) = self.session.transmit_into(self.digests, &mut self.tx) {
+            self.broken = Some(e.to_string());
+            return false;
+        }
         let fd = self.stream.as_raw_fd();
         let mut progress = false;
         while !self.tx.is_empty() {
@@ -689,7 +692,7 @@ mod tests {
         p.set_itt(7);
         p.set_u32(40, 16);
         p.data = (0..len).map(|i| (i * 13) as u8).collect();
-        p.encode(dg)
+        p.encode(dg).unwrap()
     }
 
     /// Send `wire` in `piece`-byte writes to a reader placing into a
@@ -797,7 +800,7 @@ mod tests {
                 p.set_itt(7);
                 p.set_u32(40, (16 + i * LEN) as u32);
                 p.data = (0..LEN).map(|j| (i * 7 + j * 13) as u8).collect();
-                p.encode(dg)
+                p.encode(dg).unwrap()
             };
             let first = segment(0);
             let mut out = Vec::new();
@@ -851,7 +854,7 @@ mod tests {
             wire.extend(data_in_with(3, dg));
             let mut nop = Pdu::new(Opcode::NopIn);
             nop.data = vec![9; 10];
-            wire.extend(nop.encode(dg));
+            wire.extend(nop.encode(dg).unwrap());
             far.write_all(&wire).unwrap();
             let mut out = Vec::new();
             for _ in 0..200 {
@@ -908,7 +911,7 @@ mod tests {
                     p.data = (0..len).map(|i| (at + i) as u8).collect();
                     at += len;
                 }
-                wire.extend(p.encode(dg));
+                wire.extend(p.encode(dg).unwrap());
             }
             wire
         }
