@@ -107,9 +107,10 @@ const MAX_ISCSI_COALESCE_US: u64 = 10_000;
 /// the control and event queues).
 pub const MAX_REQUEST_QUEUES: usize = 62;
 
+/// A `--lun` error; the spec is quoted without any iSCSI password.
 fn bad_lun(spec: &str, why: impl Into<String>) -> Error {
     Error::BadLun {
-        spec: spec.into(),
+        spec: crate::iscsi::url::redact(spec),
         why: why.into(),
     }
 }
@@ -163,7 +164,10 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
         for opt in parts {
             match opt.split_once('=') {
                 Some(("credentials", f)) if !f.is_empty() => l.credentials = Some(PathBuf::from(f)),
-                Some(("portal", p)) if p.contains(':') => l.portals.push(p.to_string()),
+                Some(("portal", p)) if p.contains(':') => l.portals.push(
+                    crate::iscsi::url::portal_address(p)
+                        .ok_or_else(|| bad_lun(spec, format!("portal '{p}' is not HOST:PORT")))?,
+                ),
                 Some(("recovery-timeout", "infinite")) => l.recovery_timeout = None,
                 Some(("chap-algorithms", v)) => {
                     l.chap_algorithms =
@@ -200,7 +204,10 @@ pub fn parse_lun(spec: &str) -> Result<(Option<u16>, LunConfig), Error> {
                 _ => return Err(bad_lun(spec, format!("unknown iSCSI option '{opt}'"))),
             }
         }
-        cfg.path = PathBuf::from(rest.split(',').next().unwrap_or_default());
+        // The URL names the LUN in messages: without its password.
+        cfg.path = PathBuf::from(crate::iscsi::url::redact(
+            rest.split(',').next().unwrap_or_default(),
+        ));
         cfg.iscsi = Some(l);
         return Ok((lun, cfg));
     }
@@ -396,7 +403,7 @@ impl Config {
             let c = cfg
                 .controllers
                 .last_mut()
-                .ok_or_else(|| Error::LunWithoutSocket(value.clone()))?;
+                .ok_or_else(|| Error::LunWithoutSocket(crate::iscsi::url::redact(value)))?;
             let lun = match lun {
                 Some(n) => n,
                 None => c.luns.keys().next_back().map_or(0, |&l| l + 1),
@@ -559,6 +566,46 @@ mod tests {
         let (_, l) =
             parse_lun("iscsi://127.0.0.1:1/iqn.x/1,portal=127.0.0.1:2,portal=[::1]:3").unwrap();
         assert_eq!(l.iscsi.unwrap().portals, vec!["127.0.0.1:2", "[::1]:3"]);
+    }
+
+    #[test]
+    fn a_bad_iscsi_lun_spec_does_not_echo_the_password() {
+        let e = parse_lun("iscsi://alice%s3cret@h/iqn.x:y/1,bogus").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--lun 'iscsi://alice%***@h/iqn.x:y/1,bogus': unknown iSCSI option 'bogus'"
+        );
+    }
+
+    #[test]
+    fn a_bad_iscsi_url_in_a_lun_spec_does_not_echo_the_password() {
+        let e = parse_lun("iscsi://alice%s3cret@h:port/iqn.x:y/1").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn an_iscsi_lun_before_any_socket_does_not_echo_the_password() {
+        let e = Config::from_ordered_args(&args(&[(false, "iscsi://a%s3cret@h/iqn.x:y/1")]))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::LunWithoutSocket("iscsi://a%***@h/iqn.x:y/1".into())
+        );
+    }
+
+    #[test]
+    fn an_iscsi_lun_is_named_by_its_url_without_the_password() {
+        let (_, l) = parse_lun("iscsi://alice%s3cret@h/iqn.x:y/1").unwrap();
+        assert_eq!(l.path, PathBuf::from("iscsi://alice%***@h/iqn.x:y/1"));
+        assert!(!format!("{l:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn an_iscsi_portal_option_must_be_a_host_and_port() {
+        for bad in ["h[:1", "fe80::1", "[x]:1", "h:0"] {
+            let spec = format!("iscsi://h/iqn.x/1,portal={bad}");
+            assert!(parse_lun(&spec).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use super::login::Credentials;
+use super::secret::Secret;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChapConfig {
@@ -65,7 +66,10 @@ pub fn parse(text: &str) -> Result<ChapConfig, (usize, &'static str)> {
         }
     }
     let pair = |u: Option<String>, p: Option<String>, what| match (u, p) {
-        (Some(user), Some(secret)) => Ok(Some(Credentials { user, secret })),
+        (Some(user), Some(secret)) => Ok(Some(Credentials {
+            user,
+            secret: Secret::from(secret),
+        })),
         (None, None) => Ok(None),
         _ => Err((0, what)),
     };
@@ -91,8 +95,18 @@ mod tests {
             "user = alice\npassword=s3cret # trailing\n\ntarget-user=t\ntarget-password=tp\n",
         )
         .unwrap();
-        assert_eq!(c.chap.unwrap().secret, "s3cret");
+        assert_eq!(c.chap.unwrap().secret.expose(), "s3cret");
         assert_eq!(c.mutual.unwrap().user, "t");
+    }
+
+    #[test]
+    fn parsed_credentials_print_no_secret() {
+        let c = parse("user=alice\npassword=s3cret\ntarget-user=t\ntarget-password=tp4ss\n");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("tp4ss"),
+            "{shown}"
+        );
     }
 
     #[test]

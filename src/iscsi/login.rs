@@ -8,6 +8,7 @@
 
 use super::chap::{self, Algorithm};
 use super::pdu::{Digests, Opcode, Pdu};
+use super::secret::Secret;
 use super::text;
 
 /// Login stages (RFC 7143 11.12.3).
@@ -29,7 +30,8 @@ const MAX_ROUNDS: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     pub user: String,
-    pub secret: String,
+    /// Prints as `***` (`Debug` of this and of `LoginParams` included).
+    pub secret: Secret,
 }
 
 /// What to log in to and how.
@@ -862,6 +864,13 @@ mod tests {
             3,
         ));
         assert_eq!(r.err(), Some(LoginError::MutualChapFailed));
+    }
+
+    #[test]
+    fn login_parameters_print_no_secret() {
+        let shown = format!("{:?}", params(true, true));
+        assert!(!shown.contains("secret12345678"), "{shown}");
+        assert!(!shown.contains("tsecret1234567"), "{shown}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod gather;
 pub mod login;
 pub mod pdu;
+pub mod secret;
 pub mod session;
 pub mod text;
 pub mod url;
