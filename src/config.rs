@@ -107,11 +107,12 @@ const MAX_ISCSI_COALESCE_US: u64 = 10_000;
 /// the control and event queues).
 pub const MAX_REQUEST_QUEUES: usize = 62;
 
-/// A `--lun` error; the spec is quoted without any iSCSI password.
+/// A `--lun` error; neither the spec nor an option it quotes shows an
+/// iSCSI password.
 fn bad_lun(spec: &str, why: impl Into<String>) -> Error {
     Error::BadLun {
         spec: crate::iscsi::url::redact(spec),
-        why: why.into(),
+        why: crate::iscsi::url::redact(&why.into()),
     }
 }
 
@@ -320,9 +321,10 @@ pub fn parse_size(v: &str) -> Option<u64> {
 /// Parse `PATH[,queues=N][,initiator=NAME][,port=N][,coalesce-us=N][,coalesce-depth=N][,alua-state=S]`
 /// into an empty controller.
 pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
+    // Neither the spec nor an option it quotes shows an iSCSI password.
     let bad = |why: String| Error::BadSocket {
-        spec: spec.into(),
-        why,
+        spec: crate::iscsi::url::redact(spec),
+        why: crate::iscsi::url::redact(&why),
     };
     let mut parts = spec.split(',');
     let path = parts
@@ -591,6 +593,22 @@ mod tests {
             e,
             Error::LunWithoutSocket("iscsi://a%***@h/iqn.x:y/1".into())
         );
+    }
+
+    #[test]
+    fn an_iscsi_url_given_as_a_socket_does_not_echo_the_password() {
+        // Found by fuzzing (config_specs): a --lun value passed to --socket.
+        let e = parse_socket("/s,iscsi://u%pw4@h/iqn.x:y/1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--socket '/s,iscsi://u%***@h/iqn.x:y/1': unknown option 'iscsi://u%***@h/iqn.x:y/1'"
+        );
+    }
+
+    #[test]
+    fn an_iscsi_url_given_as_a_file_lun_option_does_not_echo_the_password() {
+        let e = parse_lun("file=/a,iscsi://u%pw4@h/iqn.x:y/1").unwrap_err();
+        assert!(!e.to_string().contains("pw4"), "{e}");
     }
 
     #[test]
