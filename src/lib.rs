@@ -8,6 +8,8 @@ pub mod bench;
 pub mod claim;
 pub mod config;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod iscsi;
 pub mod prhelper;
 pub mod privileges;

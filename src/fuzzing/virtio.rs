@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Requests as a guest lays them out: a descriptor table and indirect
+//! tables built in guest memory from the input (direct and indirect
+//! descriptors, loops, overlaps, addresses outside memory or across its
+//! hole, zero lengths, any queue size and head), each chain walked as the
+//! device walks it (`virtio::chain`), and its request parsed with the
+//! virtio layer alone.
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::virtio::buffers::{Buffer, ChainBuffers, Error, GuestMemory};
+use crate::virtio::chain::{self, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::{
+    encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
+};
+
+/// Guest memory: two 64 KiB regions with a 64 KiB hole between them.
+const REGION: u64 = 0x1_0000;
+const SECOND: u64 = 0x2_0000;
+/// The descriptor table (room for 512 entries).
+const DESC_TABLE: u64 = 0x0;
+/// Indirect descriptor tables.
+const INDIRECT: u64 = 0x2000;
+/// The rest of the first region holds buffers.
+const DATA: u64 = 0x4000;
+/// Chains walked per input.
+const MAX_CHAINS: usize = 64;
+
+/// A guest address: mostly in the buffer area, sometimes where indirect
+/// tables are, in the second region, just before the hole, or anywhere.
+fn address(u: &mut Unstructured<'_>) -> Result<u64> {
+    Ok(match u.int_in_range(0..=7)? {
+        0..=2 => u.int_in_range(DATA..=REGION - 1)?,
+        3 => u.int_in_range(INDIRECT..=DATA - 1)?,
+        4 => u.int_in_range(SECOND..=SECOND + REGION - 1)?,
+        5 => REGION - u64::from(u.int_in_range(0u8..=64)?),
+        _ => u.arbitrary()?,
+    })
+}
+
+fn length(u: &mut Unstructured<'_>) -> Result<u32> {
+    Ok(match u.int_in_range(0..=6)? {
+        0 => 0,
+        1 => u.int_in_range(1..=64)?,
+        2 => u.int_in_range(REQ_HEADER_LEN as u32..=REQ_HEADER_LEN as u32 + 64)?,
+        3 => u.int_in_range(RESP_HEADER_LEN as u32..=RESP_HEADER_LEN as u32 + 512)?,
+        // An indirect table of 1 to 32 entries.
+        4 => 16 * u.int_in_range(1..=32)?,
+        5 => u.int_in_range(1..=0x1_0000)?,
+        _ => u.arbitrary()?,
+    })
+}
+
+/// One descriptor (virtio 2.7.5: le64 addr, le32 len, le16 flags, le16
+/// next) at `at`.
+fn descriptor(u: &mut Unstructured<'_>, mem: &GuestMemory, at: u64, size: u16) -> Result<()> {
+    let addr = address(u)?;
+    let len = length(u)?;
+    let flags = if u.ratio(1, 16)? {
+        u.arbitrary()?
+    } else {
+        u.int_in_range(0..=7)? & (DESC_F_NEXT | DESC_F_WRITE | DESC_F_INDIRECT)
+    };
+    let next = if u.ratio(7, 8)? {
+        u.int_in_range(0..=size.saturating_sub(1))?
+    } else {
+        u.arbitrary()?
+    };
+    let mut raw = [0u8; 16];
+    for (d, s) in raw.iter_mut().zip(
+        addr.to_le_bytes()
+            .into_iter()
+            .chain(len.to_le_bytes())
+            .chain(flags.to_le_bytes())
+            .chain(next.to_le_bytes()),
+    ) {
+        *d = s;
+    }
+    let _ = mem.write_slice(&raw, GuestAddress(at));
+    Ok(())
+}
+
+/// A guest's descriptors, indirect tables and buffer contents, all from
+/// the input; then chains from arbitrary heads are walked, and each one's
+/// request header and LUN parsed, its response written, and its buffers
+/// read and written at arbitrary offsets.
+pub fn virtio_request(data: &[u8]) {
+    let _ = requests(&mut Unstructured::new(data));
+}
+
+fn requests(u: &mut Unstructured<'_>) -> Result<()> {
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), REGION as usize),
+        (GuestAddress(SECOND), REGION as usize),
+    ]) else {
+        return Ok(());
+    };
+    // Mostly a power of two up to 256, as queues are; sometimes anything.
+    let size: u16 = if u.ratio(7, 8)? {
+        1 << u.int_in_range(0..=8)?
+    } else {
+        u.arbitrary()?
+    };
+    for i in 0..u64::from(size.min(512)) {
+        descriptor(u, &mem, DESC_TABLE + 16 * i, size)?;
+    }
+    for i in 0..u64::from(u.int_in_range(0u8..=32)?) {
+        descriptor(u, &mem, INDIRECT + 16 * i, size)?;
+    }
+    // Buffer contents: request headers (LUN, tag, CDB) and data.
+    for _ in 0..u.int_in_range(0..=8)? {
+        let at = address(u)?;
+        let bytes: Vec<u8> = Vec::arbitrary(u)?;
+        let _ = mem.write_slice(&bytes, GuestAddress(at));
+    }
+    // A table at the start of memory, or anywhere (the front-end says where).
+    let table = if u.ratio(15, 16)? {
+        DESC_TABLE
+    } else {
+        u.arbitrary()?
+    };
+    for _ in 0..MAX_CHAINS {
+        if u.is_empty() {
+            break;
+        }
+        let head: u16 = if u.ratio(15, 16)? {
+            u.int_in_range(0..=size.saturating_sub(1))?
+        } else {
+            u.arbitrary()?
+        };
+        if let Ok(bufs) = chain::read_chain(&mem, table, size, head) {
+            request(u, &mem, &bufs)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the device does with a chain's buffers, and accesses at
+/// arbitrary offsets.
+fn request(u: &mut Unstructured<'_>, mem: &GuestMemory, bufs: &ChainBuffers) -> Result<()> {
+    let mut raw = [0u8; REQ_HEADER_LEN];
+    if bufs.readable.read_at(mem, 0, &mut raw).is_ok() {
+        let req = RequestHeader::parse(&raw);
+        let _ = VirtioLun::parse(&req.lun);
+    }
+    if bufs.writable.len() >= RESP_HEADER_LEN as u64 {
+        let sense: Vec<u8> = Vec::arbitrary(u)?;
+        let hdr = encode_response(Response::Ok, u.arbitrary()?, &sense, u.arbitrary()?);
+        let _ = bufs.writable.write_at(mem, 0, &hdr);
+    }
+    for _ in 0..u.int_in_range(0..=4)? {
+        let b = if u.arbitrary()? {
+            &bufs.readable
+        } else {
+            &bufs.writable
+        };
+        access(u, mem, b)?;
+    }
+    Ok(())
+}
+
+/// One read, write, zero fill or iovec export at an arbitrary offset:
+/// refused as out of bounds exactly when it goes past the buffer, and an
+/// export covers exactly what was asked.
+fn access(u: &mut Unstructured<'_>, mem: &GuestMemory, b: &Buffer) -> Result<()> {
+    let offset = if u.ratio(3, 4)? {
+        u.int_in_range(0..=b.len().saturating_add(16))?
+    } else {
+        u.arbitrary()?
+    };
+    let len = u.int_in_range(0..=0x2_0000u64)?;
+    let past = offset.checked_add(len).is_none_or(|end| end > b.len());
+    let refused = |r: &std::result::Result<(), Error>| matches!(r, Err(Error::OutOfBounds { .. }));
+    let n = usize::try_from(len).unwrap_or(0);
+    match u.int_in_range(0..=3)? {
+        0 => {
+            let mut buf = vec![0u8; n];
+            assert_eq!(refused(&b.read_at(mem, offset, &mut buf)), past);
+        }
+        1 => {
+            let buf = vec![0xa5u8; n];
+            assert_eq!(refused(&b.write_at(mem, offset, &buf)), past);
+        }
+        2 => assert_eq!(refused(&b.fill_zero(mem, offset, len)), past),
+        _ => match b.iovecs(mem, offset, len) {
+            Ok(v) => {
+                assert!(!past);
+                assert_eq!(v.iter().map(|i| i.iov_len as u64).sum::<u64>(), len);
+            }
+            Err(e) => assert_eq!(matches!(e, Error::OutOfBounds { .. }), past),
+        },
+    }
+    Ok(())
+}
