@@ -3,6 +3,8 @@
 //! CHAP for iSCSI login (RFC 1994, RFC 7143 12.1.3): the response is
 //! H(identifier || secret || challenge) with H = MD5, SHA-1 or SHA-256.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use md5::Digest;
 
 /// CHAP_A algorithm numbers: MD5 5 (RFC 1994), SHA-1 6, SHA-256 7 (IANA PPP
@@ -161,6 +163,7 @@ pub fn random(n: usize) -> std::io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -11,6 +11,8 @@
 //! target-password = targetsecret1
 //! ```
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use std::path::Path;
 
 use super::login::Credentials;
@@ -86,6 +88,7 @@ pub fn parse(text: &str) -> Result<ChapConfig, (usize, &'static str)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

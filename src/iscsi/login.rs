@@ -6,6 +6,8 @@
 //! Request, [`Login::receive`] takes each Login Response and gives the next
 //! request or the negotiated parameters.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use super::chap::{self, Algorithm};
 use super::pdu::{Digests, Opcode, Pdu};
 use super::secret::Secret;
@@ -501,6 +503,7 @@ impl Login {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

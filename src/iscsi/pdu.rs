@@ -4,6 +4,12 @@
 //! header segments, the data segment padded to 4 bytes, and the optional
 //! CRC32C header and data digests. Decoding is check-then-parse: `decode`
 //! returns `Ok(None)` until a whole PDU is buffered.
+//!
+//! Received bytes come from a target: no indexing or slicing that a length
+//! field could take out of bounds (`get`, `split_at_checked`, or fixed
+//! offsets into the 48-byte BHS array).
+
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 /// Basic Header Segment length (RFC 7143 11.2.1).
 pub const BHS_LEN: usize = 48;
@@ -134,7 +140,8 @@ fn pad4(n: usize) -> usize {
 
 /// The zero bytes that pad a data segment of `len` bytes to 4.
 pub fn padding(len: usize) -> &'static [u8] {
-    &[0u8; 3][..pad4(len)]
+    const ZEROS: [u8; 3] = [0; 3];
+    ZEROS.get(..pad4(len)).unwrap_or_default()
 }
 
 impl Pdu {
@@ -164,43 +171,54 @@ impl Pdu {
         self.bhs[1] = f;
     }
 
+    /// The BHS bytes at `i..i + N` (offsets of the BHS layout; zeros
+    /// past its end).
+    fn field<const N: usize>(&self, i: usize) -> [u8; N] {
+        self.bhs
+            .get(i..)
+            .and_then(|b| b.get(..N))
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; N])
+    }
+
+    /// Write `v` at BHS offset `i` (nothing past its end).
+    fn set_field(&mut self, i: usize, v: &[u8]) {
+        if let Some(dst) = self.bhs.get_mut(i..).and_then(|b| b.get_mut(..v.len())) {
+            dst.copy_from_slice(v);
+        }
+    }
+
     pub fn byte(&self, i: usize) -> u8 {
-        self.bhs[i]
+        let [b] = self.field(i);
+        b
     }
 
     pub fn set_byte(&mut self, i: usize, v: u8) {
-        self.bhs[i] = v;
+        self.set_field(i, &[v]);
     }
 
     pub fn u16_at(&self, i: usize) -> u16 {
-        u16::from_be_bytes([self.bhs[i], self.bhs[i + 1]])
+        u16::from_be_bytes(self.field(i))
     }
 
     pub fn set_u16(&mut self, i: usize, v: u16) {
-        self.bhs[i..i + 2].copy_from_slice(&v.to_be_bytes());
+        self.set_field(i, &v.to_be_bytes());
     }
 
     pub fn u32_at(&self, i: usize) -> u32 {
-        u32::from_be_bytes([
-            self.bhs[i],
-            self.bhs[i + 1],
-            self.bhs[i + 2],
-            self.bhs[i + 3],
-        ])
+        u32::from_be_bytes(self.field(i))
     }
 
     pub fn set_u32(&mut self, i: usize, v: u32) {
-        self.bhs[i..i + 4].copy_from_slice(&v.to_be_bytes());
+        self.set_field(i, &v.to_be_bytes());
     }
 
     pub fn lun(&self) -> [u8; 8] {
-        let mut l = [0u8; 8];
-        l.copy_from_slice(&self.bhs[8..16]);
-        l
+        self.field(8)
     }
 
     pub fn set_lun(&mut self, lun: [u8; 8]) {
-        self.bhs[8..16].copy_from_slice(&lun);
+        self.set_field(8, &lun);
     }
 
     /// Initiator Task Tag (bytes 16-19 of every PDU).
@@ -221,9 +239,8 @@ impl Pdu {
     /// received Data-In with empty `data` and a non-zero length here had its
     /// segment received straight into its command's sink.
     pub fn data_segment_length(&self) -> usize {
-        (usize::from(self.bhs[5]) << 16)
-            | (usize::from(self.bhs[6]) << 8)
-            | usize::from(self.bhs[7])
+        let [a, b, c] = self.field(5);
+        (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c)
     }
 
     /// A PDU with this BHS (the first `BHS_LEN` bytes of `header`) and no
@@ -332,15 +349,15 @@ pub struct Layout {
 /// (Ok(None) before); unknown opcodes and data segments over `max_data`
 /// are errors.
 pub fn layout(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<Layout>, PduError> {
-    if buf.len() < BHS_LEN {
+    let Some(bhs) = Pdu::from_bhs(buf) else {
         return Ok(None);
-    }
-    let op = buf[0] & 0x3f;
+    };
+    let op = bhs.byte(0) & 0x3f;
     if Opcode::from_u8(op).is_none() {
         return Err(PduError::UnknownOpcode(op));
     }
-    let ahs_len = usize::from(buf[4]) * 4;
-    let dsl = (usize::from(buf[5]) << 16) | (usize::from(buf[6]) << 8) | usize::from(buf[7]);
+    let ahs_len = usize::from(bhs.byte(4)) * 4;
+    let dsl = bhs.data_segment_length();
     if dsl > max_data {
         return Err(PduError::DataTooLong {
             len: dsl,
@@ -366,7 +383,9 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
     if buf.len() < l.total {
         return Ok(None);
     }
-    let p = decode_split(&buf[..l.header], buf[l.header..l.total].to_vec(), dg)?;
+    let (header, rest) = buf.split_at_checked(l.header).ok_or(PduError::Truncated)?;
+    let payload = rest.get(..l.total - l.header).ok_or(PduError::Truncated)?;
+    let p = decode_split(header, payload.to_vec(), dg)?;
     Ok(Some((p, l.total)))
 }
 
@@ -380,8 +399,13 @@ pub fn decode_split(header: &[u8], mut payload: Vec<u8>, dg: Digests) -> Result<
         return Err(PduError::Truncated);
     }
     let padded = l.data + pad4(l.data);
-    if dg.data && l.data > 0 && payload[padded..] != digest(&[&payload[..padded]]) {
-        return Err(PduError::DataDigest);
+    if dg.data && l.data > 0 {
+        let (segment, received) = payload
+            .split_at_checked(padded)
+            .ok_or(PduError::Truncated)?;
+        if received != digest(&[segment]) {
+            return Err(PduError::DataDigest);
+        }
     }
     payload.truncate(l.data);
     p.data = payload;
@@ -397,21 +421,22 @@ pub fn decode_header(header: &[u8], dg: Digests) -> Result<(Pdu, Layout), PduErr
         .filter(|l| l.header == header.len())
         .ok_or(PduError::Truncated)?;
     let hd = if dg.header { 4 } else { 0 };
-    let header_end = l.header - hd;
-    if dg.header && header[header_end..] != digest(&[&header[..header_end]]) {
+    let (bhs_ahs, received) = header
+        .split_at_checked(l.header - hd)
+        .ok_or(PduError::Truncated)?;
+    if dg.header && received != digest(&[bhs_ahs]) {
         return Err(PduError::HeaderDigest);
     }
-    let mut bhs = [0u8; BHS_LEN];
-    bhs.copy_from_slice(&header[..BHS_LEN]);
-    let p = Pdu {
-        bhs,
-        ahs: header[BHS_LEN..header_end].to_vec(),
-        data: Vec::new(),
-    };
+    let (bhs, ahs) = bhs_ahs
+        .split_at_checked(BHS_LEN)
+        .ok_or(PduError::Truncated)?;
+    let mut p = Pdu::from_bhs(bhs).ok_or(PduError::Truncated)?;
+    p.ahs = ahs.to_vec();
     Ok((p, l))
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -4,6 +4,8 @@
 //! the data segment of Login and Text PDUs, and binary values (6.1: "0x"
 //! hex or "0b" base64).
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 /// Parse a data segment into (key, value) pairs, in order. Malformed
 /// entries (no '=', not UTF-8) are skipped.
 pub fn parse(data: &[u8]) -> Vec<(String, String)> {
@@ -204,6 +206,7 @@ pub fn full_feature_keys(keys: &[(String, String)]) -> Result<FullFeatureKeys, S
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

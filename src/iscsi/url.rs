@@ -3,6 +3,8 @@
 //! `iscsi://[user[%password]@]host[:port][/target-iqn[/lun]]` (the form
 //! libiscsi and QEMU use; IPv6 hosts in brackets).
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 /// iSCSI's registered TCP port (RFC 7143 14.1).
 pub const DEFAULT_PORT: u16 = 3260;
 
@@ -169,6 +171,7 @@ pub fn parse(url: &str) -> Result<IscsiUrl, UrlError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
