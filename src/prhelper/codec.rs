@@ -4,6 +4,8 @@
 //! without I/O: what a request must look like and how a response is laid
 //! out. Every integer on the wire is big-endian.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 /// Feature flags we offer in the handshake (none are defined).
 pub const SUPPORTED_FEATURES: u32 = 0;
 /// A request is exactly this many CDB bytes.
@@ -93,21 +95,23 @@ pub struct Reply {
 /// and never longer than the allocation length: QEMU asserts both.
 pub fn encode_reply(dir: Direction, r: &Reply) -> Vec<u8> {
     let payload: &[u8] = match dir {
-        Direction::In { len } if r.status == 0 => &r.data[..r.data.len().min(len)],
+        Direction::In { len } if r.status == 0 => r.data.get(..len).unwrap_or(&r.data),
         _ => &[],
     };
     let mut out = Vec::with_capacity(RESPONSE_HEADER_LEN + payload.len());
     out.extend_from_slice(&u32::from(r.status).to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     let mut sense = [0u8; SENSE_LEN];
-    let n = r.sense.len().min(SENSE_LEN);
-    sense[..n].copy_from_slice(&r.sense[..n]);
+    for (s, b) in sense.iter_mut().zip(&r.sense) {
+        *s = *b;
+    }
     out.extend_from_slice(&sense);
     out.extend_from_slice(payload);
     out
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

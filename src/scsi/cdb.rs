@@ -3,6 +3,8 @@
 //! A CDB copied into a fixed, zero-padded buffer so that field accessors can
 //! never read out of bounds, whatever the transport handed us.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 /// Longest CDB we accept (virtio-scsi's default cdb_size, the largest
 /// variable-length CDB the device advertises).
 pub const MAX_CDB_LEN: usize = 32;
@@ -16,8 +18,9 @@ impl Cdb {
     /// Copy `cdb` (truncating past 32 bytes, zero-padding short ones).
     pub fn new(cdb: &[u8]) -> Cdb {
         let mut bytes = [0u8; MAX_CDB_LEN];
-        let n = cdb.len().min(MAX_CDB_LEN);
-        bytes[..n].copy_from_slice(&cdb[..n]);
+        for (b, c) in bytes.iter_mut().zip(cdb) {
+            *b = *c;
+        }
         Cdb { bytes }
     }
 
@@ -81,11 +84,17 @@ pub fn be64_at(buf: &[u8], i: usize) -> u64 {
     (u64::from(be32_at(buf, i)) << 32) | u64::from(be32_at(buf, i + 4))
 }
 
-fn get(buf: &[u8], i: usize) -> u8 {
+/// Byte `i` of a parameter list slice, zero past its end.
+pub fn byte_at(buf: &[u8], i: usize) -> u8 {
     buf.get(i).copied().unwrap_or(0)
 }
 
+fn get(buf: &[u8], i: usize) -> u8 {
+    byte_at(buf, i)
+}
+
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

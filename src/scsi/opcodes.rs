@@ -4,6 +4,8 @@
 //! check (a CDB bit outside the usage mask is INVALID FIELD IN CDB), and
 //! REPORT SUPPORTED OPERATION CODES (SPC-4 6.35), so they cannot disagree.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use super::cdb::Cdb;
 use super::lu::{Failure, LogicalUnit};
 use super::pr::Access;
@@ -169,7 +171,9 @@ fn first_entry() -> &'static [u16; 256] {
     INDEX.get_or_init(|| {
         let mut idx = [u16::MAX; 256];
         for (i, o) in OPCODES.iter().enumerate().rev() {
-            idx[usize::from(o.opcode)] = i as u16;
+            #[allow(clippy::indexing_slicing)] // a u8 indexes 256 entries
+            let slot = &mut idx[usize::from(o.opcode)];
+            *slot = i as u16;
         }
         idx
     })
@@ -178,6 +182,7 @@ fn first_entry() -> &'static [u16; 256] {
 /// Find the table entry for a CDB, or the sense to answer with.
 pub(crate) fn lookup(cdb: &Cdb) -> Result<&'static OpInfo, Sense> {
     let op = cdb.opcode();
+    #[allow(clippy::indexing_slicing)] // a u8 indexes 256 entries
     let first = first_entry()[usize::from(op)];
     let Some(entry) = OPCODES.get(usize::from(first)) else {
         return Err(Sense::INVALID_COMMAND_OPERATION_CODE);
@@ -186,7 +191,9 @@ pub(crate) fn lookup(cdb: &Cdb) -> Result<&'static OpInfo, Sense> {
         return Ok(entry);
     }
     let sa = cdb.service_action();
-    OPCODES[usize::from(first)..]
+    OPCODES
+        .get(usize::from(first)..)
+        .unwrap_or_default()
         .iter()
         .take_while(|o| o.opcode == op)
         .find(|o| o.sa == Some(sa))
@@ -237,7 +244,9 @@ fn report_supported_opcodes(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
                 }
             }
             let len = (out.len() - 4) as u32;
-            out[..4].copy_from_slice(&len.to_be_bytes());
+            if let Some(header) = out.get_mut(..4) {
+                header.copy_from_slice(&len.to_be_bytes());
+            }
         }
         1..=3 => {
             let with_sa = has_service_actions(req_op);
@@ -277,6 +286,7 @@ fn report_supported_opcodes(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -3,8 +3,10 @@
 //! PERSISTENT RESERVE OUT parameter lists, PERSISTENT RESERVE IN data, and
 //! iSCSI TransportIDs (SPC-4 6.15, 6.16, 7.6.4.6).
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use super::{PrState, PrType};
-use crate::scsi::cdb::{be16_at, be32_at, be64_at};
+use crate::scsi::cdb::{be16_at, be32_at, be64_at, byte_at};
 use crate::scsi::sense::Sense;
 
 /// SPC-4 7.6.4.1: protocol identifier of iSCSI.
@@ -52,24 +54,28 @@ pub enum TransportIdError {
 /// Parse one iSCSI TransportID at the start of `b`; returns the initiator
 /// name (without any ISID part) and the bytes consumed.
 pub fn parse_transport_id(b: &[u8]) -> Result<(String, usize), TransportIdError> {
-    if b.len() < 4 {
+    let Some(&[b0, ..]) = b.first_chunk::<4>() else {
         return Err(TransportIdError::Length);
-    }
-    let format = b[0] >> 6;
-    if b[0] & 0x0f != PROTOCOL_ISCSI || format > 1 {
+    };
+    let format = b0 >> 6;
+    if b0 & 0x0f != PROTOCOL_ISCSI || format > 1 {
         return Err(TransportIdError::Unsupported);
     }
     let len = usize::from(be16_at(b, 2));
     let total = 4 + len;
-    if len < 4 || len % 4 != 0 || b.len() < total {
+    if len < 4 || len % 4 != 0 {
         return Err(TransportIdError::Length);
     }
-    let body = &b[4..total];
-    let end = body.iter().position(|&c| c == 0).unwrap_or(body.len());
-    let name = std::str::from_utf8(&body[..end]).map_err(|_| TransportIdError::BadName)?;
+    let body = b.get(4..total).ok_or(TransportIdError::Length)?;
+    // The name ends at its NUL terminator (or with the body).
+    let name = body.split(|&c| c == 0).next().unwrap_or_default();
+    let name = std::str::from_utf8(name).map_err(|_| TransportIdError::BadName)?;
     // Format 01b: "name,i,0xISID" (SPC-4 table 388).
-    let name = match name.find(",i,0x").or_else(|| name.find(",I,0X")) {
-        Some(i) if format == 1 => &name[..i],
+    let name = match name
+        .split_once(",i,0x")
+        .or_else(|| name.split_once(",I,0X"))
+    {
+        Some((n, _)) if format == 1 => n,
         _ => name,
     };
     if name.is_empty() || !name.bytes().all(|c| c.is_ascii_graphic()) {
@@ -113,22 +119,22 @@ pub fn parse_prout(sa: u8, p: &[u8]) -> Result<ProutParams, Sense> {
     };
     if sa == SA_REGISTER_AND_MOVE {
         // SPC-4 table 220.
-        out.unreg = p[17] & 0x02 != 0;
-        out.aptpl = p[17] & 0x01 != 0;
+        out.unreg = byte_at(p, 17) & 0x02 != 0;
+        out.aptpl = byte_at(p, 17) & 0x01 != 0;
         out.move_port = be16_at(p, 18);
         let tid_len = be32_at(p, 20) as usize;
         if tid_len == 0 || p.len() != BASIC_PARAM_LEN + tid_len {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
-        let (name, used) =
-            parse_transport_id(&p[BASIC_PARAM_LEN..]).map_err(|e| transport_id_sense(24, e))?;
+        let tid = p.get(BASIC_PARAM_LEN..).unwrap_or_default();
+        let (name, used) = parse_transport_id(tid).map_err(|e| transport_id_sense(24, e))?;
         if used != tid_len {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
         out.move_initiator = Some(name);
         return Ok(out);
     }
-    let flags = p[20];
+    let flags = byte_at(p, 20);
     out.spec_i_pt = flags & 0x08 != 0;
     let registering = sa == SA_REGISTER || sa == SA_REGISTER_AND_IGNORE;
     if registering {
@@ -146,8 +152,8 @@ pub fn parse_prout(sa: u8, p: &[u8]) -> Result<ProutParams, Sense> {
         }
         let mut at = 28;
         while at < p.len() {
-            let (name, used) =
-                parse_transport_id(&p[at..]).map_err(|e| transport_id_sense(at, e))?;
+            let tid = p.get(at..).unwrap_or_default();
+            let (name, used) = parse_transport_id(tid).map_err(|e| transport_id_sense(at, e))?;
             out.transport_ids.push(name);
             at += used;
         }
@@ -195,14 +201,16 @@ impl PrState {
     /// REPORT CAPABILITIES (SA 02h): CRH, SIP_C, ATP_C, PTPL_C, TMV, every
     /// type; PTPL_A tells whether APTPL is active.
     pub fn report_capabilities(&self) -> Vec<u8> {
-        let mut d = vec![0u8; 8];
-        d[1] = 8;
-        d[2] = 0x10 | 0x08 | 0x04 | 0x01; // CRH, SIP_C, ATP_C, PTPL_C
-        d[3] = 0x80 | u8::from(self.aptpl); // TMV, PTPL_A
-                                            // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX; EX_AC_AR.
-        d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02;
-        d[5] = 0x01;
-        d
+        vec![
+            0,
+            8,                                // LENGTH
+            0x10 | 0x08 | 0x04 | 0x01,        // CRH, SIP_C, ATP_C, PTPL_C
+            0x80 | u8::from(self.aptpl),      // TMV, PTPL_A
+            0x80 | 0x40 | 0x20 | 0x08 | 0x02, // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
+            0x01,                             // EX_AC_AR
+            0,
+            0,
+        ]
     }
 
     /// READ FULL STATUS (SA 03h).
