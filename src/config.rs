@@ -3,6 +3,8 @@
 //! Validated configuration: what the daemon serves. Built from the command
 //! line (see cli.rs); everything here has been checked.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -300,7 +302,7 @@ pub fn default_initiator(socket: &std::path::Path) -> String {
         let hash = s
             .bytes()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        let tail = &s[s.len() - (room - 9)..];
+        let tail = s.get(s.len() - (room - 9)..).unwrap_or_default();
         s = format!("{hash:08x}-{tail}");
     }
     format!("{PREFIX}{s}")
@@ -308,13 +310,15 @@ pub fn default_initiator(socket: &std::path::Path) -> String {
 
 /// A byte count with an optional binary suffix: 4096, 512K, 64M, 1G, 2T.
 pub fn parse_size(v: &str) -> Option<u64> {
-    let (num, shift) = match v.as_bytes().last()? {
-        b'K' | b'k' => (&v[..v.len() - 1], 10),
-        b'M' | b'm' => (&v[..v.len() - 1], 20),
-        b'G' | b'g' => (&v[..v.len() - 1], 30),
-        b'T' | b't' => (&v[..v.len() - 1], 40),
-        _ => (v, 0),
+    let shift = match v.as_bytes().last()? {
+        b'K' | b'k' => 10,
+        b'M' | b'm' => 20,
+        b'G' | b'g' => 30,
+        b'T' | b't' => 40,
+        _ => 0,
     };
+    // The suffix is one ASCII byte.
+    let num = if shift == 0 { v } else { v.get(..v.len() - 1)? };
     num.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
@@ -425,6 +429,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -5,6 +5,8 @@
 //! bounds-checked copies and host iovecs for zero-copy I/O. Addresses come
 //! from the guest and are only trusted after guest memory has resolved them.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest memory as the daemon maps it.
@@ -113,16 +115,28 @@ impl Buffer {
 
     /// Copy guest bytes at `offset` into `buf`.
     pub fn read_at(&self, mem: &GuestMemory, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.for_each_range(offset, buf.len() as u64, |addr, n, done| {
-            mem.read_slice(&mut buf[done..done + n], addr)
+        let total = buf.len() as u64;
+        self.for_each_range(offset, total, |addr, n, done| {
+            let part = buf.get_mut(done..done + n).ok_or(Error::OutOfBounds {
+                offset,
+                len: total,
+                total: self.len,
+            })?;
+            mem.read_slice(part, addr)
                 .map_err(|_| Error::BadAddress(addr.0))
         })
     }
 
     /// Copy `buf` into guest memory at `offset`.
     pub fn write_at(&self, mem: &GuestMemory, offset: u64, buf: &[u8]) -> Result<(), Error> {
-        self.for_each_range(offset, buf.len() as u64, |addr, n, done| {
-            mem.write_slice(&buf[done..done + n], addr)
+        let total = buf.len() as u64;
+        self.for_each_range(offset, total, |addr, n, done| {
+            let part = buf.get(done..done + n).ok_or(Error::OutOfBounds {
+                offset,
+                len: total,
+                total: self.len,
+            })?;
+            mem.write_slice(part, addr)
                 .map_err(|_| Error::BadAddress(addr.0))
         })
     }
@@ -135,7 +149,9 @@ impl Buffer {
             while done < n {
                 let k = (n - done).min(ZEROS.len());
                 let a = GuestAddress(addr.0 + done as u64);
-                mem.write_slice(&ZEROS[..k], a)
+                #[allow(clippy::indexing_slicing)] // k is at most ZEROS.len()
+                let zeros = &ZEROS[..k];
+                mem.write_slice(zeros, a)
                     .map_err(|_| Error::BadAddress(a.0))?;
                 done += k;
             }
@@ -190,6 +206,7 @@ impl ChainBuffers {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -13,6 +13,8 @@
 //! `MAX_DESCRIPTORS` or whose device-readable descriptors follow
 //! device-writable ones is refused.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 use vm_memory::{Bytes, GuestAddress};
 
 use super::buffers::{ChainBuffers, GuestMemory, MAX_DESCRIPTORS};
@@ -149,6 +151,7 @@ fn push(bufs: &mut ChainBuffers, count: &mut usize, d: &Desc) -> Result<(), Erro
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryMmap;

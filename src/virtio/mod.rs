@@ -3,6 +3,8 @@
 //! virtio-scsi wire formats (virtio 1.2, 5.6 "SCSI Host Device") and guest
 //! buffer access. Knows nothing about SCSI semantics beyond the layouts.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice)]
+
 pub mod buffers;
 pub mod chain;
 
@@ -161,11 +163,14 @@ pub fn encode_response(
     r[4..8].copy_from_slice(&residual.to_le_bytes());
     r[10] = status;
     r[11] = response as u8;
-    r[12..12 + sense_len].copy_from_slice(&sense[..sense_len]);
+    for (d, s) in r.iter_mut().skip(12).zip(sense.iter().take(sense_len)) {
+        *d = *s;
+    }
     r
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
