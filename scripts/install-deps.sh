@@ -4,7 +4,8 @@
 # Install what building and testing needs on a Debian 12 machine (run as
 # root): QEMU 7.2 from Debian, the guest's tools, and QEMU 10.0 from
 # bookworm-backports unpacked into target/qemu10 (so both versions exist side
-# by side; only one can be installed by apt).
+# by side; only one can be installed by apt), and cargo-fuzz when the nightly
+# toolchain is here (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,5 +51,11 @@ if [[ ! -x $q10/usr/bin/qemu-system-x86_64 ]]; then
     for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$q10"; done
     rm -rf "$tmp"
 fi
+# cargo-fuzz, from crates.io, for the fuzz step of scripts/test.sh: only with
+# a nightly toolchain (libFuzzer builds need it), and only if missing.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --quiet
+fi
+
 "$q10/usr/bin/qemu-system-x86_64" --version | head -1
 qemu-system-x86_64 --version | head -1
