@@ -335,6 +335,13 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
         .next()
         .filter(|p| !p.is_empty())
         .ok_or_else(|| bad("empty path".into()))?;
+    // A LUN's URL given as the socket: refused here, before the path (and
+    // any password in it) reaches other messages.
+    if path.starts_with("iscsi://") {
+        return Err(bad(
+            "an iscsi:// URL is a LUN (--lun), not a socket path".into()
+        ));
+    }
     let mut c = ControllerConfig {
         socket: PathBuf::from(path),
         initiator: default_initiator(std::path::Path::new(path)),
@@ -607,6 +614,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "--socket '/s,iscsi://u%***@h/iqn.x:y/1': unknown option 'iscsi://u%***@h/iqn.x:y/1'"
+        );
+    }
+
+    #[test]
+    fn an_iscsi_url_given_as_a_socket_path_is_refused_without_the_password() {
+        // Found by fuzzing (config_specs): such a path, with two LUNs of the
+        // same number, came back whole in "LUN 0 is given twice for socket".
+        let e = parse_socket("iscsi://u%pw4@h/iqn.x:y/1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--socket 'iscsi://u%***@h/iqn.x:y/1': an iscsi:// URL is a LUN (--lun), not a socket path"
         );
     }
 
