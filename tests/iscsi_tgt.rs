@@ -1520,3 +1520,201 @@ impl Sink for VecSink {
         }
     }
 }
+
+/// Run the binary with `args` and RUST_LOG=trace, with a deadline; its
+/// stdout and stderr together. Once a daemon listens, `then` runs with its
+/// socket, and the daemon is stopped with SIGTERM.
+fn printed(args: &[String], then: &dyn Fn(&str)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let listening = text.contains("Listening on");
+        if listening {
+            if let Some(i) = args.iter().position(|a| a == "--socket") {
+                then(&args[i + 1]);
+            }
+        }
+        if listening || Instant::now() > deadline {
+            // SAFETY: kill() on the child this test started, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    std::fs::read_to_string(&out_path).unwrap()
+}
+
+#[test]
+fn no_secret_reaches_anything_printed() {
+    let mut t = Tgt::start();
+    let name = "iqn.2026-11.test:secrets";
+    let (tid, _) = t.target(name);
+    t.bind_all(tid);
+    t.account(tid, "alice", "alicesecret12", false);
+    t.account(tid, "tgtuser", "targetsecret1", true);
+    // Every secret given, right or wrong, and the target's own.
+    let secrets = [
+        "alicesecret12",
+        "targetsecret1",
+        "wrongurlsecret7",
+        "wrongfilesecret8",
+        "wrongmutual9999",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let creds = |file: &str, password: &str, mutual: Option<&str>| {
+        let p = dir.path().join(file);
+        let mut text = format!("user = alice\npassword = {password}\n");
+        if let Some(m) = mutual {
+            text.push_str(&format!("target-user = tgtuser\ntarget-password = {m}\n"));
+        }
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let right = creds("right.chap", "alicesecret12", Some("targetsecret1"));
+    let wrong = creds("wrong.chap", "wrongfilesecret8", None);
+    let wrong_mutual = creds("mutual.chap", "alicesecret12", Some("wrongmutual9999"));
+    let garbled = dir.path().join("garbled.chap");
+    std::fs::write(&garbled, "user = alice\npassword alicesecret12\n").unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = t.addr();
+    let sock = dir.path().join("s.sock").display().to_string();
+    let serve = |lun: String| -> Vec<String> {
+        vec![
+            "serve".into(),
+            "--socket".into(),
+            sock.clone(),
+            "--lun".into(),
+            lun,
+        ]
+    };
+    let mut runs: Vec<(&str, Vec<String>, bool)> = vec![
+        (
+            "wrong password in the URL",
+            serve(format!("iscsi://alice%wrongurlsecret7@{addr}/{name}/1")),
+            false,
+        ),
+        (
+            "wrong password in a credentials file",
+            serve(format!("iscsi://{addr}/{name}/1,credentials={wrong}")),
+            false,
+        ),
+        (
+            "the target fails mutual CHAP",
+            serve(format!(
+                "iscsi://{addr}/{name}/1,credentials={wrong_mutual}"
+            )),
+            false,
+        ),
+        (
+            "a garbled credentials file",
+            serve(format!(
+                "iscsi://{addr}/{name}/1,credentials={}",
+                garbled.display()
+            )),
+            false,
+        ),
+        (
+            "an unreachable portal",
+            serve(format!(
+                "iscsi://alice%alicesecret12@127.0.0.1:{closed}/{name}/1"
+            )),
+            false,
+        ),
+        (
+            "an unknown LUN option",
+            serve(format!(
+                "iscsi://alice%alicesecret12@{addr}/{name}/1,bogus=1"
+            )),
+            false,
+        ),
+        (
+            "an unbracketed IPv6 host",
+            serve(format!("iscsi://alice%alicesecret12@fe80::1/{name}/1")),
+            false,
+        ),
+        (
+            "a URL that does not parse",
+            serve(format!("iscsi://alice%alicesecret12@[::1/{name}/1")),
+            false,
+        ),
+        (
+            "a URL as the socket",
+            vec![
+                "serve".into(),
+                "--socket".into(),
+                format!("iscsi://alice%alicesecret12@{addr}/{name}/1"),
+            ],
+            false,
+        ),
+        (
+            "discovery of an unreachable portal, password in the URL",
+            vec![
+                "discover".into(),
+                format!("iscsi://alice%wrongurlsecret7@127.0.0.1:{closed}"),
+            ],
+            false,
+        ),
+        (
+            "discovery with a credentials file",
+            vec![
+                "discover".into(),
+                format!("iscsi://{addr}"),
+                "--credentials".into(),
+                right.clone(),
+            ],
+            true,
+        ),
+    ];
+    // And a daemon that logs in (password in the URL, mutual CHAP from a
+    // file), serves a load generator, and stops, with every log level on.
+    runs.push((
+        "a daemon that serves",
+        serve(format!(
+            "iscsi://alice%alicesecret12@{addr}/{name}/1,credentials={right}"
+        )),
+        true,
+    ));
+    let bench = |sock: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+            .args([
+                "bench", "--json", "--verify", "--ios", "200", "--socket", sock,
+            ])
+            .output()
+            .unwrap();
+        let r = String::from_utf8_lossy(&out.stdout);
+        assert!(r.contains("\"errors\":0,\"verify_failures\":0"), "{r}");
+    };
+    for (what, args, ok) in runs {
+        let then: &dyn Fn(&str) = if ok { &bench } else { &|_| {} };
+        let text = printed(&args, then);
+        if ok {
+            assert!(!text.contains("rror"), "{what}: {text}");
+            if args[0] == "serve" {
+                assert!(text.contains(": logged in to "), "{what}: {text}");
+            }
+        } else {
+            assert!(!text.trim().is_empty(), "{what}: nothing printed");
+        }
+        for s in secrets {
+            assert!(!text.contains(s), "{what}: {s} printed in:\n{text}");
+        }
+    }
+}
