@@ -18,6 +18,7 @@ pub mod scsi;
 pub mod seccomp;
 pub mod seqhash;
 pub mod server;
+pub mod stats;
 pub mod vhost;
 pub mod virtio;
 
