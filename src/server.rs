@@ -425,13 +425,14 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
         let remote = remote_luns(c, relative_port, &mut sessions)?;
         controllers.push(Arc::new(Controller {
             name: c.socket.display().to_string(),
-            target: Target::with_passthrough(luns, remote.keys().copied().collect())
+            target: Target::with_queues(luns, remote.keys().copied().collect(), c.request_queues)
                 .with_port_group(PortGroup {
                     id: relative_port,
                     relative_port,
                     state: c.alua_state,
                 }),
-            remote,
+            remote: crate::device::RemoteLuns::new(remote),
+            connected: Default::default(),
             nexus: Nexus {
                 id,
                 path: i as u32 + 1,
@@ -564,14 +565,14 @@ fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared
         }
     }
     info!("{name}: front-end connected");
-    backend.attach();
+    ctrl.connect(&backend);
     // Returns once every ring has stopped and its requests completed.
     let result = conn.run();
     *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
     // The sessions' own threads receive again from now on.
     backend.detach_sessions();
     backend.quiesce();
-    ctrl.target.detach(&ctrl.nexus);
+    ctrl.disconnect();
     for (_, lu) in ctrl.target.luns() {
         if let Err(e) = lu.flush() {
             error!("Flushing {} failed: {e}", lu.backstore().path().display());

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Alignment used for O_DIRECT bounce buffers (the largest logical block
 /// size we support, and the page size).
@@ -64,7 +65,8 @@ pub struct Backstore {
     file: Option<File>,
     path: PathBuf,
     kind: Kind,
-    size: u64,
+    /// Size in bytes; changes on `resize`.
+    size: AtomicU64,
     read_only: bool,
     direct: bool,
     /// The file lives in memory (tmpfs, ramfs): I/O is a memory copy that
@@ -165,7 +167,7 @@ impl Backstore {
             file: Some(file),
             path: path.into(),
             kind,
-            size,
+            size: AtomicU64::new(size),
             read_only,
             direct,
             in_memory,
@@ -180,7 +182,7 @@ impl Backstore {
             file: None,
             path: PathBuf::from("null"),
             kind: Kind::Null,
-            size,
+            size: AtomicU64::new(size),
             read_only: false,
             direct: false,
             in_memory: true,
@@ -277,7 +279,34 @@ impl Backstore {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Take the backstore's new size: with `Some(bytes)` set it (a regular
+    /// file is truncated or extended, a null backstore takes it; a block
+    /// device's size is its own), with `None` read it again (a file or block
+    /// device resized by someone else). Returns the size now.
+    pub fn resize(&self, bytes: Option<u64>) -> io::Result<u64> {
+        let size = match (self.kind, bytes, &self.file) {
+            (Kind::Null, Some(b), _) => b,
+            (Kind::Null, None, _) => self.size(),
+            (Kind::File, Some(b), Some(f)) if !self.read_only => {
+                f.set_len(b)?;
+                b
+            }
+            (Kind::File, Some(_), _) => return Err(io::Error::from_raw_os_error(libc::EROFS)),
+            (Kind::Block, Some(_), _) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a block device's size is its own: resize the device, then take its size",
+                ))
+            }
+            (Kind::File, None, Some(f)) => f.metadata()?.len(),
+            (Kind::Block, None, Some(f)) => block_device_size(f)?,
+            (_, None, None) => self.size(),
+        };
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     pub fn read_only(&self) -> bool {
@@ -530,18 +559,19 @@ impl Backstore {
     /// The extent starting at `offset`: mapped or deallocated, and its length
     /// (clamped to the backstore size). Block devices are always mapped.
     pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
-        if self.kind != Kind::File || offset >= self.size {
-            return Ok(Extent::Mapped(self.size.saturating_sub(offset)));
+        let size = self.size();
+        if self.kind != Kind::File || offset >= size {
+            return Ok(Extent::Mapped(size.saturating_sub(offset)));
         }
         let fd = self.file()?.as_raw_fd();
         let data = lseek(fd, offset, libc::SEEK_DATA)?;
         match data {
             Some(d) if d == offset => {
-                let hole = lseek(fd, offset, libc::SEEK_HOLE)?.unwrap_or(self.size);
-                Ok(Extent::Mapped(hole.min(self.size) - offset))
+                let hole = lseek(fd, offset, libc::SEEK_HOLE)?.unwrap_or(size);
+                Ok(Extent::Mapped(hole.min(size) - offset))
             }
-            Some(d) => Ok(Extent::Deallocated(d.min(self.size) - offset)),
-            None => Ok(Extent::Deallocated(self.size - offset)),
+            Some(d) => Ok(Extent::Deallocated(d.min(size) - offset)),
+            None => Ok(Extent::Deallocated(size - offset)),
         }
     }
 

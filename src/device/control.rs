@@ -112,7 +112,7 @@ impl ScsiBackend {
             VirtioLun::Unsupported => LunAddress::Unsupported,
         };
         let lu = match addr {
-            LunAddress::Lun(l) => controller.target.lu(l).cloned(),
+            LunAddress::Lun(l) => controller.target.lu(l),
             _ => None,
         };
         // Passed-through (iSCSI) LUNs exist too: their commands are aborted
@@ -131,7 +131,7 @@ impl ScsiBackend {
             _ => None,
         };
         if let Some(remote) = remote {
-            return self.remote_tmf(subtype, addr, tag, remote);
+            return self.remote_tmf(subtype, addr, tag, &remote);
         }
         match subtype {
             TmfSubtype::AbortTask => {
@@ -147,11 +147,11 @@ impl ScsiBackend {
             TmfSubtype::ITNexusReset => {
                 info!("{}: I_T nexus reset", controller.name);
                 // Every iSCSI session of this controller is its nexus too.
-                let mut reset: Vec<&crate::iscsi::client::Client> = Vec::new();
+                let mut reset: Vec<crate::iscsi::client::Client> = Vec::new();
                 for r in controller.remote.values() {
                     if !reset.iter().any(|c| c.same_session(&r.client)) {
                         r.client.reset_nexus();
-                        reset.push(&r.client);
+                        reset.push(r.client);
                     }
                 }
                 inflight.abort_and_wait(Scope::All, Response::Reset);

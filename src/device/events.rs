@@ -10,7 +10,9 @@
 use std::sync::atomic::Ordering;
 
 use log::debug;
-use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_PARAM_CHANGE};
+use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_NO_EVENT, VIRTIO_SCSI_T_PARAM_CHANGE,
+};
 
 use super::{notify, ScsiBackend};
 use crate::scsi::target::encode_lun;
@@ -19,7 +21,7 @@ use crate::scsi::target::encode_lun;
 pub const EVENT_LEN: usize = 16;
 
 /// The event for `lun` (target 0) of `kind` with `reason`.
-fn encode_event(kind: u32, lun: u16, reason: u32) -> [u8; EVENT_LEN] {
+pub(super) fn encode_event(kind: u32, lun: u16, reason: u32) -> [u8; EVENT_LEN] {
     let mut e = [0u8; EVENT_LEN];
     e[0..4].copy_from_slice(&kind.to_le_bytes());
     e[4] = 1;
@@ -46,10 +48,8 @@ impl ScsiBackend {
         let Some(session) = self.inner.sessions.get(j) else {
             return;
         };
-        let guest_lun = self
-            .inner
-            .controller
-            .remote
+        let remote = self.inner.controller.remote.snapshot();
+        let guest_lun = remote
             .iter()
             .find(|(_, r)| r.lun == lun && r.client.same_session(session))
             .map(|(&l, _)| l);
@@ -72,10 +72,20 @@ impl ScsiBackend {
         self.post_event(encode_event(VIRTIO_SCSI_T_PARAM_CHANGE, lun, reason));
     }
 
+    /// The driver added event buffers: if an event found none before, say
+    /// so now (VIRTIO_SCSI_T_NO_EVENT with VIRTIO_SCSI_T_EVENTS_MISSED;
+    /// Linux then rescans the whole target) instead of waiting for the
+    /// next event to carry the flag.
+    pub(super) fn post_missed(&self) {
+        if self.inner.events_missed.load(Ordering::Relaxed) {
+            self.post_event(encode_event(VIRTIO_SCSI_T_NO_EVENT, 0, 0));
+        }
+    }
+
     /// Put `event` in the next event queue buffer; with none available,
     /// remember that one was missed (the next event carries
     /// VIRTIO_SCSI_T_EVENTS_MISSED, virtio 5.6.6.3).
-    fn post_event(&self, mut event: [u8; EVENT_LEN]) {
+    pub(super) fn post_event(&self, mut event: [u8; EVENT_LEN]) {
         let inner = &self.inner;
         let (Some(vring), Some(mem)) = (self.event_vring(), self.memory()) else {
             inner.events_missed.store(true, Ordering::Relaxed);

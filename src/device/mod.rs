@@ -8,6 +8,7 @@ pub mod coalesce;
 mod control;
 mod engine;
 mod events;
+mod hotplug;
 mod inflight;
 mod request;
 mod sink;
@@ -47,6 +48,7 @@ pub const PROBLEMS_PER_MINUTE: u32 = 20;
 
 use crate::vhost::Rings;
 pub use crate::vhost::Vring;
+pub use hotplug::{Lun, RemoteLuns};
 
 /// One controller as configured: its target (LUNs) and its nexus identity,
 /// which stays the same across connections.
@@ -58,7 +60,9 @@ pub struct Controller {
     /// How the request queues' notifications are coalesced.
     pub coalesce: coalesce::Policy,
     /// LUNs served by iSCSI sessions (passed through unchanged).
-    pub remote: std::collections::BTreeMap<u16, RemoteLun>,
+    pub remote: RemoteLuns,
+    /// The device of the connected front-end, if any (`hotplug`).
+    pub(crate) connected: hotplug::Connected,
     /// Rate limit of the log lines its guest and front-end cause, across
     /// connections.
     pub problems: crate::ratelimit::RateLimit,
@@ -72,6 +76,7 @@ impl Controller {
 }
 
 /// A LUN on an iSCSI target, reached through this controller's session.
+#[derive(Clone)]
 pub struct RemoteLun {
     pub client: Client,
     /// The LUN field as the target knows it (SAM-5 single level).
@@ -106,6 +111,8 @@ struct Inner {
     events_missed: AtomicBool,
     /// The driver accepted VIRTIO_SCSI_F_CHANGE (parameter change events).
     change_events: AtomicBool,
+    /// The driver accepted VIRTIO_SCSI_F_HOTPLUG (LUNs added and removed).
+    hotplug_events: AtomicBool,
 }
 
 impl ScsiBackend {
@@ -136,6 +143,7 @@ impl ScsiBackend {
                 running: Mutex::new(0),
                 events_missed: AtomicBool::new(false),
                 change_events: AtomicBool::new(false),
+                hotplug_events: AtomicBool::new(false),
             }),
         })
     }
@@ -231,18 +239,7 @@ impl ScsiBackend {
     /// that abort its commands (for PREEMPT AND ABORT from other nexuses).
     pub fn attach(&self) {
         let c = &self.inner.controller;
-        let weak = Arc::downgrade(&self.inner);
-        c.target.attach(&c.nexus, |lun| {
-            let weak = weak.clone();
-            let hook: AbortHook = Arc::new(move || {
-                if let Some(inner) = weak.upgrade() {
-                    inner
-                        .inflight
-                        .abort_and_wait(Scope::Lun(LunAddress::Lun(lun)), Response::Aborted);
-                }
-            });
-            Some(hook)
-        });
+        c.target.attach(&c.nexus, |lun| Some(self.abort_hook(lun)));
         // Asynchronous events from the iSCSI targets become parameter
         // change events for the guest (besides their unit attention).
         for (j, client) in self.inner.sessions.iter().enumerate() {
@@ -280,6 +277,19 @@ impl ScsiBackend {
             (false, true) => self.inner.sessions.iter().for_each(Client::deactivate),
             _ => {}
         }
+    }
+
+    /// The hook that aborts this connection's commands on `lun` (for
+    /// PREEMPT AND ABORT from other nexuses).
+    fn abort_hook(&self, lun: u16) -> AbortHook {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner
+                    .inflight
+                    .abort_and_wait(Scope::Lun(LunAddress::Lun(lun)), Response::Aborted);
+            }
+        })
     }
 
     /// Wait until every accepted request has completed.
@@ -374,13 +384,16 @@ impl crate::vhost::Backend for ScsiBackend {
     fn acked_features(&self, features: u64) {
         let change = features & VIRTIO_SCSI_F_CHANGE != 0;
         self.inner.change_events.store(change, Ordering::Relaxed);
+        let hotplug = features & VIRTIO_SCSI_F_HOTPLUG != 0;
+        self.inner.hotplug_events.store(hotplug, Ordering::Relaxed);
     }
 
     fn handle_queue(&self, _thread: usize, vring: &Vring) {
         match vring.index() {
             CONTROL_QUEUE => self.process_control_queue(vring),
-            // Event queue buffers stay available for the events we post.
-            EVENT_QUEUE => {}
+            // Event queue buffers stay available for the events we post;
+            // new ones tell the driver of events that found none.
+            EVENT_QUEUE => self.post_missed(),
             q => {
                 let Some(slot) = self.inner.workers.get(q - FIRST_REQUEST_QUEUE) else {
                     return;

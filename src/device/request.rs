@@ -12,6 +12,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use log::{debug, error};
 
 use super::engine::Engine;
@@ -19,6 +21,7 @@ use super::{completion_eventfd, ScsiBackend, Vring, MAX_QUEUE_SIZE};
 use crate::scsi::{
     self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome, Status,
 };
+use crate::stats::{End, LunStats, Started};
 use crate::virtio::buffers::{Buffer, ChainBuffers, GuestMemory};
 use crate::virtio::{
     encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
@@ -31,6 +34,8 @@ struct Pending {
     mem: Arc<GuestMemory>,
     lu: Arc<LogicalUnit>,
     io: BlockIo,
+    stats: Arc<LunStats>,
+    started: Started,
     /// Host addresses of the data buffer; read by the kernel until completion.
     iovecs: Vec<libc::iovec>,
     key: u64,
@@ -92,6 +97,8 @@ struct RemotePending {
     reserved: u64,
     /// The guest's data-in buffer, when the session receives into it.
     sink: Option<Arc<GuestSink>>,
+    stats: Arc<LunStats>,
+    started: Started,
 }
 
 type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
@@ -112,6 +119,9 @@ pub struct Worker {
     free: Vec<usize>,
     in_flight: usize,
     reaped: Vec<(u64, i32)>,
+    /// When the current round of the virtqueue started (the start time of
+    /// the commands it takes, for their latency).
+    round_start: Instant,
 }
 
 impl Worker {
@@ -125,6 +135,7 @@ impl Worker {
             free: Vec::new(),
             in_flight: 0,
             reaped: Vec::new(),
+            round_start: Instant::now(),
         })
     }
 
@@ -219,6 +230,7 @@ impl ScsiBackend {
                     break;
                 }
             };
+            w.round_start = Instant::now();
             for (head, bufs) in chains {
                 used_any |= self.start_request(w, vring, &mem, head, bufs);
             }
@@ -294,7 +306,9 @@ impl ScsiBackend {
             // only finish if we reap them first.
             self.drain_worker(w, vring);
         }
-        let target = &self.inner.controller.target;
+        let target = self.inner.controller.target.snapshot();
+        let stats = target.stats(addr);
+        let started = stats.start(w.index, req.cdb[0], w.round_start);
         let mut dout = GuestDataOut {
             buf: &bufs.readable,
             mem,
@@ -320,21 +334,27 @@ impl ScsiBackend {
                 key,
                 data_in_len,
                 data_out_len,
+                (stats.clone(), started),
             ),
             Outcome::Done(resp) => {
                 let n = (resp.data.len() as u64).min(data_in_len);
                 let hdr = match self.inner.inflight.finish(w.index, key) {
-                    Some(r) => encode_response(r, 0, &[], data_in_len),
+                    Some(r) => {
+                        stats.end_local(started, End::Transport);
+                        encode_response(r, 0, &[], data_in_len)
+                    }
                     None => {
                         if bufs
                             .writable
                             .write_at(mem, RESP_HEADER_LEN as u64, &resp.data[..n as usize])
                             .is_err()
                         {
+                            stats.end_local(started, End::Transport);
                             let hdr = encode_response(Response::Failure, 0, &[], 0);
                             respond(mem, vring, head, &bufs, &hdr, 0);
                             return true;
                         }
+                        stats.end_local(started, status_end(resp.status, &resp.sense, n));
                         encode_response(Response::Ok, resp.status, &resp.sense, data_in_len - n)
                     }
                 };
@@ -348,6 +368,7 @@ impl ScsiBackend {
                 };
                 let Some(lu) = lu else {
                     // The SCSI layer only asks for I/O on an existing LU.
+                    stats.end_local(started, End::Transport);
                     self.inner.inflight.finish(w.index, key);
                     let hdr = encode_response(Response::Failure, 0, &[], 0);
                     respond(mem, vring, head, &bufs, &hdr, 0);
@@ -362,6 +383,8 @@ impl ScsiBackend {
                         mem: mem.clone(),
                         lu,
                         io,
+                        stats: stats.clone(),
+                        started,
                         iovecs: Vec::new(),
                         key,
                         data_in_len,
@@ -387,9 +410,11 @@ impl ScsiBackend {
         key: u64,
         data_in_len: u64,
         data_out_len: u64,
+        (stats, started): (Arc<LunStats>, Started),
     ) -> bool {
         use crate::iscsi::session::Data;
         let fail = |bufs: &ChainBuffers, r: Response| {
+            stats.end_local(started, End::Transport);
             self.inner.inflight.finish(w.index, key);
             respond(mem, vring, head, bufs, &encode_response(r, 0, &[], 0), 0);
             true
@@ -421,6 +446,7 @@ impl ScsiBackend {
                  TASK SET FULL",
                 w.index
             );
+            stats.end_local(started, status_end(Status::TaskSetFull as u8, &[], 0));
             self.inner.inflight.finish(w.index, key);
             let hdr = encode_response(Response::Ok, Status::TaskSetFull as u8, &[], data_in_len);
             respond(mem, vring, head, &bufs, &hdr, 0);
@@ -462,6 +488,8 @@ impl ScsiBackend {
             write: data_out_len > 0,
             reserved,
             sink,
+            stats,
+            started,
         };
         let backend = self.clone();
         let r = Request {
@@ -536,6 +564,12 @@ impl ScsiBackend {
                 }
             }
         };
+        let moved = if p.write {
+            p.reserved.saturating_sub(p.data_in_len)
+        } else {
+            n
+        };
+        p.stats.end_remote(p.started, end_of(&hdr, moved));
         respond(&p.mem, &p.vring, p.head, &p.bufs, &hdr, n);
         self.inner.remote_budget.give(p.reserved);
         // Only now: a device reset or GET_VRING_BASE waiting for the queue
@@ -632,6 +666,7 @@ impl ScsiBackend {
     fn finish_with(&self, w: &mut Worker, vring: &Vring, p: Pending, r: Response) {
         // Release the write range the SCSI layer registered.
         let _ = p.lu.complete_io(&p.io, Ok(()));
+        p.stats.end_local(p.started, End::Transport);
         let r = self.inner.inflight.finish(w.index, p.key).unwrap_or(r);
         let hdr = encode_response(r, 0, &[], 0);
         respond(&p.mem, vring, p.head, &p.bufs, &hdr, 0);
@@ -645,16 +680,25 @@ impl ScsiBackend {
             IoKind::Flush => (p.data_in_len.max(p.data_out_len), 0),
         };
         let (hdr, data_len) = match self.inner.inflight.finish(w.index, p.key) {
-            Some(r) => (encode_response(r, 0, &[], avail), 0),
+            Some(r) => {
+                p.stats.end_local(p.started, End::Transport);
+                (encode_response(r, 0, &[], avail), 0)
+            }
             None if resp.status == scsi::Status::Good as u8 => {
                 let data_len = if p.io.kind == IoKind::Read { moved } else { 0 };
+                p.stats
+                    .end_local(p.started, status_end(resp.status, &[], moved));
                 let hdr = encode_response(Response::Ok, resp.status, &[], avail - moved);
                 (hdr, data_len)
             }
-            None => (
-                encode_response(Response::Ok, resp.status, &resp.sense, avail),
-                0,
-            ),
+            None => {
+                p.stats
+                    .end_local(p.started, status_end(resp.status, &resp.sense, 0));
+                (
+                    encode_response(Response::Ok, resp.status, &resp.sense, avail),
+                    0,
+                )
+            }
         };
         respond(&p.mem, vring, p.head, &p.bufs, &hdr, data_len);
     }
@@ -719,6 +763,28 @@ impl ScsiBackend {
             self.notify_request(w.index, vring);
         }
     }
+}
+
+/// How a command that produced a SCSI status ended, for the statistics.
+fn status_end(status: u8, sense: &[u8], bytes: u64) -> End {
+    End::Status {
+        status,
+        sense_key: crate::stats::sense_key(sense),
+        bytes,
+    }
+}
+
+/// How a passed-through command ended, from the response header written
+/// for it (`bytes` moved if it was GOOD).
+fn end_of(hdr: &[u8; RESP_HEADER_LEN], bytes: u64) -> End {
+    let field = |at: usize| hdr.get(at).copied().unwrap_or(0);
+    // le32 sense_len, le32 resid, le16 qualifier, u8 status, u8 response.
+    if field(11) != Response::Ok as u8 {
+        return End::Transport;
+    }
+    let status = field(10);
+    let sense = hdr.get(12..).unwrap_or_default();
+    status_end(status, sense, bytes)
 }
 
 /// Length of a CDB from its group code (SPC-4 4.2.5.1); variable-length
@@ -795,6 +861,8 @@ impl ScsiBackend {
             write: false,
             reserved: 0,
             sink: Some(sink),
+            stats: Default::default(),
+            started: crate::stats::LunStats::default().start(0, 0x28, Instant::now()),
         };
         let done = crate::iscsi::session::Completion {
             tag: 1,

@@ -129,6 +129,7 @@ impl Harness {
             coalesce,
             remote: Default::default(),
             problems: Controller::problem_limit(),
+            connected: Default::default(),
         });
         let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
@@ -651,6 +652,129 @@ fn no_param_change_event_unless_the_driver_accepted_them() {
     let h = event_harness(false);
     h.backend.post_param_change(5, 0x2a, 0x09);
     assert!(h.used(2).is_empty());
+}
+
+/// A null logical unit of 1 MiB.
+fn null_lu() -> Arc<LogicalUnit> {
+    Arc::new(LogicalUnit::new(
+        Backstore::null(1 << 20),
+        LuConfig {
+            block_size: 512,
+            identity: Identity::derive("/hotplug"),
+            pr_file: None,
+            pr_state: Default::default(),
+            reservations: true,
+        },
+    ))
+}
+
+/// A connected harness whose driver accepted hot-plug events (and gave one
+/// event buffer if `buffer`).
+fn hotplug_harness(buffer: bool) -> Harness {
+    use virtio_bindings::virtio_scsi::VIRTIO_SCSI_F_HOTPLUG;
+    let mut h = Harness::new();
+    h.backend.acked_features(1 << VIRTIO_SCSI_F_HOTPLUG);
+    if buffer {
+        h.add_chain(2, &[(EVT, 16, true)]);
+    }
+    h.backend.controller().clone().connect(&h.backend);
+    h
+}
+
+fn event(h: &Harness) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    h.mem.read_slice(&mut e, GuestAddress(EVT)).unwrap();
+    e
+}
+
+#[test]
+fn a_lun_added_while_connected_gets_a_rescan_event_and_a_unit_attention() {
+    let h = hotplug_harness(true);
+    let c = h.backend.controller().clone();
+    c.add_lun(2, super::Lun::Local(null_lu()));
+    assert_eq!(h.used(2), vec![(0, 16)]);
+    // TRANSPORT_RESET (1), LUN 2 of target 0, reason RESCAN (1).
+    assert_eq!(event(&h), [1, 0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0, 0]);
+    // LUN 0's nexus: power on (from the connection), then REPORTED LUNS
+    // DATA HAS CHANGED (3Fh/0Eh).
+    let lu0 = c.target.lu(0).unwrap();
+    assert_eq!(
+        lu0.take_ua(c.nexus.id),
+        Some(crate::scsi::Sense::POWER_ON_RESET_OCCURRED)
+    );
+    let ua = lu0.take_ua(c.nexus.id).unwrap();
+    assert_eq!((ua.asc, ua.ascq), (0x3f, 0x0e));
+    assert!(c.target.has_lun(2));
+}
+
+#[test]
+fn a_removed_lun_gets_a_removed_event_and_later_commands_lun_not_supported() {
+    let mut h = hotplug_harness(true);
+    let c = h.backend.controller().clone();
+    assert!(matches!(c.remove_lun(0), Some(super::Lun::Local(_))));
+    // TRANSPORT_RESET (1), LUN 0, reason REMOVED (2).
+    assert_eq!(event(&h), [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+    // TEST UNIT READY to the gone LUN: LOGICAL UNIT NOT SUPPORTED (25h).
+    h.write_header(LUN0, 12, &[0, 0, 0, 0, 0, 0]);
+    h.add_chain(
+        0,
+        &[
+            (HDR, REQ_HEADER_LEN as u32, false),
+            (RESP, RESP_HEADER_LEN as u32, true),
+        ],
+    );
+    h.run_requests(1);
+    let r = h.response();
+    assert_eq!((r[10], r[11]), (0x02, 0));
+    assert_eq!((r[12 + 2], r[12 + 12]), (0x05, 0x25));
+    assert!(c.remove_lun(0).is_none());
+}
+
+#[test]
+fn an_event_with_no_buffer_is_reported_missed_when_buffers_come() {
+    let mut h = hotplug_harness(false);
+    let c = h.backend.controller().clone();
+    c.add_lun(3, super::Lun::Local(null_lu()));
+    assert!(h.used(2).is_empty());
+    // The driver adds a buffer: NO_EVENT with EVENTS_MISSED (bit 31).
+    h.add_chain(2, &[(EVT, 16, true)]);
+    let evt = h
+        .backend
+        .inner
+        .rings
+        .get(crate::virtio::EVENT_QUEUE)
+        .unwrap()
+        .clone();
+    h.backend.handle_queue(0, &evt);
+    assert_eq!(h.used(2), vec![(0, 16)]);
+    assert_eq!(
+        event(&h),
+        [0, 0, 0, 0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+}
+
+#[test]
+fn a_resize_is_a_capacity_change_event_and_unit_attention() {
+    use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
+    let mut h = Harness::on(Store::Null);
+    h.backend
+        .acked_features((1 << VIRTIO_SCSI_F_CHANGE) | (1 << VIRTIO_SCSI_F_HOTPLUG));
+    h.add_chain(2, &[(EVT, 16, true)]);
+    let c = h.backend.controller().clone();
+    c.connect(&h.backend);
+    let lu = c.target.lu(0).unwrap();
+    let _ = lu.take_ua(c.nexus.id);
+    assert_eq!(lu.resize(Some(4 << 20)).unwrap(), 8192);
+    c.lun_changed(0, crate::scsi::Sense::CAPACITY_DATA_HAS_CHANGED);
+    // PARAM_CHANGE (3), LUN 0, reason 2Ah | 09h << 8.
+    assert_eq!(
+        event(&h),
+        [3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x2a, 0x09, 0, 0]
+    );
+    let ua = lu.take_ua(c.nexus.id).unwrap();
+    assert_eq!((ua.asc, ua.ascq), (0x2a, 0x09));
+    c.disconnect();
+    assert!(!c.is_connected());
 }
 
 mod properties {

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{trace, warn};
@@ -98,7 +98,11 @@ pub struct LogicalUnit {
     /// Shared with a sanitize operation's thread.
     backstore: Arc<Backstore>,
     block_size: u32,
-    blocks: u64,
+    /// Capacity in logical blocks; changes when the backstore is resized.
+    blocks: AtomicU64,
+    /// Writes refused although the backstore is open for writing (made
+    /// read-only at run time).
+    write_protected: AtomicBool,
     identity: Identity,
     /// Caching mode page WCE (SBC-3 6.4.5).
     pub(crate) wce: AtomicBool,
@@ -134,7 +138,8 @@ impl LogicalUnit {
         LogicalUnit {
             backstore: Arc::new(backstore),
             block_size: config.block_size,
-            blocks,
+            blocks: AtomicU64::new(blocks),
+            write_protected: AtomicBool::new(false),
             identity: config.identity,
             wce: AtomicBool::new(true),
             d_sense: AtomicBool::new(false),
@@ -292,7 +297,33 @@ impl LogicalUnit {
 
     /// Capacity in logical blocks.
     pub fn blocks(&self) -> u64 {
-        self.blocks
+        self.blocks.load(Ordering::Relaxed)
+    }
+
+    /// The backstore's size changed (or was changed to `size` bytes): take
+    /// the new capacity, and tell every attached nexus (CAPACITY DATA HAS
+    /// CHANGED, SBC-3 4.6). Returns the new capacity in blocks.
+    pub fn resize(&self, size: Option<u64>) -> io::Result<u64> {
+        let bytes = self.backstore.resize(size)?;
+        let blocks = bytes / u64::from(self.block_size);
+        if self.blocks.swap(blocks, Ordering::Relaxed) != blocks {
+            self.establish_ua_all(Sense::CAPACITY_DATA_HAS_CHANGED, None);
+        }
+        Ok(blocks)
+    }
+
+    /// Refuse writes (or accept them again, if the backstore was opened for
+    /// writing). Every attached nexus learns that the mode parameters (the
+    /// WP bit) changed. Returns false if writes cannot be allowed because
+    /// the backstore was opened read-only.
+    pub fn set_read_only(&self, read_only: bool) -> bool {
+        if !read_only && self.backstore.read_only() {
+            return false;
+        }
+        if self.write_protected.swap(read_only, Ordering::Relaxed) != read_only {
+            self.establish_ua_all(Sense::MODE_PARAMETERS_CHANGED, None);
+        }
+        true
     }
 
     pub fn identity(&self) -> &Identity {
@@ -300,7 +331,7 @@ impl LogicalUnit {
     }
 
     pub fn read_only(&self) -> bool {
-        self.backstore.read_only()
+        self.backstore.read_only() || self.write_protected.load(Ordering::Relaxed)
     }
 
     /// Whether the LU is thin provisioned (a regular file that can punch holes).
@@ -492,7 +523,7 @@ impl LogicalUnit {
     pub(crate) fn byte_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
         let end = lba.checked_add(blocks);
         match end {
-            Some(end) if end <= self.blocks => {
+            Some(end) if end <= self.blocks() => {
                 let bs = u64::from(self.block_size);
                 Ok((lba * bs, blocks * bs))
             }

@@ -4,13 +4,14 @@
 //! answers for LUNs that have no logical unit (SPC-4 / SAM-5 4.6).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::cdb::Cdb;
 use super::lu::{AbortHook, LogicalUnit};
 use super::opcodes::Ctx;
 use super::sense::Sense;
 use super::{spc, Command, Nexus, Outcome, Response};
+use crate::stats::LunStats;
 
 /// Highest LUN we can address with the flat/peripheral 14-bit formats.
 pub const MAX_LUN: u16 = 0x3fff;
@@ -52,26 +53,28 @@ pub fn encode_lun(lun: u16) -> [u8; 8] {
     l
 }
 
-/// The logical units of one controller, by LUN.
+/// The logical units of one controller at one moment, by LUN. A command
+/// runs against one snapshot from start to finish.
 #[derive(Clone, Default)]
-pub struct Target {
+pub struct LunMap {
     luns: BTreeMap<u16, Arc<LogicalUnit>>,
     /// LUNs whose commands go to another target unchanged.
     passthrough: Vec<u16>,
     lun_list: Vec<u16>,
+    /// I/O statistics of every LUN, and of commands to no LUN.
+    stats: BTreeMap<u16, Arc<LunStats>>,
+    no_lun: Arc<LunStats>,
 }
 
-impl Target {
-    pub fn new(luns: BTreeMap<u16, Arc<LogicalUnit>>) -> Target {
-        Target::with_passthrough(luns, Vec::new())
-    }
-
-    /// A target whose `passthrough` LUNs are served elsewhere; this target
-    /// still answers REPORT LUNS for all of them.
-    pub fn with_passthrough(
+impl LunMap {
+    fn new(
         luns: BTreeMap<u16, Arc<LogicalUnit>>,
-        passthrough: Vec<u16>,
-    ) -> Target {
+        mut passthrough: Vec<u16>,
+        stats: BTreeMap<u16, Arc<LunStats>>,
+        no_lun: Arc<LunStats>,
+    ) -> LunMap {
+        passthrough.sort_unstable();
+        passthrough.dedup();
         let mut lun_list: Vec<u16> = luns
             .keys()
             .copied()
@@ -83,20 +86,31 @@ impl Target {
         for lu in luns.values() {
             super::xcopy::register(lu);
         }
-        Target {
+        LunMap {
             luns,
             passthrough,
             lun_list,
+            stats,
+            no_lun,
         }
     }
 
-    /// This target's controller is target port group `pg` of each of its
-    /// logical units (ALUA, SPC-4 5.15).
-    pub fn with_port_group(self, pg: super::PortGroup) -> Target {
-        for lu in self.luns.values() {
-            lu.add_port_group(pg);
+    /// The statistics commands to `addr` count in.
+    pub fn stats(&self, addr: LunAddress) -> &Arc<LunStats> {
+        match addr {
+            LunAddress::Lun(l) => self.stats.get(&l).unwrap_or(&self.no_lun),
+            _ => &self.no_lun,
         }
-        self
+    }
+
+    /// The statistics of LUN `l` (None: it does not exist) and of commands
+    /// to absent LUNs.
+    pub fn lun_stats(&self, l: u16) -> Option<&Arc<LunStats>> {
+        self.stats.get(&l)
+    }
+
+    pub fn no_lun_stats(&self) -> &Arc<LunStats> {
+        &self.no_lun
     }
 
     /// Whether `lun` exists here, emulated or passed through.
@@ -108,8 +122,9 @@ impl Target {
         self.luns.get(&lun)
     }
 
-    pub fn luns(&self) -> impl Iterator<Item = (u16, &Arc<LogicalUnit>)> {
-        self.luns.iter().map(|(l, lu)| (*l, lu))
+    /// Every LUN, emulated or passed through, in order.
+    pub fn lun_list(&self) -> &[u16] {
+        &self.lun_list
     }
 
     /// Execute a command addressed to `addr`.
@@ -119,7 +134,7 @@ impl Target {
                 return lu.execute(cmd, &self.lun_list);
             }
             // REPORT LUNS lists this target's LUNs, not the remote one's.
-            if self.passthrough.contains(&l) && cmd.cdb.first() != Some(&0xa0) {
+            if self.passthrough.binary_search(&l).is_ok() && cmd.cdb.first() != Some(&0xa0) {
                 return Outcome::Passthrough(l);
             }
         }
@@ -146,17 +161,149 @@ impl Target {
         };
         result.unwrap_or_else(|s| Response::check_condition(&s, false))
     }
+}
+
+/// The logical units of one controller, by LUN. LUNs can be added and
+/// removed while commands run: each command takes the current map (one
+/// uncontended read lock and a reference count), so a change never waits
+/// for commands and commands never wait for each other.
+#[derive(Default)]
+pub struct Target {
+    map: RwLock<Arc<LunMap>>,
+    /// Request queues of the controller (statistics have a slot each).
+    queues: usize,
+    /// The controller's target port group (ALUA), which every logical unit
+    /// added to it joins.
+    port_group: Option<super::PortGroup>,
+}
+
+impl Target {
+    pub fn new(luns: BTreeMap<u16, Arc<LogicalUnit>>) -> Target {
+        Target::with_passthrough(luns, Vec::new())
+    }
+
+    /// A target whose `passthrough` LUNs are served elsewhere; this target
+    /// still answers REPORT LUNS for all of them.
+    pub fn with_passthrough(
+        luns: BTreeMap<u16, Arc<LogicalUnit>>,
+        passthrough: Vec<u16>,
+    ) -> Target {
+        Target::with_queues(luns, passthrough, 1)
+    }
+
+    /// As `with_passthrough`, for a controller of `queues` request queues.
+    pub fn with_queues(
+        luns: BTreeMap<u16, Arc<LogicalUnit>>,
+        passthrough: Vec<u16>,
+        queues: usize,
+    ) -> Target {
+        let stats = luns
+            .keys()
+            .chain(passthrough.iter())
+            .map(|&l| (l, Arc::new(LunStats::new(queues))))
+            .collect();
+        let no_lun = Arc::new(LunStats::new(queues));
+        Target {
+            map: RwLock::new(Arc::new(LunMap::new(luns, passthrough, stats, no_lun))),
+            queues,
+            port_group: None,
+        }
+    }
+
+    /// This target's controller is target port group `pg` of each of its
+    /// logical units (ALUA, SPC-4 5.15), and of those added later.
+    pub fn with_port_group(mut self, pg: super::PortGroup) -> Target {
+        for (_, lu) in self.luns() {
+            lu.add_port_group(pg);
+        }
+        self.port_group = Some(pg);
+        self
+    }
+
+    /// The LUNs as they are now.
+    pub fn snapshot(&self) -> Arc<LunMap> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the map with `change` applied to a copy of it.
+    /// New LUNs get statistics of their own, from zero; removed ones lose
+    /// theirs (a LUN removed and added again counts from zero).
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<u16, Arc<LogicalUnit>>, &mut Vec<u16>)) {
+        let mut slot = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut luns = slot.luns.clone();
+        let mut passthrough = slot.passthrough.clone();
+        change(&mut luns, &mut passthrough);
+        let stats = luns
+            .keys()
+            .chain(passthrough.iter())
+            .map(|&l| {
+                let s = slot.stats.get(&l).cloned();
+                (l, s.unwrap_or_else(|| Arc::new(LunStats::new(self.queues))))
+            })
+            .collect();
+        *slot = Arc::new(LunMap::new(luns, passthrough, stats, slot.no_lun.clone()));
+    }
+
+    /// Add (or replace) an emulated logical unit as `lun`.
+    pub fn insert(&self, lun: u16, lu: Arc<LogicalUnit>) {
+        if let Some(pg) = self.port_group {
+            lu.add_port_group(pg);
+        }
+        self.update(|luns, pt| {
+            pt.retain(|&l| l != lun);
+            luns.insert(lun, lu);
+        });
+    }
+
+    /// Add `lun` as a LUN served elsewhere.
+    pub fn insert_passthrough(&self, lun: u16) {
+        self.update(|luns, pt| {
+            luns.remove(&lun);
+            pt.push(lun);
+        });
+    }
+
+    /// Remove `lun`; later commands to it get LOGICAL UNIT NOT SUPPORTED.
+    /// Returns its logical unit if it was emulated here.
+    pub fn remove(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let mut removed = None;
+        self.update(|luns, pt| {
+            pt.retain(|&l| l != lun);
+            removed = luns.remove(&lun);
+        });
+        removed
+    }
+
+    /// Whether `lun` exists here, emulated or passed through.
+    pub fn has_lun(&self, lun: u16) -> bool {
+        self.snapshot().has_lun(lun)
+    }
+
+    pub fn lu(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.snapshot().lu(lun).cloned()
+    }
+
+    /// The emulated logical units, by LUN.
+    pub fn luns(&self) -> Vec<(u16, Arc<LogicalUnit>)> {
+        let map = self.snapshot();
+        map.luns.iter().map(|(l, lu)| (*l, lu.clone())).collect()
+    }
+
+    /// Execute a command addressed to `addr`.
+    pub fn execute(&self, addr: LunAddress, cmd: Command) -> Outcome {
+        self.snapshot().execute(addr, cmd)
+    }
 
     /// Register a new nexus with every logical unit; `abort_hook(lun)`
     /// gives the hook that aborts the nexus' commands on that LUN.
     pub fn attach(&self, nexus: &Nexus, abort_hook: impl Fn(u16) -> Option<AbortHook>) {
-        for (&l, lu) in &self.luns {
+        for (l, lu) in self.luns() {
             lu.attach(nexus, abort_hook(l));
         }
     }
 
     pub fn detach(&self, nexus: &Nexus) {
-        for lu in self.luns.values() {
+        for (_, lu) in self.luns() {
             lu.detach(nexus);
         }
     }

@@ -33,6 +33,7 @@ pub mod coalesce;
 mod halves;
 mod pr;
 mod state;
+mod status;
 mod thread;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -192,6 +193,10 @@ struct Shared {
     wake: EventFd,
     /// Told about asynchronous SCSI events (`add_event_hook`), by id.
     hooks: Mutex<Vec<(u64, EventHook)>>,
+    /// The portal logged in to, and how many times the session logged in
+    /// again (`status`).
+    portal: Mutex<String>,
+    reconnects: AtomicU64,
 }
 
 /// Told the LUN field and sense data of each SCSI asynchronous event the
@@ -500,6 +505,8 @@ impl Client {
             mark_dropped: AtomicBool::new(false),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             hooks: Mutex::new(Vec::new()),
+            portal: Mutex::new(portals[current].clone()),
+            reconnects: AtomicU64::new(0),
         });
         shared.poll.ctl(
             ControlOperation::Add,

@@ -304,6 +304,7 @@ impl SessionThread {
                         info!("iSCSI {name}: using {moved} instead of {addr} from now on");
                         self.portals[i] = moved;
                     }
+                    self.shared.logged_in_again(&self.portals[i]);
                     match split(c) {
                         Ok(halves) => return Some(halves),
                         Err(e) => warn!("iSCSI {name}: {e}"),
