@@ -7,6 +7,8 @@ pub mod backstore;
 pub mod bench;
 pub mod claim;
 pub mod config;
+pub mod config_file;
+pub mod control;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -14,6 +16,7 @@ pub mod iscsi;
 pub mod prhelper;
 pub mod privileges;
 pub mod ratelimit;
+pub mod registry;
 pub mod scsi;
 pub mod seccomp;
 pub mod seqhash;

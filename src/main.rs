@@ -63,7 +63,7 @@ enum Command {
         #[arg(
             long,
             value_name = "PATH[,queues=N][,initiator=NAME][,coalesce-us=US][,coalesce-depth=N][,alua-state=S]",
-            required = true
+            required_unless_present_any = ["config", "control"]
         )]
         socket: Vec<String>,
         /// A logical unit backed by a regular file or block device. N is the
@@ -104,7 +104,28 @@ enum Command {
         /// second daemon given the same file refuses to start).
         #[arg(long, value_name = "PATH")]
         pidfile: Option<std::path::PathBuf>,
+        /// Controllers and LUNs (and the daemon's settings) from a TOML file
+        /// (see docs/operation.md); --socket/--lun add to them. save-config
+        /// writes this file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+        /// The control socket (JSON-RPC 2.0, one request per line) that
+        /// `vhost-user-scsi ctl` talks to. Default with --config:
+        /// /run/vhost-user-scsi/control.sock; without, none.
+        #[arg(long, value_name = "PATH")]
+        control: Option<std::path::PathBuf>,
+        /// Give this group read and write access to the control socket
+        /// (mode 0660 instead of 0600).
+        #[arg(long, value_name = "GROUP")]
+        control_group: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<String>,
     },
+    /// Change a running daemon through its control socket: add and remove
+    /// controllers and LUNs, resize, statistics, save the configuration.
+    #[command(after_help = CTL_EXAMPLES)]
+    Ctl(CtlArgs),
     /// A drop-in replacement for qemu-pr-helper (same options and socket
     /// protocol).
     #[command(after_help = PR_HELPER_EXAMPLES)]
@@ -141,6 +162,23 @@ struct HostileArgs {
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
 }
+
+const CTL_EXAMPLES: &str = "\
+Examples:
+  vhost-user-scsi ctl methods                     # every method and its parameters
+  vhost-user-scsi ctl controller-list
+  vhost-user-scsi ctl lun-add controller=/run/vm1.sock lun=1 file=/srv/data.img
+  vhost-user-scsi ctl lun-resize controller=/run/vm1.sock lun=1 size=20G
+  vhost-user-scsi ctl lun-set-read-only controller=/run/vm1.sock lun=1
+  vhost-user-scsi ctl lun-remove controller=/run/vm1.sock lun=1
+  vhost-user-scsi ctl controller-add socket=/run/vm2.sock queues=4
+  vhost-user-scsi ctl controller-remove controller=/run/vm2.sock force
+  vhost-user-scsi ctl stats controller=/run/vm1.sock --json
+  vhost-user-scsi ctl save-config                 # the daemon's --config file
+  vhost-user-scsi ctl save-config /root/vus.toml  # any file (written here)
+
+Parameters are key=value (a boolean alone means true); --params takes a
+JSON object for the rest (e.g. a controller's LUNs).";
 
 const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -280,6 +318,161 @@ fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = vhost_user_scsi::control::client::DEFAULT_SOCKET)]
+    control: std::path::PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// More parameters, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    params: Option<String>,
+    /// The method (see `ctl methods`); dashes or underscores.
+    #[arg(value_name = "METHOD")]
+    method: String,
+    /// Its parameters: key=value ...
+    #[arg(value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn ctl(a: CtlArgs) -> Result<(), String> {
+    use vhost_user_scsi::control::client;
+    let m = client::method_name(&a.method).map_err(|e| e.to_string())?;
+    // `save-config FILE`: the configuration is asked for and written here,
+    // with this process' permissions.
+    let (file, args): (Vec<&String>, Vec<String>) = if m.name == "save_config" {
+        let (f, rest): (Vec<&String>, Vec<&String>) = a
+            .args
+            .iter()
+            .partition(|x| !x.contains('=') && *x != "secrets");
+        (f, rest.into_iter().cloned().collect())
+    } else {
+        (Vec::new(), a.args.clone())
+    };
+    let mut params = client::params(m, &args).map_err(|e| e.to_string())?;
+    if let Some(j) = &a.params {
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(j).map_err(|e| format!("--params: not a JSON object: {e}"))?;
+        params.extend(extra);
+    }
+    let (method, result) = match file.as_slice() {
+        [] => (m.name, client::call(&a.control, m.name, params)),
+        [path] => {
+            if params.get("secrets") == Some(&serde_json::Value::Bool(true)) {
+                return Err(
+                    "secrets=true is for the daemon's own file (save-config without FILE)".into(),
+                );
+            }
+            let r = client::call(&a.control, "get_config", serde_json::Map::new())
+                .map_err(|e| error_chain(&e))?;
+            let text = r.get("config").and_then(|v| v.as_str()).unwrap_or_default();
+            vhost_user_scsi::config_file::write_atomically(std::path::Path::new(path), text)
+                .map_err(|e| error_chain(&e))?;
+            let warnings = r.get("warnings").cloned().unwrap_or_default();
+            (
+                "save_config",
+                Ok(serde_json::json!({"path": path, "warnings": warnings})),
+            )
+        }
+        _ => return Err("save-config takes one FILE".into()),
+    };
+    let result = result.map_err(|e| error_chain(&e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+    } else {
+        print!("{}", client::render(method, &result));
+    }
+    Ok(())
+}
+
+/// Where the daemon's control socket lives by default with --config.
+const DEFAULT_CONTROL_DIR: &str = "/run/vhost-user-scsi";
+
+struct ServeArgs {
+    pr_helper_socket: Option<std::path::PathBuf>,
+    pidfile: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+    control: Option<std::path::PathBuf>,
+    control_group: Option<String>,
+    metrics: Option<String>,
+}
+
+fn serve(sub: &ArgMatches, a: ServeArgs) -> Result<(), String> {
+    use vhost_user_scsi::config_file::FileConfig;
+    let mut cfg =
+        Config::from_ordered_args(&ordered_serve_args(sub)).map_err(|e| error_chain(&e))?;
+    let mut settings = FileConfig::default();
+    if let Some(f) = &a.config {
+        let (file, controllers) = FileConfig::load(f).map_err(|e| error_chain(&e))?;
+        for c in &cfg.controllers {
+            if controllers.iter().any(|o| o.socket == c.socket) {
+                return Err(format!(
+                    "Socket {} is given twice (in {} and with --socket)",
+                    c.socket.display(),
+                    f.display()
+                ));
+            }
+        }
+        let mut all = controllers;
+        all.append(&mut cfg.controllers);
+        cfg.controllers = all;
+        settings = file;
+        settings.controllers.clear();
+    }
+    if a.control.is_some() {
+        settings.control = a.control.clone();
+    }
+    if a.control_group.is_some() {
+        settings.control_group = a.control_group.clone();
+    }
+    if a.metrics.is_some() {
+        settings.metrics = a.metrics.clone();
+    }
+    if settings.control.is_none() && a.config.is_some() {
+        let _ = std::fs::create_dir_all(DEFAULT_CONTROL_DIR);
+        settings.control =
+            Some(std::path::Path::new(vhost_user_scsi::control::client::DEFAULT_SOCKET).into());
+    }
+    let _pidfile = a
+        .pidfile
+        .map(|p| vhost_user_scsi::claim::write_pidfile(&p))
+        .transpose()
+        .map_err(|e| error_chain(&e))?;
+    if let Some(p) = a.pr_helper_socket {
+        cfg.pr_helper = Some(bind_unix(&p)?);
+    }
+    let control = match &settings.control {
+        Some(p) => {
+            let l = bind_unix(p)?;
+            vhost_user_scsi::control::restrict(p, settings.control_group.as_deref())
+                .map_err(|e| error_chain(&e))?;
+            Some((l, p.clone()))
+        }
+        None => None,
+    };
+    let metrics = match &settings.metrics {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    let opts = vhost_user_scsi::server::Options {
+        control,
+        metrics,
+        config_file: a
+            .config
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        settings,
+    };
+    vhost_user_scsi::server::serve(cfg, opts).map_err(|e| error_chain(&e))
 }
 
 #[derive(clap::Args)]
@@ -540,22 +733,26 @@ fn main() -> ExitCode {
         Command::Serve {
             pr_helper_socket,
             pidfile,
+            config,
+            control,
+            control_group,
+            metrics,
             ..
         } => {
             let sub = matches.subcommand_matches("serve").unwrap_or(&matches);
-            Config::from_ordered_args(&ordered_serve_args(sub))
-                .map_err(|e| error_chain(&e))
-                .and_then(|mut cfg| {
-                    let _pidfile = pidfile
-                        .map(|p| vhost_user_scsi::claim::write_pidfile(&p))
-                        .transpose()
-                        .map_err(|e| error_chain(&e))?;
-                    if let Some(p) = pr_helper_socket {
-                        cfg.pr_helper = Some(bind_unix(&p)?);
-                    }
-                    vhost_user_scsi::server::serve(cfg).map_err(|e| error_chain(&e))
-                })
+            serve(
+                sub,
+                ServeArgs {
+                    pr_helper_socket,
+                    pidfile,
+                    config,
+                    control,
+                    control_group,
+                    metrics,
+                },
+            )
         }
+        Command::Ctl(a) => ctl(a),
         Command::PrHelper(a) => pr_helper(a),
         Command::PrClient(a) => pr_client(a),
         Command::Discover(a) => discover(a),

@@ -21,7 +21,8 @@ use log::{error, info, warn};
 use crate::backstore::{self, Backstore};
 use crate::config::{Config, LunConfig};
 use crate::device::{Controller, ScsiBackend};
-use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, PortGroup, Target};
+use crate::registry::Registry;
+use crate::scsi::{Identity, LogicalUnit, LuConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,6 +40,8 @@ pub enum Error {
     NoController,
     #[error(transparent)]
     PrState(#[from] crate::scsi::pr::PersistError),
+    #[error(transparent)]
+    Registry(Box<crate::registry::Error>),
     #[error("iSCSI LUN {lun} of {socket}")]
     Iscsi {
         lun: u16,
@@ -48,85 +51,9 @@ pub enum Error {
     },
 }
 
-/// State shared between the accept threads and the signal handler.
-struct Shared {
-    stop: AtomicBool,
-    active: Vec<Mutex<Option<ShutdownHandle>>>,
-}
-
-/// Open every backstore once, shared by all LUNs that name the same object
-/// (file or block device, whatever the path), and claim each (see
-/// `crate::claim`): a backstore another process holds is refused.
-fn open_logical_units(cfg: &Config) -> Result<Vec<BTreeMap<u16, Arc<LogicalUnit>>>, Error> {
-    let mut by_object: HashMap<backstore::ObjectId, (LunConfig, Arc<LogicalUnit>)> = HashMap::new();
-    let mut out = Vec::new();
-    for c in &cfg.controllers {
-        let mut luns = BTreeMap::new();
-        for (&n, lc) in &c.luns {
-            if lc.iscsi.is_some() {
-                // Served by the controller's iSCSI session (remote_luns).
-                continue;
-            }
-            if let Some(size) = lc.null_size {
-                // Null LUs are never shared: each --lun null is its own LU.
-                let key = lc
-                    .serial
-                    .clone()
-                    .unwrap_or_else(|| format!("null:{}:{n}", c.socket.display()));
-                let mut identity = Identity::derive(&key);
-                if let Some(s) = &lc.serial {
-                    identity.serial = s.clone();
-                }
-                info!(
-                    "{}: LUN {n} is a null backstore of {size} bytes",
-                    c.socket.display()
-                );
-                let lu = LogicalUnit::new(
-                    Backstore::null(size),
-                    LuConfig {
-                        block_size: lc.block_size,
-                        identity,
-                        pr_file: None,
-                        pr_state: Default::default(),
-                        reservations: true,
-                    },
-                );
-                luns.insert(n, Arc::new(lu));
-                continue;
-            }
-            let open_err = |source| backstore::Error::Open {
-                path: lc.path.clone(),
-                source,
-            };
-            let canonical = Backstore::canonical_id(&lc.path).map_err(open_err)?;
-            let object = Backstore::object_id(&canonical).map_err(open_err)?;
-            let lu = match by_object.get(&object) {
-                Some((seen, lu)) => {
-                    let same = LunConfig {
-                        path: seen.path.clone(),
-                        ..lc.clone()
-                    };
-                    if &same != seen {
-                        return Err(Error::ConflictingBackstore(canonical));
-                    }
-                    lu.clone()
-                }
-                None => {
-                    let lu = Arc::new(open_local(lc, &canonical)?);
-                    by_object.insert(object, (lc.clone(), lu.clone()));
-                    lu
-                }
-            };
-            luns.insert(n, lu);
-        }
-        out.push(luns);
-    }
-    Ok(out)
-}
-
 /// Open, check and claim one file or block device backstore, and load its
 /// reservation state.
-fn open_local(lc: &LunConfig, canonical: &Path) -> Result<LogicalUnit, Error> {
+pub(crate) fn open_local(lc: &LunConfig, canonical: &Path) -> Result<LogicalUnit, Error> {
     let mut store = Backstore::open(canonical, lc.read_only, lc.direct)?;
     if store.size() < u64::from(lc.block_size) {
         return Err(Error::TooSmall {
@@ -215,24 +142,25 @@ pub const STATE_DIR: &str = "/var/lib/vhost-user-scsi";
 /// The iSCSI sessions of the daemon, by the initiator port (initiator name
 /// and relative target port of the controller: the VM's identity) and the
 /// target (portal, name): controllers of one nexus share a session.
-type Sessions =
+pub(crate) type Sessions =
     HashMap<(String, u16, String, String), (crate::iscsi::client::Client, crate::config::IscsiLun)>;
 
-/// Check every iSCSI target a controller's LUNs name and set up a session
-/// client for each (see `Client::start`: the session logs in when a VM
-/// uses it): one per (nexus, portal, target), with the controller's
-/// initiator name and an ISID derived from the nexus and the target
-/// (stable across restarts, and the same in every daemon configured with
-/// the same initiator= and port=, so a live migration's destination is the
-/// same initiator port at the target).
-fn remote_luns(
+/// Check every iSCSI target `luns` (LUNs of controller `c`) name and set up
+/// a session client for each (see `Client::start`: the session logs in
+/// when a VM uses it): one per (nexus, portal, target), with the
+/// controller's initiator name and an ISID derived from the nexus and the
+/// target (stable across restarts, and the same in every daemon configured
+/// with the same initiator= and port=, so a live migration's destination is
+/// the same initiator port at the target).
+pub(crate) fn remote_luns(
     c: &crate::config::ControllerConfig,
+    luns: &BTreeMap<u16, LunConfig>,
     relative_port: u16,
     sessions: &mut Sessions,
 ) -> Result<BTreeMap<u16, crate::device::RemoteLun>, Error> {
     use crate::iscsi::{client::Client, credentials, login};
     let mut out = BTreeMap::new();
-    for (&n, lc) in &c.luns {
+    for (&n, lc) in luns {
         let Some(il) = &lc.iscsi else { continue };
         let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Iscsi {
             lun: n,
@@ -313,7 +241,7 @@ fn remote_luns(
     Ok(out)
 }
 
-/// Block SIGINT and SIGTERM in this thread and every thread it starts, so
+/// Block SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts, so
 /// that `wait_for_signal` receives them.
 fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
@@ -323,6 +251,7 @@ fn block_signals() -> io::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     // SAFETY: `set` is initialised; the old mask is not needed.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -395,72 +324,35 @@ fn check_descriptor_limit(budget: u64) {
     }
 }
 
+/// What the daemon runs besides its controllers.
+#[derive(Default)]
+pub struct Options {
+    /// The control socket (JSON-RPC), bound, and its path.
+    pub control: Option<(UnixListener, PathBuf)>,
+    /// The Prometheus endpoint, bound.
+    pub metrics: Option<std::net::TcpListener>,
+    /// The configuration file the daemon was started with (`save_config`
+    /// writes it).
+    pub config_file: Option<PathBuf>,
+    /// The daemon's settings as a configuration file gives them (what
+    /// `save_config` writes besides the controllers).
+    pub settings: crate::config_file::FileConfig,
+}
+
 /// Run the daemon until SIGINT or SIGTERM.
-pub fn serve(mut cfg: Config) -> Result<(), Error> {
-    if cfg.controllers.is_empty() {
+pub fn serve(mut cfg: Config, opts: Options) -> Result<(), Error> {
+    if cfg.controllers.is_empty() && opts.control.is_none() {
         return Err(Error::NoController);
     }
     let sigset = block_signals().map_err(Error::Signals)?;
     check_descriptor_limit(descriptor_budget(&cfg));
-    let lus = open_logical_units(&cfg)?;
-    let mut listeners = Vec::new();
-    let mut controllers = Vec::new();
-    // Controllers with the same initiator port and relative target port
-    // are one I_T nexus (the two ends of a live migration).
-    let mut nexus_ids: HashMap<(String, u16), u32> = HashMap::new();
-    let mut sessions = Sessions::new();
-    for (i, (c, luns)) in cfg.controllers.iter().zip(lus).enumerate() {
-        let listener = crate::claim::listen_unix(&c.socket)?;
-        let relative_port = c.relative_port.unwrap_or(i as u16 + 1);
-        let next_id = nexus_ids.len() as u32 + 1;
-        let id = *nexus_ids
-            .entry((c.initiator.clone(), relative_port))
-            .or_insert(next_id);
-        info!(
-            "Listening on {} with {} LUN(s), {} request queue(s)",
-            c.socket.display(),
-            luns.len(),
-            c.request_queues
-        );
-        let remote = remote_luns(c, relative_port, &mut sessions)?;
-        controllers.push(Arc::new(Controller {
-            name: c.socket.display().to_string(),
-            target: Target::with_queues(luns, remote.keys().copied().collect(), c.request_queues)
-                .with_port_group(PortGroup {
-                    id: relative_port,
-                    relative_port,
-                    state: c.alua_state,
-                }),
-            remote: crate::device::RemoteLuns::new(remote),
-            connected: Default::default(),
-            nexus: Nexus {
-                id,
-                path: i as u32 + 1,
-                relative_port,
-                initiator: c.initiator.as_str().into(),
-            },
-            request_queues: c.request_queues,
-            coalesce: c.coalesce,
-            problems: Controller::problem_limit(),
-        }));
-        listeners.push(listener);
+    let registry = Arc::new(Registry::new(opts.config_file.clone(), opts.settings));
+    for c in std::mem::take(&mut cfg.controllers) {
+        if let Err(e) = registry.add_controller(c) {
+            registry.shutdown();
+            return Err(e.into_server_error());
+        }
     }
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        active: controllers.iter().map(|_| Mutex::new(None)).collect(),
-    });
-    let listen_fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
-    let mut threads = Vec::new();
-    for (i, (ctrl, listener)) in controllers.iter().zip(listeners).enumerate() {
-        let ctrl = ctrl.clone();
-        let shared = shared.clone();
-        let t = thread::Builder::new()
-            .name(format!("accept-{i}"))
-            .spawn(move || accept_loop(i, &ctrl, listener, &shared))
-            .map_err(Error::Signals)?;
-        threads.push(t);
-    }
-
     if let Some(l) = cfg.pr_helper.take() {
         info!("Serving the qemu-pr-helper protocol too");
         thread::Builder::new()
@@ -473,45 +365,65 @@ pub fn serve(mut cfg: Config) -> Result<(), Error> {
             })
             .map_err(Error::Signals)?;
     }
+    let control = match opts.control {
+        Some((listener, path)) => Some(
+            crate::control::Server::start(listener, path, registry.clone())
+                .map_err(Error::Signals)?,
+        ),
+        None => None,
+    };
+    if let Some(l) = opts.metrics {
+        crate::stats::serve_metrics(l, registry.clone()).map_err(Error::Signals)?;
+    }
 
-    let sig = wait_for_signal(&sigset);
-    info!("Signal {sig} received: shutting down");
-    shared.stop.store(true, Ordering::SeqCst);
-    // Fail what iSCSI targets still owe, so that connections can drain.
-    for c in &controllers {
-        for r in c.remote.values() {
-            r.client.shutdown();
+    loop {
+        let sig = wait_for_signal(&sigset);
+        if sig == libc::SIGHUP {
+            info!(
+                "SIGHUP: nothing to reload (change the running configuration with \
+                 `vhost-user-scsi ctl`, see docs/operation.md)"
+            );
+            continue;
         }
+        info!("Signal {sig} received: shutting down");
+        break;
     }
-    for fd in &listen_fds {
-        // Wakes the accept() blocked on this listening socket.
-        // SAFETY: shutdown on a socket fd the listener still owns.
-        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    if let Some(c) = control {
+        c.stop();
     }
-    for slot in &shared.active {
-        if let Some(h) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            h.shutdown();
-        }
-    }
-    for t in threads {
-        let _ = t.join();
-    }
-    for c in &controllers {
-        for (_, lu) in c.target.luns() {
-            if let Err(e) = lu.flush() {
-                error!("Flushing {} failed: {e}", lu.backstore().path().display());
-            }
-        }
-    }
-    for c in &cfg.controllers {
-        let _ = std::fs::remove_file(&c.socket);
-    }
+    registry.shutdown();
     info!("Stopped");
     Ok(())
 }
 
+/// What the accept thread of one controller shares with the registry.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) stop: AtomicBool,
+    pub(crate) active: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Shared {
+    /// End the accept loop: no new connection, and the current one (if any)
+    /// is shut down (its commands complete or fail first).
+    pub(crate) fn stop(&self, listener: &UnixListener) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept() blocked on this listening socket.
+        // SAFETY: shutdown on a socket fd the listener still owns.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(h) = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+}
+
 /// Serve connections on one socket, one at a time, until told to stop.
-fn accept_loop(i: usize, ctrl: &Arc<Controller>, listener: UnixListener, shared: &Shared) {
+pub(crate) fn accept_loop(ctrl: &Arc<Controller>, listener: &UnixListener, shared: &Shared) {
     let name = &ctrl.name;
     while !shared.stop.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
@@ -528,12 +440,12 @@ fn accept_loop(i: usize, ctrl: &Arc<Controller>, listener: UnixListener, shared:
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        serve_connection(i, ctrl, stream, shared);
+        serve_connection(ctrl, stream, shared);
     }
 }
 
 /// One QEMU connection, from set-up to the last completion.
-fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared: &Shared) {
+fn serve_connection(ctrl: &Arc<Controller>, stream: UnixStream, shared: &Shared) {
     let name = &ctrl.name;
     let queues = crate::virtio::FIRST_REQUEST_QUEUE + ctrl.request_queues;
     let rings = match Rings::new(queues, crate::device::MAX_QUEUE_SIZE as u16) {
@@ -558,7 +470,7 @@ fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared
             return;
         }
     };
-    *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = conn.shutdown_handle().ok();
+    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = conn.shutdown_handle().ok();
     if shared.stop.load(Ordering::SeqCst) {
         if let Ok(h) = conn.shutdown_handle() {
             h.shutdown();
@@ -568,7 +480,7 @@ fn serve_connection(i: usize, ctrl: &Arc<Controller>, stream: UnixStream, shared
     ctrl.connect(&backend);
     // Returns once every ring has stopped and its requests completed.
     let result = conn.run();
-    *shared.active[i].lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *shared.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
     // The sessions' own threads receive again from now on.
     backend.detach_sessions();
     backend.quiesce();

@@ -114,6 +114,12 @@ impl Offer {
         codes.join(",")
     }
 
+    /// The offer as `chap-algorithms=` takes it, e.g. `sha256:sha1:md5`.
+    pub fn option_value(self) -> String {
+        let names: Vec<&str> = self.algorithms().map(|a| a.option_name()).collect();
+        names.join(":")
+    }
+
     /// This offer without its strongest algorithm; None when one is left.
     pub fn weaker(self) -> Option<Offer> {
         let strongest = self.algorithms().next()?;

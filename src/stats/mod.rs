@@ -11,11 +11,13 @@
 //! `fetch_add`. Readers add the slots up. Knows nothing about virtio or
 //! SCSI beyond a status byte and a sense key.
 
+mod metrics;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+pub use metrics::serve_metrics;
 pub use report::{LunReport, Totals};
 
 /// Latency histogram buckets: bucket i counts commands that took less
