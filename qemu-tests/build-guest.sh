@@ -51,7 +51,7 @@ progs=(sg_inq sg_vpd sg_readcap sg_luns sg_opcodes sg_modes sg_unmap sg_write_sa
        sg_compare_and_write sg_get_lba_status sg_reset sg_turs sg_rtpg sg_requests sg_verify
        sg_raw sg_dd sg_persist sg_rep_zones sg_start sg_prevent sg_wr_mode sg_rdcap
        sg_xcopy sg_copy_results sg_sanitize sg_seek sg_write_x sg_write_verify sg_stpg
-       iscsi-test-cu multipath lsscsi fio mkfs.ext4 fsck.ext4 e2fsck blkdiscard blockdev sha256sum
+       iscsi-test-cu multipath lsscsi fio mkfs.ext4 fsck.ext4 e2fsck resize2fs blkdiscard blockdev sha256sum
        qemu-pr-helper dmsetup)
 fi
 for p in "${progs[@]}"; do
