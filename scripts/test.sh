@@ -18,3 +18,5 @@ echo "== fuzzing"
 scripts/fuzz.sh
 echo "== guest tests"
 qemu-tests/run.sh
+echo "== package: build, install, start the installed daemon, remove"
+scripts/test-package.sh

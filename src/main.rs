@@ -126,6 +126,13 @@ enum Command {
     /// controllers and LUNs, resize, statistics, save the configuration.
     #[command(after_help = CTL_EXAMPLES)]
     Ctl(CtlArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenAssets {
+        /// Directory to write man/ and completions/ into.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
     /// A drop-in replacement for qemu-pr-helper (same options and socket
     /// protocol).
     #[command(after_help = PR_HELPER_EXAMPLES)]
@@ -388,6 +395,26 @@ fn ctl(a: CtlArgs) -> Result<(), String> {
         );
     } else {
         print!("{}", client::render(method, &result));
+    }
+    Ok(())
+}
+
+/// Man pages (one per command) and bash, zsh and fish completions.
+fn gen_assets(out: &std::path::Path) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("{}: {e}", out.display());
+    let man = out.join("man");
+    let comp = out.join("completions");
+    std::fs::create_dir_all(&man).map_err(io)?;
+    std::fs::create_dir_all(&comp).map_err(io)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).map_err(io)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "vhost-user-scsi", &comp)
+            .map_err(io)?;
     }
     Ok(())
 }
@@ -753,6 +780,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Ctl(a) => ctl(a),
+        Command::GenAssets { out } => gen_assets(&out),
         Command::PrHelper(a) => pr_helper(a),
         Command::PrClient(a) => pr_client(a),
         Command::Discover(a) => discover(a),
