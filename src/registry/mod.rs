@@ -333,7 +333,15 @@ impl Registry {
             });
         }
         match e.ctrl.remove_lun(lun) {
-            Some(Lun::Local(lu)) => units.release(lu),
+            Some(Lun::Local(lu)) => {
+                // Other controllers of the same port group still serve it.
+                for (o, _) in exposing(controllers, &lu) {
+                    if let Some(pg) = o.ctrl.target.port_group() {
+                        lu.add_port_group(pg);
+                    }
+                }
+                units.release(lu)
+            }
             Some(Lun::Remote(r)) => {
                 e.config.luns.remove(&lun);
                 end_unused_sessions(sessions, controllers, &[r.client]);
@@ -506,6 +514,11 @@ fn stop_controller(
     for (_, lu) in luns {
         if let Err(err) = lu.flush() {
             error!("Flushing {} failed: {err}", lu.backstore().path().display());
+        }
+        for (o, _) in exposing(others, &lu) {
+            if let Some(pg) = o.ctrl.target.port_group() {
+                lu.add_port_group(pg);
+            }
         }
         units.release(lu);
     }

@@ -170,6 +170,13 @@ impl LogicalUnit {
         groups.sort_by_key(|g| g.id);
     }
 
+    /// Target port group `id` no longer serves this LU (its controller
+    /// stopped exposing it).
+    pub fn remove_port_group(&self, id: u16) {
+        let mut groups = self.port_groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|g| g.id != id);
+    }
+
     /// The target port groups serving this LU, in identifier order. A
     /// command through a port no group names (an LU no controller has
     /// declared, as in tests) sees its port as a group of its own,

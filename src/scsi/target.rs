@@ -271,7 +271,15 @@ impl Target {
             pt.retain(|&l| l != lun);
             removed = luns.remove(&lun);
         });
+        if let (Some(lu), Some(pg)) = (&removed, self.port_group) {
+            lu.remove_port_group(pg.id);
+        }
         removed
+    }
+
+    /// The controller's target port group, if it has one.
+    pub fn port_group(&self) -> Option<super::PortGroup> {
+        self.port_group
     }
 
     /// Whether `lun` exists here, emulated or passed through.
@@ -321,6 +329,47 @@ fn well_known_inquiry(ctx: &Ctx) -> Result<Response, Sense> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn null_lu() -> Arc<LogicalUnit> {
+        Arc::new(LogicalUnit::new(
+            crate::backstore::Backstore::null(1 << 20),
+            super::super::LuConfig {
+                block_size: 512,
+                identity: super::super::Identity::derive("/t"),
+                pr_file: None,
+                pr_state: Default::default(),
+                reservations: true,
+            },
+        ))
+    }
+
+    #[test]
+    fn luns_added_and_removed_change_the_map_and_the_port_groups() {
+        let pg = super::super::PortGroup {
+            id: 7,
+            relative_port: 7,
+            state: super::super::AluaState::Standby,
+        };
+        let t = Target::with_queues(BTreeMap::new(), vec![4], 2).with_port_group(pg);
+        let before = t.snapshot();
+        let lu = null_lu();
+        t.insert(2, lu.clone());
+        assert_eq!(t.snapshot().lun_list(), &[2, 4]);
+        // A command that took the old map runs against it.
+        assert_eq!(before.lun_list(), &[4]);
+        assert_eq!(lu.port_group(7).state, super::super::AluaState::Standby);
+        assert!(t.snapshot().lun_stats(2).is_some());
+        assert!(Arc::ptr_eq(&t.remove(2).unwrap(), &lu));
+        assert_eq!(t.snapshot().lun_list(), &[4]);
+        assert!(t.snapshot().lun_stats(2).is_none());
+        // No longer served through port group 7.
+        assert_eq!(lu.port_groups(1).iter().filter(|g| g.id == 7).count(), 0);
+        assert!(t.remove(2).is_none());
+        t.insert_passthrough(5);
+        assert!(t.has_lun(5));
+        assert!(t.remove(5).is_none());
+        assert!(!t.has_lun(5));
+    }
 
     #[test]
     fn peripheral_and_flat_lun_formats_decode() {
