@@ -346,6 +346,8 @@ pub fn serve(mut cfg: Config, opts: Options) -> Result<(), Error> {
     }
     let sigset = block_signals().map_err(Error::Signals)?;
     check_descriptor_limit(descriptor_budget(&cfg));
+    // Calibrated now, not on the first command.
+    crate::stats::clock::init();
     let registry = Arc::new(Registry::new(opts.config_file.clone(), opts.settings));
     for c in std::mem::take(&mut cfg.controllers) {
         if let Err(e) = registry.add_controller(c) {

@@ -12,8 +12,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use std::time::Instant;
-
 use log::{debug, error};
 
 use super::engine::Engine;
@@ -21,7 +19,7 @@ use super::{completion_eventfd, ScsiBackend, Vring, MAX_QUEUE_SIZE};
 use crate::scsi::{
     self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome, Status,
 };
-use crate::stats::{End, LunStats, Started};
+use crate::stats::{End, LunStats, Stamp, Started};
 use crate::virtio::buffers::{Buffer, ChainBuffers, GuestMemory};
 use crate::virtio::{
     encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
@@ -34,7 +32,10 @@ struct Pending {
     mem: Arc<GuestMemory>,
     lu: Arc<LogicalUnit>,
     io: BlockIo,
-    stats: Arc<LunStats>,
+    lun: LunAddress,
+    /// Its LUN's statistics, once queued on the io_uring (completed in the
+    /// round, it counts through the round's map).
+    stats: Option<Arc<LunStats>>,
     started: Started,
     /// Host addresses of the data buffer; read by the kernel until completion.
     iovecs: Vec<libc::iovec>,
@@ -121,7 +122,11 @@ pub struct Worker {
     reaped: Vec<(u64, i32)>,
     /// When the current round of the virtqueue started (the start time of
     /// the commands it takes, for their latency).
-    round_start: Instant,
+    round_start: Stamp,
+    /// While reaping: when (one clock reading per batch of completions).
+    reaped_at: Option<Stamp>,
+    /// I/O completed during the round, whose latency ends with it.
+    completed_in_round: Vec<(LunAddress, Started)>,
 }
 
 impl Worker {
@@ -135,7 +140,9 @@ impl Worker {
             free: Vec::new(),
             in_flight: 0,
             reaped: Vec::new(),
-            round_start: Instant::now(),
+            round_start: Stamp::now(),
+            reaped_at: None,
+            completed_in_round: Vec::new(),
         })
     }
 
@@ -218,6 +225,10 @@ impl ScsiBackend {
             return;
         };
         let mut used_any = false;
+        // The controller's LUN map, taken once per round unless it changes
+        // meanwhile; not kept past the round (a removed LUN's backstore
+        // closes once no command uses it).
+        let mut luns = crate::scsi::target::Cached::default();
         loop {
             if let Err(e) = vring.disable_notification() {
                 self.guest_error(format_args!("Request queue {}: {e}", w.index));
@@ -230,13 +241,27 @@ impl ScsiBackend {
                     break;
                 }
             };
-            w.round_start = Instant::now();
+            w.round_start = Stamp::now();
             for (head, bufs) in chains {
-                used_any |= self.start_request(w, vring, &mem, head, bufs);
+                used_any |= self.start_request(w, &mut luns, vring, &mem, head, bufs);
             }
             match vring.enable_notification() {
                 Ok(true) => continue,
                 _ => break,
+            }
+        }
+        // The guest learns of this round's completions now.
+        if !w.completed_in_round.is_empty() {
+            let now = Stamp::now();
+            let map = self.inner.controller.target.cached(&mut luns);
+            let mut last: Option<(LunAddress, &LunStats)> = None;
+            for (addr, started) in w.completed_in_round.drain(..) {
+                let stats = match last {
+                    Some((a, st)) if a == addr => st,
+                    _ => map.stats(addr),
+                };
+                stats.latency_local(started, now);
+                last = Some((addr, stats));
             }
         }
         self.send_remote(w);
@@ -254,6 +279,7 @@ impl ScsiBackend {
     fn start_request(
         &self,
         w: &mut Worker,
+        luns: &mut crate::scsi::target::Cached,
         vring: &Vring,
         mem: &Arc<GuestMemory>,
         head: u16,
@@ -306,7 +332,7 @@ impl ScsiBackend {
             // only finish if we reap them first.
             self.drain_worker(w, vring);
         }
-        let target = self.inner.controller.target.snapshot();
+        let target = self.inner.controller.target.cached(luns);
         let stats = target.stats(addr);
         let started = stats.start(w.index, req.cdb[0], w.round_start);
         let mut dout = GuestDataOut {
@@ -383,13 +409,15 @@ impl ScsiBackend {
                         mem: mem.clone(),
                         lu,
                         io,
-                        stats: stats.clone(),
+                        lun: addr,
+                        stats: None,
                         started,
                         iovecs: Vec::new(),
                         key,
                         data_in_len,
                         data_out_len,
                     },
+                    stats,
                 )
             }
         }
@@ -585,7 +613,13 @@ impl ScsiBackend {
     }
 
     /// Start a block I/O; returns true if it had to complete at once.
-    fn submit_io(&self, w: &mut Worker, vring: &Vring, mut p: Pending) -> bool {
+    fn submit_io(
+        &self,
+        w: &mut Worker,
+        vring: &Vring,
+        mut p: Pending,
+        stats: &Arc<LunStats>,
+    ) -> bool {
         let (buf, base, avail) = match p.io.kind {
             IoKind::Read => (&p.bufs.writable, RESP_HEADER_LEN, p.data_in_len),
             IoKind::Write => (&p.bufs.readable, REQ_HEADER_LEN, p.data_out_len),
@@ -597,7 +631,7 @@ impl ScsiBackend {
                 "Request queue {}: {} bytes transfer into a {avail}-byte buffer",
                 w.index, p.io.len
             ));
-            self.finish_with(w, vring, p, Response::Overrun);
+            self.finish_with(w, vring, p, Response::Overrun, stats);
             return true;
         }
         if p.lu.backstore().kind() == crate::backstore::Kind::Null {
@@ -608,7 +642,7 @@ impl ScsiBackend {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
                 IoKind::Write | IoKind::Flush => Ok(()),
             };
-            self.complete_io(w, vring, p, result);
+            self.complete_io(w, vring, p, result, Some(stats));
             return true;
         }
         if p.io.kind != IoKind::Flush {
@@ -616,7 +650,7 @@ impl ScsiBackend {
                 Ok(v) => p.iovecs = v,
                 Err(e) => {
                     self.guest_error(format_args!("Request queue {}: {e}", w.index));
-                    self.finish_with(w, vring, p, Response::Failure);
+                    self.finish_with(w, vring, p, Response::Failure, stats);
                     return true;
                 }
             }
@@ -630,11 +664,12 @@ impl ScsiBackend {
                 IoKind::Write => store.vectored(true, &p.iovecs, p.io.offset, p.io.sync),
                 IoKind::Flush => store.flush(),
             };
-            self.complete_io(w, vring, p, result);
+            self.complete_io(w, vring, p, result, Some(stats));
             return true;
         }
         let fd = p.lu.backstore().raw_fd();
         let io = p.io;
+        p.stats = Some(stats.clone());
         let slot = w.insert(p);
         let pushed = w.engine().map(|_| ()).and_then(|()| {
             let Worker { engine, slots, .. } = &mut *w;
@@ -655,7 +690,7 @@ impl ScsiBackend {
             );
             if let Some(p) = w.take(slot) {
                 let result = sync_io(&p);
-                self.complete_io(w, vring, p, result);
+                self.complete_io(w, vring, p, result, None);
             }
             return true;
         }
@@ -663,44 +698,64 @@ impl ScsiBackend {
     }
 
     /// Complete a request that never reached the backstore.
-    fn finish_with(&self, w: &mut Worker, vring: &Vring, p: Pending, r: Response) {
+    fn finish_with(
+        &self,
+        w: &mut Worker,
+        vring: &Vring,
+        p: Pending,
+        r: Response,
+        stats: &LunStats,
+    ) {
         // Release the write range the SCSI layer registered.
         let _ = p.lu.complete_io(&p.io, Ok(()));
-        p.stats.end_local(p.started, End::Transport);
+        stats.end_local(p.started, End::Transport);
         let r = self.inner.inflight.finish(w.index, p.key).unwrap_or(r);
         let hdr = encode_response(r, 0, &[], 0);
         respond(&p.mem, vring, p.head, &p.bufs, &hdr, 0);
     }
 
-    fn complete_io(&self, w: &mut Worker, vring: &Vring, p: Pending, result: io::Result<()>) {
+    /// Complete a block I/O. `stats`: its LUN's statistics, if it did not
+    /// go through the io_uring (which keeps them in the Pending).
+    fn complete_io(
+        &self,
+        w: &mut Worker,
+        vring: &Vring,
+        p: Pending,
+        result: io::Result<()>,
+        stats: Option<&LunStats>,
+    ) {
         let resp = p.lu.complete_io(&p.io, result);
         let (avail, moved) = match p.io.kind {
             IoKind::Read => (p.data_in_len, p.io.len),
             IoKind::Write => (p.data_out_len, p.io.len),
             IoKind::Flush => (p.data_in_len.max(p.data_out_len), 0),
         };
-        let (hdr, data_len) = match self.inner.inflight.finish(w.index, p.key) {
-            Some(r) => {
-                p.stats.end_local(p.started, End::Transport);
-                (encode_response(r, 0, &[], avail), 0)
-            }
+        let (hdr, data_len, end) = match self.inner.inflight.finish(w.index, p.key) {
+            Some(r) => (encode_response(r, 0, &[], avail), 0, End::Transport),
             None if resp.status == scsi::Status::Good as u8 => {
                 let data_len = if p.io.kind == IoKind::Read { moved } else { 0 };
-                p.stats
-                    .end_local(p.started, status_end(resp.status, &[], moved));
                 let hdr = encode_response(Response::Ok, resp.status, &[], avail - moved);
-                (hdr, data_len)
+                (hdr, data_len, status_end(resp.status, &[], moved))
             }
-            None => {
-                p.stats
-                    .end_local(p.started, status_end(resp.status, &resp.sense, 0));
-                (
-                    encode_response(Response::Ok, resp.status, &resp.sense, avail),
-                    0,
-                )
-            }
+            None => (
+                encode_response(Response::Ok, resp.status, &resp.sense, avail),
+                0,
+                status_end(resp.status, &resp.sense, 0),
+            ),
         };
         respond(&p.mem, vring, p.head, &p.bufs, &hdr, data_len);
+        let Some(stats) = stats.or(p.stats.as_deref()) else {
+            return;
+        };
+        // Reaped: the batch's time; completed in a round: the round's end,
+        // when the guest is told (one clock reading for each).
+        match w.reaped_at {
+            Some(now) => stats.end_local_at(p.started, end, now),
+            None => {
+                stats.count_local(p.started, end);
+                w.completed_in_round.push((p.lun, p.started));
+            }
+        }
     }
 
     pub(super) fn process_completions(&self, w: &mut Worker, vring: &Vring) {
@@ -717,6 +772,10 @@ impl ScsiBackend {
             engine.reap(&mut reaped);
         }
         let any = !reaped.is_empty();
+        let outer = w.reaped_at;
+        if any {
+            w.reaped_at = Some(Stamp::now());
+        }
         for (user_data, res) in reaped.drain(..) {
             let Some(p) = w.take(user_data as usize) else {
                 continue;
@@ -739,9 +798,10 @@ impl ScsiBackend {
             } else {
                 Err(io::Error::from_raw_os_error(-res))
             };
-            self.complete_io(w, vring, p, result);
+            self.complete_io(w, vring, p, result, None);
         }
         w.reaped = reaped;
+        w.reaped_at = outer;
         any
     }
 
@@ -862,7 +922,7 @@ impl ScsiBackend {
             reserved: 0,
             sink: Some(sink),
             stats: Default::default(),
-            started: crate::stats::LunStats::default().start(0, 0x28, Instant::now()),
+            started: crate::stats::LunStats::default().start(0, 0x28, Stamp::now()),
         };
         let done = crate::iscsi::session::Completion {
             tag: 1,

@@ -4,6 +4,7 @@
 //! answers for LUNs that have no logical unit (SPC-4 / SAM-5 4.6).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::cdb::Cdb;
@@ -163,13 +164,26 @@ impl LunMap {
     }
 }
 
+/// A request queue's copy of its target's LUN map for one round of the
+/// virtqueue (see `Target::cached`).
+#[derive(Default)]
+pub struct Cached {
+    generation: u64,
+    map: Option<Arc<LunMap>>,
+}
+
 /// The logical units of one controller, by LUN. LUNs can be added and
-/// removed while commands run: each command takes the current map (one
-/// uncontended read lock and a reference count), so a change never waits
-/// for commands and commands never wait for each other.
+/// removed while commands run: each command runs against the map current
+/// when it started, so a change never waits for commands and commands never
+/// wait for each other. A request queue takes the map once per round of
+/// its virtqueue (`Cached`: a read lock and a reference count) and checks
+/// the generation for every command (one load).
 #[derive(Default)]
 pub struct Target {
     map: RwLock<Arc<LunMap>>,
+    /// Moves after every change of `map` (a reader that sees it moved takes
+    /// the new map).
+    generation: AtomicU64,
     /// Request queues of the controller (statistics have a slot each).
     queues: usize,
     /// The controller's target port group (ALUA), which every logical unit
@@ -205,6 +219,7 @@ impl Target {
         let no_lun = Arc::new(LunStats::new(queues));
         Target {
             map: RwLock::new(Arc::new(LunMap::new(luns, passthrough, stats, no_lun))),
+            generation: AtomicU64::new(0),
             queues,
             port_group: None,
         }
@@ -225,6 +240,21 @@ impl Target {
         self.map.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The LUNs as they are now, through a request queue's cache: taken
+    /// again only if the map changed since. A change is seen by every
+    /// command that looks after the change was published (the transport
+    /// registers a command before it looks: who waits for a LUN's commands
+    /// after a change sees the command, or the command sees the change).
+    /// Keep a cache no longer than a round: it holds the logical units.
+    pub fn cached<'a>(&self, c: &'a mut Cached) -> &'a Arc<LunMap> {
+        let g = self.generation.load(Ordering::Acquire);
+        if c.generation != g {
+            c.map = None;
+            c.generation = g;
+        }
+        c.map.get_or_insert_with(|| self.snapshot())
+    }
+
     /// Replace the map with `change` applied to a copy of it.
     /// New LUNs get statistics of their own, from zero; removed ones lose
     /// theirs (a LUN removed and added again counts from zero).
@@ -242,6 +272,8 @@ impl Target {
             })
             .collect();
         *slot = Arc::new(LunMap::new(luns, passthrough, stats, slot.no_lun.clone()));
+        drop(slot);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Add (or replace) an emulated logical unit as `lun`.

@@ -11,11 +11,13 @@
 //! `fetch_add`. Readers add the slots up. Knows nothing about virtio or
 //! SCSI beyond a status byte and a sense key.
 
+pub mod clock;
 mod metrics;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+
+pub use clock::Stamp;
 
 pub use metrics::serve_metrics;
 pub use report::{LunReport, Totals};
@@ -48,7 +50,7 @@ impl Class {
 #[derive(Clone, Copy, Debug)]
 pub struct Started {
     pub class: Class,
-    pub at: Instant,
+    pub at: Stamp,
     pub queue: usize,
 }
 
@@ -126,7 +128,7 @@ impl LunStats {
 
     /// A command starts on `queue` (on its worker thread).
     #[inline]
-    pub fn start(&self, queue: usize, opcode: u8, at: Instant) -> Started {
+    pub fn start(&self, queue: usize, opcode: u8, at: Stamp) -> Started {
         bump(&self.slot(queue).local.started, 1);
         Started {
             class: Class::of(opcode),
@@ -135,18 +137,53 @@ impl LunStats {
         }
     }
 
-    /// A command completes on its queue's worker thread.
+    /// A command completes on its queue's worker thread, now.
     #[inline]
     pub fn end_local(&self, s: Started, end: End) {
+        self.end_local_at(s, end, Stamp::now());
+    }
+
+    /// A command completed on its queue's worker thread at `now` (one
+    /// clock reading for a batch of completions).
+    #[inline]
+    pub fn end_local_at(&self, s: Started, end: End, now: Stamp) {
+        let c = &self.slot(s.queue).local;
+        record(c, s, end, bump);
+        latency(c, s, now, bump);
+    }
+
+    /// A command completed on its queue's worker thread; its latency is
+    /// recorded later (`latency_local`), with the round's end.
+    #[inline]
+    pub fn count_local(&self, s: Started, end: End) {
         record(&self.slot(s.queue).local, s, end, bump);
+    }
+
+    /// The latency of a command counted with `count_local`: it reached the
+    /// guest at `now` (the end of the virtqueue round, when the guest is
+    /// told).
+    #[inline]
+    pub fn latency_local(&self, s: Started, now: Stamp) {
+        latency(&self.slot(s.queue).local, s, now, bump);
     }
 
     /// A command completes on another thread.
     pub fn end_remote(&self, s: Started, end: End) {
-        record(&self.slot(s.queue).remote, s, end, |c, n| {
+        let add = |c: &AtomicU64, n| {
             c.fetch_add(n, Relaxed);
-        });
+        };
+        let c = &self.slot(s.queue).remote;
+        record(c, s, end, add);
+        latency(c, s, Stamp::now(), add);
     }
+}
+
+#[inline]
+fn latency(c: &Counters, s: Started, now: Stamp, add: impl Fn(&AtomicU64, u64)) {
+    let us = s.at.micros_until(now);
+    let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
+    add(&c.latency[bucket], 1);
+    add(&c.latency_us, us);
 }
 
 #[inline]
@@ -172,10 +209,6 @@ fn record(c: &Counters, s: Started, end: End, add: impl Fn(&AtomicU64, u64)) {
         },
         End::Transport => add(&c.transport, 1),
     }
-    let us = u64::try_from(s.at.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
-    add(&c.latency[bucket], 1);
-    add(&c.latency_us, us);
 }
 
 /// The sense key of fixed or descriptor-format sense data (0 if none).
