@@ -135,6 +135,21 @@ fn read_line(s: &UnixStream) -> Value {
 const LIST: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"controller_list\",\"id\":9}\n";
 
 #[test]
+fn the_control_socket_is_the_owners_alone_unless_a_group_is_given() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), &[]);
+    let m = std::fs::metadata(d.ctl()).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    drop(d);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), &["--control-group".into(), "root".into()]);
+    let m = std::fs::metadata(d.ctl()).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    assert_eq!(m.gid(), 0);
+}
+
+#[test]
 fn garbage_and_huge_lines_get_errors_and_the_connection_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = start(dir.path(), &[]);
@@ -255,6 +270,46 @@ fn luns_come_and_go_under_io_and_the_statistics_count_it() {
     assert!(moved <= rw * 4096 && moved >= (rw - ua) * 4096, "{l}");
     assert_eq!(moved % 4096, 0);
     assert_eq!(l["in_flight"], 0);
+    d.alive();
+}
+
+#[test]
+fn a_lun_removed_under_io_finishes_its_commands_and_then_answers_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), &[]);
+    let s0 = d.dir.join("s0");
+    d.call(
+        "lun_add",
+        json!({"controller": s0, "lun": 1, "null": "64M"}),
+    )
+    .unwrap();
+    let io = std::thread::spawn({
+        let s0 = s0.clone();
+        move || {
+            let mut o = options(&s0, 1, u64::MAX);
+            o.verify = false;
+            o.ios = None;
+            o.duration = Some(Duration::from_secs(3));
+            o.queue_depth = 32;
+            bench::run(&o).unwrap()
+        }
+    });
+    sleep(Duration::from_millis(500));
+    d.call("lun_remove", json!({"controller": s0, "lun": 1}))
+        .unwrap();
+    // The run goes on to its end: commands to the gone LUN are answered
+    // (CHECK CONDITION, which the load generator counts as errors), none
+    // is left hanging.
+    let r = io.join().unwrap();
+    assert!(r.errors > 0, "the LUN was removed under I/O");
+    assert!(r.ios > 0, "commands completed before the removal: {r:?}");
+    assert_eq!(
+        d.call("controller_list", json!({})).unwrap()[0]["luns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     d.alive();
 }
 
