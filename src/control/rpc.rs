@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! JSON-RPC 2.0 (https://www.jsonrpc.org/specification) over lines: each
+//! JSON-RPC 2.0 (<https://www.jsonrpc.org/specification>) over lines: each
 //! request (or batch) is one line of JSON, each response one line. Sans-IO:
 //! a line in, a line (or nothing, for notifications) out.
 
