@@ -194,10 +194,7 @@ fn serve_client(n: u64, mut stream: UnixStream, registry: &Registry, stop: &Atom
             return;
         }
         let now = Instant::now();
-        if lines
-            .started
-            .is_some_and(|t| now.duration_since(t) > LINE_TIMEOUT)
-        {
+        if lines.overdue(now) {
             warn!("Control client {n}: a request line unfinished after {LINE_TIMEOUT:?}: closed");
             let e = rpc::RpcError::new(
                 rpc::INVALID_REQUEST,
@@ -298,6 +295,13 @@ struct LineReader {
 }
 
 impl LineReader {
+    /// Whether a line started more than `LINE_TIMEOUT` before `now` is
+    /// still unfinished.
+    fn overdue(&self, now: Instant) -> bool {
+        self.started
+            .is_some_and(|t| now.saturating_duration_since(t) > LINE_TIMEOUT)
+    }
+
     fn push(&mut self, mut data: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         while !data.is_empty() {
@@ -357,6 +361,17 @@ mod tests {
             ]
         );
         assert!(r.started.is_some());
+    }
+
+    #[test]
+    fn an_unfinished_line_is_overdue_after_the_timeout_and_a_finished_one_never() {
+        let mut r = LineReader::default();
+        assert!(r.push(b"{\"jsonrpc\"").is_empty());
+        let t0 = r.started.unwrap();
+        assert!(!r.overdue(t0 + LINE_TIMEOUT));
+        assert!(r.overdue(t0 + LINE_TIMEOUT + Duration::from_millis(1)));
+        assert_eq!(r.push(b"}\n").len(), 1);
+        assert!(!r.overdue(t0 + LINE_TIMEOUT * 10));
     }
 
     #[test]
