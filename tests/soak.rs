@@ -287,6 +287,10 @@ fn controllers_and_luns_added_and_removed_at_run_time_leave_nothing_behind() {
         .arg("--lun")
         .arg(format!("file={}", d0.display()))
         .env("RUST_LOG", "info")
+        // One allocator arena: the threads that come and go with
+        // controllers and control clients would otherwise add arenas (and
+        // their mappings) for a while, which is not what is measured.
+        .env("MALLOC_ARENA_MAX", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
@@ -337,17 +341,25 @@ fn controllers_and_luns_added_and_removed_at_run_time_leave_nothing_behind() {
         cycle(i);
     }
     let base = settled(pid);
-    for i in 0..cycles {
+    for i in 0..cycles / 2 {
+        cycle(i);
+    }
+    let half = settled(pid);
+    for i in cycles / 2..cycles {
         cycle(i);
     }
     let after = settled(pid);
-    eprintln!("{cycles} cycles: before {base:?}, after {after:?}");
+    eprintln!("{cycles} cycles: before {base:?}, half way {half:?}, after {after:?}");
     assert_eq!(after.fds, base.fds, "descriptors leaked");
     assert_eq!(after.threads, base.threads, "threads leaked");
+    // Mappings: a leak of one per cycle would be hundreds; glibc keeps the
+    // stacks of ended threads for reuse (a stack and its guard each), a few
+    // more or less from one moment to the next.
     assert!(
-        after.maps <= base.maps + 8,
-        "mappings grew from {} to {}",
+        after.maps <= base.maps + 8 && after.maps <= half.maps + 8,
+        "mappings grew from {} to {} to {}",
         base.maps,
+        half.maps,
         after.maps
     );
     assert!(
