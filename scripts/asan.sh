@@ -3,7 +3,7 @@
 # descriptor chains, the vhost-user layer, io_uring and bounce buffers,
 # SG_IO, the device queues) under AddressSanitizer, with the nightly
 # toolchain. A documented check, not part of CI (a sanitized build takes
-# about ten minutes on two cores); see docs/fuzzing.md.
+# about ten minutes on two cores); see docs/security.md.
 #
 # Leak detection is off: the test harnesses leak their guest memory on
 # purpose (Box::leak gives it the 'static lifetime the rings want). The

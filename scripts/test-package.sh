@@ -13,6 +13,9 @@
 # no_new_privs, the unit's capability bounding set); MemoryDenyWriteExecute,
 # the Protect*/Restrict* sysctl, namespace and address-family filters are
 # seccomp or kernel settings only systemd applies, and are not tried then.
+# The unit's SystemCallFilter is checked instead against every system call
+# the daemon makes (traced with strace) while it starts, serves, is changed
+# at run time and stops.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,7 +82,8 @@ else
         for d in /usr /boot /etc; do [ -d $d ] && mount -o bind,ro $d $d && mount -o remount,bind,ro $d; done
         mount --bind /etc/vhost-user-scsi /etc/vhost-user-scsi
         mount -o remount,bind,rw /etc/vhost-user-scsi
-        exec setpriv --no-new-privs --bounding-set -all,'"$caps"' '"$exec_start" \
+        exec setpriv --no-new-privs --bounding-set -all,'"$caps"' \
+            strace -f -qq -o '"$work/strace.log"' '"$exec_start" \
         >"$work/daemon.log" 2>&1 &
     pid=$!
 fi
@@ -99,6 +103,27 @@ else
     pid=
     check "stops cleanly on SIGTERM" '[[ $rc == 0 ]]'
     check "no error logged" '! grep -E "ERROR|panicked" "$work/daemon.log"'
+    check "no capability kept, seccomp enforced" \
+        'grep -q "Running as uid 0 gid 0, capabilities none, seccomp enforce" "$work/daemon.log"'
+    # Every system call made must pass the unit's SystemCallFilter.
+    expand() {
+        local item
+        for item in "$@"; do
+            if [[ $item == @* ]]; then
+                # shellcheck disable=SC2046
+                expand $(systemd-analyze syscall-filter --no-pager "$item" |
+                    tail -n +2 | grep -v '^ *#' | awk 'NF {print $1}')
+            else
+                echo "$item"
+            fi
+        done
+    }
+    # shellcheck disable=SC2046
+    allowed=$(expand $(sed -n 's/^SystemCallFilter=//p' /lib/systemd/system/vhost-user-scsi.service) | sort -u)
+    used=$(grep -oE '^[0-9]+ +[a-z0-9_]+\(' "$work/strace.log" | sed -E 's/^[0-9]+ +//; s/\($//' | sort -u)
+    missing=$(comm -23 <(echo "$used") <(echo "$allowed") | paste -sd' ')
+    check "SystemCallFilter allows the $(echo "$used" | wc -l) system calls made" '[[ -n $used && -z $missing ]]'
+    [[ -z $missing ]] || echo "not allowed by the unit: $missing"
     [[ $rc == 0 ]] || cat "$work/daemon.log"
 fi
 check "dpkg --purge" 'dpkg --purge vhost-user-scsi >/dev/null 2>&1 && [[ ! -e /usr/bin/vhost-user-scsi ]]'

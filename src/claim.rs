@@ -82,6 +82,15 @@ pub enum Error {
 /// appears, is refused). Falls back to binding in place when the
 /// temporary name does not fit a socket address.
 pub fn listen_unix(path: &Path) -> Result<UnixListener, Error> {
+    listen_unix_as(path, None)
+}
+
+/// [`listen_unix`], the socket given `access` (owner, group, mode) before
+/// it appears at `path`.
+pub fn listen_unix_as(
+    path: &Path,
+    access: Option<&crate::sandbox::SocketAccess>,
+) -> Result<UnixListener, Error> {
     let listen_err = |source| Error::Listen {
         path: path.into(),
         source,
@@ -115,7 +124,10 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener, Error> {
     let tmp = path.with_file_name(tmp);
     let _ = std::fs::remove_file(&tmp);
     match UnixListener::bind(&tmp) {
-        Ok(l) => match std::fs::rename(&tmp, path) {
+        Ok(l) => match access
+            .map_or(Ok(()), |a| a.apply(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, path))
+        {
             Ok(()) => Ok(l),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -124,7 +136,14 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener, Error> {
         },
         Err(_) => {
             let _ = std::fs::remove_file(path);
-            UnixListener::bind(path).map_err(listen_err)
+            let l = UnixListener::bind(path).map_err(listen_err)?;
+            if let Some(a) = access {
+                if let Err(e) = a.apply(path) {
+                    let _ = std::fs::remove_file(path);
+                    return Err(listen_err(e));
+                }
+            }
+            Ok(l)
         }
     }
 }

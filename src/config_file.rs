@@ -81,6 +81,28 @@ pub struct FileConfig {
     /// ADDR:PORT of the Prometheus endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// The user to run as once start-up is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group to run as (default: the user's primary group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Capabilities to keep besides those the configuration needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_caps: Vec<String>,
+    /// The seccomp filter: enforce (default), log or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
+    /// The owner given to the vhost-user sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_owner: Option<String>,
+    /// The group given to the vhost-user sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// The mode of the vhost-user sockets (octal; default 0600, or 0660
+    /// with a socket group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
     #[serde(default, rename = "controller", skip_serializing_if = "Vec::is_empty")]
     pub controllers: Vec<ControllerSpec>,
 }

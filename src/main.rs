@@ -44,6 +44,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve SCSI disks to QEMU over vhost-user sockets.
     #[command(after_help = SERVE_EXAMPLES)]
@@ -121,6 +123,35 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<String>,
+        /// Run as this user (name or number) once the backstores, sockets
+        /// and credentials are open; needs the daemon to start as root.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Run as this group (default: the user's primary group); the
+        /// user's supplementary groups are kept.
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Capabilities to keep besides those the configuration needs
+        /// (none for files, block devices and iSCSI; cap_sys_rawio and
+        /// cap_dac_override for --pr-helper-socket), e.g. cap_dac_override.
+        #[arg(long, value_name = "CAP[,CAP]...", value_delimiter = ',')]
+        keep_caps: Vec<String>,
+        /// The seccomp system call filter: enforce (refuse what the daemon
+        /// never calls, and log it to the audit log), log (allow it but log
+        /// it), off.
+        #[arg(long, value_name = "enforce|log|off")]
+        seccomp: Option<String>,
+        /// Give the vhost-user sockets this owner (e.g. the user QEMU runs
+        /// as).
+        #[arg(long, value_name = "USER")]
+        socket_owner: Option<String>,
+        /// Give the vhost-user sockets this group (mode 0660 by default).
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// The vhost-user sockets' mode, octal (default 0600, or 0660 with
+        /// --socket-group).
+        #[arg(long, value_name = "MODE")]
+        socket_mode: Option<String>,
     },
     /// Change a running daemon through its control socket: add and remove
     /// controllers and LUNs, resize, statistics, save the configuration.
@@ -248,6 +279,9 @@ struct PrHelperArgs {
     /// Treat dm-multipath maps as single devices (no path fan-out).
     #[arg(long)]
     no_multipath: bool,
+    /// The seccomp system call filter: enforce (default), log or off.
+    #[arg(long, value_name = "enforce|log|off", default_value = "enforce")]
+    seccomp: String,
 }
 
 /// qemu-pr-helper's default socket.
@@ -317,7 +351,9 @@ fn pr_helper(a: PrHelperArgs) -> Result<(), String> {
     } else {
         log::warn!("pr-helper: not started as root: keeping the privileges it was given");
     }
-    log::info!("pr-helper: ready");
+    let mode: vhost_user_scsi::seccomp::Mode = a.seccomp.parse()?;
+    vhost_user_scsi::seccomp::install(mode).map_err(|e| error_chain(&e))?;
+    log::info!("pr-helper: ready (seccomp {mode})");
     prhelper::serve(
         listener,
         prhelper::Settings {
@@ -429,6 +465,9 @@ struct ServeArgs {
     control: Option<std::path::PathBuf>,
     control_group: Option<String>,
     metrics: Option<String>,
+    /// user, group, keep-caps, seccomp and the socket access, as the
+    /// configuration file's settings spell them.
+    sandbox: vhost_user_scsi::config_file::FileConfig,
 }
 
 fn serve(sub: &ArgMatches, a: ServeArgs) -> Result<(), String> {
@@ -462,11 +501,35 @@ fn serve(sub: &ArgMatches, a: ServeArgs) -> Result<(), String> {
     if a.metrics.is_some() {
         settings.metrics = a.metrics.clone();
     }
+    let sb = a.sandbox;
+    for (from, to) in [
+        (sb.user, &mut settings.user),
+        (sb.group, &mut settings.group),
+        (sb.seccomp, &mut settings.seccomp),
+        (sb.socket_owner, &mut settings.socket_owner),
+        (sb.socket_group, &mut settings.socket_group),
+        (sb.socket_mode, &mut settings.socket_mode),
+    ] {
+        if from.is_some() {
+            *to = from;
+        }
+    }
+    if !sb.keep_caps.is_empty() {
+        settings.keep_caps = sb.keep_caps;
+    }
     if settings.control.is_none() && a.config.is_some() {
         let _ = std::fs::create_dir_all(DEFAULT_CONTROL_DIR);
         settings.control =
             Some(std::path::Path::new(vhost_user_scsi::control::client::DEFAULT_SOCKET).into());
     }
+    let sandbox = vhost_user_scsi::sandbox::Plan::new(
+        &settings,
+        vhost_user_scsi::sandbox::Needs {
+            pr_helper: a.pr_helper_socket.is_some(),
+            control: settings.control.is_some(),
+        },
+    )
+    .map_err(|e| error_chain(&e))?;
     let _pidfile = a
         .pidfile
         .map(|p| vhost_user_scsi::claim::write_pidfile(&p))
@@ -493,6 +556,7 @@ fn serve(sub: &ArgMatches, a: ServeArgs) -> Result<(), String> {
     let opts = vhost_user_scsi::server::Options {
         control,
         metrics,
+        sandbox,
         config_file: a
             .config
             .as_ref()
@@ -764,6 +828,13 @@ fn main() -> ExitCode {
             control,
             control_group,
             metrics,
+            user,
+            group,
+            keep_caps,
+            seccomp,
+            socket_owner,
+            socket_group,
+            socket_mode,
             ..
         } => {
             let sub = matches.subcommand_matches("serve").unwrap_or(&matches);
@@ -776,6 +847,16 @@ fn main() -> ExitCode {
                     control,
                     control_group,
                     metrics,
+                    sandbox: vhost_user_scsi::config_file::FileConfig {
+                        user,
+                        group,
+                        keep_caps,
+                        seccomp,
+                        socket_owner,
+                        socket_group,
+                        socket_mode,
+                        ..Default::default()
+                    },
                 },
             )
         }

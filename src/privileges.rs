@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// capability(7) numbers.
 pub const CAP_CHOWN: u32 = 0;
 pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_SETPCAP: u32 = 8;
 pub const CAP_SYS_RAWIO: u32 = 17;
 
 /// _LINUX_CAPABILITY_VERSION_3 (linux/capability.h).
@@ -289,10 +290,15 @@ pub struct Target {
 /// is started: capabilities are per thread.
 pub fn drop_privileges(target: &Target) -> io::Result<()> {
     let permitted = target.permitted.union(target.effective);
-    // Bounding set first, while CAP_SETPCAP is still effective.
-    for cap in 0..=last_cap() {
-        if !permitted.contains(cap) {
-            prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap))?;
+    // Bounding set first, while CAP_SETPCAP is still effective. Without it
+    // (a service manager's bounding set may leave it out) the bounding set
+    // stays: it only matters across execve, which no_new_privs and the
+    // seccomp filter rule out anyway.
+    if Status::of("self")?.effective.contains(CAP_SETPCAP) {
+        for cap in 0..=last_cap() {
+            if !permitted.contains(cap) {
+                prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap))?;
+            }
         }
     }
     if target.uid.is_some() || target.gid.is_some() {

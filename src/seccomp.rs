@@ -124,6 +124,8 @@ fn unconditional() -> Vec<i64> {
         libc::SYS_fsync,
         libc::SYS_fdatasync,
         libc::SYS_fallocate,
+        libc::SYS_fadvise64,
+        libc::SYS_copy_file_range,
         libc::SYS_ftruncate,
         libc::SYS_fcntl,
         libc::SYS_flock,
@@ -187,6 +189,7 @@ fn unconditional() -> Vec<i64> {
         libc::SYS_rt_sigaction,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigreturn,
+        libc::SYS_restart_syscall,
         libc::SYS_rt_sigtimedwait,
         libc::SYS_sigaltstack,
         libc::SYS_getpid,
@@ -217,6 +220,9 @@ fn unconditional() -> Vec<i64> {
         libc::SYS_epoll_wait,
         libc::SYS_dup2,
         libc::SYS_access,
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
         libc::SYS_arch_prctl,
     ]);
     v

@@ -42,6 +42,8 @@ pub enum Error {
     PrState(#[from] crate::scsi::pr::PersistError),
     #[error(transparent)]
     Registry(Box<crate::registry::Error>),
+    #[error(transparent)]
+    Sandbox(crate::sandbox::Error),
     #[error("iSCSI LUN {lun} of {socket}")]
     Iscsi {
         lun: u16,
@@ -157,6 +159,7 @@ pub(crate) fn remote_luns(
     luns: &BTreeMap<u16, LunConfig>,
     relative_port: u16,
     sessions: &mut Sessions,
+    credentials: &Credentials,
 ) -> Result<BTreeMap<u16, crate::device::RemoteLun>, Error> {
     use crate::iscsi::{client::Client, credentials, login};
     let mut out = BTreeMap::new();
@@ -187,7 +190,10 @@ pub(crate) fn remote_luns(
             }
         } else {
             let mut creds = match &il.credentials {
-                Some(f) => credentials::load(f).map_err(|e| err(Box::new(e)))?,
+                Some(f) => match credentials.0.get(f) {
+                    Some(c) => c.clone(),
+                    None => credentials::load(f).map_err(|e| err(Box::new(e)))?,
+                },
                 None => credentials::ChapConfig::default(),
             };
             if let (Some(user), Some(secret)) = (il.url.user.clone(), il.url.password.clone()) {
@@ -239,6 +245,76 @@ pub(crate) fn remote_luns(
         );
     }
     Ok(out)
+}
+
+/// The readiness notification to systemd (`Type=notify`), or whoever set
+/// NOTIFY_SOCKET (sd_notify(3)'s protocol: one datagram to the socket that
+/// variable names, '@' for an abstract name). The socket is connected at
+/// start, so that the message still goes once privileges are dropped.
+struct Notifier(Option<(std::os::unix::net::UnixDatagram, String)>);
+
+impl Notifier {
+    fn open() -> Notifier {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Notifier(None);
+        };
+        let name = target.to_string_lossy().into_owned();
+        let addr = match target.as_encoded_bytes().strip_prefix(b"@") {
+            Some(abs) => SocketAddr::from_abstract_name(abs),
+            None => SocketAddr::from_pathname(Path::new(&target)),
+        };
+        match addr.and_then(|a| {
+            let s = UnixDatagram::unbound()?;
+            s.connect_addr(&a)?;
+            Ok(s)
+        }) {
+            Ok(s) => Notifier(Some((s, name))),
+            Err(e) => {
+                warn!("Cannot reach NOTIFY_SOCKET {name}: {e}");
+                Notifier(None)
+            }
+        }
+    }
+
+    /// Every controller listens and privileges are dropped.
+    fn ready(&self) {
+        if let Some((s, name)) = &self.0 {
+            let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+            if let Err(e) = s.send(message.as_bytes()) {
+                warn!("Cannot notify {name} of readiness: {e}");
+            }
+        }
+    }
+}
+
+/// The CHAP credentials files of some iSCSI LUNs, read (while the daemon
+/// still has the privileges it started with) by path.
+#[derive(Default)]
+pub struct Credentials(HashMap<PathBuf, crate::iscsi::credentials::ChapConfig>);
+
+impl Credentials {
+    /// Read the credentials file of every iSCSI LUN of `luns` (of the
+    /// controller at `socket`) that has one.
+    pub fn load(socket: &Path, luns: &BTreeMap<u16, LunConfig>) -> Result<Credentials, Error> {
+        let mut out = HashMap::new();
+        for (&n, lc) in luns {
+            let Some(f) = lc.iscsi.as_ref().and_then(|il| il.credentials.as_ref()) else {
+                continue;
+            };
+            if out.contains_key(f) {
+                continue;
+            }
+            let cfg = crate::iscsi::credentials::load(f).map_err(|e| Error::Iscsi {
+                lun: n,
+                socket: socket.into(),
+                source: Box::new(e),
+            })?;
+            out.insert(f.clone(), cfg);
+        }
+        Ok(Credentials(out))
+    }
 }
 
 /// Block SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts, so
@@ -325,7 +401,6 @@ fn check_descriptor_limit(budget: u64) {
 }
 
 /// What the daemon runs besides its controllers.
-#[derive(Default)]
 pub struct Options {
     /// The control socket (JSON-RPC), bound, and its path.
     pub control: Option<(UnixListener, PathBuf)>,
@@ -337,6 +412,9 @@ pub struct Options {
     /// The daemon's settings as a configuration file gives them (what
     /// `save_config` writes besides the controllers).
     pub settings: crate::config_file::FileConfig,
+    /// The user, capabilities, seccomp filter and socket access to serve
+    /// with.
+    pub sandbox: crate::sandbox::Plan,
 }
 
 /// Run the daemon until SIGINT or SIGTERM.
@@ -348,9 +426,32 @@ pub fn serve(mut cfg: Config, opts: Options) -> Result<(), Error> {
     check_descriptor_limit(descriptor_budget(&cfg));
     // Calibrated now, not on the first command.
     crate::stats::clock::init();
-    let registry = Arc::new(Registry::new(opts.config_file.clone(), opts.settings));
+    let registry = Arc::new(Registry::new(
+        opts.config_file.clone(),
+        opts.settings,
+        opts.sandbox.sockets,
+    ));
+    // Everything that needs the privileges the daemon starts with is opened
+    // first, then they are dropped, before any thread starts.
+    let mut opened = Vec::new();
     for c in std::mem::take(&mut cfg.controllers) {
-        if let Err(e) = registry.add_controller(c) {
+        match registry.open_controller(c) {
+            Ok(o) => opened.push(o),
+            Err(e) => {
+                opened.into_iter().for_each(|o| registry.discard(o));
+                return Err(e.into_server_error());
+            }
+        }
+    }
+    let notifier = Notifier::open();
+    if let Err(e) = opts.sandbox.enter() {
+        opened.into_iter().for_each(|o| registry.discard(o));
+        return Err(Error::Sandbox(e));
+    }
+    let mut rest = opened.into_iter();
+    while let Some(o) = rest.next() {
+        if let Err(e) = registry.start_controller(o) {
+            rest.for_each(|o| registry.discard(o));
             registry.shutdown();
             return Err(e.into_server_error());
         }
@@ -377,6 +478,7 @@ pub fn serve(mut cfg: Config, opts: Options) -> Result<(), Error> {
     if let Some(l) = opts.metrics {
         crate::stats::serve_metrics(l, registry.clone()).map_err(Error::Signals)?;
     }
+    notifier.ready();
 
     loop {
         let sig = wait_for_signal(&sigset);

@@ -50,8 +50,14 @@ fn start(extra: &[&str]) -> Helper {
         assert!(Instant::now() < deadline, "helper did not start");
         sleep(Duration::from_millis(20));
     }
-    // The socket exists before privileges are dropped: give it a moment.
-    sleep(Duration::from_millis(200));
+    // The socket exists before privileges are dropped; the seccomp filter
+    // is the last thing installed before serving.
+    while std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .map_or(true, |s| !s.contains("Seccomp:\t2"))
+    {
+        assert!(Instant::now() < deadline, "helper did not drop privileges");
+        sleep(Duration::from_millis(20));
+    }
     Helper {
         child,
         sock,

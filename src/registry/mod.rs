@@ -24,6 +24,7 @@ use crate::config::{ControllerConfig, LunConfig};
 use crate::config_file::FileConfig;
 use crate::device::{Controller, Lun, RemoteLuns};
 use crate::iscsi::client::Client;
+use crate::sandbox::SocketAccess;
 use crate::scsi::{Nexus, PortGroup, Sense, Target};
 use crate::server;
 
@@ -73,6 +74,14 @@ impl Error {
     }
 }
 
+/// A controller opened but not started (see [`Registry::open_controller`]).
+pub struct Opened {
+    config: ControllerConfig,
+    luns: BTreeMap<u16, Arc<crate::scsi::LogicalUnit>>,
+    credentials: server::Credentials,
+    listener: UnixListener,
+}
+
 /// One controller: its configuration as it is now, its device-side state
 /// and its accept thread.
 struct Entry {
@@ -100,10 +109,16 @@ pub struct Registry {
     config_file: Option<PathBuf>,
     /// The daemon's own settings, as a configuration file gives them.
     settings: FileConfig,
+    /// The owner, group and mode of every controller's socket.
+    sockets: SocketAccess,
 }
 
 impl Registry {
-    pub fn new(config_file: Option<PathBuf>, settings: FileConfig) -> Registry {
+    pub fn new(
+        config_file: Option<PathBuf>,
+        settings: FileConfig,
+        sockets: SocketAccess,
+    ) -> Registry {
         Registry {
             state: Mutex::new(State {
                 controllers: Vec::new(),
@@ -115,6 +130,7 @@ impl Registry {
             }),
             config_file,
             settings,
+            sockets,
         }
     }
 
@@ -136,13 +152,87 @@ impl Registry {
 
     /// Open the controller's LUNs, listen on its socket, log in to its
     /// iSCSI targets and start accepting connections.
-    pub fn add_controller(&self, mut c: ControllerConfig) -> Result<(), Error> {
+    pub fn add_controller(&self, c: ControllerConfig) -> Result<(), Error> {
+        let opened = self.open_controller(c)?;
+        self.start_controller(opened)
+    }
+
+    /// The first half of [`Registry::add_controller`], which needs the
+    /// privileges the daemon starts with: open and claim the controller's
+    /// local LUNs, read its iSCSI credentials files and listen on its
+    /// socket (with the daemon's socket owner, group and mode). No thread
+    /// is started. Hand the result to [`Registry::start_controller`], or to
+    /// [`Registry::discard`].
+    pub fn open_controller(&self, c: ControllerConfig) -> Result<Opened, Error> {
         let mut st = self.lock();
         if st.stopping {
             return Err(Error::Stopping);
         }
         if st.controllers.iter().any(|e| e.config.socket == c.socket) {
             return Err(Error::ControllerExists(c.socket));
+        }
+        let mut luns = BTreeMap::new();
+        for (&n, lc) in c.luns.iter().filter(|(_, lc)| lc.iscsi.is_none()) {
+            match st.units.open(&c.socket, n, lc) {
+                Ok(lu) => {
+                    luns.insert(n, lu);
+                }
+                Err(e) => {
+                    release(&mut st, luns);
+                    return Err(e.into());
+                }
+            }
+        }
+        let credentials = match server::Credentials::load(&c.socket, &c.luns) {
+            Ok(cr) => cr,
+            Err(e) => {
+                release(&mut st, luns);
+                return Err(e.into());
+            }
+        };
+        let listener = match crate::claim::listen_unix_as(&c.socket, Some(&self.sockets)) {
+            Ok(l) => l,
+            Err(e) => {
+                release(&mut st, luns);
+                return Err(server::Error::from(e).into());
+            }
+        };
+        Ok(Opened {
+            config: c,
+            luns,
+            credentials,
+            listener,
+        })
+    }
+
+    /// Give back what [`Registry::open_controller`] opened.
+    pub fn discard(&self, opened: Opened) {
+        let mut st = self.lock();
+        release(&mut st, opened.luns);
+        drop(opened.listener);
+        let _ = std::fs::remove_file(&opened.config.socket);
+    }
+
+    /// The second half of [`Registry::add_controller`]: start the iSCSI
+    /// sessions and the accept thread.
+    pub fn start_controller(&self, opened: Opened) -> Result<(), Error> {
+        let Opened {
+            config: mut c,
+            luns,
+            credentials,
+            listener,
+        } = opened;
+        let mut st = self.lock();
+        let refused = if st.stopping {
+            Some(Error::Stopping)
+        } else if st.controllers.iter().any(|e| e.config.socket == c.socket) {
+            Some(Error::ControllerExists(c.socket.clone()))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            release(&mut st, luns);
+            return Err(e);
         }
         // By default its position among the controllers, from 1 (as on the
         // command line); fixed now, so that it survives the removal of
@@ -152,34 +242,9 @@ impl Registry {
             .unwrap_or_else(|| u16::try_from(st.controllers.len() + 1).unwrap_or(u16::MAX));
         c.relative_port = Some(port);
         let path = st.next_path;
-        let mut luns = BTreeMap::new();
-        for (&n, lc) in c.luns.iter().filter(|(_, lc)| lc.iscsi.is_none()) {
-            match st.units.open(&c.socket, n, lc) {
-                Ok(lu) => {
-                    luns.insert(n, lu);
-                }
-                Err(e) => {
-                    for lu in std::mem::take(&mut luns).into_values() {
-                        st.units.release(lu);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        let release = |st: &mut State, luns: BTreeMap<u16, Arc<crate::scsi::LogicalUnit>>| {
-            for lu in luns.into_values() {
-                st.units.release(lu);
-            }
-        };
-        let listener = match crate::claim::listen_unix(&c.socket) {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                release(&mut st, luns);
-                return Err(server::Error::from(e).into());
-            }
-        };
+        let listener = Arc::new(listener);
         let before: Vec<Client> = st.sessions.values().map(|(s, _)| s.clone()).collect();
-        let remote = match server::remote_luns(&c, &c.luns, port, &mut st.sessions) {
+        let remote = match server::remote_luns(&c, &c.luns, port, &mut st.sessions, &credentials) {
             Ok(r) => r,
             Err(e) => {
                 forget_new_sessions(&mut st.sessions, &before);
@@ -300,7 +365,8 @@ impl Registry {
         if lc.iscsi.is_some() {
             let one = BTreeMap::from([(n, lc.clone())]);
             let port = e.ctrl.nexus.relative_port;
-            let mut remote = server::remote_luns(&e.config, &one, port, sessions)?;
+            let credentials = server::Credentials::load(socket, &one)?;
+            let mut remote = server::remote_luns(&e.config, &one, port, sessions, &credentials)?;
             let r = remote.remove(&n).ok_or_else(|| Error::NoLun {
                 socket: socket.into(),
                 lun: n,
@@ -481,6 +547,13 @@ impl Registry {
         for e in entries {
             stop_controller(units, sessions, controllers, e);
         }
+    }
+}
+
+/// Release the logical units a controller being added had opened.
+fn release(st: &mut State, luns: BTreeMap<u16, Arc<crate::scsi::LogicalUnit>>) {
+    for lu in luns.into_values() {
+        st.units.release(lu);
     }
 }
 

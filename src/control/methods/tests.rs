@@ -27,7 +27,7 @@ fn fixture() -> Fixture {
         .unwrap();
     Fixture {
         dir,
-        reg: Registry::new(None, FileConfig::default()),
+        reg: Registry::new(None, FileConfig::default(), Default::default()),
     }
 }
 
