@@ -97,7 +97,10 @@ check "save-config under the hardening" 'vhost-user-scsi ctl save-config >/dev/n
 if [[ $mode == systemd ]]; then
     check "unit stops" 'systemctl stop vhost-user-scsi'
 else
-    kill -TERM "$pid"
+    # $pid is strace (unshare, sh and setpriv exec'ed into it): stop the
+    # daemon it traces; strace exits with the daemon's status.
+    daemon=$(pgrep -P "$pid" | head -1)
+    kill -TERM "${daemon:-$pid}"
     rc=0
     wait "$pid" || rc=$?
     pid=
