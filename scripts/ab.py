@@ -7,7 +7,9 @@ of a shared machine hits both. Python standard library only; uses
 scripts/bench.py's helpers.
 
 Each case is BS:QD:RW (`vhost-user-scsi bench` options); each build is
-NAME=PATH to a daemon binary. For every case and build it prints the
+NAME=PATH to a daemon binary, optionally followed by options for its
+`serve` (to compare settings of one binary, e.g.
+`--build "off=target/release/vhost-user-scsi --seccomp off"`). For every case and build it prints the
 median daemon CPU per I/O and IOPS, then every run (CPU per I/O, IOPS,
 mean latency in microseconds).
 
@@ -20,6 +22,7 @@ Example (the build before a change against the working tree):
 """
 import argparse
 import os
+import shlex
 import statistics
 
 import bench
@@ -34,7 +37,7 @@ def main():
     ap.add_argument("--target", choices=["iscsi", "null", "file"], default="iscsi")
     ap.add_argument("cases", nargs="+", metavar="BS:QD:RW")
     a = ap.parse_args()
-    builds = dict(b.split("=", 1) for b in a.build)
+    builds = {name: shlex.split(spec) for name, spec in (b.split("=", 1) for b in a.build)}
     cases = [c.split(":") for c in a.cases]
     t = bench.Tgtd() if a.target == "iscsi" else None
     disk = None
@@ -51,9 +54,9 @@ def main():
         for bs, qd, rw in cases:
             runs = {name: [] for name in builds}
             for _ in range(a.repeat):
-                for name, path in builds.items():
+                for name, (path, *extra) in builds.items():
                     bench.BIN = path
-                    d = bench.Daemon(["--lun", lun + a.lun_options])
+                    d = bench.Daemon(["--lun", lun + a.lun_options] + extra)
                     try:
                         runs[name].append(bench.bench(d, a.seconds, ["--rw", rw, "--bs", bs, "--qd", qd]))
                     finally:

@@ -289,12 +289,23 @@ fn a_lun_removed_under_io_finishes_its_commands_and_then_answers_not_supported()
             let mut o = options(&s0, 1, u64::MAX);
             o.verify = false;
             o.ios = None;
-            o.duration = Some(Duration::from_secs(3));
+            o.duration = Some(Duration::from_secs(10));
             o.queue_depth = 32;
             bench::run(&o).unwrap()
         }
     });
-    sleep(Duration::from_millis(500));
+    // Remove it once reads are flowing (however slow the machine).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = d
+            .call("stats", json!({"controller": s0, "lun": 1}))
+            .unwrap();
+        if st["luns"][0]["reads"].as_u64().unwrap_or(0) > 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no I/O reached LUN 1: {st}");
+        sleep(Duration::from_millis(10));
+    }
     d.call("lun_remove", json!({"controller": s0, "lun": 1}))
         .unwrap();
     // The run goes on to its end: commands to the gone LUN are answered
