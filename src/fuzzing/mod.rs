@@ -8,11 +8,13 @@
 //! finding. See docs/fuzzing.md.
 
 mod cli;
+mod control;
 mod iscsi;
 mod scsi;
 mod virtio;
 
 pub use cli::{config_specs, iscsi_credentials, iscsi_url};
+pub use control::{config_file, control_rpc};
 pub use iscsi::{iscsi_login, iscsi_pdu, iscsi_session, iscsi_text};
 pub use scsi::{pr_out_params, prhelper_codec, scsi_execute};
 pub use virtio::virtio_request;
@@ -22,7 +24,9 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its directory under fuzz/corpus/.
 pub const TARGETS: &[(&str, Target)] = &[
+    ("config_file", config_file),
     ("config_specs", config_specs),
+    ("control_rpc", control_rpc),
     ("iscsi_credentials", iscsi_credentials),
     ("iscsi_login", iscsi_login),
     ("iscsi_pdu", iscsi_pdu),
