@@ -9,6 +9,7 @@ use log::{debug, info};
 
 use super::inflight::Scope;
 use super::{notify, ScsiBackend, Vring};
+use crate::iscsi::codes::{TmfFunction, TmfResponse};
 use crate::scsi::LunAddress;
 use crate::virtio::buffers::ChainBuffers;
 use crate::virtio::{
@@ -182,11 +183,36 @@ impl ScsiBackend {
         remote: &super::RemoteLun,
     ) -> Response {
         let (function, id, scope, ended) = match subtype {
-            TmfSubtype::AbortTask => (1, Some(tag), Scope::Task(addr, tag), Response::Aborted),
-            TmfSubtype::AbortTaskSet => (2, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::ClearAca => (3, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::ClearTaskSet => (4, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::LogicalUnitReset => (5, None, Scope::Lun(addr), Response::Reset),
+            TmfSubtype::AbortTask => (
+                TmfFunction::AbortTask,
+                Some(tag),
+                Scope::Task(addr, tag),
+                Response::Aborted,
+            ),
+            TmfSubtype::AbortTaskSet => (
+                TmfFunction::AbortTaskSet,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::ClearAca => (
+                TmfFunction::ClearAca,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::ClearTaskSet => (
+                TmfFunction::ClearTaskSet,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::LogicalUnitReset => (
+                TmfFunction::LogicalUnitReset,
+                None,
+                Scope::Lun(addr),
+                Response::Reset,
+            ),
             // Answered from what is in flight here; I_T NEXUS RESET is not
             // per LUN (handled for the whole controller).
             TmfSubtype::QueryTask => return query(self.inner.inflight.any(Scope::Task(addr, tag))),
@@ -202,22 +228,22 @@ impl ScsiBackend {
         let answer = remote.client.task_management(function, remote.lun, id);
         if subtype == TmfSubtype::AbortTask {
             info!(
-                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer}",
+                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer:?}",
                 self.inner.controller.name
             );
         }
         match answer {
-            // Function complete; no such task (it completed already).
-            0 | 1 => {
-                if function != 3 {
+            // No such task: it completed already.
+            Ok(TmfResponse::FunctionComplete | TmfResponse::TaskDoesNotExist) => {
+                if function != TmfFunction::ClearAca {
                     self.inner.inflight.abort_and_wait(scope, ended);
                 }
                 Response::Ok
             }
-            2 => Response::IncorrectLun,
+            Ok(TmfResponse::LunDoesNotExist) => Response::IncorrectLun,
             other => {
                 debug!(
-                    "{}: the iSCSI target answered TMF {subtype:?} with {other}",
+                    "{}: the iSCSI target answered TMF {subtype:?} with {other:?}",
                     self.inner.controller.name
                 );
                 Response::FunctionRejected

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 use crate::iscsi::chap::{self, Algorithm};
+use crate::iscsi::codes::TmfFunction;
 use crate::iscsi::gather::Gather;
 use crate::iscsi::login::{
     Credentials, Login, LoginError, LoginParams, Negotiated, Step, LENGTH_KEY_RANGE,
@@ -437,7 +438,9 @@ fn session(u: &mut Unstructured<'_>) -> Result<()> {
                 tasks.insert(tag, Kind::Command);
             }
             4 => {
-                let function = u.int_in_range(1..=7)?;
+                let Ok(function) = TmfFunction::try_from(u.int_in_range(1..=7)?) else {
+                    continue;
+                };
                 let referenced = u.int_in_range(0..=tag)?;
                 let start = s.task_management(tag, function, lun, Some(referenced));
                 for t in start.aborted {

@@ -9,6 +9,7 @@
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
 use super::chap::{self, Algorithm};
+use super::codes::StatusClass;
 use super::pdu::{Digests, Opcode, Pdu};
 use super::secret::Secret;
 use super::text;
@@ -93,10 +94,10 @@ pub struct Negotiated {
 /// What a target error (status class 03h and unknown classes, RFC 7143
 /// 11.13.5) says.
 fn target_error_text(class: u8, detail: u8) -> &'static str {
-    match (class, detail) {
-        (3, 1) => "the target's service is unavailable",
-        (3, 2) => "the target is out of resources",
-        (3, _) => "target error",
+    match (StatusClass::try_from(class), detail) {
+        (Ok(StatusClass::TargetError), 1) => "the target's service is unavailable",
+        (Ok(StatusClass::TargetError), 2) => "the target is out of resources",
+        (Ok(StatusClass::TargetError), _) => "target error",
         _ => "unknown status class",
     }
 }
@@ -107,7 +108,8 @@ impl LoginError {
     /// 7143 11.13.5, e.g. a node in maintenance). Authentication, access
     /// and target-name refusals (class 02h) are the same everywhere.
     pub fn is_transient(&self) -> bool {
-        matches!(self, LoginError::TargetError { class: 3, .. })
+        matches!(self, LoginError::TargetError { class, .. }
+            if *class == StatusClass::TargetError as u8)
     }
 }
 
@@ -282,9 +284,9 @@ impl Login {
         }
         let (class, detail) = (r.byte(36), r.byte(37));
         let keys = text::parse(&r.data);
-        match class {
-            0 => {}
-            1 => {
+        match StatusClass::try_from(class) {
+            Ok(StatusClass::Success) => {}
+            Ok(StatusClass::Redirection) => {
                 return Err(LoginError::Redirect {
                     address: text::get(&keys, "TargetAddress")
                         .unwrap_or_default()
@@ -297,14 +299,15 @@ impl Login {
             // from some targets, to the response that used an algorithm
             // they could not handle): the list was not acceptable (see
             // chap::Offer).
-            2 if detail == 0
-                && (self.state == State::ChapAlgorithm
-                    || self.state == State::ChapResponse
-                        && self.p.chap_offer.weaker().is_some()) =>
+            Ok(StatusClass::InitiatorError)
+                if detail == 0
+                    && (self.state == State::ChapAlgorithm
+                        || self.state == State::ChapResponse
+                            && self.p.chap_offer.weaker().is_some()) =>
             {
                 return Err(LoginError::ChapAlgorithmsRefused(self.p.chap_offer))
             }
-            2 => {
+            Ok(StatusClass::InitiatorError) => {
                 return Err(match detail {
                     0x01 => LoginError::AuthenticationFailed,
                     0x02 => LoginError::Forbidden,
@@ -313,7 +316,10 @@ impl Login {
                     d => LoginError::InitiatorError(d),
                 })
             }
-            c => return Err(LoginError::TargetError { class: c, detail }),
+            // Target errors, and classes the RFC does not define.
+            Ok(StatusClass::TargetError) | Err(_) => {
+                return Err(LoginError::TargetError { class, detail })
+            }
         }
         self.exp_stat_sn = r.stat_sn().wrapping_add(1);
         self.rounds += 1;

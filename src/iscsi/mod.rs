@@ -7,6 +7,7 @@
 
 pub mod chap;
 pub mod client;
+pub mod codes;
 pub mod conn;
 pub mod credentials;
 pub mod gather;

@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::codes::{AsyncEvent, RejectReason, TmfFunction, TmfResponse, UnknownCode};
 use super::gather::Gather;
 use super::login::Negotiated;
 use super::pdu::{padding, Digests, Opcode, Pdu, PduError, RunningDigest, BHS_LEN, RESERVED_TAG};
@@ -221,10 +222,10 @@ pub enum Event {
     LoggedOut {
         response: u8,
     },
-    /// Answer to a task management request (RFC 7143 11.6.1 codes).
+    /// Answer to a task management request.
     TaskManagement {
         tag: u64,
-        response: u8,
+        response: TmfAnswer,
     },
     /// A command that task management terminated at the target: it gets
     /// no response. `reset`: by a LUN or target reset (not an abort).
@@ -233,6 +234,10 @@ pub enum Event {
         reset: bool,
     },
 }
+
+/// A target's answer to a task management request: a response code of
+/// RFC 7143 11.6.1, or the byte it sent instead.
+pub type TmfAnswer = Result<TmfResponse, UnknownCode>;
 
 /// What `Session::task_management` did at once.
 #[derive(Debug, PartialEq, Eq)]
@@ -274,7 +279,7 @@ struct Task {
     cmd_sn: u32,
     /// For a task management request: its function and, for ABORT TASK,
     /// the ITT of the task it aborts.
-    tmf: Option<u8>,
+    tmf: Option<TmfFunction>,
     ref_itt: u32,
 }
 
@@ -410,10 +415,6 @@ const MAX_TEXT: usize = 1 << 20;
 /// offering more is cut off.
 const MAX_NEGOTIATION_ROUNDS: u8 = 4;
 
-/// Reject reasons (RFC 7143 11.17.1) that change what a Reject ends.
-const REJECT_DATA_DIGEST: u8 = 0x02;
-const REJECT_WAITING_FOR_LOGOUT: u8 = 0x0c;
-
 /// Whose text exchange is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TextTask {
@@ -429,21 +430,25 @@ fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
 }
 
-/// Whether task management `function` (RFC 7143 11.5.1 codes) for `lun`,
-/// and for ABORT TASK the command tagged `target`, covers the command
-/// `cmd_tag` on `cmd_lun`.
+/// Whether task management `function` for `lun`, and for ABORT TASK the
+/// command tagged `target`, covers the command `cmd_tag` on `cmd_lun`
+/// (RFC 7143 11.5.1).
 pub fn tmf_covers(
-    function: u8,
+    function: TmfFunction,
     lun: [u8; 8],
     target: Option<u64>,
     cmd_lun: [u8; 8],
     cmd_tag: u64,
 ) -> bool {
     match function {
-        1 => Some(cmd_tag) == target && cmd_lun == lun,
-        2 | 4 | 5 => cmd_lun == lun,
-        6 | 7 => true,
-        _ => false,
+        TmfFunction::AbortTask => Some(cmd_tag) == target && cmd_lun == lun,
+        TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+            cmd_lun == lun
+        }
+        TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => true,
+        // CLEAR ACA ends no task; TASK REASSIGN moves one (ErrorRecovery
+        // Level 2, never negotiated).
+        TmfFunction::ClearAca | TmfFunction::TaskReassign => false,
     }
 }
 
@@ -873,17 +878,15 @@ impl Session {
         self.out.push_back(p.into());
     }
 
-    /// Task management request (RFC 7143 11.5): `function` 1 ABORT TASK
-    /// (of the command tagged `target`), 2 ABORT TASK SET, 3 CLEAR ACA, 4
-    /// CLEAR TASK SET, 5 LOGICAL UNIT RESET, 6 TARGET WARM RESET, 7 TARGET
-    /// COLD RESET. Commands in its scope still waiting for the CmdSN window
+    /// Task management request (RFC 7143 11.5): `function` for `lun`
+    /// (ABORT TASK: of the command tagged `target`). Commands in its scope still waiting for the CmdSN window
     /// never reached the target: they are dropped here and their tags
     /// returned. The request itself is sent (immediate) unless ABORT TASK
     /// has nothing left to abort at the target.
     pub fn task_management(
         &mut self,
         tag: u64,
-        function: u8,
+        function: TmfFunction,
         lun: [u8; 8],
         target: Option<u64>,
     ) -> TmfStart {
@@ -902,8 +905,8 @@ impl Session {
             .map(|t| t.tag)
             .collect();
         let (ref_itt, ref_cmd_sn) = match self.tasks.iter().find(|(_, t)| in_scope(t)) {
-            Some((&itt, t)) if function == 1 => (itt, t.cmd_sn),
-            None if function == 1 => {
+            Some((&itt, t)) if function == TmfFunction::AbortTask => (itt, t.cmd_sn),
+            None if function == TmfFunction::AbortTask => {
                 return TmfStart {
                     sent: false,
                     aborted,
@@ -914,7 +917,7 @@ impl Session {
         let itt = self.alloc_itt();
         let mut p = Pdu::new(Opcode::TaskMgmtRequest);
         p.set_immediate();
-        p.set_flags(0x80 | function);
+        p.set_flags(0x80 | function as u8);
         p.set_lun(lun);
         p.set_itt(itt);
         p.set_u32(20, ref_itt);
@@ -948,11 +951,17 @@ impl Session {
 
     /// The commands a task management function that completed terminated
     /// at the target: they get no response of their own (RFC 7143 4.2.3.3).
-    fn terminated_by(&mut self, tmf: &Task, response: u8) -> Vec<u64> {
-        let function = tmf.tmf.unwrap_or(0);
-        // 0: Function complete; 1: Task does not exist (for ABORT TASK the
-        // target has no record of it, so no answer will ever come).
-        let done = response == 0 || (response == 1 && function == 1);
+    fn terminated_by(&mut self, tmf: &Task, response: TmfAnswer) -> Vec<u64> {
+        let Some(function) = tmf.tmf else {
+            return Vec::new();
+        };
+        // Task does not exist: for ABORT TASK the target has no record of
+        // it, so no answer will ever come.
+        let done = match response {
+            Ok(TmfResponse::FunctionComplete) => true,
+            Ok(TmfResponse::TaskDoesNotExist) => function == TmfFunction::AbortTask,
+            _ => false,
+        };
         if !done {
             return Vec::new();
         }
@@ -963,12 +972,18 @@ impl Session {
                 t.tmf.is_none()
                     && t.sent
                     && match function {
-                        1 => itt == tmf.ref_itt,
+                        TmfFunction::AbortTask => itt == tmf.ref_itt,
                         // Commands sent before the TMF (its CmdSN is the
                         // next one, it being immediate).
-                        2 | 4 | 5 => t.lun == tmf.lun && sn_lt(t.cmd_sn, tmf.cmd_sn),
-                        6 | 7 => sn_lt(t.cmd_sn, tmf.cmd_sn),
-                        _ => false,
+                        TmfFunction::AbortTaskSet
+                        | TmfFunction::ClearTaskSet
+                        | TmfFunction::LogicalUnitReset => {
+                            t.lun == tmf.lun && sn_lt(t.cmd_sn, tmf.cmd_sn)
+                        }
+                        TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                            sn_lt(t.cmd_sn, tmf.cmd_sn)
+                        }
+                        TmfFunction::ClearAca | TmfFunction::TaskReassign => false,
                     }
             })
             .map(|(&itt, _)| itt)
@@ -1205,8 +1220,8 @@ impl Session {
             }
             Opcode::AsyncMessage => {
                 self.update_sn(&p, true);
-                match p.byte(36) {
-                    0 => {
+                match AsyncEvent::try_from(p.byte(36)) {
+                    Ok(AsyncEvent::ScsiEvent) => {
                         // SenseLength, then the sense data (then iSCSI
                         // event data, not ours to interpret).
                         let n = usize::from(u16::from_be_bytes([
@@ -1225,24 +1240,26 @@ impl Session {
                     }
                     // RFC 7143 11.9.1: Parameter1 at byte 38, Parameter2
                     // at 40, Parameter3 at 42.
-                    1 => ev.push(Event::LogoutRequested {
+                    Ok(AsyncEvent::LogoutRequest) => ev.push(Event::LogoutRequested {
                         within_secs: p.u16_at(42),
                     }),
-                    2 | 3 => ev.push(Event::Dropping {
-                        time2wait: p.u16_at(40),
-                    }),
-                    4 => self.negotiation_requested(),
+                    Ok(AsyncEvent::ConnectionDrop | AsyncEvent::SessionDrop) => {
+                        ev.push(Event::Dropping {
+                            time2wait: p.u16_at(40),
+                        })
+                    }
+                    Ok(AsyncEvent::NegotiationRequest) => self.negotiation_requested(),
                     // Only with TaskReporting=FastAbort (RFC 7143 11.9.1),
                     // which we never negotiate: the target's view of our
                     // tasks is no longer ours, so the connection goes and
                     // the commands are retried on a new session.
-                    5 => {
+                    Ok(AsyncEvent::TaskTermination) => {
                         return Err(protocol(
                             "task termination message without TaskReporting=FastAbort",
                         ))
                     }
-                    // 255 vendor specific, the rest reserved: ignored.
-                    _ => {}
+                    // Vendor specific, or reserved: ignored.
+                    Ok(AsyncEvent::VendorSpecific) | Err(_) => {}
                 }
             }
             Opcode::Reject => {
@@ -1255,8 +1272,8 @@ impl Session {
                 // naming a command must not make it vanish unanswered.
                 let tmf = self.tasks.get(&p.itt()).is_some_and(|t| t.tmf.is_some());
                 if let Some(t) = tmf.then(|| self.tasks.remove(&p.itt())).flatten() {
-                    let response = p.byte(2);
-                    let reset = matches!(t.tmf, Some(5..=7));
+                    let response = TmfResponse::try_from(p.byte(2));
+                    let reset = t.tmf.is_some_and(TmfFunction::is_reset);
                     ev.extend(
                         self.terminated_by(&t, response)
                             .into_iter()
@@ -1292,7 +1309,7 @@ impl Session {
         if p.data.len() < BHS_LEN {
             return Ok(());
         }
-        let reason = p.byte(2);
+        let reason = RejectReason::try_from(p.byte(2));
         let opcode = Opcode::from_u8(p.data[0] & 0x3f);
         let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
         if let Some(task) = self.text.filter(|t| t.0 == itt).map(|t| t.1) {
@@ -1303,7 +1320,8 @@ impl Session {
             return match task {
                 TextTask::Negotiation { .. } => Ok(()),
                 TextTask::Caller => Err(protocol(format!(
-                    "the target rejected our Text Request (reason {reason:#04x})"
+                    "the target rejected our Text Request (reason {:#04x})",
+                    p.byte(2)
                 ))),
             };
         }
@@ -1314,7 +1332,7 @@ impl Session {
                 if let Some(t) = self.tasks.remove(&itt) {
                     ev.push(Event::TaskManagement {
                         tag: t.tag,
-                        response: 255,
+                        response: Ok(TmfResponse::FunctionRejected),
                     });
                 }
             }
@@ -1323,10 +1341,13 @@ impl Session {
             // target ends the task with a SCSI Response once the data it
             // still expects has come (11.17.1).
             (Some(false), Some(Opcode::DataOut)) => {}
-            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_DATA_DIGEST => {}
+            (Some(false), Some(Opcode::ScsiCommand))
+                if reason == Ok(RejectReason::DataDigestError) => {}
             // Not run: the target waits for us to log out (11.9.1, event
             // 1). The command stays, to go again on the next session.
-            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_WAITING_FOR_LOGOUT => {
+            (Some(false), Some(Opcode::ScsiCommand))
+                if reason == Ok(RejectReason::WaitingForLogout) =>
+            {
                 ev.push(Event::LogoutRequested { within_secs: 0 });
             }
             // A command the target refused outright never became a task
@@ -1644,7 +1665,7 @@ pub(crate) mod tests {
         assert_eq!(out(&s), (3, 2, 66560));
         // An ABORT TASK SET drops the unsent command at once and, once
         // complete, the commands it terminated at the target.
-        s.task_management(9, 2, LUN, None);
+        s.task_management(9, TmfFunction::AbortTaskSet, LUN, None);
         assert_eq!(out(&s), (4, 3, 66560));
         let tmf = drain(&mut s).pop().unwrap();
         let mut r = Pdu::new(Opcode::TaskMgmtResponse);
@@ -1979,7 +2000,7 @@ pub(crate) mod tests {
     #[test]
     fn lun_reset_request_and_response() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let start = s.task_management(9, 5, LUN, None);
+        let start = s.task_management(9, TmfFunction::LogicalUnitReset, LUN, None);
         assert!(start.sent && start.aborted.is_empty());
         let out = drain(&mut s);
         let itt = out[0].itt();
@@ -1994,7 +2015,7 @@ pub(crate) mod tests {
             s.receive(r).unwrap(),
             vec![Event::TaskManagement {
                 tag: 9,
-                response: 0
+                response: Ok(TmfResponse::FunctionComplete)
             }]
         );
         // Not a SCSI command: nothing to retry.
@@ -2156,7 +2177,7 @@ pub(crate) mod tests {
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         s.submit(2, LUN, [0x28; 10], Data::Read(512));
         let cmds = drain(&mut s);
-        let start = s.task_management(50, 1, LUN, Some(2));
+        let start = s.task_management(50, TmfFunction::AbortTask, LUN, Some(2));
         assert_eq!(
             start,
             TmfStart {
@@ -2178,7 +2199,7 @@ pub(crate) mod tests {
                 },
                 Event::TaskManagement {
                     tag: 50,
-                    response: 0
+                    response: Ok(TmfResponse::FunctionComplete)
                 }
             ]
         );
@@ -2190,7 +2211,7 @@ pub(crate) mod tests {
         let mut s = Session::new(negotiated(true, true, 100));
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        s.task_management(50, 5, LUN, None);
+        s.task_management(50, TmfFunction::LogicalUnitReset, LUN, None);
         let tmf = drain(&mut s).remove(0);
         // A SCSI Response and a Data-In with status naming the request's
         // ITT do not end it (nor turn it into a command's completion).
@@ -2210,7 +2231,7 @@ pub(crate) mod tests {
             s.receive(rj).unwrap(),
             vec![Event::TaskManagement {
                 tag: 50,
-                response: 255
+                response: Ok(TmfResponse::FunctionRejected)
             }]
         );
         assert_eq!(s.in_flight(), 1);
@@ -2374,7 +2395,7 @@ pub(crate) mod tests {
         s.submit(2, LUN, [0x28; 10], Data::Read(512));
         assert_eq!(drain(&mut s).len(), 1);
         assert_eq!(
-            s.task_management(50, 1, LUN, Some(2)),
+            s.task_management(50, TmfFunction::AbortTask, LUN, Some(2)),
             TmfStart {
                 sent: false,
                 aborted: vec![2]
@@ -2382,7 +2403,7 @@ pub(crate) mod tests {
         );
         // Unknown task: nothing to do anywhere.
         assert_eq!(
-            s.task_management(51, 1, LUN, Some(7)),
+            s.task_management(51, TmfFunction::AbortTask, LUN, Some(7)),
             TmfStart {
                 sent: false,
                 aborted: vec![]
@@ -2399,7 +2420,10 @@ pub(crate) mod tests {
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         s.submit(2, other, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        assert!(s.task_management(50, 5, LUN, None).sent);
+        assert!(
+            s.task_management(50, TmfFunction::LogicalUnitReset, LUN, None)
+                .sent
+        );
         let tmf = drain(&mut s).remove(0);
         // A command after the reset is not affected by it.
         s.submit(3, LUN, [0x28; 10], Data::Read(512));
@@ -2412,7 +2436,7 @@ pub(crate) mod tests {
                 },
                 Event::TaskManagement {
                     tag: 50,
-                    response: 0
+                    response: Ok(TmfResponse::FunctionComplete)
                 }
             ]
         );
@@ -2424,13 +2448,13 @@ pub(crate) mod tests {
         let mut s = Session::new(negotiated(true, true, 100));
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        s.task_management(50, 2, LUN, None);
+        s.task_management(50, TmfFunction::AbortTaskSet, LUN, None);
         let tmf = drain(&mut s).remove(0);
         assert_eq!(
             s.receive(tmf_response(tmf.itt(), 5)).unwrap(),
             vec![Event::TaskManagement {
                 tag: 50,
-                response: 5
+                response: Ok(TmfResponse::NotSupported)
             }]
         );
         assert_eq!(s.in_flight(), 1);
@@ -2485,8 +2509,8 @@ pub(crate) mod tests {
                 s.submit(3, LUN, [0; 6], Data::None);
                 let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 8192])));
                 s.submit(6, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink)));
-                s.task_management(4, 5, LUN, None);
-                s.task_management(5, 1, LUN, Some(1));
+                s.task_management(4, TmfFunction::LogicalUnitReset, LUN, None);
+                s.task_management(5, TmfFunction::AbortTask, LUN, Some(1));
                 let mut ended = Vec::new();
                 for p in pdus {
                     let _ = drain(&mut s);
