@@ -8,6 +8,7 @@
 
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
+use super::bhs::{self, login, Bhs};
 use super::chap::{self, Algorithm};
 use super::codes::StatusClass;
 use super::pdu::{Digests, Opcode, Pdu};
@@ -191,15 +192,20 @@ impl Login {
     }
 
     fn request(&self, csg: u8, nsg: u8, transit: bool, keys: &[(String, String)]) -> Pdu {
-        let mut p = Pdu::new(Opcode::LoginRequest);
-        p.set_immediate();
-        let t = if transit { 0x80 } else { 0 };
-        p.set_flags(t | (csg << 2) | if transit { nsg } else { 0 });
-        p.bhs[8..14].copy_from_slice(&self.p.isid);
-        p.set_u16(14, self.p.tsih);
-        p.set_itt(self.itt);
-        p.set_u32(24, self.p.initial_cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let mut h = bhs::LoginRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = (csg << login::CSG_SHIFT)
+            | if transit {
+                login::TRANSIT | (nsg & login::NSG_MASK)
+            } else {
+                0
+            };
+        h.isid = self.p.isid;
+        h.tsih = self.p.tsih.into();
+        h.itt = self.itt.into();
+        h.cmd_sn = self.p.initial_cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        let mut p = Pdu::with_header(&h);
         p.data = text::encode(keys);
         p
     }
@@ -282,7 +288,8 @@ impl Login {
                 r.opcode()
             )));
         }
-        let (class, detail) = (r.byte(36), r.byte(37));
+        let h: bhs::LoginResponse = r.header();
+        let (class, detail) = (h.status_class, h.status_detail);
         let keys = text::parse(&r.data);
         match StatusClass::try_from(class) {
             Ok(StatusClass::Success) => {}
@@ -326,8 +333,8 @@ impl Login {
         if self.rounds > MAX_ROUNDS {
             return Err(protocol("the target does not finish the login stage"));
         }
-        let transit = r.flags() & 0x80 != 0;
-        let nsg = r.flags() & 0x03;
+        let transit = h.flags & login::TRANSIT != 0;
+        let nsg = h.flags & login::NSG_MASK;
         match self.state {
             State::Security => {
                 if transit && nsg == OPERATIONAL {
@@ -497,7 +504,7 @@ impl Login {
             data_sequence_in_order: yes("DataSequenceInOrder", true),
             default_time2wait: num("DefaultTime2Wait", 2),
             default_time2retain: num("DefaultTime2Retain", 20),
-            tsih: r.u16_at(14),
+            tsih: r.header::<bhs::LoginResponse>().tsih.to_native(),
             cmd_sn: self.p.initial_cmd_sn,
             exp_cmd_sn: r.exp_cmd_sn(),
             max_cmd_sn: r.max_cmd_sn(),

@@ -5,6 +5,7 @@
 //! events out, tested without sockets. `conn` is the thin blocking driver
 //! over TCP.
 
+pub mod bhs;
 pub mod chap;
 pub mod client;
 pub mod codes;

@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::bhs::{self, Bhs};
 use super::codes::{AsyncEvent, RejectReason, TmfFunction, TmfResponse, UnknownCode};
 use super::gather::Gather;
 use super::login::Negotiated;
@@ -617,26 +618,34 @@ impl Session {
     /// Queue the SCSI Command PDU and any immediate / unsolicited data on
     /// `out`.
     fn command_pdus(&self, itt: u32, t: &Task, out: &mut VecDeque<Outgoing>) {
-        let mut p = Pdu::new(Opcode::ScsiCommand);
-        let mut flags = 0x01; // ATTR: SIMPLE
+        let mut h = bhs::ScsiCommand::new();
+        h.flags = bhs::ScsiCommand::ATTR_SIMPLE;
         if t.read_len > 0 {
-            flags |= 0x40;
+            h.flags |= bhs::ScsiCommand::READ;
         }
         if !t.write.is_empty() {
-            flags |= 0x20;
+            h.flags |= bhs::ScsiCommand::WRITE;
         }
-        p.set_lun(t.lun);
-        p.set_itt(itt);
+        h.lun = t.lun;
+        h.itt = itt.into();
         let edtl = if t.write.is_empty() {
             t.read_len
         } else {
             t.write.len() as u32
         };
-        p.set_u32(20, edtl);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        let n = t.cdb.len().min(16);
-        p.bhs[32..32 + n].copy_from_slice(&t.cdb[..n]);
+        h.expected_data_transfer_length = edtl.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        for (d, s) in h.cdb.iter_mut().zip(&t.cdb) {
+            *d = *s;
+        }
+        let sent = self.immediate_len(t);
+        let unsolicited_end = self.unsolicited_len(t);
+        if sent >= unsolicited_end {
+            // No unsolicited Data-Out follows.
+            h.flags |= bhs::FINAL;
+        }
+        let mut p = Pdu::with_header(&h);
         if t.cdb.len() > 16 {
             // Extended CDB AHS (RFC 7143 11.3.5): type 1, length incl. reserved byte.
             let rest = &t.cdb[16..];
@@ -650,12 +659,6 @@ impl Session {
             }
             p.ahs = ahs;
         }
-        let sent = self.immediate_len(t);
-        let unsolicited_end = self.unsolicited_len(t);
-        if sent >= unsolicited_end {
-            flags |= 0x80; // F: no unsolicited Data-Out follows
-        }
-        p.set_flags(flags);
         out.push_back(Outgoing {
             pdu: p,
             data: (sent > 0).then_some((itt, t.tag, 0, sent)),
@@ -699,18 +702,18 @@ impl Session {
         let mut data_sn = 0u32;
         while at < end {
             let n = (end - at).min(mx);
-            let mut p = Pdu::new(Opcode::DataOut);
+            let mut h = bhs::DataOut::new();
             if at + n >= end {
-                p.set_flags(0x80);
+                h.flags = bhs::FINAL;
             }
-            p.set_lun(t.lun);
-            p.set_itt(itt);
-            p.set_u32(20, ttt);
-            p.set_u32(28, self.exp_stat_sn);
-            p.set_u32(36, data_sn);
-            p.set_u32(40, at as u32);
+            h.lun = t.lun;
+            h.itt = itt.into();
+            h.ttt = ttt.into();
+            h.exp_stat_sn = self.exp_stat_sn.into();
+            h.data_sn = data_sn.into();
+            h.buffer_offset = (at as u32).into();
             out.push(Outgoing {
-                pdu: p,
+                pdu: Pdu::with_header(&h),
                 data: Some((itt, t.tag, at, n)),
             });
             at += n;
@@ -798,14 +801,23 @@ impl Session {
 
     /// NOP-Out ping (immediate; RFC 7143 11.18).
     pub fn ping(&mut self) {
-        let mut p = Pdu::new(Opcode::NopOut);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(self.alloc_itt());
-        p.set_u32(20, RESERVED_TAG);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let itt = self.alloc_itt();
+        let p = self.nop_out([0; 8], itt, RESERVED_TAG);
         self.out.push_back(p.into());
+    }
+
+    /// A NOP-Out (immediate): our ping (`ttt` reserved) or the answer to
+    /// the target's (`itt` reserved).
+    fn nop_out(&self, lun: [u8; 8], itt: u32, ttt: u32) -> Pdu {
+        let mut h = bhs::NopOut::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL;
+        h.lun = lun;
+        h.itt = itt.into();
+        h.ttt = ttt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        Pdu::with_header(&h)
     }
 
     /// Text Request (SendTargets=All for discovery).
@@ -818,13 +830,14 @@ impl Session {
     /// A final (F) Text Request of task `itt`, continuing the target's
     /// `ttt` (RFC 7143 11.10; immediate, so it needs no CmdSN window).
     fn send_text(&mut self, itt: u32, ttt: u32, data: Vec<u8>) {
-        let mut p = Pdu::new(Opcode::TextRequest);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(itt);
-        p.set_u32(20, ttt);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let mut h = bhs::TextRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL;
+        h.itt = itt.into();
+        h.ttt = ttt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        let mut p = Pdu::with_header(&h);
         p.data = data;
         self.out.push_back(p.into());
     }
@@ -853,7 +866,7 @@ impl Session {
         if let Some(n) = f.max_xmit_data_segment_length {
             self.n.max_xmit_data_segment_length = n;
         }
-        let target_done = p.flags() & 0x80 != 0;
+        let target_done = p.flags() & bhs::FINAL != 0;
         if f.answers.is_empty() && target_done {
             return Ok(());
         }
@@ -869,13 +882,14 @@ impl Session {
 
     /// Logout Request: close the session (immediate).
     pub fn logout(&mut self) {
-        let mut p = Pdu::new(Opcode::LogoutRequest);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(self.alloc_itt());
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        self.out.push_back(p.into());
+        let mut h = bhs::LogoutRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        // Reason code 0: close the session (11.14.1).
+        h.flags = bhs::FINAL;
+        h.itt = self.alloc_itt().into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        self.out.push_back(Pdu::with_header(&h).into());
     }
 
     /// Task management request (RFC 7143 11.5): `function` for `lun`
@@ -915,15 +929,16 @@ impl Session {
             _ => (RESERVED_TAG, self.cmd_sn),
         };
         let itt = self.alloc_itt();
-        let mut p = Pdu::new(Opcode::TaskMgmtRequest);
-        p.set_immediate();
-        p.set_flags(0x80 | function as u8);
-        p.set_lun(lun);
-        p.set_itt(itt);
-        p.set_u32(20, ref_itt);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        p.set_u32(32, ref_cmd_sn);
+        let mut h = bhs::TaskMgmtRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL | function as u8;
+        h.lun = lun;
+        h.itt = itt.into();
+        h.referenced_task_tag = ref_itt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        h.ref_cmd_sn = ref_cmd_sn.into();
+        let p = Pdu::with_header(&h);
         self.tasks.insert(
             itt,
             Task {
@@ -1045,9 +1060,9 @@ impl Session {
     }
 
     fn residual(flags: u8, count: u32) -> i64 {
-        if flags & 0x04 != 0 {
+        if flags & bhs::RESIDUAL_OVERFLOW != 0 {
             -i64::from(count)
-        } else if flags & 0x02 != 0 {
+        } else if flags & bhs::RESIDUAL_UNDERFLOW != 0 {
             i64::from(count)
         } else {
             0
@@ -1064,9 +1079,10 @@ impl Session {
         if p.opcode() != Some(Opcode::DataIn) {
             return None;
         }
-        let t = self.tasks.get(&p.itt()).filter(|t| t.sent)?;
+        let h: bhs::DataIn = p.header();
+        let t = self.tasks.get(&h.itt.to_native()).filter(|t| t.sent)?;
         let k = t.sink.as_ref()?;
-        let offset = p.u32_at(40) as usize;
+        let offset = h.buffer_offset.to_native() as usize;
         offset
             .checked_add(p.data_segment_length())
             .filter(|&e| e <= t.read_len as usize && e <= k.0.size())?;
@@ -1086,15 +1102,16 @@ impl Session {
         let op = p.opcode().ok_or_else(|| protocol("unknown opcode"))?;
         match op {
             Opcode::DataIn => {
-                let status_here = p.flags() & 0x01 != 0;
+                let h: bhs::DataIn = p.header();
+                let status_here = h.flags & bhs::DataIn::STATUS != 0;
                 self.update_sn(&p, status_here);
-                let itt = p.itt();
+                let itt = h.itt.to_native();
                 let t = self
                     .tasks
                     .get_mut(&itt)
                     .filter(|t| t.sent)
                     .ok_or_else(|| protocol(format!("Data-In for unknown task {itt:#x}")))?;
-                let offset = p.u32_at(40) as usize;
+                let offset = h.buffer_offset.to_native() as usize;
                 // A segment whose data is missing from a PDU whose header
                 // has some was received straight into the task's sink
                 // (see `place`).
@@ -1131,8 +1148,8 @@ impl Session {
                 let end = u32::try_from(end).unwrap_or(u32::MAX);
                 self.tasks.update(itt, |t| t.received = t.received.max(end));
                 if status_here {
-                    let res = Self::residual(p.flags(), p.u32_at(44));
-                    ev.extend(self.complete(itt, 0, p.byte(3), Vec::new(), res));
+                    let res = Self::residual(h.flags, h.residual_count.to_native());
+                    ev.extend(self.complete(itt, 0, h.status, Vec::new(), res));
                 }
             }
             Opcode::ScsiResponse => {
@@ -1144,17 +1161,21 @@ impl Session {
                         p.data.get(2..2 + n).unwrap_or(&p.data[2..]).to_vec()
                     }
                 };
-                let res = Self::residual(p.flags(), p.u32_at(44));
-                ev.extend(self.complete(p.itt(), p.byte(2), p.byte(3), sense, res));
+                let h: bhs::ScsiResponse = p.header();
+                let res = Self::residual(h.flags, h.residual_count.to_native());
+                let itt = h.itt.to_native();
+                ev.extend(self.complete(itt, h.response, h.status, sense, res));
             }
             Opcode::ReadyToTransfer => {
                 self.update_sn(&p, false);
-                let itt = p.itt();
+                let h: bhs::R2t = p.header();
+                let itt = h.itt.to_native();
                 let t = self
                     .tasks
                     .get(&itt)
                     .ok_or_else(|| protocol(format!("R2T for unknown task {itt:#x}")))?;
-                let (offset, len) = (p.u32_at(40) as usize, p.u32_at(44) as usize);
+                let offset = h.buffer_offset.to_native() as usize;
+                let len = h.desired_data_transfer_length.to_native() as usize;
                 if offset.checked_add(len).is_none_or(|e| e > t.write.len()) {
                     return Err(protocol("R2T beyond the write data"));
                 }
@@ -1164,27 +1185,22 @@ impl Session {
                         t.solicitable
                     )));
                 }
-                let pdus = self.data_out(itt, t, offset, len, p.ttt());
+                let pdus = self.data_out(itt, t, offset, len, h.ttt.to_native());
                 self.out.extend(pdus);
                 if let Some(t) = self.tasks.get_mut(&itt) {
                     t.solicitable -= len;
                 }
             }
             Opcode::NopIn => {
-                self.update_sn(&p, p.itt() != RESERVED_TAG);
-                if p.ttt() != RESERVED_TAG {
+                let h: bhs::NopIn = p.header();
+                let (itt, ttt) = (h.itt.to_native(), h.ttt.to_native());
+                self.update_sn(&p, itt != RESERVED_TAG);
+                if ttt != RESERVED_TAG {
                     // The target pings us: answer with its TTT (RFC 7143 11.18).
-                    let mut r = Pdu::new(Opcode::NopOut);
-                    r.set_immediate();
-                    r.set_flags(0x80);
-                    r.set_lun(p.lun());
-                    r.set_itt(RESERVED_TAG);
-                    r.set_u32(20, p.ttt());
-                    r.set_u32(24, self.cmd_sn);
-                    r.set_u32(28, self.exp_stat_sn);
+                    let r = self.nop_out(h.lun, RESERVED_TAG, ttt);
                     self.out.push_back(r.into());
                 }
-                if p.itt() != RESERVED_TAG {
+                if itt != RESERVED_TAG {
                     ev.push(Event::Pong);
                 }
             }
@@ -1194,16 +1210,10 @@ impl Session {
                     return Err(protocol("Text Response longer than 1 MiB"));
                 }
                 self.text_acc.extend_from_slice(&p.data);
-                if p.flags() & 0x40 != 0 {
+                let h: bhs::TextResponse = p.header();
+                if h.flags & bhs::CONTINUE != 0 {
                     // Continue: ask for the rest with the target's TTT.
-                    let mut r = Pdu::new(Opcode::TextRequest);
-                    r.set_immediate();
-                    r.set_flags(0x80);
-                    r.set_itt(p.itt());
-                    r.set_u32(20, p.ttt());
-                    r.set_u32(24, self.cmd_sn);
-                    r.set_u32(28, self.exp_stat_sn);
-                    self.out.push_back(r.into());
+                    self.send_text(h.itt.to_native(), h.ttt.to_native(), Vec::new());
                 } else {
                     let keys = text::parse(&std::mem::take(&mut self.text_acc));
                     let task = self.text.filter(|t| t.0 == p.itt()).map(|t| t.1);
@@ -1220,7 +1230,8 @@ impl Session {
             }
             Opcode::AsyncMessage => {
                 self.update_sn(&p, true);
-                match AsyncEvent::try_from(p.byte(36)) {
+                let h: bhs::AsyncMessage = p.header();
+                match AsyncEvent::try_from(h.async_event) {
                     Ok(AsyncEvent::ScsiEvent) => {
                         // SenseLength, then the sense data (then iSCSI
                         // event data, not ours to interpret).
@@ -1238,14 +1249,12 @@ impl Session {
                             sense,
                         });
                     }
-                    // RFC 7143 11.9.1: Parameter1 at byte 38, Parameter2
-                    // at 40, Parameter3 at 42.
                     Ok(AsyncEvent::LogoutRequest) => ev.push(Event::LogoutRequested {
-                        within_secs: p.u16_at(42),
+                        within_secs: h.parameter3.to_native(),
                     }),
                     Ok(AsyncEvent::ConnectionDrop | AsyncEvent::SessionDrop) => {
                         ev.push(Event::Dropping {
-                            time2wait: p.u16_at(40),
+                            time2wait: h.parameter2.to_native(),
                         })
                     }
                     Ok(AsyncEvent::NegotiationRequest) => self.negotiation_requested(),
@@ -1272,7 +1281,8 @@ impl Session {
                 // naming a command must not make it vanish unanswered.
                 let tmf = self.tasks.get(&p.itt()).is_some_and(|t| t.tmf.is_some());
                 if let Some(t) = tmf.then(|| self.tasks.remove(&p.itt())).flatten() {
-                    let response = TmfResponse::try_from(p.byte(2));
+                    let h: bhs::TaskMgmtResponse = p.header();
+                    let response = TmfResponse::try_from(h.response);
                     let reset = t.tmf.is_some_and(TmfFunction::is_reset);
                     ev.extend(
                         self.terminated_by(&t, response)
@@ -1287,8 +1297,9 @@ impl Session {
             }
             Opcode::LogoutResponse => {
                 self.update_sn(&p, true);
+                let h: bhs::LogoutResponse = p.header();
                 ev.push(Event::LoggedOut {
-                    response: p.byte(2),
+                    response: h.response,
                 });
             }
             other => {
@@ -1306,12 +1317,12 @@ impl Session {
     /// (11.17.1: a task the rejected PDU belonged to, once instantiated,
     /// still ends with the target's SCSI Response).
     fn rejected(&mut self, p: &Pdu, ev: &mut Vec<Event>) -> Result<(), SessionError> {
-        if p.data.len() < BHS_LEN {
+        let Some(bad) = Pdu::from_bhs(&p.data) else {
             return Ok(());
-        }
-        let reason = RejectReason::try_from(p.byte(2));
-        let opcode = Opcode::from_u8(p.data[0] & 0x3f);
-        let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+        };
+        let h: bhs::Reject = p.header();
+        let reason = RejectReason::try_from(h.reason);
+        let (opcode, itt) = (bad.opcode(), bad.itt());
         if let Some(task) = self.text.filter(|t| t.0 == itt).map(|t| t.1) {
             self.text = None;
             self.text_acc.clear();
@@ -1321,7 +1332,7 @@ impl Session {
                 TextTask::Negotiation { .. } => Ok(()),
                 TextTask::Caller => Err(protocol(format!(
                     "the target rejected our Text Request (reason {:#04x})",
-                    p.byte(2)
+                    h.reason
                 ))),
             };
         }
