@@ -12,6 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
+use vhost_user_scsi::iscsi::codes::{TmfFunction, TmfResponse};
 use vhost_user_scsi::iscsi::conn::{Connection, Error};
 use vhost_user_scsi::iscsi::login::{Credentials, LoginError, LoginParams};
 use vhost_user_scsi::iscsi::session::{Completion, Data, Sink, SinkRef, Source, SourceRef};
@@ -999,11 +1000,17 @@ fn task_management_reaches_the_target_and_aborts_what_waits_here() {
     }
     // LOGICAL UNIT RESET from a: the target resets the LU, which the other
     // nexus sees as a unit attention (29h: reset occurred).
-    assert_eq!(a.task_management(5, LUN1, None), 0);
+    assert_eq!(
+        a.task_management(TmfFunction::LogicalUnitReset, LUN1, None),
+        Ok(TmfResponse::FunctionComplete)
+    );
     let r = one(&b, &[0; 6], Data::None).unwrap();
     assert_eq!((r.status, r.sense.get(12)), (2, Some(&0x29)), "{r:?}");
     // ABORT TASK of a command that is not outstanding: no such task.
-    assert_eq!(a.task_management(1, LUN1, Some(12345)), 1);
+    assert_eq!(
+        a.task_management(TmfFunction::AbortTask, LUN1, Some(12345)),
+        Ok(TmfResponse::TaskDoesNotExist)
+    );
     // With the target gone, a command waits for a new session; a LUN reset
     // then aborts it here at once instead of waiting for the target.
     let _ = t.child.kill();
@@ -1020,7 +1027,10 @@ fn task_management_reaches_the_target_and_aborts_what_waits_here() {
     );
     sleep(Duration::from_millis(300));
     let start = Instant::now();
-    assert_eq!(a.task_management(5, LUN1, None), 0);
+    assert_eq!(
+        a.task_management(TmfFunction::LogicalUnitReset, LUN1, None),
+        Ok(TmfResponse::FunctionComplete)
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(5)).unwrap(),

@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ring::{self, DriverQueue, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::{single_level_lun, CmdReq, REQ_HEADER_LEN, RESP_HEADER_LEN};
 
 /// vhost-user request codes (vhost-user.rst, "Front-end message types").
 mod req {
@@ -321,16 +322,16 @@ impl Device {
     /// as a 3-descriptor chain at `head`.
     fn read_at(&self, head: u16, slot: u64, lba: u64) -> io::Result<()> {
         let meta = DATA + 0x10000 + slot * 0x1000;
-        let mut h = [0u8; crate::virtio::REQ_HEADER_LEN];
-        h[0] = 1;
-        h[19] = 0x88;
-        h[21..29].copy_from_slice(&lba.to_be_bytes());
-        h[32] = 1;
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x88;
+        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+        cdb[13] = 1;
+        let h = CmdReq::new(single_level_lun(0, 0), 0, &cdb);
         self.mem
-            .write_slice(&h, GuestAddress(meta))
+            .write_obj(h, GuestAddress(meta))
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let hl = crate::virtio::REQ_HEADER_LEN as u32;
-        let rl = crate::virtio::RESP_HEADER_LEN as u32;
+        let hl = REQ_HEADER_LEN as u32;
+        let rl = RESP_HEADER_LEN as u32;
         self.q.set_desc(head, meta, hl, DESC_F_NEXT, head + 1)?;
         self.q.set_desc(
             head + 1,

@@ -25,6 +25,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use crate::virtio::{single_level_lun, CmdReq, CmdResp, Response, REQ_HEADER_LEN, RESP_HEADER_LEN};
 use ring::{DriverQueue, DESC_F_NEXT, DESC_F_WRITE};
 pub use stats::Report;
 
@@ -263,18 +264,6 @@ fn connect(o: &Options) -> Result<Device, Error> {
     })
 }
 
-/// virtio-scsi LUN field for target 0 (virtio 5.6.6.1).
-fn lun_bytes(lun: u16) -> [u8; 8] {
-    let mut l = [1, 0, 0, 0, 0, 0, 0, 0];
-    if lun < 256 {
-        l[3] = lun as u8;
-    } else {
-        l[2] = 0x40 | (lun >> 8) as u8;
-        l[3] = lun as u8;
-    }
-    l
-}
-
 /// A command to put in a slot: `len` bytes of data-out (`write`) or data-in.
 #[derive(Clone, Copy)]
 struct Cmd<'a> {
@@ -312,15 +301,12 @@ impl Slot {
             len,
             write,
         } = *c;
-        let mut h = [0u8; crate::virtio::REQ_HEADER_LEN];
-        h[0..8].copy_from_slice(&lun_bytes(lun));
-        h[8..16].copy_from_slice(&tag.to_le_bytes());
-        h[19..19 + cdb.len()].copy_from_slice(cdb);
-        mem.write_slice(&h, GuestAddress(self.meta))
+        let h = CmdReq::new(single_level_lun(0, lun), tag, cdb);
+        mem.write_obj(h, GuestAddress(self.meta))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let (hd, d1, d2) = (self.head, self.head + 1, self.head + 2);
-        let hdr_len = crate::virtio::REQ_HEADER_LEN as u32;
-        let resp_len = crate::virtio::RESP_HEADER_LEN as u32;
+        let hdr_len = REQ_HEADER_LEN as u32;
+        let resp_len = RESP_HEADER_LEN as u32;
         let resp = self.meta + RESP_OFF;
         if len == 0 {
             q.set_desc(hd, self.meta, hdr_len, DESC_F_NEXT, d1)?;
@@ -337,12 +323,22 @@ impl Slot {
         Ok(())
     }
 
-    /// (virtio response, SCSI status, sense key) of the completed command.
-    fn result(&self, mem: &GuestMemoryMmap<()>) -> io::Result<(u8, u8, u8)> {
-        let mut r = [0u8; 16];
-        mem.read_slice(&mut r, GuestAddress(self.meta + RESP_OFF))
+    /// The response header of the completed command.
+    fn result(&self, mem: &GuestMemoryMmap<()>) -> io::Result<CmdResp> {
+        mem.read_obj(GuestAddress(self.meta + RESP_OFF))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Whether the completed command succeeded (VIRTIO_SCSI_S_OK and
+    /// GOOD): its `status` and `response` bytes only, the load loop's
+    /// question (the whole header is 108 bytes).
+    fn succeeded(&self, mem: &GuestMemoryMmap<()>) -> io::Result<bool> {
+        const STATUS: u64 = std::mem::offset_of!(CmdResp, status) as u64;
+        const _: () = assert!(std::mem::offset_of!(CmdResp, response) as u64 == STATUS + 1);
+        let [status, response]: [u8; 2] = mem
+            .read_obj(GuestAddress(self.meta + RESP_OFF + STATUS))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok((r[11], r[10], r[12 + 2] & 0x0f))
+        Ok(response == Response::Ok as u8 && status == 0)
     }
 }
 
@@ -373,13 +369,14 @@ fn command(dev: &mut Device, lun: u16, cdb: &[u8], len: u32) -> Result<Vec<u8>, 
                 q.wait(100, dev._frontend.as_raw_fd())?;
             }
         }
-        let (resp, status, key) = slot.result(&dev.mem)?;
-        if resp != 0 {
+        let r = slot.result(&dev.mem)?;
+        if r.response != Response::Ok as u8 {
             return Err(Error::Setup(format!(
-                "CDB {:02x}: virtio response {resp}",
-                cdb[0]
+                "CDB {:02x}: virtio response {}",
+                cdb[0], r.response
             )));
         }
+        let (status, key) = (r.status, crate::stats::sense_key(r.sense()));
         match (status, key) {
             (0, _) => {
                 let mut d = vec![0u8; len as usize];
@@ -712,8 +709,7 @@ impl Worker<'_> {
                     )));
                 };
                 in_flight -= 1;
-                let (resp, status, _key) = slot.result(&self.mem)?;
-                let ok = resp == 0 && status == 0;
+                let ok = slot.succeeded(&self.mem)?;
                 self.res
                     .record(now.duration_since(self.state[i].started), ok);
                 if ok {

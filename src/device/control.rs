@@ -3,16 +3,19 @@
 //! The control queue (virtio 5.6.6.2): task management functions and
 //! asynchronous notification query/subscribe.
 
+use std::mem::size_of;
+
 use log::{debug, info};
 
 use super::inflight::Scope;
 use super::{notify, ScsiBackend, Vring};
+use crate::iscsi::codes::{TmfFunction, TmfResponse};
 use crate::scsi::LunAddress;
 use crate::virtio::buffers::ChainBuffers;
 use crate::virtio::{
-    Response, TmfSubtype, VirtioLun, AN_REQ_LEN, AN_RESP_LEN, CTRL_AN_QUERY, CTRL_AN_SUBSCRIBE,
-    CTRL_TMF, TMF_REQ_LEN,
+    CtrlAnReq, CtrlAnResp, CtrlTmfReq, CtrlTmfResp, CtrlType, Response, TmfSubtype, VirtioLun,
 };
+use vm_memory::{ByteValued, Le32};
 
 impl ScsiBackend {
     pub(super) fn process_control_queue(&self, vring: &Vring) {
@@ -55,44 +58,38 @@ impl ScsiBackend {
         mem: &crate::virtio::buffers::GuestMemory,
         bufs: &ChainBuffers,
     ) -> u32 {
-        let mut ty = [0u8; 4];
-        if bufs.readable.read_at(mem, 0, &mut ty).is_err() {
+        let mut ty = Le32::default();
+        if bufs.readable.read_at(mem, 0, ty.as_mut_slice()).is_err() {
             self.guest_error(format_args!("Control queue: request without a type"));
             return 0;
         }
-        match u32::from_le_bytes(ty) {
-            CTRL_TMF => {
-                let mut req = [0u8; TMF_REQ_LEN];
-                if bufs.readable.read_at(mem, 0, &mut req).is_err() || bufs.writable.is_empty() {
+        match CtrlType::try_from(ty.to_native()) {
+            Ok(CtrlType::Tmf) => {
+                let mut req = CtrlTmfReq::default();
+                if bufs.readable.read_at(mem, 0, req.as_mut_slice()).is_err()
+                    || bufs.writable.is_empty()
+                {
                     self.guest_error(format_args!("Control queue: truncated TMF request"));
                     return 0;
                 }
-                let subtype = u32::from_le_bytes([req[4], req[5], req[6], req[7]]);
-                let mut lun = [0u8; 8];
-                lun.copy_from_slice(&req[8..16]);
-                let mut tag = [0u8; 8];
-                tag.copy_from_slice(&req[16..24]);
-                let r = self.tmf(subtype, &lun, u64::from_le_bytes(tag));
-                match bufs.writable.write_at(mem, 0, &[r as u8]) {
-                    Ok(()) => 1,
-                    Err(_) => 0,
-                }
+                let r = self.tmf(req.subtype.to_native(), &req.lun, req.tag.to_native());
+                let resp = CtrlTmfResp { response: r as u8 };
+                write_response(mem, bufs, &resp)
             }
-            CTRL_AN_QUERY | CTRL_AN_SUBSCRIBE => {
-                if bufs.readable.len() < AN_REQ_LEN as u64 {
+            Ok(CtrlType::AnQuery | CtrlType::AnSubscribe) => {
+                if bufs.readable.len() < size_of::<CtrlAnReq>() as u64 {
                     self.guest_error(format_args!("Control queue: truncated AN request"));
                     return 0;
                 }
                 // No asynchronous notification events are supported: the
                 // event_actual mask is empty (virtio 5.6.6.2.1).
-                let mut resp = [0u8; AN_RESP_LEN];
-                resp[4] = Response::Ok as u8;
-                match bufs.writable.write_at(mem, 0, &resp) {
-                    Ok(()) => AN_RESP_LEN as u32,
-                    Err(_) => 0,
-                }
+                let resp = CtrlAnResp {
+                    event_actual: Le32::from(0),
+                    response: Response::Ok as u8,
+                };
+                write_response(mem, bufs, &resp)
             }
-            other => {
+            Err(other) => {
                 self.guest_error(format_args!("Control queue: unknown request type {other}"));
                 0
             }
@@ -102,7 +99,7 @@ impl ScsiBackend {
     /// Execute a task management function (SAM-5 7) and return its response.
     fn tmf(&self, subtype: u32, lun: &[u8; 8], tag: u64) -> Response {
         let controller = &self.inner.controller;
-        let Some(subtype) = TmfSubtype::from_u32(subtype) else {
+        let Ok(subtype) = TmfSubtype::try_from(subtype) else {
             return Response::FunctionRejected;
         };
         let addr = match VirtioLun::parse(lun) {
@@ -186,11 +183,36 @@ impl ScsiBackend {
         remote: &super::RemoteLun,
     ) -> Response {
         let (function, id, scope, ended) = match subtype {
-            TmfSubtype::AbortTask => (1, Some(tag), Scope::Task(addr, tag), Response::Aborted),
-            TmfSubtype::AbortTaskSet => (2, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::ClearAca => (3, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::ClearTaskSet => (4, None, Scope::Lun(addr), Response::Aborted),
-            TmfSubtype::LogicalUnitReset => (5, None, Scope::Lun(addr), Response::Reset),
+            TmfSubtype::AbortTask => (
+                TmfFunction::AbortTask,
+                Some(tag),
+                Scope::Task(addr, tag),
+                Response::Aborted,
+            ),
+            TmfSubtype::AbortTaskSet => (
+                TmfFunction::AbortTaskSet,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::ClearAca => (
+                TmfFunction::ClearAca,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::ClearTaskSet => (
+                TmfFunction::ClearTaskSet,
+                None,
+                Scope::Lun(addr),
+                Response::Aborted,
+            ),
+            TmfSubtype::LogicalUnitReset => (
+                TmfFunction::LogicalUnitReset,
+                None,
+                Scope::Lun(addr),
+                Response::Reset,
+            ),
             // Answered from what is in flight here; I_T NEXUS RESET is not
             // per LUN (handled for the whole controller).
             TmfSubtype::QueryTask => return query(self.inner.inflight.any(Scope::Task(addr, tag))),
@@ -206,27 +228,40 @@ impl ScsiBackend {
         let answer = remote.client.task_management(function, remote.lun, id);
         if subtype == TmfSubtype::AbortTask {
             info!(
-                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer}",
+                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer:?}",
                 self.inner.controller.name
             );
         }
         match answer {
-            // Function complete; no such task (it completed already).
-            0 | 1 => {
-                if function != 3 {
+            // No such task: it completed already.
+            Ok(TmfResponse::FunctionComplete | TmfResponse::TaskDoesNotExist) => {
+                if function != TmfFunction::ClearAca {
                     self.inner.inflight.abort_and_wait(scope, ended);
                 }
                 Response::Ok
             }
-            2 => Response::IncorrectLun,
+            Ok(TmfResponse::LunDoesNotExist) => Response::IncorrectLun,
             other => {
                 debug!(
-                    "{}: the iSCSI target answered TMF {subtype:?} with {other}",
+                    "{}: the iSCSI target answered TMF {subtype:?} with {other:?}",
                     self.inner.controller.name
                 );
                 Response::FunctionRejected
             }
         }
+    }
+}
+
+/// Write a control response; returns its length, or 0 if the guest's
+/// buffer cannot hold it.
+fn write_response<T: ByteValued>(
+    mem: &crate::virtio::buffers::GuestMemory,
+    bufs: &ChainBuffers,
+    resp: &T,
+) -> u32 {
+    match bufs.writable.write_at(mem, 0, resp.as_slice()) {
+        Ok(()) => size_of::<T>() as u32,
+        Err(_) => 0,
     }
 }
 

@@ -10,26 +10,13 @@
 use std::sync::atomic::Ordering;
 
 use log::debug;
-use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_NO_EVENT, VIRTIO_SCSI_T_PARAM_CHANGE,
-};
+use vm_memory::ByteValued;
 
 use super::{notify, ScsiBackend};
-use crate::scsi::target::encode_lun;
+use crate::virtio::{param_change_reason, Event, EventType};
 
-/// `le32 event, u8 lun[8], le32 reason`.
-pub const EVENT_LEN: usize = 16;
-
-/// The event for `lun` (target 0) of `kind` with `reason`.
-pub(super) fn encode_event(kind: u32, lun: u16, reason: u32) -> [u8; EVENT_LEN] {
-    let mut e = [0u8; EVENT_LEN];
-    e[0..4].copy_from_slice(&kind.to_le_bytes());
-    e[4] = 1;
-    // The LUN as REPORT LUNS gives it (what the driver looks devices up by).
-    e[6..8].copy_from_slice(&encode_lun(lun)[..2]);
-    e[12..16].copy_from_slice(&reason.to_le_bytes());
-    e
-}
+/// The length of an event.
+const EVENT_LEN: usize = std::mem::size_of::<Event>();
 
 /// Sense key, ASC and ASCQ of fixed or descriptor sense data.
 fn sense_code(sense: &[u8]) -> Option<(u8, u8, u8)> {
@@ -68,8 +55,8 @@ impl ScsiBackend {
         if !self.inner.change_events.load(Ordering::Relaxed) {
             return;
         }
-        let reason = u32::from(asc) | (u32::from(ascq) << 8);
-        self.post_event(encode_event(VIRTIO_SCSI_T_PARAM_CHANGE, lun, reason));
+        let reason = param_change_reason(asc, ascq);
+        self.post_event(Event::new(EventType::ParamChange, lun, reason));
     }
 
     /// The driver added event buffers: if an event found none before, say
@@ -78,14 +65,14 @@ impl ScsiBackend {
     /// next event to carry the flag.
     pub(super) fn post_missed(&self) {
         if self.inner.events_missed.load(Ordering::Relaxed) {
-            self.post_event(encode_event(VIRTIO_SCSI_T_NO_EVENT, 0, 0));
+            self.post_event(Event::new(EventType::NoEvent, 0, 0));
         }
     }
 
     /// Put `event` in the next event queue buffer; with none available,
     /// remember that one was missed (the next event carries
     /// VIRTIO_SCSI_T_EVENTS_MISSED, virtio 5.6.6.3).
-    pub(super) fn post_event(&self, mut event: [u8; EVENT_LEN]) {
+    pub(super) fn post_event(&self, mut event: Event) {
         let inner = &self.inner;
         let (Some(vring), Some(mem)) = (self.event_vring(), self.memory()) else {
             inner.events_missed.store(true, Ordering::Relaxed);
@@ -99,11 +86,9 @@ impl ScsiBackend {
         let used = match chain {
             Ok(b) if b.writable.len() >= EVENT_LEN as u64 => {
                 if inner.events_missed.swap(false, Ordering::Relaxed) {
-                    let kind = u32::from_le_bytes([event[0], event[1], event[2], event[3]]);
-                    event[0..4]
-                        .copy_from_slice(&(kind | VIRTIO_SCSI_T_EVENTS_MISSED).to_le_bytes());
+                    event.set_events_missed();
                 }
-                let r = b.writable.write_at(&mem, 0, &event);
+                let r = b.writable.write_at(&mem, 0, event.as_slice());
                 written = b.writable;
                 match r {
                     Ok(()) => EVENT_LEN as u32,

@@ -18,13 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_EVT_RESET_REMOVED, VIRTIO_SCSI_EVT_RESET_RESCAN, VIRTIO_SCSI_T_TRANSPORT_RESET,
-};
 
 use super::inflight::Scope;
 use super::{Controller, Inner, RemoteLun, ScsiBackend};
 use crate::scsi::{LogicalUnit, LunAddress, Sense};
+use crate::virtio::{Event, EventType, ResetReason};
 
 /// How long a LUN removal waits for the LUN's commands to complete before
 /// it goes ahead anyway (they still complete; only the guest may hear of
@@ -127,7 +125,7 @@ impl Controller {
         }
         if let Some(b) = backend {
             self.luns_changed(lun);
-            b.post_transport_reset(lun, VIRTIO_SCSI_EVT_RESET_RESCAN);
+            b.post_transport_reset(lun, ResetReason::Rescan);
         }
     }
 
@@ -155,7 +153,7 @@ impl Controller {
         };
         if let Some(b) = backend {
             self.luns_changed(lun);
-            b.post_transport_reset(lun, VIRTIO_SCSI_EVT_RESET_REMOVED);
+            b.post_transport_reset(lun, ResetReason::Removed);
         }
         Some(removed)
     }
@@ -206,17 +204,13 @@ impl ScsiBackend {
 
     /// Post VIRTIO_SCSI_T_TRANSPORT_RESET for `lun` with `reason` (if the
     /// driver accepted hot-plug events).
-    fn post_transport_reset(&self, lun: u16, reason: u32) {
+    fn post_transport_reset(&self, lun: u16, reason: ResetReason) {
         if self
             .inner
             .hotplug_events
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            self.post_event(super::events::encode_event(
-                VIRTIO_SCSI_T_TRANSPORT_RESET,
-                lun,
-                reason,
-            ));
+            self.post_event(Event::new(EventType::TransportReset, lun, reason as u32));
         }
     }
 }

@@ -21,9 +21,8 @@ use crate::scsi::{
 };
 use crate::stats::{End, LunStats, Stamp, Started};
 use crate::virtio::buffers::{Buffer, ChainBuffers, GuestMemory};
-use crate::virtio::{
-    encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
-};
+use crate::virtio::{CmdReq, CmdResp, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN};
+use vm_memory::ByteValued;
 
 /// A block I/O handed to the kernel, waiting for its completion.
 struct Pending {
@@ -206,10 +205,10 @@ fn respond(
     vring: &Vring,
     head: u16,
     bufs: &ChainBuffers,
-    header: &[u8; RESP_HEADER_LEN],
+    header: &CmdResp,
     data_len: u64,
 ) {
-    let used = match bufs.writable.write_at(mem, 0, header) {
+    let used = match bufs.writable.write_at(mem, 0, header.as_slice()) {
         Ok(()) => RESP_HEADER_LEN as u64 + data_len,
         Err(_) => 0,
     };
@@ -302,20 +301,19 @@ impl ScsiBackend {
             let _ = vring.add_used(head, 0, &Buffer::default());
             return true;
         }
-        let mut raw = [0u8; REQ_HEADER_LEN];
-        if let Err(e) = bufs.readable.read_at(mem, 0, &mut raw) {
+        let mut req = CmdReq::default();
+        if let Err(e) = bufs.readable.read_at(mem, 0, req.as_mut_slice()) {
             self.guest_error(format_args!(
                 "Request queue {}: bad request header: {e}",
                 w.index
             ));
-            let hdr = encode_response(Response::Failure, 0, &[], 0);
+            let hdr = CmdResp::new(Response::Failure, 0, &[], 0);
             respond(mem, vring, head, &bufs, &hdr, 0);
             return true;
         }
-        let req = RequestHeader::parse(&raw);
         let addr = match VirtioLun::parse(&req.lun) {
             VirtioLun::BadTarget => {
-                let hdr = encode_response(Response::BadTarget, 0, &[], 0);
+                let hdr = CmdResp::new(Response::BadTarget, 0, &[], 0);
                 respond(mem, vring, head, &bufs, &hdr, 0);
                 return true;
             }
@@ -325,7 +323,7 @@ impl ScsiBackend {
         };
         let data_in_len = bufs.writable.len() - RESP_HEADER_LEN as u64;
         let data_out_len = bufs.readable.len() - REQ_HEADER_LEN as u64;
-        let key = self.inner.inflight.begin(w.index, addr, req.tag);
+        let key = self.inner.inflight.begin(w.index, addr, req.tag());
 
         if scsi::needs_exclusive_writes(&req.cdb) {
             // The command waits for in-flight writes to its blocks; ours can
@@ -367,7 +365,7 @@ impl ScsiBackend {
                 let hdr = match self.inner.inflight.finish(w.index, key) {
                     Some(r) => {
                         stats.end_local(started, End::Transport);
-                        encode_response(r, 0, &[], data_in_len)
+                        CmdResp::new(r, 0, &[], data_in_len)
                     }
                     None => {
                         if bufs
@@ -376,12 +374,12 @@ impl ScsiBackend {
                             .is_err()
                         {
                             stats.end_local(started, End::Transport);
-                            let hdr = encode_response(Response::Failure, 0, &[], 0);
+                            let hdr = CmdResp::new(Response::Failure, 0, &[], 0);
                             respond(mem, vring, head, &bufs, &hdr, 0);
                             return true;
                         }
                         stats.end_local(started, status_end(resp.status, &resp.sense, n));
-                        encode_response(Response::Ok, resp.status, &resp.sense, data_in_len - n)
+                        CmdResp::new(Response::Ok, resp.status, &resp.sense, data_in_len - n)
                     }
                 };
                 respond(mem, vring, head, &bufs, &hdr, n);
@@ -396,7 +394,7 @@ impl ScsiBackend {
                     // The SCSI layer only asks for I/O on an existing LU.
                     stats.end_local(started, End::Transport);
                     self.inner.inflight.finish(w.index, key);
-                    let hdr = encode_response(Response::Failure, 0, &[], 0);
+                    let hdr = CmdResp::new(Response::Failure, 0, &[], 0);
                     respond(mem, vring, head, &bufs, &hdr, 0);
                     return true;
                 };
@@ -433,7 +431,7 @@ impl ScsiBackend {
         mem: &Arc<GuestMemory>,
         head: u16,
         bufs: ChainBuffers,
-        req: &RequestHeader,
+        req: &CmdReq,
         l: u16,
         key: u64,
         data_in_len: u64,
@@ -444,7 +442,7 @@ impl ScsiBackend {
         let fail = |bufs: &ChainBuffers, r: Response| {
             stats.end_local(started, End::Transport);
             self.inner.inflight.finish(w.index, key);
-            respond(mem, vring, head, bufs, &encode_response(r, 0, &[], 0), 0);
+            respond(mem, vring, head, bufs, &CmdResp::new(r, 0, &[], 0), 0);
             true
         };
         // Descriptor lengths come from the guest: bound what is in flight
@@ -476,7 +474,7 @@ impl ScsiBackend {
             );
             stats.end_local(started, status_end(Status::TaskSetFull as u8, &[], 0));
             self.inner.inflight.finish(w.index, key);
-            let hdr = encode_response(Response::Ok, Status::TaskSetFull as u8, &[], data_in_len);
+            let hdr = CmdResp::new(Response::Ok, Status::TaskSetFull as u8, &[], data_in_len);
             respond(mem, vring, head, &bufs, &hdr, 0);
             return true;
         }
@@ -521,7 +519,7 @@ impl ScsiBackend {
         };
         let backend = self.clone();
         let r = Request {
-            id: req.tag,
+            id: req.tag(),
             lun: remote.lun,
             cdb: req.cdb[..cdb_len(&req.cdb)].to_vec(),
             data,
@@ -551,27 +549,27 @@ impl ScsiBackend {
             k.close();
         }
         let (hdr, n) = match (self.inner.inflight.aborted(p.queue, p.key), r) {
-            (Some(abort), _) => (encode_response(abort, 0, &[], p.data_in_len), 0),
+            (Some(abort), _) => (CmdResp::new(abort, 0, &[], p.data_in_len), 0),
             (None, Err(Failure::Aborted)) => {
-                (encode_response(Response::Aborted, 0, &[], p.data_in_len), 0)
+                (CmdResp::new(Response::Aborted, 0, &[], p.data_in_len), 0)
             }
             // Guests retry commands a reset ended (Linux: DID_RESET).
             (None, Err(Failure::Reset)) => {
-                (encode_response(Response::Reset, 0, &[], p.data_in_len), 0)
+                (CmdResp::new(Response::Reset, 0, &[], p.data_in_len), 0)
             }
             // Shutting down, or the target stayed unreachable past the
             // recovery timeout: a transport failure the guest may retry
             // elsewhere (another path) or report.
-            (None, Err(_)) => (encode_response(Response::TransportFailure, 0, &[], 0), 0),
+            (None, Err(_)) => (CmdResp::new(Response::TransportFailure, 0, &[], 0), 0),
             // Not completed at the target: let the guest retry.
             (None, Ok(c)) if c.response != 0 => {
-                (encode_response(Response::TransportFailure, 0, &[], 0), 0)
+                (CmdResp::new(Response::TransportFailure, 0, &[], 0), 0)
             }
             (None, Ok(c)) if c.placed > 0 => {
                 // Received straight into the guest's buffer.
                 let n = u64::from(c.placed).min(p.data_in_len);
                 let resid = p.data_in_len - n;
-                (encode_response(Response::Ok, c.status, &c.sense, resid), n)
+                (CmdResp::new(Response::Ok, c.status, &c.sense, resid), n)
             }
             (None, Ok(c)) => {
                 let n = (c.data.len() as u64).min(p.data_in_len);
@@ -581,14 +579,14 @@ impl ScsiBackend {
                         .write_at(&p.mem, RESP_HEADER_LEN as u64, &c.data[..n as usize])
                         .is_err()
                 {
-                    (encode_response(Response::Failure, 0, &[], 0), 0)
+                    (CmdResp::new(Response::Failure, 0, &[], 0), 0)
                 } else {
                     let resid = if p.write {
                         c.residual.max(0) as u64
                     } else {
                         p.data_in_len - n
                     };
-                    (encode_response(Response::Ok, c.status, &c.sense, resid), n)
+                    (CmdResp::new(Response::Ok, c.status, &c.sense, resid), n)
                 }
             }
         };
@@ -710,7 +708,7 @@ impl ScsiBackend {
         let _ = p.lu.complete_io(&p.io, Ok(()));
         stats.end_local(p.started, End::Transport);
         let r = self.inner.inflight.finish(w.index, p.key).unwrap_or(r);
-        let hdr = encode_response(r, 0, &[], 0);
+        let hdr = CmdResp::new(r, 0, &[], 0);
         respond(&p.mem, vring, p.head, &p.bufs, &hdr, 0);
     }
 
@@ -731,14 +729,14 @@ impl ScsiBackend {
             IoKind::Flush => (p.data_in_len.max(p.data_out_len), 0),
         };
         let (hdr, data_len, end) = match self.inner.inflight.finish(w.index, p.key) {
-            Some(r) => (encode_response(r, 0, &[], avail), 0, End::Transport),
+            Some(r) => (CmdResp::new(r, 0, &[], avail), 0, End::Transport),
             None if resp.status == scsi::Status::Good as u8 => {
                 let data_len = if p.io.kind == IoKind::Read { moved } else { 0 };
-                let hdr = encode_response(Response::Ok, resp.status, &[], avail - moved);
+                let hdr = CmdResp::new(Response::Ok, resp.status, &[], avail - moved);
                 (hdr, data_len, status_end(resp.status, &[], moved))
             }
             None => (
-                encode_response(Response::Ok, resp.status, &resp.sense, avail),
+                CmdResp::new(Response::Ok, resp.status, &resp.sense, avail),
                 0,
                 status_end(resp.status, &resp.sense, 0),
             ),
@@ -836,15 +834,11 @@ fn status_end(status: u8, sense: &[u8], bytes: u64) -> End {
 
 /// How a passed-through command ended, from the response header written
 /// for it (`bytes` moved if it was GOOD).
-fn end_of(hdr: &[u8; RESP_HEADER_LEN], bytes: u64) -> End {
-    let field = |at: usize| hdr.get(at).copied().unwrap_or(0);
-    // le32 sense_len, le32 resid, le16 qualifier, u8 status, u8 response.
-    if field(11) != Response::Ok as u8 {
+fn end_of(hdr: &CmdResp, bytes: u64) -> End {
+    if hdr.response != Response::Ok as u8 {
         return End::Transport;
     }
-    let status = field(10);
-    let sense = hdr.get(12..).unwrap_or_default();
-    status_end(status, sense, bytes)
+    status_end(hdr.status, hdr.sense(), bytes)
 }
 
 /// Length of a CDB from its group code (SPC-4 4.2.5.1); variable-length

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
+use crate::iscsi::bhs::{self, Bhs};
 use crate::iscsi::chap::{self, Algorithm};
+use crate::iscsi::codes::TmfFunction;
 use crate::iscsi::gather::Gather;
 use crate::iscsi::login::{
     Credentials, Login, LoginError, LoginParams, Negotiated, Step, LENGTH_KEY_RANGE,
@@ -203,19 +205,22 @@ fn login(u: &mut Unstructured<'_>) -> Result<()> {
     // quote it without anything leaking).
     let mut echoed = false;
     for _ in 0..24 {
-        let mut r = Pdu::new(Opcode::LoginResponse);
-        if u.ratio(1, 16)? {
+        let mut r = if u.ratio(1, 16)? {
             // Anything at all, even another opcode.
+            let mut r = Pdu::new(Opcode::LoginResponse);
             r.bhs = u.arbitrary()?;
+            r
         } else {
-            r.set_flags(u.arbitrary()?);
-            r.set_u16(14, u.arbitrary()?);
-            r.set_u32(24, u.arbitrary()?);
+            let mut h = bhs::LoginResponse::new();
+            h.flags = u.arbitrary()?;
+            h.tsih = u.arbitrary::<u16>()?.into();
+            h.stat_sn = u.arbitrary::<u32>()?.into();
             if u.ratio(1, 8)? {
-                r.set_byte(36, u.int_in_range(0..=4)?);
-                r.set_byte(37, u.arbitrary()?);
+                h.status_class = u.int_in_range(0..=4)?;
+                h.status_detail = u.arbitrary()?;
             }
-        }
+            Pdu::with_header(&h)
+        };
         r.data = segment(u)?;
         if mutual && u.ratio(1, 2)? {
             r.data.extend(text::encode(&mutual_answer(&sent)));
@@ -437,7 +442,9 @@ fn session(u: &mut Unstructured<'_>) -> Result<()> {
                 tasks.insert(tag, Kind::Command);
             }
             4 => {
-                let function = u.int_in_range(1..=7)?;
+                let Ok(function) = TmfFunction::try_from(u.int_in_range(1..=7)?) else {
+                    continue;
+                };
                 let referenced = u.int_in_range(0..=tag)?;
                 let start = s.task_management(tag, function, lun, Some(referenced));
                 for t in start.aborted {

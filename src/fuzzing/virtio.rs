@@ -12,9 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::virtio::buffers::{Buffer, ChainBuffers, Error, GuestMemory};
 use crate::virtio::chain::{self, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use crate::virtio::{
-    encode_response, RequestHeader, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN,
-};
+use crate::virtio::{CmdReq, CmdResp, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN};
+use vm_memory::ByteValued;
 
 /// Guest memory: two 64 KiB regions with a 64 KiB hole between them.
 const REGION: u64 = 0x1_0000;
@@ -140,15 +139,14 @@ fn requests(u: &mut Unstructured<'_>) -> Result<()> {
 /// What the device does with a chain's buffers, and accesses at
 /// arbitrary offsets.
 fn request(u: &mut Unstructured<'_>, mem: &GuestMemory, bufs: &ChainBuffers) -> Result<()> {
-    let mut raw = [0u8; REQ_HEADER_LEN];
-    if bufs.readable.read_at(mem, 0, &mut raw).is_ok() {
-        let req = RequestHeader::parse(&raw);
-        let _ = VirtioLun::parse(&req.lun);
+    let mut req = CmdReq::default();
+    if bufs.readable.read_at(mem, 0, req.as_mut_slice()).is_ok() {
+        let _ = (VirtioLun::parse(&req.lun), req.tag());
     }
     if bufs.writable.len() >= RESP_HEADER_LEN as u64 {
         let sense: Vec<u8> = Vec::arbitrary(u)?;
-        let hdr = encode_response(Response::Ok, u.arbitrary()?, &sense, u.arbitrary()?);
-        let _ = bufs.writable.write_at(mem, 0, &hdr);
+        let hdr = CmdResp::new(Response::Ok, u.arbitrary()?, &sense, u.arbitrary()?);
+        let _ = bufs.writable.write_at(mem, 0, hdr.as_slice());
     }
     for _ in 0..u.int_in_range(0..=4)? {
         let b = if u.arbitrary()? {

@@ -8,7 +8,9 @@
 
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
+use super::bhs::{self, login, Bhs};
 use super::chap::{self, Algorithm};
+use super::codes::StatusClass;
 use super::pdu::{Digests, Opcode, Pdu};
 use super::secret::Secret;
 use super::text;
@@ -93,10 +95,10 @@ pub struct Negotiated {
 /// What a target error (status class 03h and unknown classes, RFC 7143
 /// 11.13.5) says.
 fn target_error_text(class: u8, detail: u8) -> &'static str {
-    match (class, detail) {
-        (3, 1) => "the target's service is unavailable",
-        (3, 2) => "the target is out of resources",
-        (3, _) => "target error",
+    match (StatusClass::try_from(class), detail) {
+        (Ok(StatusClass::TargetError), 1) => "the target's service is unavailable",
+        (Ok(StatusClass::TargetError), 2) => "the target is out of resources",
+        (Ok(StatusClass::TargetError), _) => "target error",
         _ => "unknown status class",
     }
 }
@@ -107,7 +109,8 @@ impl LoginError {
     /// 7143 11.13.5, e.g. a node in maintenance). Authentication, access
     /// and target-name refusals (class 02h) are the same everywhere.
     pub fn is_transient(&self) -> bool {
-        matches!(self, LoginError::TargetError { class: 3, .. })
+        matches!(self, LoginError::TargetError { class, .. }
+            if *class == StatusClass::TargetError as u8)
     }
 }
 
@@ -189,15 +192,20 @@ impl Login {
     }
 
     fn request(&self, csg: u8, nsg: u8, transit: bool, keys: &[(String, String)]) -> Pdu {
-        let mut p = Pdu::new(Opcode::LoginRequest);
-        p.set_immediate();
-        let t = if transit { 0x80 } else { 0 };
-        p.set_flags(t | (csg << 2) | if transit { nsg } else { 0 });
-        p.bhs[8..14].copy_from_slice(&self.p.isid);
-        p.set_u16(14, self.p.tsih);
-        p.set_itt(self.itt);
-        p.set_u32(24, self.p.initial_cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let mut h = bhs::LoginRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = (csg << login::CSG_SHIFT)
+            | if transit {
+                login::TRANSIT | (nsg & login::NSG_MASK)
+            } else {
+                0
+            };
+        h.isid = self.p.isid;
+        h.tsih = self.p.tsih.into();
+        h.itt = self.itt.into();
+        h.cmd_sn = self.p.initial_cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        let mut p = Pdu::with_header(&h);
         p.data = text::encode(keys);
         p
     }
@@ -280,11 +288,12 @@ impl Login {
                 r.opcode()
             )));
         }
-        let (class, detail) = (r.byte(36), r.byte(37));
+        let h: bhs::LoginResponse = r.header();
+        let (class, detail) = (h.status_class, h.status_detail);
         let keys = text::parse(&r.data);
-        match class {
-            0 => {}
-            1 => {
+        match StatusClass::try_from(class) {
+            Ok(StatusClass::Success) => {}
+            Ok(StatusClass::Redirection) => {
                 return Err(LoginError::Redirect {
                     address: text::get(&keys, "TargetAddress")
                         .unwrap_or_default()
@@ -297,14 +306,15 @@ impl Login {
             // from some targets, to the response that used an algorithm
             // they could not handle): the list was not acceptable (see
             // chap::Offer).
-            2 if detail == 0
-                && (self.state == State::ChapAlgorithm
-                    || self.state == State::ChapResponse
-                        && self.p.chap_offer.weaker().is_some()) =>
+            Ok(StatusClass::InitiatorError)
+                if detail == 0
+                    && (self.state == State::ChapAlgorithm
+                        || self.state == State::ChapResponse
+                            && self.p.chap_offer.weaker().is_some()) =>
             {
                 return Err(LoginError::ChapAlgorithmsRefused(self.p.chap_offer))
             }
-            2 => {
+            Ok(StatusClass::InitiatorError) => {
                 return Err(match detail {
                     0x01 => LoginError::AuthenticationFailed,
                     0x02 => LoginError::Forbidden,
@@ -313,15 +323,18 @@ impl Login {
                     d => LoginError::InitiatorError(d),
                 })
             }
-            c => return Err(LoginError::TargetError { class: c, detail }),
+            // Target errors, and classes the RFC does not define.
+            Ok(StatusClass::TargetError) | Err(_) => {
+                return Err(LoginError::TargetError { class, detail })
+            }
         }
         self.exp_stat_sn = r.stat_sn().wrapping_add(1);
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {
             return Err(protocol("the target does not finish the login stage"));
         }
-        let transit = r.flags() & 0x80 != 0;
-        let nsg = r.flags() & 0x03;
+        let transit = h.flags & login::TRANSIT != 0;
+        let nsg = h.flags & login::NSG_MASK;
         match self.state {
             State::Security => {
                 if transit && nsg == OPERATIONAL {
@@ -491,7 +504,7 @@ impl Login {
             data_sequence_in_order: yes("DataSequenceInOrder", true),
             default_time2wait: num("DefaultTime2Wait", 2),
             default_time2retain: num("DefaultTime2Retain", 20),
-            tsih: r.u16_at(14),
+            tsih: r.header::<bhs::LoginResponse>().tsih.to_native(),
             cmd_sn: self.p.initial_cmd_sn,
             exp_cmd_sn: r.exp_cmd_sn(),
             max_cmd_sn: r.max_cmd_sn(),

@@ -5,8 +5,10 @@
 //! events out, tested without sockets. `conn` is the thin blocking driver
 //! over TCP.
 
+pub mod bhs;
 pub mod chap;
 pub mod client;
+pub mod codes;
 pub mod conn;
 pub mod credentials;
 pub mod gather;

@@ -11,6 +11,8 @@
 
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
+use super::bhs::Bhs;
+
 /// Basic Header Segment length (RFC 7143 11.2.1).
 pub const BHS_LEN: usize = 48;
 /// Reserved tag value (RFC 7143 11.2.1.8: 0xffffffff).
@@ -21,6 +23,10 @@ pub const MAX_DATA_SEGMENT_LENGTH: usize = 0x00ff_ffff;
 /// Longest AHS: TotalAHSLength, BHS byte 4, counts 4-byte words (RFC 7143
 /// 11.2.1.5).
 pub const MAX_AHS_LENGTH: usize = 4 * 0xff;
+
+/// The opcode bits of BHS byte 0 (RFC 7143 11.2.1.2; above them are the
+/// I bit and a reserved bit).
+pub const OPCODE_MASK: u8 = 0x3f;
 
 /// Opcodes (RFC 7143 11.2.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,12 +161,32 @@ impl Pdu {
         }
     }
 
+    /// A PDU with the BHS `h` and no AHS or data.
+    pub fn with_header<T: Bhs>(h: &T) -> Pdu {
+        let mut bhs = [0u8; BHS_LEN];
+        // Every `Bhs` is BHS_LEN bytes (checked where each is declared).
+        if let Some(src) = h.as_slice().get(..BHS_LEN) {
+            bhs.copy_from_slice(src);
+        }
+        Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// The BHS read as `T` (the layout of the PDU's opcode, which the
+    /// caller has looked at).
+    pub fn header<T: Bhs>(&self) -> T {
+        T::read(&self.bhs)
+    }
+
     pub fn opcode(&self) -> Option<Opcode> {
-        Opcode::from_u8(self.bhs[0] & 0x3f)
+        Opcode::from_u8(self.bhs[0] & OPCODE_MASK)
     }
 
     pub fn set_immediate(&mut self) {
-        self.bhs[0] |= 0x40;
+        self.bhs[0] |= super::bhs::IMMEDIATE;
     }
 
     pub fn flags(&self) -> u8 {
@@ -187,6 +213,9 @@ impl Pdu {
             dst.copy_from_slice(v);
         }
     }
+
+    // Raw access by BHS offset, for tests and fuzzing that write PDUs as
+    // a target might; protocol code reads and writes the `bhs` views.
 
     pub fn byte(&self, i: usize) -> u8 {
         let [b] = self.field(i);
@@ -352,7 +381,7 @@ pub fn layout(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<Layout>
     let Some(bhs) = Pdu::from_bhs(buf) else {
         return Ok(None);
     };
-    let op = bhs.byte(0) & 0x3f;
+    let op = bhs.byte(0) & OPCODE_MASK;
     if Opcode::from_u8(op).is_none() {
         return Err(PduError::UnknownOpcode(op));
     }

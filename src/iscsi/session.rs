@@ -13,6 +13,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::bhs::{self, Bhs};
+use super::codes::{AsyncEvent, RejectReason, TmfFunction, TmfResponse, UnknownCode};
 use super::gather::Gather;
 use super::login::Negotiated;
 use super::pdu::{padding, Digests, Opcode, Pdu, PduError, RunningDigest, BHS_LEN, RESERVED_TAG};
@@ -221,10 +223,10 @@ pub enum Event {
     LoggedOut {
         response: u8,
     },
-    /// Answer to a task management request (RFC 7143 11.6.1 codes).
+    /// Answer to a task management request.
     TaskManagement {
         tag: u64,
-        response: u8,
+        response: TmfAnswer,
     },
     /// A command that task management terminated at the target: it gets
     /// no response. `reset`: by a LUN or target reset (not an abort).
@@ -233,6 +235,10 @@ pub enum Event {
         reset: bool,
     },
 }
+
+/// A target's answer to a task management request: a response code of
+/// RFC 7143 11.6.1, or the byte it sent instead.
+pub type TmfAnswer = Result<TmfResponse, UnknownCode>;
 
 /// What `Session::task_management` did at once.
 #[derive(Debug, PartialEq, Eq)]
@@ -274,7 +280,7 @@ struct Task {
     cmd_sn: u32,
     /// For a task management request: its function and, for ABORT TASK,
     /// the ITT of the task it aborts.
-    tmf: Option<u8>,
+    tmf: Option<TmfFunction>,
     ref_itt: u32,
 }
 
@@ -410,10 +416,6 @@ const MAX_TEXT: usize = 1 << 20;
 /// offering more is cut off.
 const MAX_NEGOTIATION_ROUNDS: u8 = 4;
 
-/// Reject reasons (RFC 7143 11.17.1) that change what a Reject ends.
-const REJECT_DATA_DIGEST: u8 = 0x02;
-const REJECT_WAITING_FOR_LOGOUT: u8 = 0x0c;
-
 /// Whose text exchange is under way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TextTask {
@@ -429,21 +431,25 @@ fn sn_le(a: u32, b: u32) -> bool {
     b.wrapping_sub(a) < 0x8000_0000
 }
 
-/// Whether task management `function` (RFC 7143 11.5.1 codes) for `lun`,
-/// and for ABORT TASK the command tagged `target`, covers the command
-/// `cmd_tag` on `cmd_lun`.
+/// Whether task management `function` for `lun`, and for ABORT TASK the
+/// command tagged `target`, covers the command `cmd_tag` on `cmd_lun`
+/// (RFC 7143 11.5.1).
 pub fn tmf_covers(
-    function: u8,
+    function: TmfFunction,
     lun: [u8; 8],
     target: Option<u64>,
     cmd_lun: [u8; 8],
     cmd_tag: u64,
 ) -> bool {
     match function {
-        1 => Some(cmd_tag) == target && cmd_lun == lun,
-        2 | 4 | 5 => cmd_lun == lun,
-        6 | 7 => true,
-        _ => false,
+        TmfFunction::AbortTask => Some(cmd_tag) == target && cmd_lun == lun,
+        TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+            cmd_lun == lun
+        }
+        TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => true,
+        // CLEAR ACA ends no task; TASK REASSIGN moves one (ErrorRecovery
+        // Level 2, never negotiated).
+        TmfFunction::ClearAca | TmfFunction::TaskReassign => false,
     }
 }
 
@@ -612,26 +618,34 @@ impl Session {
     /// Queue the SCSI Command PDU and any immediate / unsolicited data on
     /// `out`.
     fn command_pdus(&self, itt: u32, t: &Task, out: &mut VecDeque<Outgoing>) {
-        let mut p = Pdu::new(Opcode::ScsiCommand);
-        let mut flags = 0x01; // ATTR: SIMPLE
+        let mut h = bhs::ScsiCommand::new();
+        h.flags = bhs::ScsiCommand::ATTR_SIMPLE;
         if t.read_len > 0 {
-            flags |= 0x40;
+            h.flags |= bhs::ScsiCommand::READ;
         }
         if !t.write.is_empty() {
-            flags |= 0x20;
+            h.flags |= bhs::ScsiCommand::WRITE;
         }
-        p.set_lun(t.lun);
-        p.set_itt(itt);
+        h.lun = t.lun;
+        h.itt = itt.into();
         let edtl = if t.write.is_empty() {
             t.read_len
         } else {
             t.write.len() as u32
         };
-        p.set_u32(20, edtl);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        let n = t.cdb.len().min(16);
-        p.bhs[32..32 + n].copy_from_slice(&t.cdb[..n]);
+        h.expected_data_transfer_length = edtl.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        for (d, s) in h.cdb.iter_mut().zip(&t.cdb) {
+            *d = *s;
+        }
+        let sent = self.immediate_len(t);
+        let unsolicited_end = self.unsolicited_len(t);
+        if sent >= unsolicited_end {
+            // No unsolicited Data-Out follows.
+            h.flags |= bhs::FINAL;
+        }
+        let mut p = Pdu::with_header(&h);
         if t.cdb.len() > 16 {
             // Extended CDB AHS (RFC 7143 11.3.5): type 1, length incl. reserved byte.
             let rest = &t.cdb[16..];
@@ -645,12 +659,6 @@ impl Session {
             }
             p.ahs = ahs;
         }
-        let sent = self.immediate_len(t);
-        let unsolicited_end = self.unsolicited_len(t);
-        if sent >= unsolicited_end {
-            flags |= 0x80; // F: no unsolicited Data-Out follows
-        }
-        p.set_flags(flags);
         out.push_back(Outgoing {
             pdu: p,
             data: (sent > 0).then_some((itt, t.tag, 0, sent)),
@@ -694,18 +702,18 @@ impl Session {
         let mut data_sn = 0u32;
         while at < end {
             let n = (end - at).min(mx);
-            let mut p = Pdu::new(Opcode::DataOut);
+            let mut h = bhs::DataOut::new();
             if at + n >= end {
-                p.set_flags(0x80);
+                h.flags = bhs::FINAL;
             }
-            p.set_lun(t.lun);
-            p.set_itt(itt);
-            p.set_u32(20, ttt);
-            p.set_u32(28, self.exp_stat_sn);
-            p.set_u32(36, data_sn);
-            p.set_u32(40, at as u32);
+            h.lun = t.lun;
+            h.itt = itt.into();
+            h.ttt = ttt.into();
+            h.exp_stat_sn = self.exp_stat_sn.into();
+            h.data_sn = data_sn.into();
+            h.buffer_offset = (at as u32).into();
             out.push(Outgoing {
-                pdu: p,
+                pdu: Pdu::with_header(&h),
                 data: Some((itt, t.tag, at, n)),
             });
             at += n;
@@ -793,14 +801,23 @@ impl Session {
 
     /// NOP-Out ping (immediate; RFC 7143 11.18).
     pub fn ping(&mut self) {
-        let mut p = Pdu::new(Opcode::NopOut);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(self.alloc_itt());
-        p.set_u32(20, RESERVED_TAG);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let itt = self.alloc_itt();
+        let p = self.nop_out([0; 8], itt, RESERVED_TAG);
         self.out.push_back(p.into());
+    }
+
+    /// A NOP-Out (immediate): our ping (`ttt` reserved) or the answer to
+    /// the target's (`itt` reserved).
+    fn nop_out(&self, lun: [u8; 8], itt: u32, ttt: u32) -> Pdu {
+        let mut h = bhs::NopOut::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL;
+        h.lun = lun;
+        h.itt = itt.into();
+        h.ttt = ttt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        Pdu::with_header(&h)
     }
 
     /// Text Request (SendTargets=All for discovery).
@@ -813,13 +830,14 @@ impl Session {
     /// A final (F) Text Request of task `itt`, continuing the target's
     /// `ttt` (RFC 7143 11.10; immediate, so it needs no CmdSN window).
     fn send_text(&mut self, itt: u32, ttt: u32, data: Vec<u8>) {
-        let mut p = Pdu::new(Opcode::TextRequest);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(itt);
-        p.set_u32(20, ttt);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
+        let mut h = bhs::TextRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL;
+        h.itt = itt.into();
+        h.ttt = ttt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        let mut p = Pdu::with_header(&h);
         p.data = data;
         self.out.push_back(p.into());
     }
@@ -848,7 +866,7 @@ impl Session {
         if let Some(n) = f.max_xmit_data_segment_length {
             self.n.max_xmit_data_segment_length = n;
         }
-        let target_done = p.flags() & 0x80 != 0;
+        let target_done = p.flags() & bhs::FINAL != 0;
         if f.answers.is_empty() && target_done {
             return Ok(());
         }
@@ -864,26 +882,25 @@ impl Session {
 
     /// Logout Request: close the session (immediate).
     pub fn logout(&mut self) {
-        let mut p = Pdu::new(Opcode::LogoutRequest);
-        p.set_immediate();
-        p.set_flags(0x80);
-        p.set_itt(self.alloc_itt());
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        self.out.push_back(p.into());
+        let mut h = bhs::LogoutRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        // Reason code 0: close the session (11.14.1).
+        h.flags = bhs::FINAL;
+        h.itt = self.alloc_itt().into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        self.out.push_back(Pdu::with_header(&h).into());
     }
 
-    /// Task management request (RFC 7143 11.5): `function` 1 ABORT TASK
-    /// (of the command tagged `target`), 2 ABORT TASK SET, 3 CLEAR ACA, 4
-    /// CLEAR TASK SET, 5 LOGICAL UNIT RESET, 6 TARGET WARM RESET, 7 TARGET
-    /// COLD RESET. Commands in its scope still waiting for the CmdSN window
+    /// Task management request (RFC 7143 11.5): `function` for `lun`
+    /// (ABORT TASK: of the command tagged `target`). Commands in its scope still waiting for the CmdSN window
     /// never reached the target: they are dropped here and their tags
     /// returned. The request itself is sent (immediate) unless ABORT TASK
     /// has nothing left to abort at the target.
     pub fn task_management(
         &mut self,
         tag: u64,
-        function: u8,
+        function: TmfFunction,
         lun: [u8; 8],
         target: Option<u64>,
     ) -> TmfStart {
@@ -902,8 +919,8 @@ impl Session {
             .map(|t| t.tag)
             .collect();
         let (ref_itt, ref_cmd_sn) = match self.tasks.iter().find(|(_, t)| in_scope(t)) {
-            Some((&itt, t)) if function == 1 => (itt, t.cmd_sn),
-            None if function == 1 => {
+            Some((&itt, t)) if function == TmfFunction::AbortTask => (itt, t.cmd_sn),
+            None if function == TmfFunction::AbortTask => {
                 return TmfStart {
                     sent: false,
                     aborted,
@@ -912,15 +929,16 @@ impl Session {
             _ => (RESERVED_TAG, self.cmd_sn),
         };
         let itt = self.alloc_itt();
-        let mut p = Pdu::new(Opcode::TaskMgmtRequest);
-        p.set_immediate();
-        p.set_flags(0x80 | function);
-        p.set_lun(lun);
-        p.set_itt(itt);
-        p.set_u32(20, ref_itt);
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        p.set_u32(32, ref_cmd_sn);
+        let mut h = bhs::TaskMgmtRequest::new();
+        h.opcode |= bhs::IMMEDIATE;
+        h.flags = bhs::FINAL | function as u8;
+        h.lun = lun;
+        h.itt = itt.into();
+        h.referenced_task_tag = ref_itt.into();
+        h.cmd_sn = self.cmd_sn.into();
+        h.exp_stat_sn = self.exp_stat_sn.into();
+        h.ref_cmd_sn = ref_cmd_sn.into();
+        let p = Pdu::with_header(&h);
         self.tasks.insert(
             itt,
             Task {
@@ -948,11 +966,17 @@ impl Session {
 
     /// The commands a task management function that completed terminated
     /// at the target: they get no response of their own (RFC 7143 4.2.3.3).
-    fn terminated_by(&mut self, tmf: &Task, response: u8) -> Vec<u64> {
-        let function = tmf.tmf.unwrap_or(0);
-        // 0: Function complete; 1: Task does not exist (for ABORT TASK the
-        // target has no record of it, so no answer will ever come).
-        let done = response == 0 || (response == 1 && function == 1);
+    fn terminated_by(&mut self, tmf: &Task, response: TmfAnswer) -> Vec<u64> {
+        let Some(function) = tmf.tmf else {
+            return Vec::new();
+        };
+        // Task does not exist: for ABORT TASK the target has no record of
+        // it, so no answer will ever come.
+        let done = match response {
+            Ok(TmfResponse::FunctionComplete) => true,
+            Ok(TmfResponse::TaskDoesNotExist) => function == TmfFunction::AbortTask,
+            _ => false,
+        };
         if !done {
             return Vec::new();
         }
@@ -963,12 +987,18 @@ impl Session {
                 t.tmf.is_none()
                     && t.sent
                     && match function {
-                        1 => itt == tmf.ref_itt,
+                        TmfFunction::AbortTask => itt == tmf.ref_itt,
                         // Commands sent before the TMF (its CmdSN is the
                         // next one, it being immediate).
-                        2 | 4 | 5 => t.lun == tmf.lun && sn_lt(t.cmd_sn, tmf.cmd_sn),
-                        6 | 7 => sn_lt(t.cmd_sn, tmf.cmd_sn),
-                        _ => false,
+                        TmfFunction::AbortTaskSet
+                        | TmfFunction::ClearTaskSet
+                        | TmfFunction::LogicalUnitReset => {
+                            t.lun == tmf.lun && sn_lt(t.cmd_sn, tmf.cmd_sn)
+                        }
+                        TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                            sn_lt(t.cmd_sn, tmf.cmd_sn)
+                        }
+                        TmfFunction::ClearAca | TmfFunction::TaskReassign => false,
                     }
             })
             .map(|(&itt, _)| itt)
@@ -1030,9 +1060,9 @@ impl Session {
     }
 
     fn residual(flags: u8, count: u32) -> i64 {
-        if flags & 0x04 != 0 {
+        if flags & bhs::RESIDUAL_OVERFLOW != 0 {
             -i64::from(count)
-        } else if flags & 0x02 != 0 {
+        } else if flags & bhs::RESIDUAL_UNDERFLOW != 0 {
             i64::from(count)
         } else {
             0
@@ -1049,9 +1079,10 @@ impl Session {
         if p.opcode() != Some(Opcode::DataIn) {
             return None;
         }
-        let t = self.tasks.get(&p.itt()).filter(|t| t.sent)?;
+        let h: bhs::DataIn = p.header();
+        let t = self.tasks.get(&h.itt.to_native()).filter(|t| t.sent)?;
         let k = t.sink.as_ref()?;
-        let offset = p.u32_at(40) as usize;
+        let offset = h.buffer_offset.to_native() as usize;
         offset
             .checked_add(p.data_segment_length())
             .filter(|&e| e <= t.read_len as usize && e <= k.0.size())?;
@@ -1071,15 +1102,16 @@ impl Session {
         let op = p.opcode().ok_or_else(|| protocol("unknown opcode"))?;
         match op {
             Opcode::DataIn => {
-                let status_here = p.flags() & 0x01 != 0;
+                let h: bhs::DataIn = p.header();
+                let status_here = h.flags & bhs::DataIn::STATUS != 0;
                 self.update_sn(&p, status_here);
-                let itt = p.itt();
+                let itt = h.itt.to_native();
                 let t = self
                     .tasks
                     .get_mut(&itt)
                     .filter(|t| t.sent)
                     .ok_or_else(|| protocol(format!("Data-In for unknown task {itt:#x}")))?;
-                let offset = p.u32_at(40) as usize;
+                let offset = h.buffer_offset.to_native() as usize;
                 // A segment whose data is missing from a PDU whose header
                 // has some was received straight into the task's sink
                 // (see `place`).
@@ -1116,8 +1148,8 @@ impl Session {
                 let end = u32::try_from(end).unwrap_or(u32::MAX);
                 self.tasks.update(itt, |t| t.received = t.received.max(end));
                 if status_here {
-                    let res = Self::residual(p.flags(), p.u32_at(44));
-                    ev.extend(self.complete(itt, 0, p.byte(3), Vec::new(), res));
+                    let res = Self::residual(h.flags, h.residual_count.to_native());
+                    ev.extend(self.complete(itt, 0, h.status, Vec::new(), res));
                 }
             }
             Opcode::ScsiResponse => {
@@ -1129,17 +1161,21 @@ impl Session {
                         p.data.get(2..2 + n).unwrap_or(&p.data[2..]).to_vec()
                     }
                 };
-                let res = Self::residual(p.flags(), p.u32_at(44));
-                ev.extend(self.complete(p.itt(), p.byte(2), p.byte(3), sense, res));
+                let h: bhs::ScsiResponse = p.header();
+                let res = Self::residual(h.flags, h.residual_count.to_native());
+                let itt = h.itt.to_native();
+                ev.extend(self.complete(itt, h.response, h.status, sense, res));
             }
             Opcode::ReadyToTransfer => {
                 self.update_sn(&p, false);
-                let itt = p.itt();
+                let h: bhs::R2t = p.header();
+                let itt = h.itt.to_native();
                 let t = self
                     .tasks
                     .get(&itt)
                     .ok_or_else(|| protocol(format!("R2T for unknown task {itt:#x}")))?;
-                let (offset, len) = (p.u32_at(40) as usize, p.u32_at(44) as usize);
+                let offset = h.buffer_offset.to_native() as usize;
+                let len = h.desired_data_transfer_length.to_native() as usize;
                 if offset.checked_add(len).is_none_or(|e| e > t.write.len()) {
                     return Err(protocol("R2T beyond the write data"));
                 }
@@ -1149,27 +1185,22 @@ impl Session {
                         t.solicitable
                     )));
                 }
-                let pdus = self.data_out(itt, t, offset, len, p.ttt());
+                let pdus = self.data_out(itt, t, offset, len, h.ttt.to_native());
                 self.out.extend(pdus);
                 if let Some(t) = self.tasks.get_mut(&itt) {
                     t.solicitable -= len;
                 }
             }
             Opcode::NopIn => {
-                self.update_sn(&p, p.itt() != RESERVED_TAG);
-                if p.ttt() != RESERVED_TAG {
+                let h: bhs::NopIn = p.header();
+                let (itt, ttt) = (h.itt.to_native(), h.ttt.to_native());
+                self.update_sn(&p, itt != RESERVED_TAG);
+                if ttt != RESERVED_TAG {
                     // The target pings us: answer with its TTT (RFC 7143 11.18).
-                    let mut r = Pdu::new(Opcode::NopOut);
-                    r.set_immediate();
-                    r.set_flags(0x80);
-                    r.set_lun(p.lun());
-                    r.set_itt(RESERVED_TAG);
-                    r.set_u32(20, p.ttt());
-                    r.set_u32(24, self.cmd_sn);
-                    r.set_u32(28, self.exp_stat_sn);
+                    let r = self.nop_out(h.lun, RESERVED_TAG, ttt);
                     self.out.push_back(r.into());
                 }
-                if p.itt() != RESERVED_TAG {
+                if itt != RESERVED_TAG {
                     ev.push(Event::Pong);
                 }
             }
@@ -1179,16 +1210,10 @@ impl Session {
                     return Err(protocol("Text Response longer than 1 MiB"));
                 }
                 self.text_acc.extend_from_slice(&p.data);
-                if p.flags() & 0x40 != 0 {
+                let h: bhs::TextResponse = p.header();
+                if h.flags & bhs::CONTINUE != 0 {
                     // Continue: ask for the rest with the target's TTT.
-                    let mut r = Pdu::new(Opcode::TextRequest);
-                    r.set_immediate();
-                    r.set_flags(0x80);
-                    r.set_itt(p.itt());
-                    r.set_u32(20, p.ttt());
-                    r.set_u32(24, self.cmd_sn);
-                    r.set_u32(28, self.exp_stat_sn);
-                    self.out.push_back(r.into());
+                    self.send_text(h.itt.to_native(), h.ttt.to_native(), Vec::new());
                 } else {
                     let keys = text::parse(&std::mem::take(&mut self.text_acc));
                     let task = self.text.filter(|t| t.0 == p.itt()).map(|t| t.1);
@@ -1205,8 +1230,9 @@ impl Session {
             }
             Opcode::AsyncMessage => {
                 self.update_sn(&p, true);
-                match p.byte(36) {
-                    0 => {
+                let h: bhs::AsyncMessage = p.header();
+                match AsyncEvent::try_from(h.async_event) {
+                    Ok(AsyncEvent::ScsiEvent) => {
                         // SenseLength, then the sense data (then iSCSI
                         // event data, not ours to interpret).
                         let n = usize::from(u16::from_be_bytes([
@@ -1223,26 +1249,26 @@ impl Session {
                             sense,
                         });
                     }
-                    // RFC 7143 11.9.1: Parameter1 at byte 38, Parameter2
-                    // at 40, Parameter3 at 42.
-                    1 => ev.push(Event::LogoutRequested {
-                        within_secs: p.u16_at(42),
+                    Ok(AsyncEvent::LogoutRequest) => ev.push(Event::LogoutRequested {
+                        within_secs: h.parameter3.to_native(),
                     }),
-                    2 | 3 => ev.push(Event::Dropping {
-                        time2wait: p.u16_at(40),
-                    }),
-                    4 => self.negotiation_requested(),
+                    Ok(AsyncEvent::ConnectionDrop | AsyncEvent::SessionDrop) => {
+                        ev.push(Event::Dropping {
+                            time2wait: h.parameter2.to_native(),
+                        })
+                    }
+                    Ok(AsyncEvent::NegotiationRequest) => self.negotiation_requested(),
                     // Only with TaskReporting=FastAbort (RFC 7143 11.9.1),
                     // which we never negotiate: the target's view of our
                     // tasks is no longer ours, so the connection goes and
                     // the commands are retried on a new session.
-                    5 => {
+                    Ok(AsyncEvent::TaskTermination) => {
                         return Err(protocol(
                             "task termination message without TaskReporting=FastAbort",
                         ))
                     }
-                    // 255 vendor specific, the rest reserved: ignored.
-                    _ => {}
+                    // Vendor specific, or reserved: ignored.
+                    Ok(AsyncEvent::VendorSpecific) | Err(_) => {}
                 }
             }
             Opcode::Reject => {
@@ -1255,8 +1281,9 @@ impl Session {
                 // naming a command must not make it vanish unanswered.
                 let tmf = self.tasks.get(&p.itt()).is_some_and(|t| t.tmf.is_some());
                 if let Some(t) = tmf.then(|| self.tasks.remove(&p.itt())).flatten() {
-                    let response = p.byte(2);
-                    let reset = matches!(t.tmf, Some(5..=7));
+                    let h: bhs::TaskMgmtResponse = p.header();
+                    let response = TmfResponse::try_from(h.response);
+                    let reset = t.tmf.is_some_and(TmfFunction::is_reset);
                     ev.extend(
                         self.terminated_by(&t, response)
                             .into_iter()
@@ -1270,8 +1297,9 @@ impl Session {
             }
             Opcode::LogoutResponse => {
                 self.update_sn(&p, true);
+                let h: bhs::LogoutResponse = p.header();
                 ev.push(Event::LoggedOut {
-                    response: p.byte(2),
+                    response: h.response,
                 });
             }
             other => {
@@ -1289,12 +1317,12 @@ impl Session {
     /// (11.17.1: a task the rejected PDU belonged to, once instantiated,
     /// still ends with the target's SCSI Response).
     fn rejected(&mut self, p: &Pdu, ev: &mut Vec<Event>) -> Result<(), SessionError> {
-        if p.data.len() < BHS_LEN {
+        let Some(bad) = Pdu::from_bhs(&p.data) else {
             return Ok(());
-        }
-        let reason = p.byte(2);
-        let opcode = Opcode::from_u8(p.data[0] & 0x3f);
-        let itt = u32::from_be_bytes([p.data[16], p.data[17], p.data[18], p.data[19]]);
+        };
+        let h: bhs::Reject = p.header();
+        let reason = RejectReason::try_from(h.reason);
+        let (opcode, itt) = (bad.opcode(), bad.itt());
         if let Some(task) = self.text.filter(|t| t.0 == itt).map(|t| t.1) {
             self.text = None;
             self.text_acc.clear();
@@ -1303,7 +1331,8 @@ impl Session {
             return match task {
                 TextTask::Negotiation { .. } => Ok(()),
                 TextTask::Caller => Err(protocol(format!(
-                    "the target rejected our Text Request (reason {reason:#04x})"
+                    "the target rejected our Text Request (reason {:#04x})",
+                    h.reason
                 ))),
             };
         }
@@ -1314,7 +1343,7 @@ impl Session {
                 if let Some(t) = self.tasks.remove(&itt) {
                     ev.push(Event::TaskManagement {
                         tag: t.tag,
-                        response: 255,
+                        response: Ok(TmfResponse::FunctionRejected),
                     });
                 }
             }
@@ -1323,10 +1352,13 @@ impl Session {
             // target ends the task with a SCSI Response once the data it
             // still expects has come (11.17.1).
             (Some(false), Some(Opcode::DataOut)) => {}
-            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_DATA_DIGEST => {}
+            (Some(false), Some(Opcode::ScsiCommand))
+                if reason == Ok(RejectReason::DataDigestError) => {}
             // Not run: the target waits for us to log out (11.9.1, event
             // 1). The command stays, to go again on the next session.
-            (Some(false), Some(Opcode::ScsiCommand)) if reason == REJECT_WAITING_FOR_LOGOUT => {
+            (Some(false), Some(Opcode::ScsiCommand))
+                if reason == Ok(RejectReason::WaitingForLogout) =>
+            {
                 ev.push(Event::LogoutRequested { within_secs: 0 });
             }
             // A command the target refused outright never became a task
@@ -1644,7 +1676,7 @@ pub(crate) mod tests {
         assert_eq!(out(&s), (3, 2, 66560));
         // An ABORT TASK SET drops the unsent command at once and, once
         // complete, the commands it terminated at the target.
-        s.task_management(9, 2, LUN, None);
+        s.task_management(9, TmfFunction::AbortTaskSet, LUN, None);
         assert_eq!(out(&s), (4, 3, 66560));
         let tmf = drain(&mut s).pop().unwrap();
         let mut r = Pdu::new(Opcode::TaskMgmtResponse);
@@ -1979,7 +2011,7 @@ pub(crate) mod tests {
     #[test]
     fn lun_reset_request_and_response() {
         let mut s = Session::new(negotiated(true, true, 100));
-        let start = s.task_management(9, 5, LUN, None);
+        let start = s.task_management(9, TmfFunction::LogicalUnitReset, LUN, None);
         assert!(start.sent && start.aborted.is_empty());
         let out = drain(&mut s);
         let itt = out[0].itt();
@@ -1994,7 +2026,7 @@ pub(crate) mod tests {
             s.receive(r).unwrap(),
             vec![Event::TaskManagement {
                 tag: 9,
-                response: 0
+                response: Ok(TmfResponse::FunctionComplete)
             }]
         );
         // Not a SCSI command: nothing to retry.
@@ -2156,7 +2188,7 @@ pub(crate) mod tests {
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         s.submit(2, LUN, [0x28; 10], Data::Read(512));
         let cmds = drain(&mut s);
-        let start = s.task_management(50, 1, LUN, Some(2));
+        let start = s.task_management(50, TmfFunction::AbortTask, LUN, Some(2));
         assert_eq!(
             start,
             TmfStart {
@@ -2178,7 +2210,7 @@ pub(crate) mod tests {
                 },
                 Event::TaskManagement {
                     tag: 50,
-                    response: 0
+                    response: Ok(TmfResponse::FunctionComplete)
                 }
             ]
         );
@@ -2190,7 +2222,7 @@ pub(crate) mod tests {
         let mut s = Session::new(negotiated(true, true, 100));
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        s.task_management(50, 5, LUN, None);
+        s.task_management(50, TmfFunction::LogicalUnitReset, LUN, None);
         let tmf = drain(&mut s).remove(0);
         // A SCSI Response and a Data-In with status naming the request's
         // ITT do not end it (nor turn it into a command's completion).
@@ -2210,7 +2242,7 @@ pub(crate) mod tests {
             s.receive(rj).unwrap(),
             vec![Event::TaskManagement {
                 tag: 50,
-                response: 255
+                response: Ok(TmfResponse::FunctionRejected)
             }]
         );
         assert_eq!(s.in_flight(), 1);
@@ -2374,7 +2406,7 @@ pub(crate) mod tests {
         s.submit(2, LUN, [0x28; 10], Data::Read(512));
         assert_eq!(drain(&mut s).len(), 1);
         assert_eq!(
-            s.task_management(50, 1, LUN, Some(2)),
+            s.task_management(50, TmfFunction::AbortTask, LUN, Some(2)),
             TmfStart {
                 sent: false,
                 aborted: vec![2]
@@ -2382,7 +2414,7 @@ pub(crate) mod tests {
         );
         // Unknown task: nothing to do anywhere.
         assert_eq!(
-            s.task_management(51, 1, LUN, Some(7)),
+            s.task_management(51, TmfFunction::AbortTask, LUN, Some(7)),
             TmfStart {
                 sent: false,
                 aborted: vec![]
@@ -2399,7 +2431,10 @@ pub(crate) mod tests {
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         s.submit(2, other, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        assert!(s.task_management(50, 5, LUN, None).sent);
+        assert!(
+            s.task_management(50, TmfFunction::LogicalUnitReset, LUN, None)
+                .sent
+        );
         let tmf = drain(&mut s).remove(0);
         // A command after the reset is not affected by it.
         s.submit(3, LUN, [0x28; 10], Data::Read(512));
@@ -2412,7 +2447,7 @@ pub(crate) mod tests {
                 },
                 Event::TaskManagement {
                     tag: 50,
-                    response: 0
+                    response: Ok(TmfResponse::FunctionComplete)
                 }
             ]
         );
@@ -2424,13 +2459,13 @@ pub(crate) mod tests {
         let mut s = Session::new(negotiated(true, true, 100));
         s.submit(1, LUN, [0x28; 10], Data::Read(512));
         drain(&mut s);
-        s.task_management(50, 2, LUN, None);
+        s.task_management(50, TmfFunction::AbortTaskSet, LUN, None);
         let tmf = drain(&mut s).remove(0);
         assert_eq!(
             s.receive(tmf_response(tmf.itt(), 5)).unwrap(),
             vec![Event::TaskManagement {
                 tag: 50,
-                response: 5
+                response: Ok(TmfResponse::NotSupported)
             }]
         );
         assert_eq!(s.in_flight(), 1);
@@ -2485,8 +2520,8 @@ pub(crate) mod tests {
                 s.submit(3, LUN, [0; 6], Data::None);
                 let sink = Arc::new(MemSink(std::sync::Mutex::new(vec![0; 8192])));
                 s.submit(6, LUN, [0x28; 10], Data::ReadInto(SinkRef(sink)));
-                s.task_management(4, 5, LUN, None);
-                s.task_management(5, 1, LUN, Some(1));
+                s.task_management(4, TmfFunction::LogicalUnitReset, LUN, None);
+                s.task_management(5, TmfFunction::AbortTask, LUN, Some(1));
                 let mut ended = Vec::new();
                 for p in pdus {
                     let _ = drain(&mut s);

@@ -469,7 +469,7 @@ impl Reader {
             // sink before the PDU is passed on (the command completes only
             // after that; until then the guest does not look at its
             // buffer).
-            let data_in = buf[0] & 0x3f == Opcode::DataIn as u8;
+            let data_in = buf[0] & pdu::OPCODE_MASK == Opcode::DataIn as u8;
             let placing = if data_in && l.data > 0 && (big || whole) {
                 let (p, _) = pdu::decode_header(&buf[..l.header], dg)?;
                 place(&p.bhs).map(|(sink, at)| (p, sink, at))

@@ -45,9 +45,10 @@ use log::{debug, info, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::codes::{TmfFunction, TmfResponse};
 use super::conn::{Connection, Error};
 use super::login::LoginParams;
-use super::session::{is_small, tmf_covers, Awaited, Completion, Data};
+use super::session::{is_small, tmf_covers, Awaited, Completion, Data, TmfAnswer};
 pub use coalesce::Coalescing;
 use coalesce::{next_wait, Timer, Wait, ANSWER_HEADER};
 use halves::{set_receive_low_water, Reader, Writer};
@@ -710,19 +711,23 @@ impl Client {
         complete_all(now);
     }
 
-    /// Run a task management function (RFC 7143 11.5 function codes) on
-    /// this session's commands for `lun`: 1 ABORT TASK (of the command
-    /// submitted with `id`), 2 ABORT TASK SET, 3 CLEAR ACA, 4 CLEAR TASK
-    /// SET, 5 LOGICAL UNIT RESET. Commands that are not at the target (not
-    /// sent yet, or waiting for a lost session) are aborted here; the
-    /// others by the target. Returns the iSCSI response (0: function
-    /// complete, 1: no such task, 5: not supported, ...) once every command
-    /// the function ended has completed with `Failure::Aborted` (`Reset`
-    /// for a LUN reset). A target
+    /// Run a task management function (RFC 7143 11.5) on this session's
+    /// commands for `lun`: ABORT TASK (of the command submitted with
+    /// `id`), ABORT TASK SET, CLEAR ACA, CLEAR TASK SET or LOGICAL UNIT
+    /// RESET. Commands that are not at the target (not sent yet, or
+    /// waiting for a lost session) are aborted here; the others by the
+    /// target. Returns the iSCSI response (RFC 7143 11.6.1) once every
+    /// command the function ended has completed with `Failure::Aborted`
+    /// (`Reset` for a LUN reset). A target
     /// that does not answer within `TMF_TIMEOUT` loses the connection, and
     /// the commands are aborted here.
-    pub fn task_management(&self, function: u8, lun: [u8; 8], id: Option<u64>) -> u8 {
-        let why = if function == 5 {
+    pub fn task_management(
+        &self,
+        function: TmfFunction,
+        lun: [u8; 8],
+        id: Option<u64>,
+    ) -> TmfAnswer {
+        let why = if function.is_reset() {
             Failure::Reset
         } else {
             Failure::Aborted
@@ -739,7 +744,7 @@ impl Client {
                 }
                 let st = &mut *guard;
                 if st.stopping {
-                    return 0;
+                    return Ok(TmfResponse::FunctionComplete);
                 }
                 let target = id.and_then(|id| {
                     st.pending
@@ -747,8 +752,8 @@ impl Client {
                         .find(|(_, p)| p.id == id && p.lun == lun)
                         .map(|(&tag, _)| tag)
                 });
-                if function == 1 && target.is_none() {
-                    return 1;
+                if function == TmfFunction::AbortTask && target.is_none() {
+                    return Ok(TmfResponse::TaskDoesNotExist);
                 }
                 let mut aborted = Vec::new();
                 let in_scope = |c: &Cmd| tmf_covers(function, lun, target, c.1, c.0);
@@ -780,7 +785,7 @@ impl Client {
             };
             complete_all(aborted);
             let Some(rx) = rx else {
-                return 0;
+                return Ok(TmfResponse::FunctionComplete);
             };
             match rx.recv_timeout(TMF_TIMEOUT) {
                 Ok(response) => return response,

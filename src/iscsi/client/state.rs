@@ -12,7 +12,7 @@ use log::{info, warn};
 use super::halves::Writer;
 use super::{Callback, Cmd, Failure, PrMemory, PrOut, INTERNAL_TAG};
 use crate::iscsi::pdu::Pdu;
-use crate::iscsi::session::{Completion, Data, Event};
+use crate::iscsi::session::{Completion, Data, Event, TmfAnswer};
 use crate::seqhash::SeqMap;
 
 /// Unit attentions from asynchronous events kept per session at most (the
@@ -62,7 +62,7 @@ pub(super) struct State {
     pub(super) time2wait: Option<Duration>,
     /// Guest commands not answered yet, by tag.
     pub(super) pending: SeqMap<u64, Pending>,
-    pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<u8>>,
+    pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<TmfAnswer>>,
     pub(super) next_tmf: u64,
     /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
     /// each is reported once, as a unit attention, to the next command for
