@@ -14,9 +14,7 @@ use log::{trace, warn};
 use super::alua::{self, AluaState, PortGroup};
 use super::atomic::{atomic_limits, AtomicLimits};
 use super::cdb::Cdb;
-use super::opcodes::{
-    self, Ctx, ALUA_STANDBY_OK, ALUA_UNAVAILABLE_OK, MEDIA, NO_UA, SANITIZE_OK, WRITES,
-};
+use super::opcodes::{self, Ctx, ALUA_STANDBY_OK, ALUA_UNAVAILABLE_OK, MEDIA, SANITIZE_OK, WRITES};
 use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sanitize::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
@@ -477,8 +475,7 @@ impl LogicalUnit {
 
     fn dispatch(&self, ctx: &mut Ctx) -> Result<Outcome, Failure> {
         let info = opcodes::lookup(&ctx.cdb);
-        let exempt = matches!(&info, Ok(i) if i.flags & NO_UA != 0);
-        if !exempt {
+        if !info.as_ref().is_ok_and(|i| opcodes::ua_exempt(i)) {
             if let Some(ua) = self.take_ua(ctx.nexus.id) {
                 return Err(Failure::Sense(ua));
             }

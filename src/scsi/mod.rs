@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 pub use alua::{AluaState, PortGroup};
 pub use lu::{AbortHook, Identity, LogicalUnit, LuConfig};
-pub use opcodes::needs_exclusive_writes;
+pub use opcodes::{needs_exclusive_writes, unit_attention_exempt};
 pub use sense::{Sense, SenseKey, Status};
 pub use target::{LunAddress, Target};
 

@@ -25,9 +25,9 @@ pub(crate) type Handler = fn(&LogicalUnit, &mut Ctx) -> Result<Outcome, Failure>
 
 /// Command needs the medium: NOT READY while the unit is stopped.
 pub(crate) const MEDIA: u16 = 1 << 0;
-/// Command is not failed by a pending unit attention (SPC-4 5.14, table 52... INQUIRY,
-/// REPORT LUNS and REQUEST SENSE).
-pub(crate) const NO_UA: u16 = 1 << 1;
+/// Command is not failed by a pending unit attention: INQUIRY, REPORT LUNS
+/// and REQUEST SENSE (SAM-5 5.14). [`unit_attention_exempt`] reads it.
+const NO_UA: u16 = 1 << 1;
 /// Command modifies the medium: DATA PROTECT on a read-only unit.
 pub(crate) const WRITES: u16 = 1 << 2;
 /// Command must not run while other writes to its blocks are in flight.
@@ -56,6 +56,19 @@ const ALUA_ANY: u16 = ALUA_STANDBY_OK | ALUA_UNAVAILABLE_OK;
 /// Whether `lu` offers the command of this table entry.
 pub(crate) fn offered(lu: &LogicalUnit, info: &OpInfo) -> bool {
     info.flags & NEEDS_ATOMIC == 0 || lu.atomic_limits().is_some()
+}
+
+/// Whether a pending unit attention leaves the command of this table entry
+/// alone.
+pub(crate) fn ua_exempt(info: &OpInfo) -> bool {
+    info.flags & NO_UA != 0
+}
+
+/// Whether a pending unit attention leaves `cdb` alone (SAM-5 5.14: INQUIRY,
+/// REPORT LUNS and REQUEST SENSE), for a transport that keeps its own unit
+/// attentions. A command the table does not know is not exempt.
+pub fn unit_attention_exempt(cdb: &[u8]) -> bool {
+    lookup(&Cdb::new(cdb)).is_ok_and(ua_exempt)
 }
 
 /// How a command is treated in the presence of a reservation.
@@ -344,6 +357,32 @@ mod tests {
             let found = lookup(&Cdb::new(&cdb)).unwrap();
             assert_eq!(found.name, o.name);
         }
+    }
+
+    #[test]
+    fn inquiry_report_luns_and_request_sense_are_exempt_from_unit_attentions() {
+        // INQUIRY, allocation length 36.
+        assert!(unit_attention_exempt(&[0x12, 0, 0, 0, 36, 0]));
+        // REPORT LUNS, allocation length 16.
+        assert!(unit_attention_exempt(&[
+            0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0
+        ]));
+        // REQUEST SENSE, allocation length 18.
+        assert!(unit_attention_exempt(&[0x03, 0, 0, 0, 18, 0]));
+    }
+
+    #[test]
+    fn every_other_command_is_not_exempt_from_unit_attentions() {
+        for op in (0..=255u8).filter(|op| ![0x03, 0x12, 0xa0].contains(op)) {
+            let mut cdb = [0u8; 16];
+            cdb[0] = op;
+            for sa in 0..0x20 {
+                cdb[1] = sa;
+                assert!(!unit_attention_exempt(&cdb), "{op:#04x}/{sa:#04x}");
+            }
+        }
+        // Not a command at all.
+        assert!(!unit_attention_exempt(&[]));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::halves::Writer;
 use super::{Callback, Cmd, Failure, PrMemory, PrOut, INTERNAL_TAG};
 use crate::iscsi::pdu::Pdu;
 use crate::iscsi::session::{Completion, Data, Event, TmfAnswer};
+use crate::scsi;
 use crate::seqhash::SeqMap;
 
 /// Unit attentions from asynchronous events kept per session at most (the
@@ -122,10 +123,10 @@ impl State {
     }
 
     /// The unit attention to report instead of running `cdb` on `lun`, if
-    /// an asynchronous event left one. INQUIRY, REPORT LUNS and REQUEST
-    /// SENSE do not report unit attentions (SAM-5 5.14).
+    /// an asynchronous event left one and `cdb` is a command that unit
+    /// attentions affect (SAM-5 5.14, as the SCSI layer has it).
     pub(super) fn take_event(&mut self, lun: [u8; 8], cdb: &[u8]) -> Option<Vec<u8>> {
-        if matches!(cdb.first(), Some(0x12 | 0xa0 | 0x03) | None) {
+        if cdb.is_empty() || scsi::unit_attention_exempt(cdb) {
             return None;
         }
         let i = self.events.iter().position(|e| e.0 == lun)?;
@@ -327,4 +328,52 @@ pub(super) fn sense_summary(sense: &[u8]) -> String {
         (at(2) & 0x0f, at(12), at(13))
     };
     format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LUN: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+    /// Fixed-format sense: UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED.
+    const UA: [u8; 18] = [
+        0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x3f, 0x0e, 0, 0, 0, 0,
+    ];
+
+    fn with_event() -> State {
+        State {
+            events: vec![(LUN, UA.to_vec())],
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn inquiry_report_luns_and_request_sense_leave_the_event_pending() {
+        let mut st = with_event();
+        assert_eq!(st.take_event(LUN, &[0x12, 0, 0, 0, 36, 0]), None);
+        assert_eq!(
+            st.take_event(LUN, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]),
+            None
+        );
+        assert_eq!(st.take_event(LUN, &[0x03, 0, 0, 0, 18, 0]), None);
+        assert_eq!(st.events.len(), 1);
+    }
+
+    #[test]
+    fn the_next_other_command_on_the_lun_gets_the_event_once() {
+        let mut st = with_event();
+        // TEST UNIT READY on another LUN: not this LUN's event.
+        assert_eq!(st.take_event([0; 8], &[0x00, 0, 0, 0, 0, 0]), None);
+        // READ(10) of one block.
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(st.take_event(LUN, &read), Some(UA.to_vec()));
+        assert_eq!(st.take_event(LUN, &read), None);
+    }
+
+    #[test]
+    fn an_empty_cdb_leaves_the_event_pending() {
+        let mut st = with_event();
+        assert_eq!(st.take_event(LUN, &[]), None);
+        assert_eq!(st.events.len(), 1);
+    }
 }
