@@ -23,7 +23,14 @@ pub fn pr_out_params(data: &[u8]) {
     let Some((&sa, p)) = data.split_first() else {
         return;
     };
-    let _ = pr::parse_prout(sa & 0x1f, p);
+    if let Ok(action) = pr::ProutAction::try_from(sa) {
+        assert_eq!(action as u8, sa);
+    }
+    // Bits 2-0 name every service action there is.
+    if let Ok(action) = pr::ProutAction::try_from(sa & 0x07) {
+        let _ = pr::parse_prout(action, p);
+        let _ = pr::parse_prout_header(action, p);
+    }
     let _ = pr::scope_type(sa);
     let mut rest = p;
     while let Ok((name, used)) = pr::parse_transport_id(rest) {

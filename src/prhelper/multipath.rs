@@ -23,14 +23,12 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use super::codec::Reply;
+use super::codec::{Reply, PERSISTENT_RESERVE_OUT};
 use super::sgio::{self, check_condition, is_transport_failure};
 use crate::privileges;
+use crate::scsi::pr::ProutAction;
 use crate::scsi::sense::Sense;
 
-const SA_REGISTER: u8 = 0x00;
-const SA_REGISTER_AND_IGNORE: u8 = 0x06;
-const SA_REGISTER_AND_MOVE: u8 = 0x07;
 /// How many times a path's unit attention is retried.
 const UA_RETRIES: usize = 4;
 
@@ -91,12 +89,14 @@ pub fn execute(paths: &[String], cdb: &[u8; 16], out: &[u8], in_len: usize) -> R
         log::warn!("multipath: map has no paths");
         return on_path("", cdb, out, in_len);
     }
-    let sa = cdb[1] & 0x1f;
-    if cdb[0] == 0x5f && sa == SA_REGISTER_AND_MOVE {
-        return check_condition(&Sense::invalid_cdb_field(1, Some(4)));
-    }
-    if cdb[0] == 0x5f && (sa == SA_REGISTER || sa == SA_REGISTER_AND_IGNORE) {
-        return register_everywhere(paths, cdb, out);
+    if cdb[0] == PERSISTENT_RESERVE_OUT {
+        match ProutAction::try_from(cdb[1] & 0x1f) {
+            Ok(ProutAction::RegisterAndMove) => {
+                return check_condition(&Sense::invalid_cdb_field(1, Some(4)));
+            }
+            Ok(sa) if sa.registers() => return register_everywhere(paths, sa, cdb, out),
+            _ => {}
+        }
     }
     let mut last = None;
     for p in paths {
@@ -110,7 +110,8 @@ pub fn execute(paths: &[String], cdb: &[u8; 16], out: &[u8], in_len: usize) -> R
     last.unwrap_or_else(|| on_path("", cdb, out, in_len))
 }
 
-fn register_everywhere(paths: &[String], cdb: &[u8; 16], out: &[u8]) -> Reply {
+/// Run REGISTER or REGISTER AND IGNORE EXISTING KEY (`sa`) on every path.
+fn register_everywhere(paths: &[String], sa: ProutAction, cdb: &[u8; 16], out: &[u8]) -> Reply {
     let results: Vec<(usize, Reply)> = paths
         .iter()
         .enumerate()
@@ -125,9 +126,9 @@ fn register_everywhere(paths: &[String], cdb: &[u8; 16], out: &[u8]) -> Reply {
                 first_good.get_or_insert(r);
             }
             // Not registered on this path yet: register it regardless of key.
-            0x18 if any_good && cdb[1] & 0x1f == SA_REGISTER => {
+            0x18 if any_good && sa == ProutAction::Register => {
                 let mut ignore = *cdb;
-                ignore[1] = (ignore[1] & !0x1f) | SA_REGISTER_AND_IGNORE;
+                ignore[1] = (ignore[1] & !0x1f) | ProutAction::RegisterAndIgnoreExistingKey as u8;
                 let r2 = on_path(&paths[i], &ignore, out, 0);
                 if r2.status != 0 && !is_transport_failure(&r2) {
                     failure.get_or_insert(r2);

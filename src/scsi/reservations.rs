@@ -8,11 +8,8 @@ use log::error;
 
 use super::lu::{it_nexus, Failure, LogicalUnit};
 use super::opcodes::Ctx;
-use super::pr::codec::{
-    scope_type, SA_CLEAR, SA_PREEMPT, SA_PREEMPT_AND_ABORT, SA_REGISTER, SA_REGISTER_AND_IGNORE,
-    SA_REGISTER_AND_MOVE, SA_RELEASE, SA_RESERVE,
-};
-use super::pr::{self, ItNexus, PrError, INSUFFICIENT_REGISTRATION_RESOURCES};
+use super::pr::codec::scope_type;
+use super::pr::{self, ItNexus, PrError, ProutAction, INSUFFICIENT_REGISTRATION_RESOURCES};
 use super::sense::{Sense, Status};
 use super::{Outcome, Response};
 
@@ -77,7 +74,10 @@ pub(crate) fn persistent_reserve_in(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<O
 pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     unsupported(lu)?;
     let it = it_nexus(ctx.nexus);
-    let sa = ctx.cdb.service_action() as u8;
+    // The opcode table has an entry for each service action ProutAction
+    // knows: no other reaches here.
+    let sa = ProutAction::try_from(ctx.cdb.service_action() as u8)
+        .map_err(|_| Sense::invalid_cdb_field(1, Some(4)))?;
     let len = ctx.cdb.be32(5) as usize;
     if len > MAX_PARAM_LEN || ctx.data_out.len() < len {
         return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into());
@@ -97,16 +97,16 @@ pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
     }
     let before = st.clone();
     let fx = match sa {
-        SA_REGISTER => st.register(&it, &params, false),
-        SA_REGISTER_AND_IGNORE => st.register(&it, &params, true),
-        SA_RESERVE => scope_type(ctx.cdb.byte(2))
+        ProutAction::Register => st.register(&it, &params, false),
+        ProutAction::RegisterAndIgnoreExistingKey => st.register(&it, &params, true),
+        ProutAction::Reserve => scope_type(ctx.cdb.byte(2))
             .map_err(PrError::Sense)
             .and_then(|ty| st.reserve(&it, params.key, ty)),
-        SA_RELEASE => scope_type(ctx.cdb.byte(2))
+        ProutAction::Release => scope_type(ctx.cdb.byte(2))
             .map_err(PrError::Sense)
             .and_then(|ty| st.release(&it, params.key, ty)),
-        SA_CLEAR => st.clear(&it, params.key),
-        SA_PREEMPT | SA_PREEMPT_AND_ABORT => scope_type(ctx.cdb.byte(2))
+        ProutAction::Clear => st.clear(&it, params.key),
+        ProutAction::Preempt | ProutAction::PreemptAndAbort => scope_type(ctx.cdb.byte(2))
             .map_err(PrError::Sense)
             .and_then(|ty| {
                 st.preempt(
@@ -114,17 +114,16 @@ pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
                     params.key,
                     params.sa_key,
                     ty,
-                    sa == SA_PREEMPT_AND_ABORT,
+                    sa == ProutAction::PreemptAndAbort,
                 )
             }),
-        SA_REGISTER_AND_MOVE => {
+        ProutAction::RegisterAndMove => {
             let dest = ItNexus::new(
                 params.move_initiator.as_deref().unwrap_or_default(),
                 params.move_port,
             );
             st.register_and_move(&it, &params, &dest, params.unreg)
         }
-        _ => Err(PrError::Sense(Sense::invalid_cdb_field(1, Some(4)))),
     }?;
 
     // APTPL: the new state is on disk before the command completes.

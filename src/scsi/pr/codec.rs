@@ -14,15 +14,54 @@ const PROTOCOL_ISCSI: u8 = 0x5;
 /// Basic PERSISTENT RESERVE OUT parameter list length (SPC-4 6.16.3).
 pub const BASIC_PARAM_LEN: usize = 24;
 
-/// Service actions (SPC-4 6.16.2, table 214).
-pub const SA_REGISTER: u8 = 0x00;
-pub const SA_RESERVE: u8 = 0x01;
-pub const SA_RELEASE: u8 = 0x02;
-pub const SA_CLEAR: u8 = 0x03;
-pub const SA_PREEMPT: u8 = 0x04;
-pub const SA_PREEMPT_AND_ABORT: u8 = 0x05;
-pub const SA_REGISTER_AND_IGNORE: u8 = 0x06;
-pub const SA_REGISTER_AND_MOVE: u8 = 0x07;
+/// PERSISTENT RESERVE OUT service actions, the SERVICE ACTION field of the
+/// CDB (byte 1, bits 4-0; SPC-4 6.16.2, table 214).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ProutAction {
+    Register = 0x00,
+    Reserve = 0x01,
+    Release = 0x02,
+    Clear = 0x03,
+    Preempt = 0x04,
+    PreemptAndAbort = 0x05,
+    RegisterAndIgnoreExistingKey = 0x06,
+    RegisterAndMove = 0x07,
+}
+
+/// A SERVICE ACTION value that SPC-4 table 214 does not define.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Unknown PERSISTENT RESERVE OUT service action {0:#04x}")]
+pub struct UnknownProutAction(pub u8);
+
+impl TryFrom<u8> for ProutAction {
+    type Error = UnknownProutAction;
+
+    fn try_from(v: u8) -> Result<ProutAction, UnknownProutAction> {
+        Ok(match v {
+            0x00 => ProutAction::Register,
+            0x01 => ProutAction::Reserve,
+            0x02 => ProutAction::Release,
+            0x03 => ProutAction::Clear,
+            0x04 => ProutAction::Preempt,
+            0x05 => ProutAction::PreemptAndAbort,
+            0x06 => ProutAction::RegisterAndIgnoreExistingKey,
+            0x07 => ProutAction::RegisterAndMove,
+            _ => return Err(UnknownProutAction(v)),
+        })
+    }
+}
+
+impl ProutAction {
+    /// REGISTER or REGISTER AND IGNORE EXISTING KEY: the service actions
+    /// that register the nexus with the SERVICE ACTION RESERVATION KEY.
+    pub fn registers(self) -> bool {
+        matches!(
+            self,
+            ProutAction::Register | ProutAction::RegisterAndIgnoreExistingKey
+        )
+    }
+}
 
 /// A decoded PERSISTENT RESERVE OUT parameter list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,8 +146,11 @@ fn transport_id_sense(at: usize, e: TransportIdError) -> Sense {
     }
 }
 
-/// Decode the parameter list of service action `sa` (SPC-4 6.16.3/6.16.4).
-pub fn parse_prout(sa: u8, p: &[u8]) -> Result<ProutParams, Sense> {
+/// Decode the fields of the parameter list of service action `sa` that
+/// come before any TransportID: the basic parameter list (SPC-4 6.16.3,
+/// table 216) or that of REGISTER AND MOVE (6.16.4, table 220). Only a list
+/// shorter than 24 bytes is refused; [`parse_prout`] checks the rest.
+pub fn parse_prout_header(sa: ProutAction, p: &[u8]) -> Result<ProutParams, Sense> {
     if p.len() < BASIC_PARAM_LEN {
         return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
     }
@@ -117,11 +159,25 @@ pub fn parse_prout(sa: u8, p: &[u8]) -> Result<ProutParams, Sense> {
         sa_key: be64_at(p, 8),
         ..ProutParams::default()
     };
-    if sa == SA_REGISTER_AND_MOVE {
-        // SPC-4 table 220.
+    if sa == ProutAction::RegisterAndMove {
         out.unreg = byte_at(p, 17) & 0x02 != 0;
         out.aptpl = byte_at(p, 17) & 0x01 != 0;
         out.move_port = be16_at(p, 18);
+        return Ok(out);
+    }
+    let flags = byte_at(p, 20);
+    out.spec_i_pt = flags & 0x08 != 0;
+    if sa.registers() {
+        out.all_tg_pt = flags & 0x04 != 0;
+        out.aptpl = flags & 0x01 != 0;
+    }
+    Ok(out)
+}
+
+/// Decode the parameter list of service action `sa` (SPC-4 6.16.3/6.16.4).
+pub fn parse_prout(sa: ProutAction, p: &[u8]) -> Result<ProutParams, Sense> {
+    let mut out = parse_prout_header(sa, p)?;
+    if sa == ProutAction::RegisterAndMove {
         let tid_len = be32_at(p, 20) as usize;
         if tid_len == 0 || p.len() != BASIC_PARAM_LEN + tid_len {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
@@ -134,15 +190,8 @@ pub fn parse_prout(sa: u8, p: &[u8]) -> Result<ProutParams, Sense> {
         out.move_initiator = Some(name);
         return Ok(out);
     }
-    let flags = byte_at(p, 20);
-    out.spec_i_pt = flags & 0x08 != 0;
-    let registering = sa == SA_REGISTER || sa == SA_REGISTER_AND_IGNORE;
-    if registering {
-        out.all_tg_pt = flags & 0x04 != 0;
-        out.aptpl = flags & 0x01 != 0;
-    }
     if out.spec_i_pt {
-        if sa != SA_REGISTER {
+        if sa != ProutAction::Register {
             return Err(Sense::invalid_param_field(20, Some(3)));
         }
         // TRANSPORTID PARAMETER DATA LENGTH, then the TransportIDs.

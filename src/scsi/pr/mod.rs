@@ -14,7 +14,9 @@ mod persist;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{parse_prout, ProutParams, TransportIdError};
+pub use codec::{
+    parse_prout, parse_prout_header, ProutAction, ProutParams, TransportIdError, UnknownProutAction,
+};
 pub use persist::{load, save, PersistError};
 
 use super::sense::{Sense, SenseKey};

@@ -482,11 +482,11 @@ fn read_full_status_carries_transport_ids_and_holder() {
 #[test]
 fn basic_parameter_list_must_be_24_bytes() {
     assert_eq!(
-        parse_prout(SA_REGISTER, &[0; 23]),
+        parse_prout(ProutAction::Register, &[0; 23]),
         Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
     );
     assert_eq!(
-        parse_prout(SA_RESERVE, &[0; 28]),
+        parse_prout(ProutAction::Reserve, &[0; 28]),
         Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
     );
 }
@@ -499,7 +499,7 @@ fn spec_i_pt_parameter_list_carries_transport_ids() {
     let tid = encode_transport_id("iqn.2026-11.test:b");
     p.extend_from_slice(&(tid.len() as u32).to_be_bytes());
     p.extend_from_slice(&tid);
-    let out = parse_prout(SA_REGISTER, &p).unwrap();
+    let out = parse_prout(ProutAction::Register, &p).unwrap();
     assert_eq!(out.transport_ids, vec!["iqn.2026-11.test:b".to_string()]);
 }
 
@@ -536,4 +536,73 @@ fn clear_turns_aptpl_off() {
     assert!(s.aptpl);
     s.clear(&a(), 0xa).unwrap();
     assert!(!s.aptpl);
+}
+
+#[test]
+fn service_action_codes_are_those_of_spc4_table_214() {
+    let codes = [
+        (0x00, ProutAction::Register),
+        (0x01, ProutAction::Reserve),
+        (0x02, ProutAction::Release),
+        (0x03, ProutAction::Clear),
+        (0x04, ProutAction::Preempt),
+        (0x05, ProutAction::PreemptAndAbort),
+        (0x06, ProutAction::RegisterAndIgnoreExistingKey),
+        (0x07, ProutAction::RegisterAndMove),
+    ];
+    for (code, action) in codes {
+        assert_eq!(ProutAction::try_from(code), Ok(action));
+        assert_eq!(action as u8, code);
+    }
+}
+
+#[test]
+fn reserved_service_action_codes_are_unknown() {
+    for code in 0x08..=0xff {
+        assert_eq!(ProutAction::try_from(code), Err(UnknownProutAction(code)));
+    }
+}
+
+#[test]
+fn header_of_a_register_list_reads_keys_and_flags() {
+    let p = [
+        0, 0, 0, 0, 0, 0, 0, 0x0a, // RESERVATION KEY
+        0, 0, 0, 0, 0, 0, 0, 0x0b, // SERVICE ACTION RESERVATION KEY
+        0, 0, 0, 0,    // obsolete
+        0x0d, // SPEC_I_PT, ALL_TG_PT, APTPL
+        0, 0, 0, // reserved, obsolete
+    ];
+    let out = parse_prout_header(ProutAction::Register, &p).unwrap();
+    assert_eq!((out.key, out.sa_key), (0x0a, 0x0b));
+    assert!(out.spec_i_pt && out.all_tg_pt && out.aptpl);
+}
+
+#[test]
+fn header_ignores_all_tg_pt_and_aptpl_of_a_reserve_list() {
+    let mut p = [0u8; 24];
+    p[20] = 0x05; // ALL_TG_PT, APTPL
+    let out = parse_prout_header(ProutAction::Reserve, &p).unwrap();
+    assert!(!out.all_tg_pt && !out.aptpl);
+}
+
+#[test]
+fn header_of_a_register_and_move_list_reads_unreg_aptpl_and_port() {
+    let mut p = [0u8; 24];
+    p[17] = 0x03; // UNREG, APTPL
+    p[18..20].copy_from_slice(&[0x00, 0x02]); // RELATIVE TARGET PORT IDENTIFIER
+    p[20..24].copy_from_slice(&[0, 0, 0, 24]); // TRANSPORTID PARAMETER DATA LENGTH
+    let out = parse_prout_header(ProutAction::RegisterAndMove, &p).unwrap();
+    assert!(out.unreg && out.aptpl);
+    assert_eq!(out.move_port, 2);
+    assert_eq!(out.move_initiator, None);
+}
+
+#[test]
+fn header_refuses_only_a_list_shorter_than_24_bytes() {
+    assert_eq!(
+        parse_prout_header(ProutAction::Release, &[0; 23]),
+        Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
+    );
+    // 28 bytes: too long for parse_prout, the header is there.
+    assert!(parse_prout_header(ProutAction::Release, &[0; 28]).is_ok());
 }
