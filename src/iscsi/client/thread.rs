@@ -264,6 +264,11 @@ impl SessionThread {
     /// No device uses the session any more: log out (an explicit logout:
     /// the next login need not wait for a Time2Wait).
     fn log_out(&self) {
+        // Reader before state, as everywhere, and the reader held until it
+        // is gone: a receiving round that ran between the writer's removal
+        // and the reader's would take the logout for a lost session (and
+        // the next login for a reinstatement).
+        let mut slot = self.shared.reader();
         let writer = {
             let mut st = self.shared.lock();
             st.time2wait = None;
@@ -280,7 +285,8 @@ impl SessionThread {
                 wait_fd(fd, libc::POLLOUT, Duration::from_millis(10));
             }
         }
-        self.shared.uninstall(&mut self.shared.reader());
+        self.shared.uninstall(&mut slot);
+        drop(slot);
         info!("iSCSI {}: logged out: no VM uses the session", self.name);
     }
 
