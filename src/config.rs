@@ -335,9 +335,9 @@ pub fn parse_socket(spec: &str) -> Result<ControllerConfig, Error> {
         .next()
         .filter(|p| !p.is_empty())
         .ok_or_else(|| bad("empty path".into()))?;
-    // A LUN's URL given as the socket: refused here, before the path (and
-    // any password in it) reaches other messages.
-    if path.starts_with("iscsi://") {
+    // A LUN's URL given as the socket (or inside it): refused here, before
+    // the path (and any password in it) reaches other messages.
+    if path.contains("iscsi://") {
         return Err(bad(
             "an iscsi:// URL is a LUN (--lun), not a socket path".into()
         ));
@@ -625,6 +625,13 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "--socket 'iscsi://u%***@h/iqn.x:y/1': an iscsi:// URL is a LUN (--lun), not a socket path"
+        );
+        // Found again (2026-12-07): with a LUN number before it, the URL
+        // was taken for a path and came back in the same message.
+        let e = parse_socket("2:iscsi://u%pw4@h/iqn.x:y/1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--socket '2:iscsi://u%***@h/iqn.x:y/1': an iscsi:// URL is a LUN (--lun), not a socket path"
         );
     }
 
