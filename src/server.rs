@@ -190,10 +190,10 @@ pub(crate) fn remote_luns(
             }
         } else {
             let mut creds = match &il.credentials {
-                Some(f) => match credentials.0.get(f) {
-                    Some(c) => c.clone(),
-                    None => credentials::load(f).map_err(|e| err(Box::new(e)))?,
-                },
+                // Read before privileges were dropped (Credentials::load).
+                Some(f) => credentials.0.get(f).cloned().ok_or_else(|| {
+                    err(format!("credentials file {} was not read at start", f.display()).into())
+                })?,
                 None => credentials::ChapConfig::default(),
             };
             if let (Some(user), Some(secret)) = (il.url.user.clone(), il.url.password.clone()) {

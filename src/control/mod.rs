@@ -12,7 +12,6 @@ pub mod methods;
 pub mod rpc;
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,20 +56,16 @@ pub fn restrict(path: &std::path::Path, group: Option<&str>) -> Result<(), Error
         path: path.into(),
         source,
     };
-    let mode = match group {
-        Some(g) => {
-            let gid = crate::privileges::lookup_group(g).map_err(|_| Error::NoGroup(g.into()))?;
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
-            // SAFETY: a NUL-terminated path; -1 leaves the owner as it is.
-            if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
-                return Err(err(io::Error::last_os_error()));
-            }
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+    let group = group
+        .map(|g| crate::privileges::lookup_group(g).map_err(|_| Error::NoGroup(g.into())))
+        .transpose()?;
+    crate::sandbox::SocketAccess {
+        owner: None,
+        group,
+        mode: if group.is_some() { 0o660 } else { 0o600 },
+    }
+    .apply(path)
+    .map_err(err)
 }
 
 /// The running control server.
