@@ -7,7 +7,6 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
 
 use crate::iscsi::conn::{Connection, Error};
 use crate::iscsi::gather::Gather;
@@ -27,9 +26,9 @@ pub(super) struct Writer {
     pub(super) tx: Gather,
     /// Why a write failed; the session thread then reconnects.
     pub(super) broken: Option<String>,
-    /// Since when bytes have waited in `tx` without the socket taking
-    /// any (None: nothing waits, or the last flush sent some).
-    stalled_since: Option<Instant>,
+    /// Writes that took bytes, ever: a count that does not move while
+    /// bytes wait is a target that reads nothing (`timing::Liveness`).
+    progress: u64,
 }
 
 impl Writer {
@@ -41,20 +40,14 @@ impl Writer {
             return false;
         }
         let fd = self.stream.as_raw_fd();
-        let mut progress = false;
         while !self.tx.is_empty() {
             match self.tx.write_to(fd) {
                 Ok(0) => {
                     self.broken = Some("connection closed".into());
                     return false;
                 }
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if progress || self.stalled_since.is_none() {
-                        self.stalled_since = Some(Instant::now());
-                    }
-                    return false;
-                }
+                Ok(_) => self.progress = self.progress.wrapping_add(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.broken = Some(e.to_string());
@@ -62,7 +55,6 @@ impl Writer {
                 }
             }
         }
-        self.stalled_since = None;
         self.tx.shrink(TX_KEEP);
         true
     }
@@ -71,11 +63,22 @@ impl Writer {
         !self.tx.is_empty()
     }
 
-    /// How long the socket has taken none of the bytes waiting to be
-    /// sent: a target that stops reading while it goes on sending (NOP-Ins,
-    /// say) never falls silent, and what the session owes it would pile up.
-    pub(super) fn stalled_for(&self) -> Duration {
-        self.stalled_since.map_or(Duration::ZERO, |t| t.elapsed())
+    /// A writer on `stream` for a session negotiated as `session` says.
+    #[cfg(test)]
+    pub(super) fn for_test(stream: TcpStream, session: Session) -> Writer {
+        Writer {
+            stream,
+            session,
+            digests: Digests::default(),
+            tx: Gather::default(),
+            broken: None,
+            progress: 0,
+        }
+    }
+
+    /// How many writes have taken bytes so far.
+    pub(super) fn progress(&self) -> u64 {
+        self.progress
     }
 }
 
@@ -543,7 +546,7 @@ pub(super) fn split(conn: Connection) -> io::Result<(Reader, Writer)> {
         digests,
         tx: Gather::default(),
         broken: None,
-        stalled_since: None,
+        progress: 0,
     };
     Ok((reader, writer))
 }
@@ -618,7 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_knows_how_long_the_target_has_taken_nothing() {
+    fn a_writers_progress_stops_while_the_target_reads_nothing() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let near = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut far, _) = l.accept().unwrap();
@@ -629,37 +632,36 @@ mod tests {
             digests: Digests::default(),
             tx: Gather::default(),
             broken: None,
-            stalled_since: None,
+            progress: 0,
         };
         assert!(w.flush());
-        assert_eq!(w.stalled_for(), Duration::ZERO);
-        // More than the socket buffers hold, and a peer that reads none.
-        // (The kernel may take a little more for a while, as it grows its
-        // buffers or the peer's window opens a crack: within 5 s the
-        // writer must see 100 ms without progress.)
+        assert_eq!(w.progress(), 0);
+        // More than the socket buffers hold, and a peer that reads none:
+        // the count stops. (The kernel may take a little more for a while,
+        // as it grows its buffers: a bounded number of flushes, no clock.)
         w.tx.bytes().resize(64 << 20, 0);
-        let start = Instant::now();
-        while w.stalled_for() < Duration::from_millis(100) {
-            assert!(start.elapsed() < Duration::from_secs(5), "no stall seen");
-            std::thread::sleep(Duration::from_millis(10));
+        let mut last = u64::MAX;
+        let mut tries = 0;
+        while w.progress() != last {
+            last = w.progress();
             assert!(!w.flush());
+            tries += 1;
+            assert!(tries < 10_000, "the socket never filled");
         }
-        // The peer reads some: the socket takes more, the clock restarts.
-        // (A window update needs a good part of the peer's buffer read.)
+        assert!(w.pending());
+        let stopped = w.progress();
+        assert!(stopped > 0);
+        // The peer reads some: the count moves again. (A window update
+        // needs a good part of the peer's buffer read.)
         let mut buf = vec![0; 64 << 10];
         let mut taken = 0;
-        let start = Instant::now();
-        while w.stalled_for() >= Duration::from_millis(100) {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "progress not seen"
-            );
+        while w.progress() == stopped {
             far.read_exact(&mut buf).unwrap();
             taken += buf.len();
-            std::thread::sleep(Duration::from_millis(1));
+            assert!(taken < 64 << 20, "no progress seen");
             assert!(!w.flush());
         }
-        // The peer reads everything: nothing waits, nothing is stalled.
+        // The peer reads everything: nothing waits.
         let reader = std::thread::spawn(move || {
             let mut n = 0;
             while let Ok(k) = far.read(&mut buf) {
@@ -670,10 +672,11 @@ mod tests {
             }
             n
         });
+        let fd = w.stream.as_raw_fd();
         while !w.flush() {
-            std::thread::sleep(Duration::from_millis(1));
+            super::super::thread::wait_fd(fd, libc::POLLOUT, std::time::Duration::from_secs(1));
         }
-        assert_eq!(w.stalled_for(), Duration::ZERO);
+        assert!(!w.pending());
         drop(w);
         assert_eq!(reader.join().unwrap() + taken, 64 << 20);
     }

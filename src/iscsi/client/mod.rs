@@ -35,11 +35,12 @@ mod pr;
 mod state;
 mod status;
 mod thread;
+mod timing;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -351,7 +352,7 @@ impl Shared {
                 return;
             }
             if !pdus.is_empty() {
-                st.heard();
+                st.heard(Instant::now());
             }
             if let Err(e) = st.receive(name, &mut pdus, &mut done, &mut notices) {
                 failure.get_or_insert(e);
@@ -367,7 +368,7 @@ impl Shared {
             }
             if let Some(e) = failure {
                 warn!("iSCSI {name}: {e}");
-                st.link_down();
+                st.link_down(Instant::now());
                 drop(st);
                 self.uninstall(&mut slot);
                 let _ = self.wake.write(1);
@@ -420,9 +421,6 @@ impl Drop for Receiver {
 }
 
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// A target that does not answer task management for this long is
-/// treated as dead (the connection is dropped and the commands recovered).
-const TMF_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tags of our task management requests: above the restoration tag.
 const TMF_TAGS: u64 = 1000;
 
@@ -559,7 +557,7 @@ impl Client {
         st.reconnect_now = true;
         if st.writer.is_none() {
             // Commands wait for the login, within the recovery timeout.
-            st.down_since = Some(std::time::Instant::now());
+            st.down_since = Some(Instant::now());
         }
         let _ = self.shared.wake.write(1);
     }
@@ -639,7 +637,7 @@ impl Client {
         let st = &mut *guard;
         let refuse = if st.stopping {
             Some(Failure::Shutdown)
-        } else if st.writer.is_none() && st.past_recovery(st.down_since) {
+        } else if st.writer.is_none() && st.past_recovery(st.down_since, Instant::now()) {
             // Unreachable for longer than the recovery timeout: fail fast
             // until a session is back.
             Some(Failure::Timeout)
@@ -770,11 +768,14 @@ impl Client {
                     let start = w.session.task_management(tag, function, lun, target);
                     if start.sent {
                         let (tx, r) = mpsc::channel();
-                        st.tmf_waiters.insert(tag, tx);
+                        let until = Instant::now() + timing::TMF_TIMEOUT;
+                        st.tmf_waiters.insert(tag, (tx, until));
                         rx = Some(r);
-                        if !w.flush() {
-                            let _ = self.shared.wake.write(1);
-                        }
+                        w.flush();
+                        // The session thread's next wake-up is this
+                        // deadline at the latest, and it sends what the
+                        // socket did not take.
+                        let _ = self.shared.wake.write(1);
                         self.shared.note_small_sent(st);
                     }
                     for t in start.aborted {
@@ -787,21 +788,11 @@ impl Client {
             let Some(rx) = rx else {
                 return Ok(TmfResponse::FunctionComplete);
             };
-            match rx.recv_timeout(TMF_TIMEOUT) {
-                Ok(response) => return response,
-                // The connection was lost: its commands are held now.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    warn!(
-                        "iSCSI {}: no answer to task management for {TMF_TIMEOUT:?}",
-                        self.name
-                    );
-                    if let Some(w) = self.shared.lock().writer.as_mut() {
-                        w.broken
-                            .get_or_insert_with(|| "task management timed out".into());
-                    }
-                    let _ = self.shared.wake.write(1);
-                }
+            // No answer: the connection was lost, or the target took longer
+            // than `TMF_TIMEOUT` and the session thread dropped it
+            // (`State::tick`). Its commands are held now.
+            if let Ok(response) = rx.recv() {
+                return response;
             }
         }
     }
@@ -817,7 +808,7 @@ impl Client {
                 w.session.logout();
                 w.flush();
             }
-            st.link_down();
+            st.link_down(Instant::now());
             let mut aborted = Vec::new();
             for c in std::mem::take(&mut st.held) {
                 st.fail_here(c.0, Failure::Reset, &mut aborted);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::halves::Writer;
+use super::timing::{self, Due, Liveness, TMF_TIMEOUT};
 use super::{Callback, Cmd, Failure, PrMemory, PrOut, INTERNAL_TAG};
 use crate::iscsi::pdu::Pdu;
 use crate::iscsi::session::{Completion, Data, Event, TmfAnswer};
@@ -63,7 +64,8 @@ pub(super) struct State {
     pub(super) time2wait: Option<Duration>,
     /// Guest commands not answered yet, by tag.
     pub(super) pending: SeqMap<u64, Pending>,
-    pub(super) tmf_waiters: HashMap<u64, mpsc::Sender<TmfAnswer>>,
+    /// Task management waiting for the target's answer, and until when.
+    pub(super) tmf_waiters: HashMap<u64, (mpsc::Sender<TmfAnswer>, Instant)>,
     pub(super) next_tmf: u64,
     /// Sense data of SCSI asynchronous events (RFC 7143 11.9.1), by LUN:
     /// each is reported once, as a unit attention, to the next command for
@@ -79,24 +81,23 @@ pub(super) struct State {
     /// wait for the restoration to finish.
     pub(super) held: Vec<Cmd>,
     pub(super) next_tag: u64,
-    /// When the target last sent anything (None: not since the login).
-    pub(super) last_heard: Option<Instant>,
-    /// When the unanswered keepalive went out.
-    pub(super) ping_sent: Option<Instant>,
+    /// Keepalive and stall detection (None while the connection is down).
+    pub(super) liveness: Option<Liveness>,
 }
 
 impl State {
-    /// The target sent something: it is alive.
-    pub(super) fn heard(&mut self) {
-        self.last_heard = Some(Instant::now());
-        self.ping_sent = None;
+    /// The target sent something at `now`: it is alive.
+    pub(super) fn heard(&mut self, now: Instant) {
+        if let Some(l) = self.liveness.as_mut() {
+            l.heard(now);
+        }
     }
 
     /// The connection is gone: keep every unfinished guest command for the
     /// next session (our own are re-derived from `pr`).
-    pub(super) fn link_down(&mut self) {
-        let now = Instant::now();
+    pub(super) fn link_down(&mut self, now: Instant) {
         self.lost = true;
+        self.liveness = None;
         self.down_since.get_or_insert(now);
         if let Some(mut w) = self.writer.take() {
             let negotiated = w.session.n.default_time2wait.min(MAX_TIME2WAIT);
@@ -117,9 +118,63 @@ impl State {
         self.tmf_waiters.clear();
     }
 
-    /// Whether a loss at `since` is older than the recovery timeout.
-    pub(super) fn past_recovery(&self, since: Option<Instant>) -> bool {
-        matches!((self.recovery, since), (Some(limit), Some(t)) if t.elapsed() >= limit)
+    /// Whether a loss at `since` is older than the recovery timeout at
+    /// `now`.
+    pub(super) fn past_recovery(&self, since: Option<Instant>, now: Instant) -> bool {
+        timing::past_recovery(self.recovery, since, now)
+    }
+
+    /// Apply the rules of time at `now` (see `timing`): held commands past
+    /// the recovery timeout fail, task management past `TMF_TIMEOUT` is
+    /// given up, a keepalive goes out when due. Returns why the connection
+    /// must be dropped, if it must.
+    pub(super) fn tick(
+        &mut self,
+        name: &str,
+        now: Instant,
+        out: &mut Vec<Answer>,
+    ) -> Option<String> {
+        if self.writer.is_none() {
+            self.expire(name, now, out);
+            return None;
+        }
+        let before = self.tmf_waiters.len();
+        // Dropping a waiter's sender tells it no answer will come.
+        self.tmf_waiters.retain(|_, (_, until)| now < *until);
+        if self.tmf_waiters.len() < before {
+            return Some(format!("no answer to task management for {TMF_TIMEOUT:?}"));
+        }
+        let w = self.writer.as_mut()?;
+        let waiting = w.pending().then(|| w.progress());
+        match self
+            .liveness
+            .get_or_insert_with(|| Liveness::new(now))
+            .check(now, waiting)
+        {
+            Due::Nothing => None,
+            Due::Ping => {
+                w.session.ping();
+                None
+            }
+            Due::Dead(why) => Some(why),
+        }
+    }
+
+    /// When `tick` has something to do next, if nothing else happens.
+    pub(super) fn next_wakeup(&self) -> Option<Instant> {
+        if self.writer.is_none() {
+            return self
+                .held
+                .iter()
+                .filter_map(|c| {
+                    let lost_at = self.pending.get(&c.0)?.lost_at;
+                    timing::recovery_deadline(self.recovery, lost_at)
+                })
+                .min();
+        }
+        let tmf = self.tmf_waiters.values().map(|(_, until)| *until).min();
+        let live = self.liveness.as_ref().map(Liveness::next);
+        tmf.into_iter().chain(live).min()
     }
 
     /// The unit attention to report instead of running `cdb` on `lun`, if
@@ -142,10 +197,10 @@ impl State {
     }
 
     /// Fail the held commands that have waited past the recovery timeout.
-    pub(super) fn expire(&mut self, name: &str, out: &mut Vec<Answer>) {
+    pub(super) fn expire(&mut self, name: &str, now: Instant, out: &mut Vec<Answer>) {
         let (old, young): (Vec<Cmd>, Vec<Cmd>) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|c| self.past_recovery(self.pending.get(&c.0).and_then(|p| p.lost_at)));
+            .partition(|c| self.past_recovery(self.pending.get(&c.0).and_then(|p| p.lost_at), now));
         self.held = young;
         if old.is_empty() {
             return;
@@ -160,12 +215,18 @@ impl State {
     }
 
     /// A new session is up: restore the reservation state, then resend.
-    pub(super) fn link_up(&mut self, name: &str, mut w: Writer, out: &mut Vec<Answer>) {
+    pub(super) fn link_up(
+        &mut self,
+        name: &str,
+        mut w: Writer,
+        now: Instant,
+        out: &mut Vec<Answer>,
+    ) {
         // Commands that already waited too long (a target that keeps
         // breaking the connection on one of them, say) are not resent.
-        self.expire(name, out);
+        self.expire(name, now, out);
         self.down_since = None;
-        self.heard();
+        self.liveness = Some(Liveness::new(now));
         if std::mem::take(&mut self.lost) {
             info!(
                 "iSCSI {name}: session reinstated, retrying {} command(s)",
@@ -249,7 +310,7 @@ impl State {
                     }
                 }
                 Event::TaskManagement { tag, response } => {
-                    if let Some(tx) = self.tmf_waiters.remove(&tag) {
+                    if let Some((tx, _)) = self.tmf_waiters.remove(&tag) {
                         let _ = tx.send(response);
                     }
                 }
@@ -333,6 +394,7 @@ pub(super) fn sense_summary(sense: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iscsi::client::Failure;
 
     const LUN: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
     /// Fixed-format sense: UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED.
@@ -345,6 +407,130 @@ mod tests {
             events: vec![(LUN, UA.to_vec())],
             ..State::default()
         }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A state whose connection is up at `t0`, and the target's end.
+    fn connected(t0: Instant) -> (State, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (far, _) = l.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        let session = crate::iscsi::session::Session::new(
+            crate::iscsi::session::tests::negotiated(false, false, 10),
+        );
+        let mut st = State::default();
+        let mut out = Vec::new();
+        st.link_up("t", Writer::for_test(near, session), t0, &mut out);
+        assert!(out.is_empty());
+        (st, far)
+    }
+
+    /// A guest command `tag` held while the connection is down since `t0`,
+    /// and what it is answered.
+    fn held(st: &mut State, tag: u64, t0: Instant) -> mpsc::Receiver<Result<Completion, Failure>> {
+        let (tx, rx) = mpsc::channel();
+        st.pending.insert(
+            tag,
+            Pending {
+                done: Box::new(move |r| {
+                    tx.send(r).unwrap();
+                    None
+                }),
+                lun: LUN,
+                id: tag,
+                lost_at: Some(t0),
+            },
+        );
+        st.held.push((tag, LUN, vec![0; 6], Data::None));
+        rx
+    }
+
+    #[test]
+    fn held_commands_fail_at_their_recovery_deadline_which_is_the_next_wakeup() {
+        let t0 = Instant::now();
+        let recovery = Duration::from_secs(4);
+        let mut st = State {
+            recovery: Some(recovery),
+            ..State::default()
+        };
+        let early = held(&mut st, 1, t0);
+        let late = held(&mut st, 2, t0 + Duration::from_secs(1));
+        assert_eq!(st.next_wakeup(), Some(t0 + recovery));
+        let mut out = Vec::new();
+        assert_eq!(st.tick("t", t0 + recovery - MS, &mut out), None);
+        assert!(out.is_empty());
+        assert_eq!(st.tick("t", t0 + recovery, &mut out), None);
+        super::super::complete_all(out.drain(..));
+        assert_eq!(early.try_recv().unwrap().unwrap_err(), Failure::Timeout);
+        assert!(late.try_recv().is_err());
+        assert_eq!(st.held.len(), 1);
+        assert_eq!(st.next_wakeup(), Some(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn without_a_recovery_timeout_held_commands_wait_and_nothing_wakes_the_thread() {
+        let t0 = Instant::now();
+        let mut st = State::default();
+        let rx = held(&mut st, 1, t0);
+        assert_eq!(st.next_wakeup(), None);
+        let mut out = Vec::new();
+        st.tick("t", t0 + Duration::from_secs(86_400), &mut out);
+        assert!(out.is_empty());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_silent_target_gets_a_nop_out_when_the_keepalive_is_due() {
+        use std::io::Read;
+        let t0 = Instant::now();
+        let (mut st, mut far) = connected(t0);
+        assert_eq!(st.next_wakeup(), Some(t0 + timing::KEEPALIVE));
+        let mut out = Vec::new();
+        assert_eq!(st.tick("t", t0 + timing::KEEPALIVE - MS, &mut out), None);
+        assert!(!st.writer.as_ref().unwrap().pending());
+        assert_eq!(st.tick("t", t0 + timing::KEEPALIVE, &mut out), None);
+        assert!(st.writer.as_mut().unwrap().flush());
+        let mut bhs = [0u8; 48];
+        far.read_exact(&mut bhs).unwrap();
+        // NOP-Out, immediate, asking for an answer (RFC 7143 11.18).
+        assert_eq!(bhs[0], 0x40);
+        // An Initiator Task Tag, so the target answers; no Target
+        // Transfer Tag.
+        assert_ne!(bhs[16..20], [0xff; 4]);
+        assert_eq!(bhs[20..24], [0xff; 4]);
+        let pinged = t0 + timing::KEEPALIVE;
+        assert_eq!(st.next_wakeup(), Some(pinged + timing::DEAD_AFTER));
+        // Unanswered: the connection goes.
+        let why = st.tick("t", pinged + timing::DEAD_AFTER, &mut out);
+        assert_eq!(why.as_deref(), Some("no answer from the target for 15s"));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn task_management_without_an_answer_in_time_gives_the_connection_up() {
+        let t0 = Instant::now();
+        let (mut st, _far) = connected(t0);
+        let (tx, rx) = mpsc::channel();
+        let until = t0 + TMF_TIMEOUT;
+        st.tmf_waiters.insert(7, (tx, until));
+        let mut out = Vec::new();
+        // The target keeps answering pings meanwhile: only the TMF is late.
+        let mut now = t0;
+        while now + timing::KEEPALIVE < until {
+            now += timing::KEEPALIVE;
+            st.heard(now);
+            assert_eq!(st.tick("t", now, &mut out), None);
+        }
+        st.heard(until - MS);
+        assert_eq!(st.tick("t", until - MS, &mut out), None);
+        assert_eq!(st.next_wakeup(), Some(until));
+        assert!(rx.try_recv().is_err());
+        let why = st.tick("t", until, &mut out);
+        assert_eq!(why.as_deref(), Some("no answer to task management for 30s"));
+        // The waiter learns that no answer will come.
+        assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected));
     }
 
     #[test]

@@ -11,18 +11,23 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::halves::{split, Reader, Writer};
+use super::timing::Backoff;
 use super::{complete_all, Failure, Shared, LOGIN_TIMEOUT};
 use crate::iscsi::conn::Connection;
 use crate::iscsi::login::LoginParams;
 use crate::iscsi::url::portal_address;
 
-/// Time between a NOP-Out keepalive and the next, when idle.
-const KEEPALIVE: Duration = Duration::from_secs(5);
-/// No answer to a keepalive for this long: the target is dead.
-const DEAD_AFTER: Duration = Duration::from_secs(15);
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest the thread sleeps without looking at its state, whatever
+/// `State::next_wakeup` says: a bound on the cost of a wake-up some other
+/// thread forgot to send.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// How long to sleep from `now` until `until` (None: `MAX_SLEEP`).
+fn sleep_for(now: Instant, until: Option<Instant>) -> Duration {
+    until.map_or(MAX_SLEEP, |t| {
+        t.saturating_duration_since(now).min(MAX_SLEEP)
+    })
+}
 
 /// Portals taken from a SendTargets answer at most (the list is the
 /// target's: it must not make reconnection walk thousands of addresses).
@@ -84,7 +89,7 @@ pub(super) struct SessionThread {
 impl SessionThread {
     pub(super) fn run(&mut self) {
         let name = self.name.clone();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut done = Vec::new();
         loop {
             let fd = self.shared.reader().as_ref().map(|r| r.stream.as_raw_fd());
@@ -94,34 +99,35 @@ impl SessionThread {
             }
             let Some(fd) = fd else {
                 // Reconnect after the backoff, or the Time2Wait the target
-                // asked for if longer, in steps of at most a second that
-                // fail the commands whose recovery timeout passes.
+                // asked for if longer, failing the commands whose recovery
+                // timeout passes meanwhile.
                 let time2wait = self.shared.lock().time2wait.take().unwrap_or_default();
-                if time2wait > backoff {
+                let until = backoff.login_at(Instant::now(), time2wait);
+                if time2wait > backoff.delay() {
                     info!(
                         "iSCSI {name}: logging in again in {} s (the target's Time2Wait)",
                         time2wait.as_secs()
                     );
                 }
-                let until = Instant::now() + backoff.max(time2wait);
                 loop {
+                    let now = Instant::now();
                     let mut st = self.shared.lock();
                     if st.stopping {
                         drop(st);
                         return self.shutdown();
                     }
-                    st.expire(&name, &mut done);
+                    st.tick(&name, now, &mut done);
                     let now_please = std::mem::take(&mut st.reconnect_now);
+                    let next = st.next_wakeup().map_or(until, |t| t.min(until));
                     drop(st);
                     complete_all(done.drain(..));
-                    let left = until.saturating_duration_since(Instant::now());
-                    if now_please || left.is_zero() {
+                    if now_please || now >= until {
                         break;
                     }
                     wait_fd(
                         self.shared.wake.as_raw_fd(),
                         libc::POLLIN,
-                        left.min(Duration::from_secs(1)),
+                        sleep_for(now, Some(next)),
                     );
                     let _ = self.shared.wake.read();
                 }
@@ -137,21 +143,23 @@ impl SessionThread {
                             return self.shutdown();
                         }
                         self.shared.install(&mut slot, r);
-                        st.link_up(&name, w, &mut done);
+                        st.link_up(&name, w, Instant::now(), &mut done);
                         drop((st, slot));
                         complete_all(done.drain(..));
-                        backoff = BACKOFF_MIN;
+                        backoff.succeeded();
                     }
-                    None => backoff = (backoff * 2).min(BACKOFF_MAX),
+                    None => backoff.failed(),
                 }
                 continue;
             };
-            let want_out = self
-                .shared
-                .lock()
-                .writer
-                .as_ref()
-                .is_some_and(Writer::pending);
+            let (want_out, next) = {
+                let st = self.shared.lock();
+                (
+                    st.writer.as_ref().is_some_and(Writer::pending),
+                    st.next_wakeup(),
+                )
+            };
+            let timeout = sleep_for(Instant::now(), next);
             // Receive here only while no event loop does.
             let receive_here = self.shared.receivers.load(Ordering::SeqCst) == 0
                 || self.shared.unwatched.load(Ordering::SeqCst);
@@ -174,8 +182,10 @@ impl SessionThread {
                     revents: 0,
                 },
             ];
+            // Rounded up: woken a little late rather than early and again.
+            let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
             // SAFETY: three valid pollfds for the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
             if fds[1].revents != 0 {
                 let _ = self.shared.wake.read();
             }
@@ -196,47 +206,34 @@ impl SessionThread {
                 self.log_out();
                 continue;
             }
+            let now = Instant::now();
             let mut failure = None;
             if st.writer.is_none() {
                 // Closed under us (I_T nexus reset, or a receiver found the
                 // connection broken and logged why).
                 failure = Some(None);
-            }
-            let (last_heard, ping_sent) = (st.last_heard, st.ping_sent);
-            if let Some(w) = st.writer.as_mut() {
-                // Keepalive and dead-target detection.
-                match ping_sent {
-                    Some(t) if t.elapsed() > DEAD_AFTER => {
-                        failure = Some(Some(format!(
-                            "no answer from the target for {DEAD_AFTER:?}"
-                        )));
-                    }
-                    None if last_heard.is_some_and(|t| t.elapsed() > KEEPALIVE) => {
-                        w.session.ping();
-                        st.ping_sent = Some(Instant::now());
-                    }
-                    _ => {}
-                }
+            } else if let Some(why) = st.tick(&name, now, &mut done) {
+                // Keepalive, a dead or stalled target, task management
+                // without an answer.
+                failure = Some(Some(why));
             }
             if let Some(w) = st.writer.as_mut() {
                 w.flush();
                 if let Some(e) = w.broken.take() {
                     failure.get_or_insert(Some(format!("connection lost: {e}")));
                 }
-                if w.stalled_for() > DEAD_AFTER {
-                    failure.get_or_insert(Some(format!(
-                        "the target has taken none of our data for {DEAD_AFTER:?}"
-                    )));
-                }
             }
             if let Some(why) = failure {
                 if let Some(e) = why {
                     warn!("iSCSI {name}: {e}");
                 }
-                st.link_down();
+                st.link_down(now);
                 drop(st);
                 self.shared.uninstall(&mut self.shared.reader());
+            } else {
+                drop(st);
             }
+            complete_all(done.drain(..));
         }
     }
 
