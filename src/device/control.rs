@@ -53,7 +53,8 @@ impl ScsiBackend {
     }
 
     /// Handle one control request; returns the number of bytes written.
-    fn control_request(
+    /// (Crate-visible for the fuzzer: `fuzzing::virtio_control`.)
+    pub(crate) fn control_request(
         &self,
         mem: &crate::virtio::buffers::GuestMemory,
         bufs: &ChainBuffers,

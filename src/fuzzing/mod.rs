@@ -17,7 +17,7 @@ pub use cli::{config_specs, iscsi_credentials, iscsi_url};
 pub use control::{config_file, control_rpc};
 pub use iscsi::{iscsi_login, iscsi_pdu, iscsi_session, iscsi_text};
 pub use scsi::{pr_out_params, prhelper_codec, scsi_execute};
-pub use virtio::virtio_request;
+pub use virtio::{virtio_control, virtio_request};
 
 /// A fuzz target: takes any bytes, panics on a finding.
 pub type Target = fn(&[u8]);
@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("prhelper_codec", prhelper_codec),
     ("scsi_execute", scsi_execute),
     ("virtio_request", virtio_request),
+    ("virtio_control", virtio_control),
 ];
 
 /// Bytes as text, the way a command line or file would hand them over

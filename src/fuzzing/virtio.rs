@@ -12,8 +12,19 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::virtio::buffers::{Buffer, ChainBuffers, Error, GuestMemory};
 use crate::virtio::chain::{self, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use crate::virtio::{CmdReq, CmdResp, Response, VirtioLun, REQ_HEADER_LEN, RESP_HEADER_LEN};
+use crate::virtio::{
+    CmdReq, CmdResp, CtrlAnResp, CtrlTmfReq, CtrlTmfResp, Response, VirtioLun, REQ_HEADER_LEN,
+    RESP_HEADER_LEN,
+};
+use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::sync::Arc;
 use vm_memory::ByteValued;
+
+use crate::backstore::Backstore;
+use crate::device::{Controller, ScsiBackend};
+use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, Target};
+use crate::vhost::Rings;
 
 /// Guest memory: two 64 KiB regions with a 64 KiB hole between them.
 const REGION: u64 = 0x1_0000;
@@ -90,6 +101,16 @@ pub fn virtio_request(data: &[u8]) {
 }
 
 fn requests(u: &mut Unstructured<'_>) -> Result<()> {
+    chains(u, request)
+}
+
+/// Guest memory, a descriptor table and indirect tables, buffer contents,
+/// all from the input; then `each` for chains from arbitrary heads, as the
+/// device walks them.
+fn chains(
+    u: &mut Unstructured<'_>,
+    mut each: impl FnMut(&mut Unstructured<'_>, &GuestMemory, &ChainBuffers) -> Result<()>,
+) -> Result<()> {
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), REGION as usize),
         (GuestAddress(SECOND), REGION as usize),
@@ -130,7 +151,145 @@ fn requests(u: &mut Unstructured<'_>) -> Result<()> {
             u.arbitrary()?
         };
         if let Ok(bufs) = chain::read_chain(&mem, table, size, head) {
-            request(u, &mem, &bufs)?;
+            each(u, &mem, &bufs)?;
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// A device with a null LU at LUN 0 and a passed-through LUN 5 (to no
+    /// session), built once: its queue workers are set up at creation.
+    static CONTROL: Option<ScsiBackend> = control_device();
+}
+
+fn control_device() -> Option<ScsiBackend> {
+    let lu = Arc::new(LogicalUnit::new(
+        Backstore::null(1 << 20),
+        LuConfig {
+            block_size: 512,
+            identity: Identity::derive("/fuzz/control"),
+            pr_file: None,
+            pr_state: Default::default(),
+            reservations: true,
+        },
+    ));
+    let controller = Arc::new(Controller {
+        name: "fuzz".into(),
+        target: Target::with_passthrough(BTreeMap::from([(0, lu)]), vec![5]),
+        nexus: Nexus {
+            id: 1,
+            path: 1,
+            relative_port: 1,
+            initiator: "iqn.2026-12.fuzz:control".into(),
+        },
+        request_queues: 1,
+        coalesce: Default::default(),
+        remote: Default::default(),
+        problems: Controller::problem_limit(),
+        connected: Default::default(),
+    });
+    let rings = Rings::new(3, 256).ok()?;
+    ScsiBackend::new(controller, rings).ok()
+}
+
+/// Control-queue requests (virtio 5.6.6.2) in chains built as
+/// `virtio_request` builds them, each readable part holding mostly a
+/// well-formed task management or asynchronous notification request (any
+/// subtype, LUN address and tag): the device answers within the writable
+/// part, with a response code the spec defines, and always answers a
+/// complete TMF request that has room for its answer.
+pub fn virtio_control(data: &[u8]) {
+    CONTROL.with(|device| {
+        if let Some(d) = device {
+            let _ = chains(&mut Unstructured::new(data), |u, mem, bufs| {
+                control(u, d, mem, bufs)
+            });
+        }
+    });
+}
+
+fn control(
+    u: &mut Unstructured<'_>,
+    device: &ScsiBackend,
+    mem: &GuestMemory,
+    bufs: &ChainBuffers,
+) -> Result<()> {
+    let ty: u32 = match u.int_in_range(0..=7)? {
+        0..=3 => 0,
+        4 => 1,
+        5 => 2,
+        _ => u.arbitrary()?,
+    };
+    let lun: [u8; 8] = match u.int_in_range(0..=5)? {
+        0 | 1 => [1, 0, 0x40, 0, 0, 0, 0, 0],
+        2 => [1, 0, 0x40, 5, 0, 0, 0, 0],
+        3 => [
+            1,
+            0,
+            0x40 | u.int_in_range(0..=0x3f)?,
+            u.arbitrary()?,
+            0,
+            0,
+            0,
+            0,
+        ],
+        4 => [0xc1, 0x01, 0, 0, 0, 0, 0, 0],
+        _ => u.arbitrary()?,
+    };
+    let subtype: u32 = if u.ratio(7, 8)? {
+        u.int_in_range(0..=7)?
+    } else {
+        u.arbitrary()?
+    };
+    let tag: u64 = u.arbitrary()?;
+    if u.ratio(7, 8)? {
+        let mut req = Vec::with_capacity(24);
+        req.extend_from_slice(&ty.to_le_bytes());
+        if ty == 0 {
+            req.extend_from_slice(&subtype.to_le_bytes());
+            req.extend_from_slice(&lun);
+            req.extend_from_slice(&tag.to_le_bytes());
+        } else {
+            req.extend_from_slice(&lun);
+            req.extend_from_slice(&u.arbitrary::<u32>()?.to_le_bytes());
+        }
+        let n = req
+            .len()
+            .min(usize::try_from(bufs.readable.len()).unwrap_or(0));
+        let _ = bufs
+            .readable
+            .write_at(mem, 0, req.get(..n).unwrap_or_default());
+    }
+    let _ = bufs.writable.fill_zero(mem, 0, bufs.writable.len().min(8));
+    let mut seen = [0u8; 4];
+    let ty = match bufs.readable.read_at(mem, 0, &mut seen) {
+        Ok(()) => Some(u32::from_le_bytes(seen)),
+        Err(_) => None,
+    };
+    let used = device.control_request(mem, bufs);
+    assert!(u64::from(used) <= bufs.writable.len());
+    // Buffers are checked against guest memory when used, not when the
+    // chain is walked: "complete" means the device can read and write them.
+    let mut whole = CtrlTmfReq::default();
+    let complete_tmf = ty == Some(0)
+        && bufs.readable.read_at(mem, 0, whole.as_mut_slice()).is_ok()
+        && bufs.writable.fill_zero(mem, 0, 1).is_ok();
+    if complete_tmf {
+        assert_eq!(used as usize, size_of::<CtrlTmfResp>());
+    }
+    if used > 0 {
+        let mut resp = [0u8; 5];
+        let k = (used as usize).min(resp.len());
+        assert!(bufs.writable.read_at(mem, 0, &mut resp[..k]).is_ok());
+        match ty {
+            Some(0) => assert!(Response::try_from(resp[0]).is_ok(), "{resp:?}"),
+            Some(1 | 2) => {
+                assert_eq!(used as usize, size_of::<CtrlAnResp>());
+                // No events are offered; the answer is OK.
+                assert_eq!(resp, [0, 0, 0, 0, Response::Ok as u8]);
+            }
+            _ => panic!("an unknown request type was answered"),
         }
     }
     Ok(())
