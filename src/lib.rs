@@ -17,6 +17,7 @@ pub mod prhelper;
 pub mod privileges;
 pub mod ratelimit;
 pub mod registry;
+pub mod remote;
 pub mod sandbox;
 pub mod scsi;
 pub mod seccomp;

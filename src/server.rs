@@ -239,7 +239,7 @@ pub(crate) fn remote_luns(
         out.insert(
             n,
             crate::device::RemoteLun {
-                client: sessions[&key].0.clone(),
+                session: std::sync::Arc::new(sessions[&key].0.clone()),
                 lun: crate::scsi::target::encode_lun(l),
             },
         );

@@ -9,7 +9,7 @@ use log::{debug, info};
 
 use super::inflight::Scope;
 use super::{notify, ScsiBackend, Vring};
-use crate::iscsi::codes::{TmfFunction, TmfResponse};
+use crate::remote::{RemoteLun, Session, TaskManagement, TmfOutcome};
 use crate::scsi::LunAddress;
 use crate::virtio::buffers::ChainBuffers;
 use crate::virtio::{
@@ -113,7 +113,7 @@ impl ScsiBackend {
             LunAddress::Lun(l) => controller.target.lu(l),
             _ => None,
         };
-        // Passed-through (iSCSI) LUNs exist too: their commands are aborted
+        // Remote (passed-through) LUNs exist too: their commands are aborted
         // and waited for here like local ones.
         let exists = matches!(addr, LunAddress::Lun(l) if controller.target.has_lun(l));
         if !exists && subtype != TmfSubtype::ITNexusReset {
@@ -144,12 +144,12 @@ impl ScsiBackend {
             TmfSubtype::ClearAca => Response::FunctionRejected,
             TmfSubtype::ITNexusReset => {
                 info!("{}: I_T nexus reset", controller.name);
-                // Every iSCSI session of this controller is its nexus too.
-                let mut reset: Vec<crate::iscsi::client::Client> = Vec::new();
+                // Every remote session of this controller is its nexus too.
+                let mut reset: Vec<std::sync::Arc<dyn Session>> = Vec::new();
                 for r in controller.remote.values() {
-                    if !reset.iter().any(|c| c.same_session(&r.client)) {
-                        r.client.reset_nexus();
-                        reset.push(r.client);
+                    if !reset.iter().any(|s| s.id() == r.session.id()) {
+                        r.session.reset_nexus();
+                        reset.push(r.session);
                     }
                 }
                 inflight.abort_and_wait(Scope::All, Response::Reset);
@@ -173,80 +173,51 @@ impl ScsiBackend {
 }
 
 impl ScsiBackend {
-    /// A TMF on a LUN of an iSCSI target: the target performs it (RFC 7143
-    /// 11.5) on this controller's session; the commands it ended complete
+    /// A TMF on a remote LUN: the target performs it on this controller's
+    /// session (for iSCSI, RFC 7143 11.5); the commands it ended complete
     /// with VIRTIO_SCSI_S_ABORTED (or RESET) before the answer goes back.
     fn remote_tmf(
         &self,
         subtype: TmfSubtype,
         addr: LunAddress,
         tag: u64,
-        remote: &super::RemoteLun,
+        remote: &RemoteLun,
     ) -> Response {
-        let (function, id, scope, ended) = match subtype {
-            TmfSubtype::AbortTask => (
-                TmfFunction::AbortTask,
-                Some(tag),
-                Scope::Task(addr, tag),
-                Response::Aborted,
-            ),
-            TmfSubtype::AbortTaskSet => (
-                TmfFunction::AbortTaskSet,
-                None,
-                Scope::Lun(addr),
-                Response::Aborted,
-            ),
-            TmfSubtype::ClearAca => (
-                TmfFunction::ClearAca,
-                None,
-                Scope::Lun(addr),
-                Response::Aborted,
-            ),
-            TmfSubtype::ClearTaskSet => (
-                TmfFunction::ClearTaskSet,
-                None,
-                Scope::Lun(addr),
-                Response::Aborted,
-            ),
-            TmfSubtype::LogicalUnitReset => (
-                TmfFunction::LogicalUnitReset,
-                None,
-                Scope::Lun(addr),
-                Response::Reset,
-            ),
+        let (function, scope) = match subtype {
+            TmfSubtype::AbortTask => (TaskManagement::AbortTask(tag), Scope::Task(addr, tag)),
+            TmfSubtype::AbortTaskSet => (TaskManagement::AbortTaskSet, Scope::Lun(addr)),
+            TmfSubtype::ClearAca => (TaskManagement::ClearAca, Scope::Lun(addr)),
+            TmfSubtype::ClearTaskSet => (TaskManagement::ClearTaskSet, Scope::Lun(addr)),
+            TmfSubtype::LogicalUnitReset => (TaskManagement::LogicalUnitReset, Scope::Lun(addr)),
             // Answered from what is in flight here; I_T NEXUS RESET is not
             // per LUN (handled for the whole controller).
             TmfSubtype::QueryTask => return query(self.inner.inflight.any(Scope::Task(addr, tag))),
             TmfSubtype::QueryTaskSet => return query(self.inner.inflight.any(Scope::Lun(addr))),
             TmfSubtype::ITNexusReset => return Response::FunctionRejected,
         };
-        if subtype == TmfSubtype::LogicalUnitReset {
-            info!(
-                "{}: logical unit reset of {addr:?} (at the iSCSI target)",
-                self.inner.controller.name
-            );
+        let name = &self.inner.controller.name;
+        if function.is_reset() {
+            info!("{name}: logical unit reset of {addr:?} (at the target)");
         }
-        let answer = remote.client.task_management(function, remote.lun, id);
+        let answer = remote.session.task_management(function, remote.lun);
         if subtype == TmfSubtype::AbortTask {
-            info!(
-                "{}: abort of task {tag:#x} on {addr:?}: iSCSI response {answer:?}",
-                self.inner.controller.name
-            );
+            info!("{name}: abort of task {tag:#x} on {addr:?}: {answer:?}");
         }
         match answer {
-            // No such task: it completed already.
-            Ok(TmfResponse::FunctionComplete | TmfResponse::TaskDoesNotExist) => {
-                if function != TmfFunction::ClearAca {
+            TmfOutcome::Complete => {
+                if function != TaskManagement::ClearAca {
+                    let ended = if function.is_reset() {
+                        Response::Reset
+                    } else {
+                        Response::Aborted
+                    };
                     self.inner.inflight.abort_and_wait(scope, ended);
                 }
                 Response::Ok
             }
-            Ok(TmfResponse::LunDoesNotExist) => Response::IncorrectLun,
-            other => {
-                debug!(
-                    "{}: the iSCSI target answered TMF {subtype:?} with {other:?}",
-                    self.inner.controller.name
-                );
+            TmfOutcome::NoSuchLun => Response::IncorrectLun,
+            TmfOutcome::Rejected(why) => {
+                debug!("{name}: the target refused TMF {subtype:?}: {why}");
                 Response::FunctionRejected
             }
         }

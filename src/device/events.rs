@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Events for the guest on the event queue (virtio 1.2, 5.6.6.3): a SCSI
-//! asynchronous event from an iSCSI target that reports a unit attention
+//! asynchronous event from a remote LUN's target (iSCSI) that reports a unit attention
 //! becomes VIRTIO_SCSI_T_PARAM_CHANGE with its additional sense code, so
 //! the guest acts on it at once (Linux rescans the device for 2Ah/00h,
 //! 2Ah/01h and 2Ah/09h, capacity data changed) instead of at its next
@@ -38,7 +38,7 @@ impl ScsiBackend {
         let remote = self.inner.controller.remote.snapshot();
         let guest_lun = remote
             .iter()
-            .find(|(_, r)| r.lun == lun && r.client.same_session(session))
+            .find(|(_, r)| r.lun == lun && r.session.id() == session.id())
             .map(|(&l, _)| l);
         match (guest_lun, sense_code(sense)) {
             (Some(l), Some((6, asc, ascq))) => self.post_param_change(l, asc, ascq),

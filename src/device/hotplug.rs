@@ -26,7 +26,7 @@ use crate::virtio::{Event, EventType, ResetReason};
 
 /// How long a LUN removal waits for the LUN's commands to complete before
 /// it goes ahead anyway (they still complete; only the guest may hear of
-/// the removal before they do). An iSCSI target that stopped answering
+/// the removal before they do). A remote target that stopped answering
 /// holds its commands up to its recovery timeout.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How often a removal looks at the commands still in flight.
@@ -42,7 +42,7 @@ impl Connected {
     }
 }
 
-/// The LUNs of a controller that iSCSI sessions serve; they can change
+/// The LUNs of a controller that remote sessions serve; they can change
 /// while commands run (each lookup clones the entry it needs).
 #[derive(Default)]
 pub struct RemoteLuns(RwLock<Arc<BTreeMap<u16, RemoteLun>>>);
@@ -77,7 +77,7 @@ impl RemoteLuns {
 pub enum Lun {
     /// Emulated here, on a backstore.
     Local(Arc<LogicalUnit>),
-    /// Passed through to an iSCSI target.
+    /// Passed through to a remote target (`remote::Session`).
     Remote(RemoteLun),
 }
 

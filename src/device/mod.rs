@@ -25,7 +25,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::iscsi::client::{Client, Receiver};
+pub use crate::remote::RemoteLun;
+use crate::remote::Session;
 use crate::scsi::{AbortHook, LunAddress, Nexus, Target};
 use crate::virtio::buffers::GuestMemory;
 use crate::virtio::Response;
@@ -59,7 +60,8 @@ pub struct Controller {
     pub request_queues: usize,
     /// How the request queues' notifications are coalesced.
     pub coalesce: coalesce::Policy,
-    /// LUNs served by iSCSI sessions (passed through unchanged).
+    /// LUNs whose commands another system executes (an iSCSI target),
+    /// passed through unchanged (`remote`).
     pub remote: RemoteLuns,
     /// The device of the connected front-end, if any (`hotplug`).
     pub(crate) connected: hotplug::Connected,
@@ -75,14 +77,6 @@ impl Controller {
     }
 }
 
-/// A LUN on an iSCSI target, reached through this controller's session.
-#[derive(Clone)]
-pub struct RemoteLun {
-    pub client: Client,
-    /// The LUN field as the target knows it (SAM-5 single level).
-    pub lun: [u8; 8],
-}
-
 /// The backend for one connection. Cloned into every worker thread.
 #[derive(Clone)]
 pub struct ScsiBackend {
@@ -96,16 +90,16 @@ struct Inner {
     workers: Vec<Mutex<Worker>>,
     inflight: Inflight,
     coalesce: coalesce::Coalesce,
-    /// Bytes of commands in flight to iSCSI targets (data-out + data-in).
+    /// Bytes of commands in flight to remote targets (data-out + data-in).
     remote_budget: request::Budget,
-    /// The controller's iSCSI sessions (one entry per session).
-    sessions: Vec<Client>,
+    /// The controller's remote sessions (one entry per session).
+    sessions: Vec<Arc<dyn Session>>,
     /// Sessions whose answers the request-queue workers receive.
-    receivers: Mutex<Vec<Receiver>>,
+    receivers: Mutex<Vec<Box<dyn Send>>>,
     /// Our event hooks on the sessions: (session index, hook id).
     event_hooks: Mutex<Vec<(usize, u64)>>,
     /// Request queues running (bit i: request queue i): while any is, the
-    /// controller's iSCSI sessions are wanted.
+    /// controller's remote sessions are wanted.
     running: Mutex<u64>,
     /// An event found no buffer: the next one says so.
     events_missed: AtomicBool,
@@ -119,10 +113,10 @@ impl ScsiBackend {
     /// The device of one connection, over its rings.
     pub fn new(controller: Arc<Controller>, rings: Arc<Rings>) -> io::Result<ScsiBackend> {
         let n = controller.request_queues;
-        let mut sessions: Vec<Client> = Vec::new();
+        let mut sessions: Vec<Arc<dyn Session>> = Vec::new();
         for r in controller.remote.values() {
-            if !sessions.iter().any(|c| c.same_session(&r.client)) {
-                sessions.push(r.client.clone());
+            if !sessions.iter().any(|c| c.id() == r.session.id()) {
+                sessions.push(r.session.clone());
             }
         }
         let workers = (0..n)
@@ -166,7 +160,7 @@ impl ScsiBackend {
         2 * self.inner.workers.len() as u64
     }
 
-    /// The iSCSI sessions' descriptors: each is watched by one
+    /// The remote sessions' descriptors: each is watched by one
     /// request-queue worker (spread over the workers), which receives its
     /// answers, so a command's answer is handled without waking another
     /// thread. (thread, fd, event id).
@@ -211,7 +205,7 @@ impl ScsiBackend {
         }
     }
 
-    fn receivers(&self) -> MutexGuard<'_, Vec<Receiver>> {
+    fn receivers(&self) -> MutexGuard<'_, Vec<Box<dyn Send>>> {
         self.inner
             .receivers
             .lock()
@@ -240,7 +234,7 @@ impl ScsiBackend {
     pub fn attach(&self) {
         let c = &self.inner.controller;
         c.target.attach(&c.nexus, |lun| Some(self.abort_hook(lun)));
-        // Asynchronous events from the iSCSI targets become parameter
+        // Asynchronous events from the remote targets become parameter
         // change events for the guest (besides their unit attention).
         for (j, client) in self.inner.sessions.iter().enumerate() {
             let weak = Arc::downgrade(&self.inner);
@@ -257,7 +251,7 @@ impl ScsiBackend {
         }
     }
 
-    /// Request queue `q` started or stopped. The controller's iSCSI
+    /// Request queue `q` started or stopped. The controller's remote
     /// sessions are logged in while any of its queues runs, and out when
     /// none does (their commands have completed by then): the source of a
     /// live migration leaves the session to the destination.
@@ -273,8 +267,8 @@ impl ScsiBackend {
             *running &= !bit;
         }
         match (before == 0, *running == 0) {
-            (true, false) => self.inner.sessions.iter().for_each(Client::activate),
-            (false, true) => self.inner.sessions.iter().for_each(Client::deactivate),
+            (true, false) => self.inner.sessions.iter().for_each(|s| s.activate()),
+            (false, true) => self.inner.sessions.iter().for_each(|s| s.deactivate()),
             _ => {}
         }
     }
@@ -406,7 +400,7 @@ impl crate::vhost::Backend for ScsiBackend {
 
     fn handle_event(&self, _thread: usize, id: u64) {
         if let Some(j) = id.checked_sub(self.first_session_event()) {
-            // Answers from an iSCSI session (completed on this thread).
+            // Answers from a remote session (completed on this thread).
             if let Some(c) = self.inner.sessions.get(j as usize) {
                 c.receive();
             }

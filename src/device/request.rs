@@ -3,7 +3,7 @@
 //! Request queues (virtio 5.6.6.1): parse each descriptor chain, execute the
 //! CDB through the SCSI layer, and either answer at once (emulated commands)
 //! or start a zero-copy block I/O on the worker's io_uring and answer when
-//! it completes, or (iSCSI LUNs) hand the command to the controller's
+//! it completes, or (remote LUNs) hand the command to the controller's
 //! session after the virtqueue round, whose receive thread then answers it
 //! in guest memory directly (`complete_remote`). Completions are out of
 //! order; many commands are in flight.
@@ -48,11 +48,11 @@ struct Pending {
 // (it moves between threads only inside the worker's Mutex).
 unsafe impl Send for Pending {}
 
-/// Largest data transfer passed through to an iSCSI LUN in one command
+/// Largest data transfer passed through to a remote LUN in one command
 /// (QEMU's default max_sectors, 65535 x 512 bytes, fits).
 const MAX_PASSTHROUGH: u64 = 32 << 20;
 
-/// Most bytes in flight to iSCSI targets per connection (data-out and
+/// Most bytes in flight to remote targets per connection (data-out and
 /// data-in sizes). A guest can alias the same pages in every descriptor of
 /// every queue; with a slow or stalled target that would otherwise become
 /// gigabytes asked of the target and, for small writes (copied into the
@@ -83,7 +83,7 @@ impl Budget {
     }
 }
 
-/// A command passed through to an iSCSI target, waiting for its answer.
+/// A command passed through to a remote target, waiting for its answer.
 struct RemotePending {
     vring: Vring,
     queue: usize,
@@ -101,10 +101,9 @@ struct RemotePending {
     started: Started,
 }
 
-type RemoteResult = Result<crate::iscsi::session::Completion, crate::iscsi::client::Failure>;
+type RemoteResult = Result<Completion, Failure>;
 use super::sink::{GuestSink, GuestSource};
-use crate::iscsi::client::{Client, Deferred, Failure, Request};
-use crate::iscsi::session::{SinkRef, SourceRef};
+use crate::remote::{Completion, Data, Deferred, Failure, Request, Session, SinkRef, SourceRef};
 
 /// Per request queue state, owned by that queue's thread.
 pub struct Worker {
@@ -113,8 +112,8 @@ pub struct Worker {
     eventfd: Arc<vmm_sys_util::eventfd::EventFd>,
     /// Created on first I/O, so idle queues cost no kernel ring.
     engine: Option<Engine>,
-    /// Commands for iSCSI sessions, sent once the virtqueue is read.
-    to_send: Vec<(Client, Vec<Request>)>,
+    /// Commands for remote sessions, sent once the virtqueue is read.
+    to_send: Vec<(Arc<dyn Session>, Vec<Request>)>,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     in_flight: usize,
@@ -421,7 +420,7 @@ impl ScsiBackend {
         }
     }
 
-    /// Send a command to the iSCSI target serving LUN `l`; returns true if
+    /// Send a command to the remote target serving LUN `l`; returns true if
     /// it had to complete at once.
     #[allow(clippy::too_many_arguments)]
     fn start_remote(
@@ -438,7 +437,6 @@ impl ScsiBackend {
         data_out_len: u64,
         (stats, started): (Arc<LunStats>, Started),
     ) -> bool {
-        use crate::iscsi::session::Data;
         let fail = |bufs: &ChainBuffers, r: Response| {
             stats.end_local(started, End::Transport);
             self.inner.inflight.finish(w.index, key);
@@ -452,7 +450,7 @@ impl ScsiBackend {
         if data_out_len.max(data_in_len) > MAX_PASSTHROUGH {
             self.guest_error(format_args!(
                 "Request queue {}: {data_out_len}-byte data-out, {data_in_len}-byte data-in \
-                 for an iSCSI LUN (limit {MAX_PASSTHROUGH})",
+                 for a remote LUN (limit {MAX_PASSTHROUGH})",
                 w.index
             ));
             return fail(&bufs, Response::Overrun);
@@ -468,7 +466,7 @@ impl ScsiBackend {
         {
             // TASK SET FULL: the guest retries once commands complete.
             debug!(
-                "Request queue {}: {MAX_REMOTE_IN_FLIGHT} bytes in flight to iSCSI targets: \
+                "Request queue {}: {MAX_REMOTE_IN_FLIGHT} bytes in flight to remote targets: \
                  TASK SET FULL",
                 w.index
             );
@@ -527,13 +525,13 @@ impl ScsiBackend {
         };
         // Sent together after this round of the virtqueue (one write).
         match w.to_send.last_mut() {
-            Some((c, v)) if c.same_session(&remote.client) => v.push(r),
-            _ => w.to_send.push((remote.client.clone(), vec![r])),
+            Some((s, v)) if s.id() == remote.session.id() => v.push(r),
+            _ => w.to_send.push((remote.session.clone(), vec![r])),
         }
         false
     }
 
-    /// Send the commands for iSCSI LUNs gathered from the virtqueue.
+    /// Send the commands for remote LUNs gathered from the virtqueue.
     fn send_remote(&self, w: &mut Worker) {
         for (client, batch) in w.to_send.drain(..) {
             client.submit_all(batch);
@@ -541,7 +539,7 @@ impl ScsiBackend {
     }
 
     /// Complete a passed-through command, on the thread that learnt its
-    /// outcome (the iSCSI session thread): the answer goes straight into
+    /// outcome (a session's thread, or a worker receiving for it): the answer goes straight into
     /// guest memory and the used ring, with no hop through the worker.
     fn complete_remote(&self, p: RemotePending, r: RemoteResult) -> Option<Deferred> {
         if let Some(k) = &p.sink {
@@ -880,7 +878,7 @@ fn sync_io(p: &Pending) -> io::Result<()> {
 
 #[cfg(test)]
 impl ScsiBackend {
-    /// What the iSCSI receiver does for a read of `data` (which a target
+    /// What a remote session's receiver does for a read of `data` (which a target
     /// sent) into request `head`'s data-in buffer: write it through the
     /// command's sink, then complete the command (tests).
     pub(super) fn complete_placed_for_test(
@@ -890,7 +888,7 @@ impl ScsiBackend {
         bufs: ChainBuffers,
         data: &[u8],
     ) {
-        use crate::iscsi::session::Sink;
+        use crate::remote::Sink;
         let mem = self.memory().expect("guest memory");
         let data_in_len = bufs.writable.len() - RESP_HEADER_LEN as u64;
         let sink = Arc::new(
@@ -918,7 +916,7 @@ impl ScsiBackend {
             stats: Default::default(),
             started: crate::stats::LunStats::default().start(0, 0x28, Stamp::now()),
         };
-        let done = crate::iscsi::session::Completion {
+        let done = crate::remote::Completion {
             tag: 1,
             response: 0,
             status: 0,

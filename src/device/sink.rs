@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A guest's data buffers as seen by the iSCSI initiator: the data-in
-//! buffer as the sink of a read (big Data-In segments are received from the
-//! socket straight into guest memory, readv(2) on the guest's pages) and
-//! the data-out buffer as the source of a write (sent from the guest's
-//! pages with the PDU headers in one sendmsg(2)). No buffer in between.
+//! A guest's data buffers as a remote LUN's session sees them: the data-in
+//! buffer as the sink of a read (the iSCSI initiator receives big Data-In
+//! segments from the socket straight into guest memory, readv(2) on the
+//! guest's pages) and the data-out buffer as the source of a write (sent
+//! from the guest's pages with the PDU headers in one sendmsg(2)). No
+//! buffer in between.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::iscsi::session::{Sink, Source};
+use crate::remote::{Sink, Source};
 use crate::virtio::buffers::{Buffer, GuestMemory};
 
 /// Most iovecs one readv(2) takes (Linux's UIO_MAXIOV).

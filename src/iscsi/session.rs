@@ -8,10 +8,6 @@
 //! in, PDUs out (`poll_transmit`) and events.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::io;
-use std::os::fd::RawFd;
-use std::sync::Arc;
 
 use super::bhs::{self, Bhs};
 use super::codes::{AsyncEvent, RejectReason, TmfFunction, TmfResponse, UnknownCode};
@@ -19,71 +15,8 @@ use super::gather::Gather;
 use super::login::Negotiated;
 use super::pdu::{padding, Digests, Opcode, Pdu, PduError, RunningDigest, BHS_LEN, RESERVED_TAG};
 use super::text;
+pub use crate::remote::{Completion, Data, Sink, SinkRef, Source, SourceRef};
 use crate::seqhash::SeqMap;
-
-/// Data direction of a command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Data {
-    None,
-    /// Read up to this many bytes.
-    Read(u32),
-    /// Read up to the sink's length, straight into the sink.
-    ReadInto(SinkRef),
-    /// Write these bytes.
-    Write(Vec<u8>),
-    /// Write the source's bytes, sent from where they are.
-    WriteFrom(SourceRef),
-}
-
-impl Data {
-    /// The most data-in it asks for.
-    pub fn read_len(&self) -> u32 {
-        match self {
-            Data::Read(n) => *n,
-            Data::ReadInto(k) => u32::try_from(k.0.size()).unwrap_or(u32::MAX),
-            Data::None | Data::Write(_) | Data::WriteFrom(_) => 0,
-        }
-    }
-}
-
-/// Write data in memory the client does not own (guest memory): sent from
-/// there (`Gather`), never copied into a buffer of the client's (a data
-/// digest is computed over it in small pieces).
-pub trait Source: Send + Sync {
-    /// Its size in bytes (the write's transfer length).
-    fn size(&self) -> usize;
-    /// Copy the bytes at `offset` into `buf`; false if out of range.
-    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool;
-    /// Append iovecs covering `offset..offset + len` to `out`; false if
-    /// out of range. They stay valid while the source lives.
-    fn iovecs(&self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) -> bool;
-}
-
-/// A shared `$trait` object: `Clone`, `Debug` (its size) and equal only to
-/// itself, so `Data` stays comparable.
-macro_rules! shared_ref {
-    ($name:ident, $trait:ident) => {
-        #[doc = concat!("A shared `", stringify!($trait), "`; equal only to itself.")]
-        #[derive(Clone)]
-        pub struct $name(pub Arc<dyn $trait>);
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({} bytes)", stringify!($trait), self.0.size())
-            }
-        }
-
-        impl PartialEq for $name {
-            fn eq(&self, other: &$name) -> bool {
-                Arc::ptr_eq(&self.0, &other.0)
-            }
-        }
-
-        impl Eq for $name {}
-    };
-}
-
-shared_ref!(SourceRef, Source);
 
 /// A command's write data.
 enum Payload {
@@ -109,34 +42,6 @@ enum Chunk<'a> {
     Bytes(&'a [u8]),
     Source(&'a SourceRef, usize, usize),
 }
-
-/// Memory a read's data goes straight into (guest memory), so that it
-/// never sits in a buffer of the client's. Once the command's outcome is
-/// known the owner closes it: later writes are refused, so no data lands in
-/// memory that was handed back.
-pub trait Sink: Send + Sync {
-    /// Its size in bytes (the read's expected transfer length).
-    fn size(&self) -> usize;
-    /// Copy `data` to byte `offset`; false if closed or out of range.
-    fn write_at(&self, offset: usize, data: &[u8]) -> bool;
-    /// One readv(2) from the socket `fd` of up to `len` bytes to byte
-    /// `offset`, then of what follows them in the stream into `after`: the
-    /// bytes read in all (0 at end of stream) or the error; None, reading
-    /// nothing, when closed or out of range (the caller then reads the
-    /// bytes elsewhere).
-    fn read_from(
-        &self,
-        fd: RawFd,
-        offset: usize,
-        len: usize,
-        after: &mut [u8],
-    ) -> Option<io::Result<usize>>;
-    /// Copy bytes from `offset` into `buf` (to check a data digest over
-    /// data received with `read_from`); false if closed or out of range.
-    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool;
-}
-
-shared_ref!(SinkRef, Sink);
 
 /// Write data from a source shorter than this is copied into the transmit
 /// buffer; a longer one is spliced in (sent from the source).
@@ -179,22 +84,6 @@ fn source_digest(src: &SourceRef, at: usize, n: usize) -> [u8; 4] {
     }
     d.update(padding(n));
     d.bytes()
-}
-
-/// A finished command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub tag: u64,
-    /// iSCSI response code (0: command completed at target; status valid).
-    pub response: u8,
-    pub status: u8,
-    pub sense: Vec<u8>,
-    pub data: Vec<u8>,
-    /// Bytes of data-in that went into the command's sink (`data` is then
-    /// empty).
-    pub placed: u32,
-    /// Residual count: positive underflow, negative overflow.
-    pub residual: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1401,6 +1290,9 @@ impl Session {
 pub(crate) mod tests {
     use super::*;
     use crate::iscsi::pdu::Digests;
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::sync::Arc;
 
     pub(crate) fn negotiated(immediate: bool, initial_r2t: bool, max_cmd_sn: u32) -> Negotiated {
         Negotiated {

@@ -156,7 +156,7 @@ impl Registry {
                     }
                 } else if lc.iscsi.is_some() {
                     if let Some(remote) = e.ctrl.remote.get(&n) {
-                        r.iscsi = serde_json::to_value(remote.client.status()).ok();
+                        r.iscsi = Some(remote.session.status());
                     }
                 }
                 out.push(r);

@@ -294,7 +294,6 @@ impl Registry {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                drop(remote_clients(&ctrl));
                 forget_new_sessions(&mut st.sessions, &before);
                 let luns = ctrl.target.luns().into_iter().collect();
                 drop(ctrl);
@@ -410,7 +409,8 @@ impl Registry {
             }
             Some(Lun::Remote(r)) => {
                 e.config.luns.remove(&lun);
-                end_unused_sessions(sessions, controllers, &[r.client]);
+                let clients = clients_of(sessions, &[r.session.id()]);
+                end_unused_sessions(sessions, controllers, &clients);
             }
             None => {}
         }
@@ -566,7 +566,7 @@ fn stop_controller(
     others: &[Entry],
     mut e: Entry,
 ) {
-    let clients = remote_clients(&e.ctrl);
+    let clients = remote_clients(sessions, &e.ctrl);
     // An unreachable target's commands fail rather than hold the
     // connection's end, unless another controller still uses the session.
     for c in &clients {
@@ -603,14 +603,23 @@ fn stop_controller(
 }
 
 /// The iSCSI sessions a controller's LUNs use.
-fn remote_clients(ctrl: &Controller) -> Vec<Client> {
-    let mut v: Vec<Client> = Vec::new();
-    for r in ctrl.remote.values() {
-        if !v.iter().any(|c| c.same_session(&r.client)) {
-            v.push(r.client);
-        }
-    }
-    v
+fn remote_clients(sessions: &server::Sessions, ctrl: &Controller) -> Vec<Client> {
+    let ids: Vec<usize> = ctrl
+        .remote
+        .values()
+        .iter()
+        .map(|r| r.session.id())
+        .collect();
+    clients_of(sessions, &ids)
+}
+
+/// The sessions with these ids (`remote::Session::id`), once each.
+fn clients_of(sessions: &server::Sessions, ids: &[usize]) -> Vec<Client> {
+    sessions
+        .values()
+        .filter(|(s, _)| ids.contains(&s.session_id()))
+        .map(|(s, _)| s.clone())
+        .collect()
 }
 
 fn uses(e: &Entry, c: &Client) -> bool {
@@ -618,7 +627,7 @@ fn uses(e: &Entry, c: &Client) -> bool {
         .remote
         .values()
         .iter()
-        .any(|r| r.client.same_session(c))
+        .any(|r| r.session.id() == c.session_id())
 }
 
 /// Of `clients` (sessions a LUN or controller just stopped using), end

@@ -30,6 +30,7 @@
 //! with the same key and type).
 
 pub mod coalesce;
+mod contract;
 mod halves;
 mod pr;
 mod state;
@@ -57,18 +58,8 @@ pub use pr::PrMemory;
 use state::{Pending, State};
 use thread::{discovered_portals, SessionThread};
 
-/// Why a command did not complete at the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The daemon is shutting down.
-    Shutdown,
-    /// Task management aborted it (at the target, or before it got there).
-    Aborted,
-    /// A LUN reset or an I_T nexus reset ended it.
-    Reset,
-    /// No session could be re-established within the recovery timeout.
-    Timeout,
-}
+use crate::remote::complete_all;
+pub use crate::remote::{Callback, Deferred, EventHook, Failure, Request};
 
 /// How long commands wait for a lost session by default (open-iscsi's
 /// replacement_timeout has the same default).
@@ -97,41 +88,6 @@ impl Default for Options {
             coalesce: Coalescing::default(),
         }
     }
-}
-
-/// Work a completion leaves for the end of its batch, done once per `key`
-/// however many completions of the batch asked for it (one guest
-/// notification per virtqueue instead of one per command).
-pub struct Deferred {
-    pub key: usize,
-    pub run: Box<dyn FnOnce() + Send>,
-}
-
-pub type Callback = Box<dyn FnOnce(Result<Completion, Failure>) -> Option<Deferred> + Send>;
-
-/// Run callbacks, then their deferred work once per key.
-fn complete_all(results: impl IntoIterator<Item = (Callback, Result<Completion, Failure>)>) {
-    let mut deferred: Vec<Deferred> = Vec::new();
-    for (cb, r) in results {
-        if let Some(d) = cb(r) {
-            if !deferred.iter().any(|x| x.key == d.key) {
-                deferred.push(d);
-            }
-        }
-    }
-    for d in deferred {
-        (d.run)();
-    }
-}
-
-/// A command for the target: LUN, CDB, data, and what to do with the answer.
-pub struct Request {
-    /// The caller's name for the command (ABORT TASK refers to it).
-    pub id: u64,
-    pub lun: [u8; 8],
-    pub cdb: Vec<u8>,
-    pub data: Data,
-    pub done: Callback,
 }
 
 /// A PERSISTENT RESERVE OUT in flight: LUN, CDB, parameter list.
@@ -200,11 +156,6 @@ struct Shared {
     portal: Mutex<String>,
     reconnects: AtomicU64,
 }
-
-/// Told the LUN field and sense data of each SCSI asynchronous event the
-/// target reports (besides the unit attention it leaves), on the thread
-/// that received it, with no lock held.
-pub type EventHook = Arc<dyn Fn([u8; 8], &[u8]) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -826,6 +777,11 @@ impl Client {
     /// Whether two handles drive the same session.
     pub fn same_session(&self, other: &Client) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The same number for every handle on one session.
+    pub fn session_id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// Fail everything pending and stop (daemon shutdown).
