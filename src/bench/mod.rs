@@ -263,6 +263,14 @@ fn connect(o: &Options) -> Result<Device, Error> {
             .map_err(proto("SET_VRING_ENABLE"))?;
         queues.push(dq);
     }
+    // Without REPLY_ACK nothing says the backend has enabled the rings
+    // when the first kick comes, and a backend that reads the kick first
+    // can lose the request. The backend handles messages in order, so the
+    // answer to a GET_FEATURES says it has (QEMU does the same, commit
+    // "vhost-user: call VHOST_USER_SET_VRING_ENABLE synchronously").
+    if !use_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        fe.get_features().map_err(proto("GET_FEATURES"))?;
+    }
     Ok(Device {
         _frontend: fe,
         mem,
