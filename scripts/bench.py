@@ -4,12 +4,17 @@
 file, and regenerate docs/performance.md's results table and
 docs/performance.svg. Python standard library only.
 
+With rust-vmm's vhost-device-scsi (crates.io, built once into
+target/vhost-device-scsi by `cargo install`), the same load-generator cases
+on a file of the same size, alternating runs with the daemon's.
+
 Every figure is the median of --repeat runs. CPU per I/O is process CPU time
 (user + system, all threads: /proc/PID/stat for the daemon, getrusage of
 the child for fio, so io_uring's io-wq workers are counted on both sides)
 divided by the I/Os done.
 
 Usage: scripts/bench.py [--seconds 4] [--repeat 3] [--no-docs] [--only-iscsi]
+                        [--only-vhost-device-scsi]
        scripts/bench.py --from-json docs/performance-results.json  (redraw only)
 """
 import argparse
@@ -28,6 +33,8 @@ BIN = os.path.join(ROOT, "target", "release", "vhost-user-scsi")
 WAKEUP_FLOOR = os.path.join(ROOT, "target", "release", "examples", "wakeup_floor")
 DOC = os.path.join(ROOT, "docs", "performance.md")
 SVG = os.path.join(ROOT, "docs", "performance.svg")
+VDS_ROOT = os.path.join(ROOT, "target", "vhost-device-scsi")
+VDS_BIN = os.path.join(VDS_ROOT, "bin", "vhost-device-scsi")
 
 
 def sh(*args, **kw):
@@ -35,16 +42,38 @@ def sh(*args, **kw):
 
 
 class Daemon:
-    def __init__(self, args, socket_opts=""):
+    """A vhost-user-scsi backend serving a socket in a fresh directory on
+    /dev/shm: ours (`serve` with `args`), or, with `argv` (a function of the
+    socket path giving a command line), another binary, whose stderr is
+    kept for `first_error`."""
+
+    def __init__(self, args=(), socket_opts="", argv=None):
         self.dir = tempfile.mkdtemp(prefix="vus-bench-", dir="/dev/shm")
         self.sock = os.path.join(self.dir, "s.sock")
-        self.proc = subprocess.Popen([BIN, "serve", "--socket", self.sock + ",queues=2" + socket_opts] + args,
-                                     stderr=subprocess.DEVNULL)
+        self.log = None
+        if argv is None:
+            cmd = [BIN, "serve", "--socket", self.sock + ",queues=2" + socket_opts, *args]
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        else:
+            cmd, self.log = argv(self.sock), os.path.join(self.dir, "stderr")
+            with open(self.log, "w") as err:
+                self.proc = subprocess.Popen(cmd, stderr=err)
         for _ in range(200):
             if os.path.exists(self.sock):
                 return
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.02)
-        raise RuntimeError("daemon did not start")
+        why = self.first_error()
+        self.stop()
+        raise RuntimeError(f"{os.path.basename(cmd[0])} did not start" + (f": {why}" if why else ""))
+
+    def first_error(self):
+        """The first line of the other binary's stderr that says ERROR."""
+        if not self.log or not os.path.exists(self.log):
+            return None
+        with open(self.log, errors="replace") as f:
+            return next((l.strip() for l in f if "ERROR" in l), None)
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -60,6 +89,105 @@ def bench(d, seconds, extra):
     out = sh(BIN, "bench", "--socket", d.sock, "--time", str(seconds), "--json",
              "--pid", str(d.proc.pid), *extra, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def try_bench(d, seconds, extra):
+    """bench(), or None and why the backend refused the load: the load
+    generator's error line, and the backend's first logged error."""
+    r = subprocess.run([BIN, "bench", "--socket", d.sock, "--time", str(seconds), "--json",
+                        "--pid", str(d.proc.pid), *extra], capture_output=True, text=True)
+    if r.returncode == 0:
+        return json.loads(r.stdout), None
+    lines = r.stderr.strip().splitlines()
+    why = lines[-1].removeprefix("vhost-user-scsi: ") if lines else f"bench exited {r.returncode}"
+    logged = d.first_error()
+    return None, why + (f" (its log: {logged})" if logged else "")
+
+
+def image(path, size=1 << 30):
+    """A file of `size` bytes, allocated (tmpfs: in memory)."""
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        sh("rm", "-f", path)
+        sh("fallocate", "-l", str(size), path)
+
+
+def build_vhost_device_scsi():
+    """rust-vmm's vhost-device-scsi from crates.io, built once into
+    target/vhost-device-scsi: its path and version, or None after one line
+    saying why its rows are left out."""
+    if not os.access(VDS_BIN, os.X_OK):
+        print("building rust-vmm's vhost-device-scsi (cargo install, once)", file=sys.stderr)
+        try:
+            r = subprocess.run(["cargo", "install", "vhost-device-scsi", "--locked", "--root", VDS_ROOT],
+                               capture_output=True, text=True)
+            errors = [l for l in r.stderr.splitlines() if l.startswith("error")]
+            why = errors[0] if errors else f"cargo install exited {r.returncode}"
+        except OSError as e:
+            why = f"cannot run cargo: {e}"
+        if not os.access(VDS_BIN, os.X_OK):
+            print(f"vhost-device-scsi rows left out: {why}", file=sys.stderr)
+            return None
+    r = subprocess.run(["cargo", "install", "--list", "--root", VDS_ROOT], capture_output=True, text=True)
+    m = re.search(r"^vhost-device-scsi v(\S+):", r.stdout, re.M)
+    return VDS_BIN, m.group(1) if m else "(version unknown)"
+
+
+# The file cases of main() that vhost-device-scsi can serve: all of them
+# (4 KiB random at QD1 and QD32, 128 KiB and 1 MiB sequential at QD4).
+VDS_CASES = [("randread", 1, "4096"), ("randread", 32, "4096"), ("randwrite", 1, "4096"),
+             ("randwrite", 32, "4096"), ("read", 4, "128K"), ("write", 4, "128K"),
+             ("read", 4, "1M"), ("write", 4, "1M")]
+
+
+def vhost_device_scsi_rows(a, img):
+    """Our daemon on the file `img` next to rust-vmm's vhost-device-scsi on
+    a file of the same size, the same load-generator cases in alternating
+    runs. vhost-device-scsi serves one connection and exits: each of its
+    runs gets a fresh process."""
+    built = build_vhost_device_scsi()
+    if built is None:
+        return []
+    binary, version = built
+    theirs_img = "/dev/shm/vus-bench-vds.img"
+    image(theirs_img, os.path.getsize(img))
+    base = f"rust-vmm vhost-device-scsi {version} (crates.io), same-size file"
+    rows = []
+    d = Daemon(["--lun", f"file={img}"])
+    try:
+        for rw, qd, bs in VDS_CASES:
+            extra = ["--rw", rw, "--qd", str(qd), "--bs", bs]
+            ours, theirs, refused = [], [], None
+            for _ in range(a.repeat):
+                ours.append(bench(d, a.seconds, extra))
+                if refused:
+                    continue
+                try:
+                    t = Daemon(argv=lambda sock: [binary, "--socket-path", sock, theirs_img])
+                except RuntimeError as e:
+                    refused = str(e)
+                    continue
+                try:
+                    r, refused = try_bench(t, a.seconds, extra)
+                finally:
+                    t.stop()
+                if r:
+                    theirs.append(r)
+            size = "4 KiB" if bs == "4096" else bs
+            kind = "" if rw.startswith("rand") else " sequential"
+            row = {"case": f"{size}{kind} {rw} QD{qd}, /dev/shm file, vs vhost-device-scsi", "vds": True,
+                   "cpu": median(ours, "backend_cpu_us_per_io"), "base": base}
+            rate = "iops" if bs == "4096" else "mib_s"
+            row[rate] = median(ours, rate)
+            if refused:
+                row["refused"] = refused
+            else:
+                row.update({f"base_{rate}": median(theirs, rate),
+                            "base_cpu": median(theirs, "backend_cpu_us_per_io")})
+            rows.append(row)
+    finally:
+        d.stop()
+        sh("rm", "-f", theirs_img)
+    return rows
 
 
 def fio(path, seconds, rw, bs, qd):
@@ -252,6 +380,9 @@ def main():
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--only-iscsi", action="store_true",
                     help="measure only the iSCSI rows and print them (implies --no-docs)")
+    ap.add_argument("--only-vhost-device-scsi", action="store_true",
+                    help="measure only the rows against rust-vmm's vhost-device-scsi and print them "
+                         "(implies --no-docs)")
     ap.add_argument("--from-json", help="regenerate the docs from a saved result instead of measuring")
     a = ap.parse_args()
     if a.from_json:
@@ -263,9 +394,10 @@ def main():
         print(json.dumps(iscsi_rows(a), indent=1))
         return 0
     img = "/dev/shm/vus-bench.img"
-    if not os.path.exists(img) or os.path.getsize(img) != 1 << 30:
-        sh("rm", "-f", img)
-        sh("fallocate", "-l", "1G", img)
+    image(img)
+    if a.only_vhost_device_scsi:
+        print(json.dumps(vhost_device_scsi_rows(a, img), indent=1))
+        return 0
     rows = []
 
     d = Daemon(["--lun", f"file={img}", "--lun", "null,size=1T"])
@@ -294,6 +426,7 @@ def main():
     finally:
         d.stop()
 
+    rows += vhost_device_scsi_rows(a, img)
     rows += iscsi_rows(a)
 
     # Memory: 16 LUNs (null, 1 TiB each), idle and under load.
@@ -323,6 +456,16 @@ def main():
 
 
 def fmt_row(r):
+    if "vds" in r:
+        # Ratio: CPU per I/O, then the rate, both ours over theirs.
+        rate, unit, scale, name = (("iops", "k IOPS", 1000, "IOPS") if "iops" in r
+                                   else ("mib_s", " MiB/s", 1, "bandwidth"))
+        ours = f"{r[rate]/scale:.0f}{unit}"
+        if "refused" in r:
+            return f"| {r['case']} | {ours} | {r['cpu']:.2f} | {r['base']}: refused: {r['refused']} | | |"
+        theirs = r["base_" + rate]
+        return (f"| {r['case']} | {ours} | {r['cpu']:.2f} | {r['base']}: {theirs/scale:.0f}{unit} | "
+                f"{r['base_cpu']:.2f} | {r['cpu']/r['base_cpu']:.2f}x ({name} {r[rate]/theirs:.2f}x) |")
     if "floor" in r:
         return (f"| {r['case']} | | {r['cpu']:.2f} (the other side {r['driver_cpu']:.2f}) | "
                 f"| | |")
@@ -386,14 +529,18 @@ def write_svg(rows):
     """Bars of the daemon's CPU per I/O as a multiple of fio's, with the
     1.0 (parity) and 1.5 (goal) lines; absolute values as labels."""
     w, bar, gap, left = 760, 16, 10, 300
-    h = 80 + len(rows) * (bar + gap)
+    vds = any("vds" in r for r in rows)
+    h = 80 + 14 * vds + len(rows) * (bar + gap)
     top = max(2.0, max(r["cpu"] / r["base_cpu"] for r in rows) * 1.1)
     scale = (w - left - 150) / top
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
            '<text x="10" y="18" font-size="14">Daemon CPU per I/O as a multiple of the baseline measured in the same run (lower is better)</text>',
            '<text x="10" y="34" font-size="11">files: fio io_uring on the same file; iSCSI: libiscsi iscsi-perf (4 KiB) or qemu-img bench (1 MiB) on the same LUN</text>']
-    y0, y1 = 44, h - 10
+    y0, y1 = 44 + 14 * vds, h - 10
+    if vds:
+        out.append('<text x="10" y="48" font-size="11">"vs vhost-device-scsi": rust-vmm\'s vhost-device-scsi '
+                   '(crates.io) on a file of the same size</text>')
     for ref, label in ((1.0, "parity"), (1.5, "goal 1.5x")):
         x = left + ref * scale
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="#c33" stroke-dasharray="4,3"/>')
@@ -401,7 +548,7 @@ def write_svg(rows):
     y = y0 + 16
     for r in rows:
         ratio = r["cpu"] / r["base_cpu"]
-        out.append(f'<text x="{left-6}" y="{y+bar-4}" text-anchor="end">{r["case"].replace(", /dev/shm file", "")}</text>')
+        out.append(f'<text x="{left-6}" y="{y+bar-4}" text-anchor="end">{r["case"].replace(", /dev/shm file", "").replace(", vs ", " vs ")}</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{ratio*scale:.1f}" height="{bar}" fill="#2a6fdb"/>')
         out.append(f'<text x="{left + ratio*scale + 4:.1f}" y="{y+bar-4}">{ratio:.2f}x ({r["cpu"]:.2f} vs {r["base_cpu"]:.2f} µs)</text>')
         y += bar + gap

@@ -681,8 +681,10 @@ struct BenchArgs {
     /// vhost-user socket of the backend.
     #[arg(long, value_name = "PATH")]
     socket: std::path::PathBuf,
-    /// LUN to drive.
-    #[arg(long, default_value_t = 0)]
+    /// LUN to drive (0-16383: requests carry it in flat space addressing,
+    /// as Linux's virtio_scsi sends it).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=16383))]
     lun: u16,
     /// I/O size (bytes, or with K/M suffix); a multiple of the LUN's block size.
     #[arg(long = "bs", value_name = "SIZE", default_value = "4096")]
@@ -729,6 +731,11 @@ struct BenchArgs {
     /// flight, as a killed QEMU would (to test a backend's clean-up).
     #[arg(long)]
     drop_in_flight: bool,
+    /// READ/WRITE CDBs: auto (as Linux's sd: the 10-byte forms where the
+    /// LBA and length fit, else 16), 10 or 16.
+    #[arg(long, value_name = "SIZE", default_value = "auto",
+          value_parser = ["auto", "10", "16"])]
+    cdb: String,
 }
 
 fn bench(a: BenchArgs) -> Result<(), String> {
@@ -742,6 +749,8 @@ fn bench(a: BenchArgs) -> Result<(), String> {
     }
     let pattern = bench::Pattern::parse(&a.pattern)
         .ok_or_else(|| format!("--rw '{}' is not a pattern", a.pattern))?;
+    let cdb = bench::CdbSize::parse(&a.cdb)
+        .ok_or_else(|| format!("--cdb '{}' is not 10, 16 or auto", a.cdb))?;
     let duration = match (a.seconds, a.ios) {
         (Some(s), _) if !(s > 0.0 && s < 1e6) => return Err("--time must be positive".into()),
         (Some(s), _) => Some(std::time::Duration::from_secs_f64(s)),
@@ -768,6 +777,7 @@ fn bench(a: BenchArgs) -> Result<(), String> {
             .unwrap_or(0),
         progress: !a.quiet && !a.json,
         drop_in_flight: a.drop_in_flight,
+        cdb,
     };
     let report = bench::run(&opts).map_err(|e| error_chain(&e))?;
     if a.json {

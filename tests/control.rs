@@ -116,6 +116,7 @@ fn options(socket: &Path, lun: u16, ios: u64) -> bench::Options {
         span: 8 << 20,
         progress: false,
         drop_in_flight: false,
+        cdb: bench::CdbSize::Auto,
     }
 }
 

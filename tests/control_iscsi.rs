@@ -199,6 +199,7 @@ fn an_iscsi_lun_added_at_run_time_is_served_counted_and_saved_without_its_passwo
         span: 8 << 20,
         progress: false,
         drop_in_flight: false,
+        cdb: bench::CdbSize::Auto,
     };
     let r = bench::run(&o).unwrap();
     assert_eq!(r.verify_failures, 0);

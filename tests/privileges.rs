@@ -141,6 +141,7 @@ fn verified_io(socket: &Path, queues: u16, ios: u64) -> bench::Report {
         span: 8 << 20,
         progress: false,
         drop_in_flight: false,
+        cdb: bench::CdbSize::Auto,
     })
     .unwrap();
     assert_eq!((r.errors, r.verify_failures), (0, 0));

@@ -103,6 +103,7 @@ fn options(socket: &Path, queues: u16, ios: u64) -> bench::Options {
         span: 0,
         progress: false,
         drop_in_flight: false,
+        cdb: bench::CdbSize::Auto,
     }
 }
 

@@ -699,6 +699,7 @@ fn serves(socket: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
         span: 1 << 20,
         progress: false,
         drop_in_flight: false,
+        cdb: super::CdbSize::Auto,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -5,8 +5,11 @@
 //! memfd), sets up the control, event and N request queues, finds the LUN
 //! (REPORT LUNS, READ CAPACITY(16)) and drives READ/WRITE commands from one
 //! thread per queue, then reports IOPS, bandwidth, latency percentiles and
-//! the backend's CPU time per I/O.
+//! the backend's CPU time per I/O. Requests look like a Linux guest's: the
+//! LUN in flat space addressing (`linux_lun`), READ/WRITE(10) where they
+//! fit (`cdb`).
 
+mod cdb;
 pub mod hostile;
 mod ring;
 mod stats;
@@ -25,7 +28,9 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::virtio::{single_level_lun, CmdReq, CmdResp, Response, REQ_HEADER_LEN, RESP_HEADER_LEN};
+use crate::virtio::{linux_lun, CmdReq, CmdResp, Response, REQ_HEADER_LEN, RESP_HEADER_LEN};
+pub use cdb::CdbSize;
+use cdb::RwCdb;
 use ring::{DriverQueue, DESC_F_NEXT, DESC_F_WRITE};
 pub use stats::Report;
 
@@ -103,6 +108,8 @@ pub struct Options {
     /// End the run by closing the connection while the last commands are
     /// still in flight, as a killed front-end would (for testing backends).
     pub drop_in_flight: bool,
+    /// READ/WRITE(10) or (16).
+    pub cdb: CdbSize,
 }
 
 /// Request queue descriptors: 3 per command (header, data, response).
@@ -256,6 +263,14 @@ fn connect(o: &Options) -> Result<Device, Error> {
             .map_err(proto("SET_VRING_ENABLE"))?;
         queues.push(dq);
     }
+    // Without REPLY_ACK nothing says the backend has enabled the rings
+    // when the first kick comes, and a backend that reads the kick first
+    // can lose the request. The backend handles messages in order, so the
+    // answer to a GET_FEATURES says it has (QEMU does the same, commit
+    // "vhost-user: call VHOST_USER_SET_VRING_ENABLE synchronously").
+    if !use_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        fe.get_features().map_err(proto("GET_FEATURES"))?;
+    }
     Ok(Device {
         _frontend: fe,
         mem,
@@ -301,7 +316,7 @@ impl Slot {
             len,
             write,
         } = *c;
-        let h = CmdReq::new(single_level_lun(0, lun), tag, cdb);
+        let h = CmdReq::new(linux_lun(0, lun), tag, cdb);
         mem.write_obj(h, GuestAddress(self.meta))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let (hd, d1, d2) = (self.head, self.head + 1, self.head + 2);
@@ -471,6 +486,10 @@ pub fn run(o: &Options) -> Result<Report, Error> {
             "the LUN (or --span) is too small for this load".into(),
         ));
     }
+    let cdb = o
+        .cdb
+        .for_lun(blocks, (units - 1) * per_io, per_io)
+        .map_err(Error::Setup)?;
 
     let stop = AtomicBool::new(false);
     let remaining = AtomicU64::new(o.ios.unwrap_or(u64::MAX));
@@ -500,6 +519,7 @@ pub fn run(o: &Options) -> Result<Report, Error> {
                 units,
                 per_io,
                 lbs,
+                cdb,
                 stop: &stop,
                 remaining: &remaining,
                 live: &live[qi],
@@ -589,6 +609,7 @@ struct Worker<'a> {
     units: u64,
     per_io: u64,
     lbs: u32,
+    cdb: CdbSize,
     stop: &'a AtomicBool,
     remaining: &'a AtomicU64,
     live: &'a Live,
@@ -658,14 +679,13 @@ impl Worker<'_> {
                 .write_slice(&self.buf, GuestAddress(slot.data))
                 .map_err(mem_err)?;
         }
-        let mut cdb = [0u8; 16];
-        cdb[0] = if write { 0x8a } else { 0x88 }; // WRITE(16) / READ(16)
-        cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-        cdb[10..14].copy_from_slice(&(self.per_io as u32).to_be_bytes());
+        // per_io is at most 32 MiB / 512 (the --bs limit).
+        let cdb = RwCdb::new(self.cdb, write, lba, self.per_io as u32)
+            .ok_or_else(|| Error::Setup(format!("no {:?} CDB for LBA {lba}", self.cdb)))?;
         let c = Cmd {
             lun: o.lun,
             tag: self.tag,
-            cdb: &cdb,
+            cdb: cdb.as_slice(),
             len: o.block_size,
             write,
         };

@@ -250,6 +250,7 @@ mod tests {
             span: 0,
             progress: false,
             drop_in_flight: false,
+            cdb: crate::bench::CdbSize::Auto,
         };
         let rep = Report::new(&o, vec![r], Duration::from_secs(30), None, Duration::ZERO);
         assert_eq!(rep.ios, 3);

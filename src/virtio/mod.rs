@@ -21,7 +21,7 @@ pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1 << virtio_scsi::VIRTIO_SCSI_F_HOTPLUG;
 pub const VIRTIO_SCSI_F_CHANGE: u64 = 1 << virtio_scsi::VIRTIO_SCSI_F_CHANGE;
 
 pub use wire::{
-    param_change_reason, single_level_lun, CmdReq, CmdResp, CtrlAnReq, CtrlAnResp, CtrlTmfReq,
-    CtrlTmfResp, CtrlType, Event, EventType, ResetReason, Response, TaskAttr, TmfSubtype,
-    VirtioLun, CDB_SIZE, EVENTS_MISSED, REQ_HEADER_LEN, RESP_HEADER_LEN, SENSE_SIZE,
+    linux_lun, param_change_reason, single_level_lun, CmdReq, CmdResp, CtrlAnReq, CtrlAnResp,
+    CtrlTmfReq, CtrlTmfResp, CtrlType, Event, EventType, ResetReason, Response, TaskAttr,
+    TmfSubtype, VirtioLun, CDB_SIZE, EVENTS_MISSED, REQ_HEADER_LEN, RESP_HEADER_LEN, SENSE_SIZE,
 };

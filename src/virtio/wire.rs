@@ -350,6 +350,18 @@ pub fn single_level_lun(target: u8, lun: u16) -> [u8; 8] {
     [1, target, b0, b1, 0, 0, 0, 0]
 }
 
+/// The LUN field a Linux guest puts in every request for `lun` on `target`
+/// (virtio 1.2, 5.6.6.1: byte 0 is 1, byte 1 the target, bytes 2-3 a
+/// single-level LUN, the rest 0), always in SAM-5's flat space addressing
+/// method (address method 01b in the top two bits of byte 2, then a 14-bit
+/// LUN), LUN 0 included: as drivers/scsi/virtio_scsi.c encodes it, unlike
+/// REPORT LUNS's peripheral form below 256. A LUN above 16383 does not fit
+/// the 14 bits; its top two bits are dropped, as `encode_lun` does.
+pub fn linux_lun(target: u8, lun: u16) -> [u8; 8] {
+    let [hi, lo] = lun.to_be_bytes();
+    [1, target, 0x40 | (hi & 0x3f), lo, 0, 0, 0, 0]
+}
+
 /// Where a virtio LUN field points (virtio 1.2, 5.6.6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VirtioLun {

@@ -246,6 +246,28 @@ fn lun_fields_use_the_report_luns_form() {
 }
 
 #[test]
+fn linux_lun_fields_use_flat_space_addressing_even_for_lun_0() {
+    // virtio 1.2 5.6.6.1; SAM-5 flat space addressing: 01b, then 14 bits.
+    assert_eq!(linux_lun(0, 0), [1, 0, 0x40, 0x00, 0, 0, 0, 0]);
+    assert_eq!(linux_lun(0, 5), [1, 0, 0x40, 0x05, 0, 0, 0, 0]);
+    assert_eq!(linux_lun(0, 300), [1, 0, 0x41, 0x2c, 0, 0, 0, 0]);
+    assert_eq!(linux_lun(2, 0x3fff), [1, 2, 0x7f, 0xff, 0, 0, 0, 0]);
+}
+
+#[test]
+fn linux_lun_fields_parse_to_the_same_lun_as_the_report_luns_form() {
+    for lun in [0, 5, 255, 256, 300, 0x3fff] {
+        let VirtioLun::Target0 { b0, b1 } = VirtioLun::parse(&linux_lun(0, lun)) else {
+            panic!("LUN {lun} not parsed as target 0");
+        };
+        assert_eq!(
+            crate::scsi::LunAddress::from_first_level(b0, b1),
+            crate::scsi::LunAddress::Lun(lun)
+        );
+    }
+}
+
+#[test]
 fn lun_parsing_distinguishes_target_wlun_and_bad_target() {
     assert_eq!(
         VirtioLun::parse(&[1, 0, 0x00, 0x02, 0, 0, 0, 0]),
