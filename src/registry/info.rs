@@ -145,7 +145,7 @@ impl Registry {
                 };
                 let mut r = crate::stats::LunReport::new(name.clone(), n, stats.totals());
                 if let Some(lu) = map.lu(n) {
-                    if lu.reservations {
+                    if lu.reservations_enabled() {
                         let pr = lu.pr_lock();
                         r.reservations = Some(serde_json::json!({
                             "registrations": pr.registrations.len(),

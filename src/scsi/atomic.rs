@@ -25,8 +25,6 @@
 //! Against other writers through this daemon the write is also atomic: it
 //! holds its block range in the LU's write tracker.
 
-use std::sync::atomic::Ordering;
-
 use super::lu::{Failure, LogicalUnit};
 use super::opcodes::Ctx;
 use super::sbc::check_protect;
@@ -107,9 +105,9 @@ pub(crate) fn write_atomic16(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome,
     ctx.data_out
         .read_at(0, &mut data)
         .map_err(|_| Sense::invalid_cdb_field(12, None))?;
-    let sync = fua || !lu.wce.load(Ordering::Relaxed);
+    let sync = fua || !lu.write_cache();
     let store = lu.backstore();
-    lu.writes
+    lu.writes()
         .exclusive(BlockRange::new(lba, u64::from(blocks)), || {
             store.write_atomic(&data, offset, sync)
         })

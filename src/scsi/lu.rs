@@ -103,28 +103,28 @@ pub struct LogicalUnit {
     write_protected: AtomicBool,
     identity: Identity,
     /// Caching mode page WCE (SBC-3 6.4.5).
-    pub(crate) wce: AtomicBool,
+    wce: AtomicBool,
     /// Control mode page D_SENSE (SPC-4 7.5.8): descriptor-format sense.
-    pub(crate) d_sense: AtomicBool,
+    d_sense: AtomicBool,
     /// Stopped by START STOP UNIT.
-    pub(crate) stopped: AtomicBool,
+    stopped: AtomicBool,
     /// Fast-path hint: some nexus may have a pending unit attention.
     ua_hint: AtomicBool,
     ua: Mutex<HashMap<u32, VecDeque<Sense>>>,
-    pub(crate) writes: WriteTracker,
-    pub(crate) pr: Mutex<PrState>,
+    writes: WriteTracker,
+    pr: Mutex<PrState>,
     /// Fast-path hint: a reservation exists, commands must be checked.
     pr_active: AtomicBool,
-    pub(crate) pr_file: Option<PathBuf>,
+    pr_file: Option<PathBuf>,
     /// See `LuConfig::reservations`.
-    pub(crate) reservations: bool,
+    reservations: bool,
     attached: Mutex<HashMap<u32, Attached>>,
     /// SANITIZE state, shared with the operation's thread.
     sanitizer: Arc<Sanitizer>,
     /// What WRITE ATOMIC may do here; None: not offered.
     atomic: Option<AtomicLimits>,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
-    pub(crate) copies: CopyResults,
+    copies: CopyResults,
     /// The target port groups (controllers) that serve this LU.
     port_groups: Mutex<Vec<PortGroup>>,
 }
@@ -346,6 +346,51 @@ impl LogicalUnit {
 
     pub(crate) fn descriptor_sense(&self) -> bool {
         self.d_sense.load(Ordering::Relaxed)
+    }
+
+    /// The caching mode page's WCE (SBC-3 6.4.5): writes may stay in a
+    /// volatile cache until a flush; off, every write is forced to the
+    /// medium.
+    pub(crate) fn write_cache(&self) -> bool {
+        self.wce.load(Ordering::Relaxed)
+    }
+
+    /// Set WCE and D_SENSE (MODE SELECT); whether either changed.
+    pub(crate) fn set_mode_bits(&self, wce: bool, d_sense: bool) -> bool {
+        let was_wce = self.wce.swap(wce, Ordering::Relaxed);
+        let was_d_sense = self.d_sense.swap(d_sense, Ordering::Relaxed);
+        was_wce != wce || was_d_sense != d_sense
+    }
+
+    /// Stopped by START STOP UNIT (SBC-3 5.25).
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_stopped(&self, stopped: bool) {
+        self.stopped.store(stopped, Ordering::Relaxed);
+    }
+
+    /// The writes in progress (COMPARE AND WRITE and EXTENDED COPY wait
+    /// for those that overlap).
+    pub(crate) fn writes(&self) -> &WriteTracker {
+        &self.writes
+    }
+
+    /// EXTENDED COPY operations of this LU (as the copy manager) and their
+    /// results (RECEIVE COPY RESULTS).
+    pub(crate) fn copies(&self) -> &CopyResults {
+        &self.copies
+    }
+
+    /// Where APTPL reservation state is kept, if anywhere.
+    pub(crate) fn pr_file(&self) -> Option<&std::path::Path> {
+        self.pr_file.as_deref()
+    }
+
+    /// Whether this LU implements reservations (`LuConfig::reservations`).
+    pub(crate) fn reservations_enabled(&self) -> bool {
+        self.reservations
     }
 
     fn ua_map(&self) -> MutexGuard<'_, HashMap<u32, VecDeque<Sense>>> {

@@ -5,8 +5,6 @@
 //! informational exceptions control (1Ch). WCE and D_SENSE are changeable;
 //! nothing is saveable.
 
-use std::sync::atomic::Ordering;
-
 use super::cdb::{be16_at, be32_at};
 use super::lu::{Failure, LogicalUnit};
 use super::opcodes::Ctx;
@@ -50,7 +48,7 @@ fn page(lu: &LogicalUnit, code: u8, pc: PageControl) -> Vec<u8> {
             p[0] = code;
             p[1] = 0x12;
             let wce = match pc {
-                PageControl::Current => lu.wce.load(Ordering::Relaxed),
+                PageControl::Current => lu.write_cache(),
                 PageControl::Changeable | PageControl::Default => true,
             };
             if wce {
@@ -213,7 +211,7 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fa
         }
     }
     // Validate every page before applying any (SPC-4 6.13: all or nothing).
-    let mut new_wce = lu.wce.load(Ordering::Relaxed);
+    let mut new_wce = lu.write_cache();
     let mut new_dsense = lu.descriptor_sense();
     let mut i = hdr + bd_len;
     while i < len {
@@ -250,9 +248,7 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fa
         }
         i = end;
     }
-    let changed = new_wce != lu.wce.load(Ordering::Relaxed) || new_dsense != lu.descriptor_sense();
-    lu.wce.store(new_wce, Ordering::Relaxed);
-    lu.d_sense.store(new_dsense, Ordering::Relaxed);
+    let changed = lu.set_mode_bits(new_wce, new_dsense);
     if changed {
         // SPC-4 6.13: other nexuses learn of the change by a unit attention.
         lu.establish_ua_all(Sense::MODE_PARAMETERS_CHANGED, Some(ctx.nexus.id));

@@ -26,7 +26,7 @@ fn conflict() -> Failure {
 /// operation code), so that no initiator relies on a reservation another
 /// process sharing the backstore would not see.
 fn unsupported(lu: &LogicalUnit) -> Result<(), Failure> {
-    if lu.reservations {
+    if lu.reservations_enabled() {
         Ok(())
     } else {
         Err(Failure::Sense(Sense::INVALID_COMMAND_OPERATION_CODE))
@@ -59,7 +59,7 @@ pub(crate) fn persistent_reserve_in(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<O
         1 => st.read_reservation(),
         2 => {
             let mut d = st.report_capabilities();
-            if lu.pr_file.is_none() {
+            if lu.pr_file().is_none() {
                 d[2] &= !0x01; // PTPL_C: nowhere to persist to
             }
             d
@@ -87,7 +87,7 @@ pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
         .read_at(0, &mut p)
         .map_err(|_| Sense::PARAMETER_LIST_LENGTH_ERROR)?;
     let params = pr::parse_prout(sa, &p)?;
-    if params.aptpl && lu.pr_file.is_none() {
+    if params.aptpl && lu.pr_file().is_none() {
         return Err(Sense::invalid_param_field(20, Some(0)).into());
     }
 
@@ -128,7 +128,7 @@ pub(crate) fn persistent_reserve_out(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
 
     // APTPL: the new state is on disk before the command completes.
     if (st.aptpl || before.aptpl) && *st != before {
-        if let Some(path) = &lu.pr_file {
+        if let Some(path) = lu.pr_file() {
             if let Err(e) = pr::save(path, lu.identity().naa, &st) {
                 error!("{}", crate::error_chain(&e));
                 *st = before;

@@ -266,7 +266,7 @@ fn start(lu: &LogicalUnit, method: Method, ause: bool) -> Result<(), Failure> {
     };
     let total = store.size().saturating_mul(passes);
     let whole = BlockRange::new(0, lu.blocks());
-    lu.writes
+    lu.writes()
         .exclusive(whole, || state.set(Phase::Running { done: 0, total }))
         .ok_or_else(LogicalUnit::status_busy)?;
     let what = match &method {

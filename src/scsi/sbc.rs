@@ -2,8 +2,6 @@
 
 //! SBC-3 block commands.
 
-use std::sync::atomic::Ordering;
-
 use super::cdb::{be16_at, be32_at, be64_at};
 use super::lu::{Failure, LogicalUnit};
 use super::opcodes::Ctx;
@@ -166,7 +164,7 @@ pub(crate) fn write_and_verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcom
     }
     let data = data_out(ctx, len)?;
     let range = BlockRange::new(t.lba, t.blocks);
-    let result = lu.writes.exclusive(range, || -> Result<(), Sense> {
+    let result = lu.writes().exclusive(range, || -> Result<(), Sense> {
         let bs = lu.backstore();
         bs.write_at(&data, offset)
             .and_then(|()| bs.flush())
@@ -226,7 +224,7 @@ pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fai
     };
     let zero = pattern.iter().all(|&b| b == 0);
     let store = lu.backstore();
-    let result = lu.writes.exclusive(BlockRange::new(t.lba, t.blocks), || {
+    let result = lu.writes().exclusive(BlockRange::new(t.lba, t.blocks), || {
         if zero && unmap && lu.thin() {
             store.deallocate(offset, len)
         } else if zero {
@@ -283,7 +281,7 @@ pub(crate) fn unmap(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure>
         return good();
     }
     for (lba, blocks, offset, bytes) in ranges {
-        lu.writes
+        lu.writes()
             .exclusive(BlockRange::new(lba, blocks), || {
                 lu.backstore().deallocate(offset, bytes)
             })
@@ -345,18 +343,20 @@ pub(crate) fn compare_and_write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outco
     let (offset, len) = lu.byte_range(lba, u64::from(n))?;
     let data = data_out(ctx, 2 * len)?;
     let (verify, write) = data.split_at(len as usize);
-    let fua = ctx.cdb.bit(1, 3) || !lu.wce.load(Ordering::Relaxed);
-    let result = lu.writes.exclusive(BlockRange::new(lba, u64::from(n)), || {
-        let medium = read_medium(lu, lba, offset, len)?;
-        if let Some(at) = first_difference(&medium, verify) {
-            return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
-        }
-        let store = lu.backstore();
-        store
-            .write_at(write, offset)
-            .and_then(|()| if fua { store.flush() } else { Ok(()) })
-            .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
-    });
+    let fua = ctx.cdb.bit(1, 3) || !lu.write_cache();
+    let result = lu
+        .writes()
+        .exclusive(BlockRange::new(lba, u64::from(n)), || {
+            let medium = read_medium(lu, lba, offset, len)?;
+            if let Some(at) = first_difference(&medium, verify) {
+                return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
+            }
+            let store = lu.backstore();
+            store
+                .write_at(write, offset)
+                .and_then(|()| if fua { store.flush() } else { Ok(()) })
+                .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
+        });
     result.ok_or_else(LogicalUnit::status_busy)??;
     good()
 }
@@ -371,8 +371,8 @@ pub(crate) fn orwrite(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failur
         return good();
     }
     let data = data_out(ctx, len)?;
-    let fua = t.fua || !lu.wce.load(Ordering::Relaxed);
-    let result = lu.writes.exclusive(BlockRange::new(t.lba, t.blocks), || {
+    let fua = t.fua || !lu.write_cache();
+    let result = lu.writes().exclusive(BlockRange::new(t.lba, t.blocks), || {
         let mut medium = read_medium(lu, t.lba, offset, len)?;
         for (m, d) in medium.iter_mut().zip(&data) {
             *m |= d;
@@ -492,7 +492,7 @@ pub(crate) fn start_stop_unit(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome
         lu.flush()
             .map_err(|e| lu.io_error_sense(IoKind::Flush, 0, &e))?;
     }
-    lu.stopped.store(!start, Ordering::Relaxed);
+    lu.set_stopped(!start);
     good()
 }
 

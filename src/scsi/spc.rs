@@ -3,8 +3,6 @@
 //! SPC-4 primary commands: INQUIRY and its VPD pages, REPORT LUNS, REQUEST
 //! SENSE, TEST UNIT READY, REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
 
-use std::sync::atomic::Ordering;
-
 use super::lu::{Failure, LogicalUnit};
 use super::opcodes::Ctx;
 use super::sense::Sense;
@@ -59,7 +57,7 @@ pub(crate) fn request_sense(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
         (ua, None)
     } else if let Some(state) = lu.sanitizer().request_sense() {
         state
-    } else if lu.stopped.load(Ordering::Relaxed) {
+    } else if lu.stopped() {
         (Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED, None)
     } else {
         (Sense::NO_ADDITIONAL_SENSE, None)

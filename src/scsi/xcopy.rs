@@ -21,7 +21,6 @@
 //! reset, or a LOGICAL UNIT RESET; at most `HELD_RESULTS` per LU.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use log::warn;
@@ -249,7 +248,7 @@ pub(crate) fn extended_copy(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
         .map_err(|_| Sense::PARAMETER_LIST_LENGTH_ERROR)?;
     let list = parse(&p)?;
     let nexus = ctx.nexus.id;
-    if list.held && !lu.copies.start(nexus, list.list_id) {
+    if list.held && !lu.copies().start(nexus, list.list_id) {
         return Err(OPERATION_IN_PROGRESS.into());
     }
     let mut progress = Progress::default();
@@ -259,7 +258,7 @@ pub(crate) fn extended_copy(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
             .as_ref()
             .err()
             .map(|s| s.encode(lu.descriptor_sense()));
-        lu.copies.finish(nexus, list.list_id, &progress, failure);
+        lu.copies().finish(nexus, list.list_id, &progress, failure);
     }
     result?;
     Ok(Outcome::Done(Response::good(Vec::new())))
@@ -382,7 +381,7 @@ fn unit(
             None,
         ));
     }
-    if lu.sanitizer().refusal(true).is_some() || lu.stopped.load(Ordering::Relaxed) {
+    if lu.sanitizer().refusal(true).is_some() || lu.stopped() {
         return Err(COPY_TARGET_DEVICE_NOT_REACHABLE);
     }
     if !lu.access_allowed(ctx.nexus, access) {
@@ -426,18 +425,18 @@ fn run(lu: &LogicalUnit, ctx: &Ctx, list: &CopyList, progress: &mut Progress) ->
             .byte_range(seg.dst_lba, bytes / dbs)
             .map_err(|_| COPY_ABORTED.with_information(i as u64))?;
         let range = BlockRange::new(seg.dst_lba, bytes / dbs);
-        dst.writes.begin(range);
+        dst.writes().begin(range);
         let copied = src
             .backstore()
             .copy_to(dst.backstore(), src_off, dst_off, bytes);
         let copied = copied.and_then(|()| {
-            if dst.wce.load(Ordering::Relaxed) {
+            if dst.write_cache() {
                 Ok(())
             } else {
                 dst.backstore().flush()
             }
         });
-        dst.writes.end(range);
+        dst.writes().end(range);
         if let Err(e) = copied {
             warn!(
                 "{}: EXTENDED COPY segment {i} to {} failed: {e}",
@@ -459,7 +458,7 @@ fn run(lu: &LogicalUnit, ctx: &Ctx, list: &CopyList, progress: &mut Progress) ->
 pub(crate) fn receive_copy_status(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     let alloc = ctx.cdb.be32(10) as usize;
     let r = lu
-        .copies
+        .copies()
         .get(ctx.nexus.id, ctx.cdb.byte(2))
         .ok_or_else(|| Sense::invalid_cdb_field(2, None))?;
     // COPY MANAGER STATUS: 00h running, 01h done, 02h done with an error.
@@ -488,7 +487,7 @@ pub(crate) fn receive_copy_failure_details(
 ) -> Result<Outcome, Failure> {
     let alloc = ctx.cdb.be32(10) as usize;
     let r = lu
-        .copies
+        .copies()
         .get(ctx.nexus.id, ctx.cdb.byte(2))
         .filter(|r| !r.running)
         .ok_or_else(|| Sense::invalid_cdb_field(2, None))?;
