@@ -4,133 +4,19 @@
 //! the controller's session, counted, listed and saved without the CHAP
 //! password given in their URL.
 
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::tgt::Tgt;
 use serde_json::{json, Value};
 use vhost_user_scsi::bench;
 
 const IQN: &str = "iqn.2026-12.org.vhost-user-scsi:ctl-test";
-
-struct Tgt {
-    child: Child,
-    port: u16,
-    ctl: String,
-    dir: tempfile::TempDir,
-    img: PathBuf,
-}
-
-impl Tgt {
-    /// tgtd on a free loopback port with one target open to all, LUN 1 on
-    /// a 16 MiB file.
-    fn start() -> Tgt {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = (port % 32000 + 1).to_string();
-        let child = Command::new("tgtd")
-            .args(["-f", "-C", &ctl, "--iscsi"])
-            .arg(format!("portal=127.0.0.1:{port}"))
-            .env("TGT_IPC_SOCKET", dir.path().join("ipc"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tgtd (Debian package tgt) is needed");
-        let img = dir.path().join("lun1.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(16 << 20)
-            .unwrap();
-        let t = Tgt {
-            child,
-            port,
-            ctl,
-            dir,
-            img,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !t.adm(&["--mode", "sys", "--op", "show"]) {
-            assert!(Instant::now() < deadline, "tgtd did not start");
-            sleep(Duration::from_millis(50));
-        }
-        assert!(t.adm(&[
-            "--mode",
-            "target",
-            "--op",
-            "new",
-            "--tid",
-            "1",
-            "--targetname",
-            IQN
-        ]));
-        let img = t.img.display().to_string();
-        assert!(t.adm(&[
-            "--mode",
-            "logicalunit",
-            "--op",
-            "new",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--bstype",
-            "rdwr",
-            "--backing-store",
-            &img,
-        ]));
-        assert!(t.adm(&[
-            "--mode",
-            "target",
-            "--op",
-            "bind",
-            "--tid",
-            "1",
-            "--initiator-address",
-            "ALL"
-        ]));
-        t
-    }
-
-    fn adm(&self, args: &[&str]) -> bool {
-        Command::new("tgtadm")
-            .args(["-C", &self.ctl, "--lld", "iscsi"])
-            .args(args)
-            .env("TGT_IPC_SOCKET", self.dir.path().join("ipc"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        // tgtd ignores SIGTERM: offline, delete the target, then the system.
-        self.adm(&[
-            "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline",
-        ]);
-        self.adm(&[
-            "--mode", "target", "--op", "delete", "--force", "--tid", "1",
-        ]);
-        self.adm(&["--mode", "system", "--op", "delete"]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Daemon(Child);
 
@@ -151,7 +37,9 @@ fn call(ctl: &Path, method: &str, params: Value) -> Result<Value, (i64, String)>
 
 #[test]
 fn an_iscsi_lun_added_at_run_time_is_served_counted_and_saved_without_its_password() {
-    let t = Tgt::start();
+    let mut t = Tgt::start();
+    let (tid, _) = t.target(IQN);
+    t.bind_all(tid);
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("ctl.sock");
     let s0 = dir.path().join("s0");

@@ -12,23 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::daemon::Daemon;
 use serde_json::{json, Value};
 use vhost_user_scsi::bench;
 use vhost_user_scsi::privileges::{self, CapSet, Status};
 
 const NOBODY: u32 = 65534;
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl Daemon {
     fn pid(&self) -> String {
