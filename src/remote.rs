@@ -223,6 +223,8 @@ pub enum TmfOutcome {
 pub trait Session: Send + Sync {
     /// Equal for every handle on the same session.
     fn id(&self) -> usize;
+    /// The protocol's name, for log lines ("iSCSI").
+    fn protocol(&self) -> &'static str;
     /// Send commands, in order, with as few writes as the transport allows.
     /// Each `done` runs once: on the thread that receives the answer (an
     /// attached receiver, or the session's own thread), or on the caller's

@@ -196,12 +196,15 @@ impl ScsiBackend {
             TmfSubtype::ITNexusReset => return Response::FunctionRejected,
         };
         let name = &self.inner.controller.name;
+        let protocol = remote.session.protocol();
         if function.is_reset() {
-            info!("{name}: logical unit reset of {addr:?} (at the target)");
+            info!("{name}: logical unit reset of {addr:?} (at the {protocol} target)");
         }
         let answer = remote.session.task_management(function, remote.lun);
         if subtype == TmfSubtype::AbortTask {
-            info!("{name}: abort of task {tag:#x} on {addr:?}: {answer:?}");
+            info!(
+                "{name}: abort of task {tag:#x} on {addr:?} at the {protocol} target: {answer:?}"
+            );
         }
         match answer {
             TmfOutcome::Complete => {
@@ -217,7 +220,7 @@ impl ScsiBackend {
             }
             TmfOutcome::NoSuchLun => Response::IncorrectLun,
             TmfOutcome::Rejected(why) => {
-                debug!("{name}: the target refused TMF {subtype:?}: {why}");
+                debug!("{name}: the {protocol} target refused TMF {subtype:?}: {why}");
                 Response::FunctionRejected
             }
         }

@@ -15,6 +15,10 @@ impl Session for Client {
         self.session_id()
     }
 
+    fn protocol(&self) -> &'static str {
+        "iSCSI"
+    }
+
     fn submit_all(&self, requests: Vec<Request>) {
         Client::submit_all(self, requests);
     }
