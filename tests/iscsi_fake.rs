@@ -122,6 +122,9 @@ struct Fake {
     logouts: Arc<AtomicUsize>,
     commands: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// Threads still serving the portal: its accept loop and one per
+    /// connection.
+    live: Arc<AtomicUsize>,
 }
 
 impl Fake {
@@ -139,32 +142,50 @@ impl Fake {
             logouts: Arc::default(),
             commands: Arc::default(),
             stop: Arc::default(),
+            live: Arc::new(AtomicUsize::new(1)),
         };
         let counts = Counts {
             logins: f.logins.clone(),
             checks: f.checks.clone(),
             logouts: f.logouts.clone(),
         };
-        let (commands, stop) = (f.commands.clone(), f.stop.clone());
+        let (commands, stop, live) = (f.commands.clone(), f.stop.clone(), f.live.clone());
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let (role, counts, commands, stop) =
-                            (role.clone(), counts.clone(), commands.clone(), stop.clone());
-                        thread::spawn(move || serve(s, role, &counts, &commands, &stop));
+                        let (role, counts, commands, stop, live) = (
+                            role.clone(),
+                            counts.clone(),
+                            commands.clone(),
+                            stop.clone(),
+                            live.clone(),
+                        );
+                        live.fetch_add(1, Ordering::SeqCst);
+                        thread::spawn(move || {
+                            serve(s, role, &counts, &commands, &stop);
+                            live.fetch_sub(1, Ordering::SeqCst);
+                        });
                     }
                     Err(_) => sleep(Duration::from_millis(10)),
                 }
             }
+            // The listener closes here, with the loop.
+            drop(l);
+            live.fetch_sub(1, Ordering::SeqCst);
         });
         f
     }
 
-    /// Close the portal and every connection to it.
+    /// Close the portal and every connection to it, and wait until they
+    /// are closed.
     fn kill(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.live.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline, "the fake target did not stop");
+            sleep(Duration::from_millis(5));
+        }
     }
 
     fn logins(&self) -> usize {
@@ -192,6 +213,10 @@ impl Drop for Fake {
 
 fn read_pdu(s: &mut TcpStream, rx: &mut Vec<u8>, stop: &AtomicBool) -> Option<Pdu> {
     loop {
+        // A killed portal answers nothing more: its connections close.
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Ok(Some((p, used))) = pdu::decode(rx, Digests::default(), 1 << 20) {
             rx.drain(..used);
             return Some(p);
@@ -628,8 +653,9 @@ fn an_asynchronous_event_is_reported_once_as_a_unit_attention_and_to_the_hook() 
         event: Some(sense.clone()),
     });
     let c = Client::start("event", vec![t.addr.clone()], params(), no_discovery()).unwrap();
-    sleep(Duration::from_millis(300));
-    // INQUIRY does not report unit attentions.
+    // The target sends the event right after the login, so it arrives
+    // before the answer to any command. INQUIRY does not report unit
+    // attentions.
     let inquiry = [0x12, 0, 0, 0, 36, 0];
     assert_eq!(one(&c, &inquiry).unwrap().status, 0);
     let r = one(&c, &TUR).unwrap();
