@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::vhost::{Connection, Rings, ShutdownHandle};
 use log::{error, info, warn};
 
-use crate::backstore::{self, Backstore};
+use crate::backstore::{self, Backstore, FileBackstore};
 use crate::config::{Config, LunConfig};
 use crate::device::{Controller, ScsiBackend};
 use crate::registry::Registry;
@@ -56,7 +56,7 @@ pub enum Error {
 /// Open, check and claim one file or block device backstore, and load its
 /// reservation state.
 pub(crate) fn open_local(lc: &LunConfig, canonical: &Path) -> Result<LogicalUnit, Error> {
-    let mut store = Backstore::open(canonical, lc.read_only, lc.direct)?;
+    let mut store = FileBackstore::open(canonical, lc.read_only, lc.direct)?;
     if store.size() < u64::from(lc.block_size) {
         return Err(Error::TooSmall {
             path: canonical.into(),
@@ -112,7 +112,7 @@ pub(crate) fn open_local(lc: &LunConfig, canonical: &Path) -> Result<LogicalUnit
         }
     );
     Ok(LogicalUnit::new(
-        store,
+        Arc::new(store),
         LuConfig {
             block_size: lc.block_size,
             identity,
@@ -132,7 +132,7 @@ fn default_pr_file(path: &std::path::Path, kind: backstore::Kind, serial: &str) 
             p.push(".pr");
             PathBuf::from(p)
         }
-        backstore::Kind::Block | backstore::Kind::Null => {
+        backstore::Kind::Block | backstore::Kind::Null | backstore::Kind::Memory => {
             PathBuf::from(STATE_DIR).join(format!("{serial}.pr"))
         }
     }

@@ -3,23 +3,30 @@
 //! Backstores: where a logical unit's blocks live. A backstore is a byte
 //! range with read, write, flush, deallocate and allocation-map queries; it
 //! knows nothing about SCSI.
+//!
+//! [`Backstore`] is the contract the SCSI layer and the queue workers use;
+//! three implementations stand behind it:
+//! - [`FileBackstore`] (file.rs): a regular file or a block device, the
+//!   daemon's real storage, with O_DIRECT, copy_file_range, hole punching,
+//!   BLKDISCARD and RWF_ATOMIC;
+//! - [`NullBackstore`] (null.rs): no storage, reads are zeros and writes
+//!   vanish (`--lun null,size=...`, for measuring the transport);
+//! - [`MemoryBackstore`] (memory.rs): a sparse image in memory that fails
+//!   on demand, for tests (SCSI tests need no file, and a failing disk can
+//!   be injected at any byte range and operation).
 
-use std::alloc::{self, Layout};
-use std::fs::{File, OpenOptions};
+use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Alignment used for O_DIRECT bounce buffers (the largest logical block
-/// size we support, and the page size).
-const DIRECT_ALIGN: usize = 4096;
+mod file;
+mod memory;
+mod null;
 
-// linux/fs.h: _IOR(0x12, 114, size_t), _IO(0x12, 119), _IO(0x12, 127).
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKDISCARD: libc::c_ulong = 0x1277;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
+pub use file::{canonical_id, object_id, FileBackstore, ObjectId};
+pub use memory::{Fault, MemoryBackstore, Op};
+pub use null::NullBackstore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +56,20 @@ pub enum Kind {
     /// No storage: reads return zeros, writes are dropped (for measuring
     /// the transport alone).
     Null,
+    /// An image in the daemon's memory (tests).
+    Memory,
+}
+
+impl Kind {
+    /// The name `info` and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Block => "block",
+            Kind::Null => "null",
+            Kind::Memory => "memory",
+        }
+    }
 }
 
 /// Whether a byte range is allocated or a hole, as reported by the filesystem.
@@ -56,28 +77,6 @@ pub enum Kind {
 pub enum Extent {
     Mapped(u64),
     Deallocated(u64),
-}
-
-/// A regular file or block device opened for I/O.
-#[derive(Debug)]
-pub struct Backstore {
-    /// None for the null backstore.
-    file: Option<File>,
-    path: PathBuf,
-    kind: Kind,
-    /// Size in bytes; changes on `resize`.
-    size: AtomicU64,
-    read_only: bool,
-    direct: bool,
-    /// The file lives in memory (tmpfs, ramfs): I/O is a memory copy that
-    /// never waits for a device, so it is done inline instead of through
-    /// io_uring (whose io-wq hand-off would cost more than the copy).
-    in_memory: bool,
-    /// Files kept open for their locks (see `claim`, `hold`).
-    held: Vec<File>,
-    /// Untorn writes the kernel offers on this O_DIRECT file or device
-    /// (statx STATX_WRITE_ATOMIC); None without O_DIRECT or support.
-    atomic: Option<AtomicUnits>,
 }
 
 /// The range of write sizes RWF_ATOMIC accepts: powers of two from `min`
@@ -88,349 +87,99 @@ pub struct AtomicUnits {
     pub max: u32,
 }
 
-// linux/stat.h (6.11): statx mask bit for the atomic write fields.
-const STATX_WRITE_ATOMIC: u32 = 0x0001_0000;
-
-/// What statx says about untorn writes to `file` (None when nothing).
-fn atomic_units(file: &File) -> Option<AtomicUnits> {
-    // SAFETY: statx is plain data filled by the call.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid fd, an empty path with AT_EMPTY_PATH, a valid out pointer.
-    let r = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            STATX_WRITE_ATOMIC,
-            &mut st,
-        )
-    };
-    if r != 0 || st.stx_mask & STATX_WRITE_ATOMIC == 0 {
-        return None;
-    }
-    let (min, max) = (st.stx_atomic_write_unit_min, st.stx_atomic_write_unit_max);
-    (min > 0 && max >= min).then_some(AtomicUnits { min, max })
+/// How a queue worker moves a read's or a write's bytes between guest
+/// memory and this backstore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Nothing to move: reads are zeros, writes vanish.
+    Discard,
+    /// A memory copy that never waits for a device (tmpfs, ramfs, an image
+    /// in memory): done inline with [`Backstore::vectored`], since an
+    /// io_uring hand-off would cost more than the copy.
+    Inline,
+    /// Submitted to the worker's io_uring on this descriptor.
+    Ring(RawFd),
 }
 
-/// statfs(2) f_type of tmpfs and ramfs (linux/magic.h).
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
+/// A logical unit's storage: a byte range of `size()` bytes.
+///
+/// Errors are `io::Error`s with the errno the operation met (the SCSI layer
+/// turns ENOSPC into SPACE ALLOCATION FAILED and anything else into a
+/// medium or write error at the LBA).
+pub trait Backstore: Send + Sync + fmt::Debug {
+    /// What backs it.
+    fn kind(&self) -> Kind;
 
-fn on_memory_fs(file: &File) -> bool {
-    // SAFETY: statfs is plain data filled by fstatfs.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd and a valid out pointer.
-    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
-    r == 0 && matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
-}
+    /// A name for logs and `info`: the path it was opened by.
+    fn path(&self) -> &Path;
 
-impl Backstore {
-    /// Open `path` (read-only if asked, O_DIRECT if asked) and find its size.
-    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Backstore, Error> {
-        let mut flags = libc::O_CLOEXEC;
-        if direct {
-            flags |= libc::O_DIRECT;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|source| Error::Open {
-                path: path.into(),
-                source,
-            })?;
-        let meta = file.metadata().map_err(|source| Error::Open {
-            path: path.into(),
-            source,
-        })?;
-        let ft = meta.file_type();
-        let (kind, size) = if ft.is_file() {
-            (Kind::File, meta.len())
-        } else if ft.is_block_device() {
-            let size = block_device_size(&file).map_err(|source| Error::Size {
-                path: path.into(),
-                source,
-            })?;
-            (Kind::Block, size)
-        } else {
-            return Err(Error::NotFileOrBlock(path.into()));
-        };
-        let in_memory = kind == Kind::File && on_memory_fs(&file);
-        // RWF_ATOMIC takes O_DIRECT only.
-        let atomic = if direct && !read_only {
-            atomic_units(&file)
-        } else {
-            None
-        };
-        Ok(Backstore {
-            file: Some(file),
-            path: path.into(),
-            kind,
-            size: AtomicU64::new(size),
-            read_only,
-            direct,
-            in_memory,
-            held: Vec::new(),
-            atomic,
-        })
+    /// Size in bytes; changes on `resize`.
+    fn size(&self) -> u64;
+
+    /// Take a new size: with `Some(bytes)` set it (where this backstore
+    /// can), with `None` read it again (resized by someone else). Returns
+    /// the size now.
+    fn resize(&self, bytes: Option<u64>) -> io::Result<u64>;
+
+    /// Opened read-only: writes are refused by the SCSI layer.
+    fn read_only(&self) -> bool;
+
+    /// Opened with O_DIRECT (reads bypass the page cache).
+    fn direct(&self) -> bool {
+        false
     }
 
-    /// A null backstore of `size` bytes.
-    pub fn null(size: u64) -> Backstore {
-        Backstore {
-            file: None,
-            path: PathBuf::from("null"),
-            kind: Kind::Null,
-            size: AtomicU64::new(size),
-            read_only: false,
-            direct: false,
-            in_memory: true,
-            held: Vec::new(),
-            atomic: None,
-        }
-    }
+    /// How the data path moves a command's bytes. Asked once, when the
+    /// logical unit is made: it must not change.
+    fn route(&self) -> Route;
 
-    /// Whether I/O on this backstore is a memory copy (tmpfs, ramfs, null),
-    /// best done inline by the worker.
-    pub fn in_memory(&self) -> bool {
-        self.in_memory
-    }
-
-    /// preadv/pwritev between `iovecs` and the file at `offset`, looping over
-    /// short transfers. `sync` writes with RWF_DSYNC.
-    pub fn vectored(
+    /// Read into (`write` false) or write from the buffers `iovecs` at
+    /// `offset`, completely; `sync` writes durably (RWF_DSYNC). A read past
+    /// the end zero-fills.
+    ///
+    /// # Safety
+    /// Each iovec must describe memory that is valid for reads (write) or
+    /// writes (read) of `iov_len` bytes for the whole call, and that nothing
+    /// else accesses meanwhile (guest memory the worker keeps mapped).
+    unsafe fn vectored(
         &self,
         write: bool,
         iovecs: &[libc::iovec],
         offset: u64,
         sync: bool,
-    ) -> io::Result<()> {
-        let fd = self.file()?.as_raw_fd();
-        // Copied only if a short transfer stops inside a buffer.
-        let mut iov: std::borrow::Cow<[libc::iovec]> = std::borrow::Cow::Borrowed(iovecs);
-        let mut start = 0usize;
-        let mut off = offset;
-        while start < iov.len() {
-            let cnt = (iov.len() - start).min(1024) as libc::c_int;
-            let at = i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let flags = if write && sync { libc::RWF_DSYNC } else { 0 };
-            // SAFETY: iov[start..start+cnt] are valid iovecs the caller vouches
-            // for (guest memory kept mapped for the duration of the call).
-            let n = unsafe {
-                if write {
-                    libc::pwritev2(fd, iov[start..].as_ptr(), cnt, at, flags)
-                } else {
-                    libc::preadv2(fd, iov[start..].as_ptr(), cnt, at, flags)
-                }
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                if write {
-                    return Err(io::Error::from_raw_os_error(libc::EIO));
-                }
-                // End of file: the rest reads as zeros.
-                for v in &iov[start..] {
-                    // SAFETY: as above; zeroing the remaining buffers.
-                    unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
-                }
-                return Ok(());
-            }
-            let mut n = n as usize;
-            off += n as u64;
-            while n > 0 && start < iov.len() {
-                let len = iov[start].iov_len;
-                if n >= len {
-                    n -= len;
-                    start += 1;
-                } else {
-                    let v = &mut iov.to_mut()[start];
-                    // SAFETY: advancing within the same buffer.
-                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                    v.iov_len -= n;
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
-    }
+    ) -> io::Result<()>;
 
-    /// The open file, or EOPNOTSUPP for the null backstore (whose callers
-    /// never get here: every operation short-circuits first).
-    fn file(&self) -> io::Result<&File> {
-        self.file
-            .as_ref()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOPNOTSUPP))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
-    }
-
-    /// Take the backstore's new size: with `Some(bytes)` set it (a regular
-    /// file is truncated or extended, a null backstore takes it; a block
-    /// device's size is its own), with `None` read it again (a file or block
-    /// device resized by someone else). Returns the size now.
-    pub fn resize(&self, bytes: Option<u64>) -> io::Result<u64> {
-        let size = match (self.kind, bytes, &self.file) {
-            (Kind::Null, Some(b), _) => b,
-            (Kind::Null, None, _) => self.size(),
-            (Kind::File, Some(b), Some(f)) if !self.read_only => {
-                f.set_len(b)?;
-                b
-            }
-            (Kind::File, Some(_), _) => return Err(io::Error::from_raw_os_error(libc::EROFS)),
-            (Kind::Block, Some(_), _) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "a block device's size is its own: resize the device, then take its size",
-                ))
-            }
-            (Kind::File, None, Some(f)) => f.metadata()?.len(),
-            (Kind::Block, None, Some(f)) => block_device_size(f)?,
-            (_, None, None) => self.size(),
-        };
-        self.size.store(size, Ordering::Relaxed);
-        Ok(size)
-    }
-
-    pub fn read_only(&self) -> bool {
-        self.read_only
-    }
-
-    pub fn direct(&self) -> bool {
-        self.direct
-    }
-
-    /// Untorn write sizes the kernel offers here (O_DIRECT backstores on a
-    /// file system or device that supports RWF_ATOMIC).
-    pub fn atomic_units(&self) -> Option<AtomicUnits> {
-        self.atomic
-    }
-
-    /// Write `buf` at `offset` so that a crash or a concurrent read sees all
-    /// of it or none of it: one pwritev2 with RWF_ATOMIC on the O_DIRECT
-    /// descriptor (the caller keeps `buf.len()` a power of two within
-    /// [`Backstore::atomic_units`] and `offset` a multiple of it), with
-    /// RWF_DSYNC when `sync`. The null backstore drops it, as any write.
-    pub fn write_atomic(&self, buf: &[u8], offset: u64, sync: bool) -> io::Result<()> {
-        if self.kind == Kind::Null {
-            return Ok(());
-        }
-        if self.atomic.is_none() {
-            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-        }
-        let mut bounce = AlignedBuf::new(buf.len())?;
-        bounce.as_mut_slice().copy_from_slice(buf);
-        let iov = libc::iovec {
-            iov_base: bounce.as_mut_slice().as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let at = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let flags = libc::RWF_ATOMIC | if sync { libc::RWF_DSYNC } else { 0 };
-        // SAFETY: one iovec over the live, aligned bounce buffer.
-        let n = unsafe { libc::pwritev2(self.file()?.as_raw_fd(), &iov, 1, at, flags) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // An atomic write is never split: anything but all of it is an error.
-        if n as usize != buf.len() {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(())
-    }
-
-    /// Whether holes can be punched (thin provisioning: UNMAP, WRITE SAME with UNMAP).
-    pub fn can_deallocate(&self) -> bool {
-        !self.read_only && self.kind != Kind::Null
-    }
-
-    /// Read exactly `buf.len()` bytes at `offset`. A read past end-of-file of a
-    /// regular file returns zeros (the file is exactly the LU size, so that
-    /// only happens if the file shrank underneath us).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.kind == Kind::Null {
-            buf.fill(0);
-            return Ok(());
-        }
-        if self.direct {
-            let mut bounce = AlignedBuf::new(buf.len())?;
-            read_full(self.file()?, bounce.as_mut_slice(), offset)?;
-            buf.copy_from_slice(bounce.as_slice());
-            return Ok(());
-        }
-        read_full(self.file()?, buf, offset)
-    }
+    /// Read exactly `buf.len()` bytes at `offset` (past the end: zeros).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
     /// Write all of `buf` at `offset`.
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.kind == Kind::Null {
-            return Ok(());
-        }
-        if self.direct {
-            let mut bounce = AlignedBuf::new(buf.len())?;
-            bounce.as_mut_slice().copy_from_slice(buf);
-            return self.file()?.write_all_at(bounce.as_slice(), offset);
-        }
-        self.file()?.write_all_at(buf, offset)
-    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
-    /// Make written data durable (fdatasync).
-    pub fn flush(&self) -> io::Result<()> {
-        if self.read_only || self.kind == Kind::Null {
-            return Ok(());
-        }
-        self.file()?.sync_data()
-    }
+    /// Make written data durable.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Whether ranges can be deallocated (UNMAP, WRITE SAME with UNMAP).
+    fn can_deallocate(&self) -> bool;
+
+    /// Deallocated ranges become holes that read as zeros and that
+    /// `extent_at` reports: the logical unit is thin provisioned.
+    fn thin(&self) -> bool;
 
     /// Deallocate a byte range: afterwards it reads as zeros.
-    pub fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        match self.kind {
-            Kind::File => fallocate(
-                self.file()?,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            ),
-            Kind::Block => blk_range_ioctl(self.file()?, BLKDISCARD, offset, len)
-                // A discard that the device refuses still must read back as zeros.
-                .or_else(|_| blk_range_ioctl(self.file()?, BLKZEROOUT, offset, len)),
-            Kind::Null => Ok(()),
-        }
-    }
+    fn deallocate(&self, offset: u64, len: u64) -> io::Result<()>;
 
     /// Write zeros over a range without necessarily deallocating it.
-    pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        match self.kind {
-            Kind::File => fallocate(self.file()?, libc::FALLOC_FL_ZERO_RANGE, offset, len)
-                .or_else(|_| self.write_repeated(&[0u8; 4096][..], offset, len)),
-            Kind::Block => blk_range_ioctl(self.file()?, BLKZEROOUT, offset, len),
-            Kind::Null => Ok(()),
-        }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_repeated(&[0u8; 4096][..], offset, len)
     }
 
     /// Write `pattern` (one logical block) repeatedly over `len` bytes.
-    pub fn write_repeated(&self, pattern: &[u8], offset: u64, len: u64) -> io::Result<()> {
+    fn write_repeated(&self, pattern: &[u8], offset: u64, len: u64) -> io::Result<()> {
         if pattern.is_empty() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        // Batch the pattern into chunks of up to 1 MiB to keep syscalls few.
-        let per_chunk = (1 << 20) / pattern.len().max(1);
+        // Batch the pattern into chunks of up to 1 MiB to keep calls few.
+        let per_chunk = (1 << 20) / pattern.len();
         let chunk: Vec<u8> = pattern.repeat(per_chunk.max(1));
         let mut done = 0u64;
         while done < len {
@@ -441,444 +190,140 @@ impl Backstore {
         Ok(())
     }
 
-    /// Ask the page cache to read a range ahead (posix_fadvise WILLNEED).
-    /// Only a hint: it returns at once, and does nothing for O_DIRECT
-    /// backstores (whose reads bypass the page cache) or the null one.
-    pub fn prefetch(&self, offset: u64, len: u64) {
-        if self.direct || self.kind == Kind::Null {
-            return;
-        }
-        let (Ok(off), Ok(len), Ok(file)) = (i64::try_from(offset), i64::try_from(len), self.file())
-        else {
-            return;
-        };
-        // SAFETY: posix_fadvise on an fd we own; no memory is passed.
-        let r =
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
-        if r != 0 {
-            log::debug!(
-                "{}: posix_fadvise WILLNEED failed: {}",
-                self.path.display(),
-                io::Error::from_raw_os_error(r)
-            );
-        }
+    /// A hint that a range will be read soon; returns at once.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
+
+    /// The extent starting at `offset`: mapped or deallocated, and its
+    /// length (clamped to the size). A backstore without an allocation
+    /// map is mapped everywhere.
+    fn extent_at(&self, offset: u64) -> io::Result<Extent> {
+        Ok(Extent::Mapped(self.size().saturating_sub(offset)))
     }
 
-    /// Copy `len` bytes from `src_off` here to `dst_off` in `dst`, on the
-    /// host: copy_file_range(2) (which a file system may turn into a
-    /// reflink or a server-side copy), else through a 1 MiB buffer, moving
-    /// backwards when a copy within one file overlaps forwards. A null
-    /// source reads zeros; a null destination drops the data.
-    pub fn copy_to(&self, dst: &Backstore, src_off: u64, dst_off: u64, len: u64) -> io::Result<()> {
-        if len == 0 || dst.kind == Kind::Null {
-            return Ok(());
-        }
-        if self.kind == Kind::Null {
-            return dst.write_zeroes(dst_off, len);
-        }
-        let same_file = self.path == dst.path;
-        let overlap = same_file && src_off < dst_off + len && dst_off < src_off + len;
-        let mut done = 0u64;
-        if !overlap {
-            done = self.copy_file_range(dst, src_off, dst_off, len)?;
-        }
-        if done < len {
-            self.copy_buffered(dst, src_off + done, dst_off + done, len - done)?;
-        }
-        Ok(())
+    /// Untorn write sizes offered here, if any.
+    fn atomic_units(&self) -> Option<AtomicUnits> {
+        None
     }
 
-    /// copy_file_range(2) as far as the kernel takes it; returns the bytes
-    /// copied (less than `len` when it cannot go on, e.g. across file
-    /// systems or with O_DIRECT on some of them).
-    fn copy_file_range(
-        &self,
-        dst: &Backstore,
-        src_off: u64,
-        dst_off: u64,
-        len: u64,
-    ) -> io::Result<u64> {
-        let (src_fd, dst_fd) = (self.file()?.as_raw_fd(), dst.file()?.as_raw_fd());
-        let mut done = 0u64;
-        while done < len {
-            let mut off_in = i64::try_from(src_off + done)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let mut off_out = i64::try_from(dst_off + done)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let chunk = usize::try_from(len - done)
-                .unwrap_or(usize::MAX)
-                .min(1 << 30);
-            // SAFETY: two fds we own and two live local offsets.
-            let n = unsafe {
-                libc::copy_file_range(src_fd, &mut off_in, dst_fd, &mut off_out, chunk, 0)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    // Not offered for this pair: the buffer does the rest.
-                    Some(
-                        libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS | libc::EBADF,
-                    ) => return Ok(done),
-                    _ => return Err(e),
-                }
-            }
-            if n == 0 {
-                // End of the source file: the rest reads as zeros.
-                return Ok(done);
-            }
-            done += n as u64;
-        }
-        Ok(done)
+    /// Write `buf` at `offset` so that a crash or a concurrent read sees
+    /// all of it or none of it (the caller keeps `buf.len()` a power of two
+    /// within `atomic_units` and `offset` a multiple of it), durably when
+    /// `sync`.
+    fn write_atomic(&self, _buf: &[u8], _offset: u64, _sync: bool) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
-    /// Copy through a buffer, in the direction that is safe when `src_off`
-    /// and `dst_off` overlap within one file.
-    fn copy_buffered(
-        &self,
-        dst: &Backstore,
-        src_off: u64,
-        dst_off: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        const CHUNK: u64 = 1 << 20;
-        let mut buf = vec![0u8; CHUNK.min(len) as usize];
-        let backwards = dst_off > src_off;
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            let at = if backwards { left - n } else { len - left };
-            let chunk = &mut buf[..n as usize];
-            self.read_at(chunk, src_off + at)?;
-            dst.write_at(chunk, dst_off + at)?;
-            left -= n;
-        }
-        Ok(())
-    }
-
-    /// The extent starting at `offset`: mapped or deallocated, and its length
-    /// (clamped to the backstore size). Block devices are always mapped.
-    pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
-        let size = self.size();
-        if self.kind != Kind::File || offset >= size {
-            return Ok(Extent::Mapped(size.saturating_sub(offset)));
-        }
-        let fd = self.file()?.as_raw_fd();
-        let data = lseek(fd, offset, libc::SEEK_DATA)?;
-        match data {
-            Some(d) if d == offset => {
-                let hole = lseek(fd, offset, libc::SEEK_HOLE)?.unwrap_or(size);
-                Ok(Extent::Mapped(hole.min(size) - offset))
-            }
-            Some(d) => Ok(Extent::Deallocated(d.min(size) - offset)),
-            None => Ok(Extent::Deallocated(size - offset)),
-        }
-    }
-
-    /// Raw fd for the asynchronous I/O engine (-1 for the null backstore).
-    pub fn raw_fd(&self) -> RawFd {
-        self.file.as_ref().map_or(-1, |f| f.as_raw_fd())
-    }
-
-    /// A stable name for this backstore: its canonical path. Used to
-    /// derive its designators and default serial number.
-    pub fn canonical_id(path: &Path) -> io::Result<PathBuf> {
-        path.canonicalize()
-    }
-
-    /// The object `path` names, whatever the path: two LUNs whose paths
-    /// name one object (hard links, bind mounts, symlinks, two nodes of one
-    /// block device) are one logical unit.
-    pub fn object_id(path: &Path) -> io::Result<ObjectId> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        Ok(if m.file_type().is_block_device() {
-            ObjectId::Block { rdev: m.rdev() }
-        } else {
-            ObjectId::File {
-                dev: m.dev(),
-                ino: m.ino(),
-            }
-        })
-    }
-
-    /// Claim this backstore for this process (see `crate::claim`): others
-    /// that would conflict with `share_rw` and this backstore's access
-    /// (read-only or not) are refused, and we are refused if one already
-    /// holds it. Held until the backstore is dropped.
-    pub fn claim(&mut self, share_rw: bool) -> Result<(), crate::claim::Error> {
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
-        let usage = crate::claim::Usage {
-            writable: !self.read_only,
-            share_rw,
-        };
-        let extra = crate::claim::claim_backstore(file, &self.path, usage)?;
-        self.held.extend(extra);
-        Ok(())
-    }
-
-    /// Keep `file` (a lock on something this backstore's state depends
-    /// on) open for as long as the backstore.
-    pub fn hold(&mut self, file: File) {
-        self.held.push(file);
+    /// The open descriptor, for copy_file_range between two backstores.
+    fn fd(&self) -> Option<RawFd> {
+        None
     }
 }
 
-/// What a backstore path refers to (see `Backstore::object_id`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ObjectId {
-    File { dev: u64, ino: u64 },
-    Block { rdev: u64 },
-}
-
-fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match file.read_at(buf, offset) {
-            Ok(0) => {
-                buf.fill(0);
-                return Ok(());
-            }
-            Ok(n) => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Copy `len` bytes from `src_off` in `src` to `dst_off` in `dst`, on the
+/// host: copy_file_range(2) between two descriptors (which a file system
+/// may turn into a reflink or a server-side copy), else through a 1 MiB
+/// buffer, moving backwards when a copy within one backstore overlaps
+/// forwards. A null source reads zeros; a null destination drops the data.
+pub fn copy(
+    src: &dyn Backstore,
+    dst: &dyn Backstore,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
+    if len == 0 || dst.kind() == Kind::Null {
+        return Ok(());
+    }
+    if src.kind() == Kind::Null {
+        return dst.write_zeroes(dst_off, len);
+    }
+    let same = std::ptr::addr_eq(src, dst) || (src.fd().is_some() && src.path() == dst.path());
+    let overlap = same && src_off < dst_off + len && dst_off < src_off + len;
+    let mut done = 0u64;
+    if let (false, Some(in_fd), Some(out_fd)) = (overlap, src.fd(), dst.fd()) {
+        done = file::copy_file_range(in_fd, out_fd, src_off, dst_off, len)?;
+    }
+    if done < len {
+        copy_buffered(src, dst, src_off + done, dst_off + done, len - done)?;
     }
     Ok(())
 }
 
-fn lseek(fd: RawFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: lseek on an fd we own; no memory is passed.
-    let r = unsafe { libc::lseek(fd, off, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(r as u64))
-}
-
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fallocate on an fd we own; no memory is passed.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn blk_range_ioctl(file: &File, req: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
-    let range: [u64; 2] = [offset, len];
-    // SAFETY: BLKDISCARD/BLKZEROOUT read a u64[2] range from the pointer, which
-    // points at a live local array.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), req, range.as_ptr()) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+/// Copy through a buffer, in the direction that is safe when `src_off`
+/// and `dst_off` overlap within one backstore.
+fn copy_buffered(
+    src: &dyn Backstore,
+    dst: &dyn Backstore,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK.min(len) as usize];
+    let backwards = dst_off > src_off;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let at = if backwards { left - n } else { len - left };
+        let chunk = &mut buf[..n as usize];
+        src.read_at(chunk, src_off + at)?;
+        dst.write_at(chunk, dst_off + at)?;
+        left -= n;
     }
     Ok(())
-}
-
-fn block_device_size(file: &File) -> io::Result<u64> {
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at
-    // a live local.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size)
-}
-
-/// A heap buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> io::Result<AlignedBuf> {
-        let layout = Layout::from_size_align(len.max(1), DIRECT_ALIGN)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-        }
-        Ok(AlignedBuf { ptr, layout })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is a live allocation of layout.size() initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: ptr was allocated with exactly this layout.
-        unsafe { alloc::dealloc(self.ptr, self.layout) }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sparse_file(size: u64) -> (tempfile::NamedTempFile, Backstore) {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(size).unwrap();
-        let b = Backstore::open(f.path(), false, false).unwrap();
-        (f, b)
+    fn image(size: u64) -> MemoryBackstore {
+        MemoryBackstore::new(size)
     }
 
     #[test]
-    fn new_sparse_file_is_one_hole() {
-        let (_f, b) = sparse_file(1 << 20);
-        assert_eq!(b.extent_at(0).unwrap(), Extent::Deallocated(1 << 20));
-    }
-
-    #[test]
-    fn written_range_is_mapped_and_deallocate_makes_a_hole() {
-        let (_f, b) = sparse_file(1 << 20);
-        b.write_at(&[0xaa; 65536], 65536).unwrap();
-        assert!(matches!(b.extent_at(65536).unwrap(), Extent::Mapped(n) if n >= 65536));
-        b.deallocate(65536, 65536).unwrap();
-        assert_eq!(b.extent_at(0).unwrap(), Extent::Deallocated(1 << 20));
-        let mut buf = [1u8; 512];
-        b.read_at(&mut buf, 65536).unwrap();
-        assert_eq!(buf, [0u8; 512]);
-    }
-
-    #[test]
-    fn vectored_io_scatters_and_gathers() {
-        let f = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        f.as_file().set_len(8192).unwrap();
-        let b = Backstore::open(f.path(), false, false).unwrap();
-        assert!(b.in_memory());
-        let mut a = [1u8; 100];
-        let mut c = [2u8; 412];
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
-        ];
-        b.vectored(true, &iov, 512, false).unwrap();
-        let mut back = [0u8; 512];
-        b.read_at(&mut back, 512).unwrap();
-        assert_eq!(&back[..100], &[1u8; 100][..]);
-        assert_eq!(&back[100..], &[2u8; 412][..]);
-        a.fill(0);
-        c.fill(0);
-        b.vectored(false, &iov, 512, false).unwrap();
-        assert_eq!((a[0], c[411]), (1, 2));
-    }
-
-    #[test]
-    fn vectored_read_across_end_of_file_resumes_inside_a_buffer_then_zero_fills() {
-        let f = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        std::fs::write(f.path(), [7u8; 600]).unwrap();
-        let b = Backstore::open(f.path(), false, false).unwrap();
-        let mut a = [1u8; 512];
-        let mut c = [1u8; 512];
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
-        ];
-        b.vectored(false, &iov, 0, false).unwrap();
-        assert_eq!(a, [7u8; 512]);
-        assert_eq!(&c[..88], &[7u8; 88][..]);
-        assert_eq!(&c[88..], &[0u8; 424][..]);
-    }
-
-    #[test]
-    fn null_backstore_reads_zeros_and_drops_writes() {
-        let b = Backstore::null(1 << 30);
-        b.write_at(&[0xff; 512], 0).unwrap();
-        let mut buf = [1u8; 512];
-        b.read_at(&mut buf, 0).unwrap();
-        assert_eq!(buf, [0u8; 512]);
-        assert_eq!(b.size(), 1 << 30);
-        assert!(!b.can_deallocate());
-    }
-
-    #[test]
-    fn buffered_and_memory_files_offer_no_atomic_writes() {
-        let (_f, b) = sparse_file(1 << 20);
-        assert_eq!(b.atomic_units(), None);
-        let f = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        f.as_file().set_len(8192).unwrap();
-        let b = Backstore::open(f.path(), false, false).unwrap();
-        assert_eq!(b.atomic_units(), None);
-        assert_eq!(
-            b.write_atomic(&[0u8; 4096], 0, false)
-                .unwrap_err()
-                .raw_os_error(),
-            Some(libc::EOPNOTSUPP)
-        );
-    }
-
-    #[test]
-    fn copy_to_another_file_and_within_one_file_both_ways() {
-        let (_f, a) = sparse_file(1 << 20);
-        let (_g, b) = sparse_file(1 << 20);
+    fn a_copy_within_one_backstore_overlapping_either_way_moves_the_data() {
+        let a = image(1 << 20);
         let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
         a.write_at(&data, 4096).unwrap();
-        a.copy_to(&b, 4096, 8192, 65536).unwrap();
         let mut back = vec![0u8; 65536];
-        b.read_at(&mut back, 8192).unwrap();
-        assert_eq!(back, data);
-        // Overlapping forwards and backwards within one file.
-        a.copy_to(&a, 4096, 4096 + 1000, 65536).unwrap();
+        copy(&a, &a, 4096, 4096 + 1000, 65536).unwrap();
         a.read_at(&mut back, 4096 + 1000).unwrap();
         assert_eq!(back, data);
-        a.copy_to(&a, 4096 + 1000, 4096 - 512, 65536).unwrap();
+        copy(&a, &a, 4096 + 1000, 4096 - 512, 65536).unwrap();
         a.read_at(&mut back, 4096 - 512).unwrap();
         assert_eq!(back, data);
     }
 
     #[test]
-    fn copy_from_null_writes_zeros_and_to_null_drops() {
-        let (_f, a) = sparse_file(1 << 20);
-        a.write_at(&[7u8; 4096], 0).unwrap();
-        let null = Backstore::null(1 << 20);
-        null.copy_to(&a, 0, 0, 4096).unwrap();
-        let mut back = [1u8; 4096];
-        a.read_at(&mut back, 0).unwrap();
-        assert_eq!(back, [0u8; 4096]);
-        a.copy_to(&null, 0, 0, 4096).unwrap();
+    fn a_copy_between_kinds_goes_through_the_buffer() {
+        let a = image(1 << 20);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = FileBackstore::open(f.path(), false, false).unwrap();
+        a.write_at(&[9u8; 3 << 20 >> 2], 0).unwrap();
+        copy(&a, &b, 0, 512, 3 << 20 >> 2).unwrap();
+        let mut back = vec![0u8; 3 << 20 >> 2];
+        b.read_at(&mut back, 512).unwrap();
+        assert!(back.iter().all(|&x| x == 9));
     }
 
     #[test]
-    fn directory_is_rejected() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Backstore::open(d.path(), true, false),
-            Err(Error::Open { .. }) | Err(Error::NotFileOrBlock(_))
-        ));
+    fn a_failing_source_fails_the_copy_with_its_errno() {
+        let a = image(1 << 20);
+        let b = image(1 << 20);
+        a.fail(Fault::new(Op::Read, 8192..8193, libc::EIO));
+        let e = copy(&a, &b, 0, 0, 65536).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn write_repeated_refuses_an_empty_pattern_and_fills_a_range() {
+        let a = image(1 << 20);
+        assert!(a.write_repeated(&[], 0, 512).is_err());
+        a.write_repeated(&[1, 2, 3, 4], 100, 1000).unwrap();
+        let mut back = vec![0u8; 1000];
+        a.read_at(&mut back, 100).unwrap();
+        assert!(back.chunks(4).all(|c| c == [1, 2, 3, 4]));
     }
 }

@@ -16,6 +16,7 @@ use log::{debug, error};
 
 use super::engine::Engine;
 use super::{completion_eventfd, ScsiBackend, Vring, MAX_QUEUE_SIZE};
+use crate::backstore::Route;
 use crate::scsi::{
     self, BlockIo, Command, DataOut, IoKind, LogicalUnit, LunAddress, Outcome, Status,
 };
@@ -630,7 +631,8 @@ impl ScsiBackend {
             self.finish_with(w, vring, p, Response::Overrun, stats);
             return true;
         }
-        if p.lu.backstore().kind() == crate::backstore::Kind::Null {
+        let route = p.lu.route();
+        if route == Route::Discard {
             // Nothing to wait for: reads are zeros, writes vanish.
             let result = match p.io.kind {
                 IoKind::Read => buf
@@ -651,19 +653,13 @@ impl ScsiBackend {
                 }
             }
         }
-        if p.lu.backstore().in_memory() {
+        let Route::Ring(fd) = route else {
             // A memory copy: do it now, straight between guest memory and
-            // the page cache (no io_uring hand-off, still no bounce buffer).
-            let store = p.lu.backstore();
-            let result = match p.io.kind {
-                IoKind::Read => store.vectored(false, &p.iovecs, p.io.offset, false),
-                IoKind::Write => store.vectored(true, &p.iovecs, p.io.offset, p.io.sync),
-                IoKind::Flush => store.flush(),
-            };
+            // the backstore (no io_uring hand-off, still no bounce buffer).
+            let result = inline_io(&p);
             self.complete_io(w, vring, p, result, Some(stats));
             return true;
-        }
-        let fd = p.lu.backstore().raw_fd();
+        };
         let io = p.io;
         p.stats = Some(stats.clone());
         let slot = w.insert(p);
@@ -853,6 +849,20 @@ fn cdb_len(cdb: &[u8; crate::virtio::CDB_SIZE]) -> usize {
 }
 
 /// Run a block I/O synchronously through a bounce buffer.
+/// A read, write or flush done at once between the request's guest
+/// buffers (`p.iovecs`, made by `submit_io`) and an inline backstore.
+fn inline_io(p: &Pending) -> io::Result<()> {
+    let store = p.lu.backstore();
+    let write = match p.io.kind {
+        IoKind::Flush => return store.flush(),
+        kind => kind == IoKind::Write,
+    };
+    // SAFETY: p.iovecs point into guest memory that `p.mem` keeps mapped
+    // for as long as the request lives; the guest gave these buffers to
+    // this request and the device touches them nowhere else meanwhile.
+    unsafe { store.vectored(write, &p.iovecs, p.io.offset, p.io.sync) }
+}
+
 fn sync_io(p: &Pending) -> io::Result<()> {
     let len = usize::try_from(p.io.len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; len];

@@ -15,7 +15,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::{Controller, ScsiBackend, Vring};
-use crate::backstore::Backstore;
+use crate::backstore::{Backstore, Fault, FileBackstore, MemoryBackstore, NullBackstore, Op};
 use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, Target};
 use crate::virtio::{REQ_HEADER_LEN, RESP_HEADER_LEN};
 
@@ -40,6 +40,8 @@ struct Harness {
     ctrl: Vring,
     next_desc: [u16; 3],
     _file: tempfile::NamedTempFile,
+    /// LUN 0's image with `Store::Image` (to make it fail).
+    image: Arc<MemoryBackstore>,
 }
 
 /// A descriptor: guest address, length, device-writable.
@@ -74,6 +76,8 @@ enum Store {
     DiskDirect,
     /// The null backstore: reads fill zeros.
     Null,
+    /// An image in memory (`Harness::image`): inline I/O that can fail.
+    Image,
 }
 
 impl Harness {
@@ -100,9 +104,12 @@ impl Harness {
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(file.path(), &data).unwrap();
         file.as_file().set_len(1 << 20).unwrap();
-        let backstore = match store {
-            Store::Null => Backstore::null(1 << 20),
-            s => Backstore::open(file.path(), false, s == Store::DiskDirect).unwrap(),
+        let image = Arc::new(MemoryBackstore::new(1 << 20));
+        image.write_at(&data, 0).unwrap();
+        let backstore: Arc<dyn Backstore> = match store {
+            Store::Null => Arc::new(NullBackstore::new(1 << 20)),
+            Store::Image => image.clone(),
+            s => Arc::new(FileBackstore::open(file.path(), false, s == Store::DiskDirect).unwrap()),
         };
         let lu = Arc::new(LogicalUnit::new(
             backstore,
@@ -160,6 +167,7 @@ impl Harness {
             ctrl,
             next_desc: [0, 0, 0],
             _file: file,
+            image,
         }
     }
 
@@ -657,7 +665,7 @@ fn no_param_change_event_unless_the_driver_accepted_them() {
 /// A null logical unit of 1 MiB.
 fn null_lu() -> Arc<LogicalUnit> {
     Arc::new(LogicalUnit::new(
-        Backstore::null(1 << 20),
+        Arc::new(NullBackstore::new(1 << 20)),
         LuConfig {
             block_size: 512,
             identity: Identity::derive("/hotplug"),
@@ -980,4 +988,96 @@ fn nothing_is_marked_once_the_front_end_stops_logging() {
     h.run_requests(1);
     assert!(!h.log.is_on());
     assert!(!h.log.is_marked(RESP) && !h.log.is_marked(DIN));
+}
+
+// --- A failing disk: the guest gets the sense, the device goes on ---
+
+/// Run one command on LUN 0 with `dout` as its data-out buffer (if not
+/// empty) and a 512-byte data-in buffer; return the response header.
+fn one_command(h: &mut Harness, tag: u64, cdb: &[u8], dout: &[u8]) -> [u8; RESP_HEADER_LEN] {
+    h.write_header(LUN0, tag, cdb);
+    h.mem.write_slice(dout, GuestAddress(DOUT)).unwrap();
+    let mut chain = vec![(HDR, REQ_HEADER_LEN as u32, false)];
+    if !dout.is_empty() {
+        chain.push((DOUT, dout.len() as u32, false));
+    }
+    chain.push((RESP, RESP_HEADER_LEN as u32, true));
+    chain.push((DIN, 512, true));
+    h.add_chain(0, &chain);
+    let before = h.used(0).len();
+    assert_eq!(h.run_requests(before + 1).len(), before + 1, "answered");
+    h.response()
+}
+
+/// Sense key, ASC, ASCQ and INFORMATION of a fixed-format sense in a
+/// response header (virtio-scsi: sense from byte 12).
+fn fixed_sense(r: &[u8; RESP_HEADER_LEN]) -> (u8, u8, u8, u32) {
+    let s = &r[12..];
+    assert_eq!(s[0] & 0x7f, 0x70, "fixed format");
+    let info = u32::from_be_bytes([s[3], s[4], s[5], s[6]]);
+    (s[2] & 0x0f, s[12], s[13], info)
+}
+
+const READ10_LBA2: [u8; 10] = [0x28, 0, 0, 0, 0, 2, 0, 0, 1, 0];
+const WRITE10_LBA3: [u8; 10] = [0x2a, 0, 0, 0, 0, 3, 0, 0, 1, 0];
+
+#[test]
+fn a_read_error_on_the_disk_is_a_medium_error_at_its_lba_and_the_retry_reads() {
+    let mut h = Harness::on(Store::Image);
+    h.image
+        .fail(Fault::new(Op::Read, 1024..1025, libc::EIO).times(1));
+    let r = one_command(&mut h, 1, &READ10_LBA2, &[]);
+    assert_eq!((r[10], r[11]), (0x02, 0), "CHECK CONDITION, transport OK");
+    // SBC-4 4.15: MEDIUM ERROR, UNRECOVERED READ ERROR, the LBA in
+    // INFORMATION (VALID set).
+    assert_eq!(fixed_sense(&r), (0x03, 0x11, 0x00, 2));
+    assert_eq!(r[12] & 0x80, 0x80, "VALID");
+    // The fault was spent: the guest's retry gets the data.
+    let r = one_command(&mut h, 2, &READ10_LBA2, &[]);
+    assert_eq!((r[10], r[11]), (0, 0));
+    let mut got = [0u8; 2];
+    h.mem.read_slice(&mut got, GuestAddress(DIN)).unwrap();
+    assert_eq!(got, [(1024 % 251) as u8, (1025 % 251) as u8]);
+}
+
+#[test]
+fn a_full_thin_pool_is_space_allocation_failed_and_writes_nothing() {
+    let mut h = Harness::on(Store::Image);
+    h.image
+        .fail(Fault::new(Op::Write, 0..u64::MAX, libc::ENOSPC));
+    let r = one_command(&mut h, 1, &WRITE10_LBA3, &[0xee; 512]);
+    assert_eq!(r[10], 0x02);
+    // SBC-4 4.7.3.6: DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT.
+    assert_eq!(fixed_sense(&r), (0x07, 0x27, 0x07, 0));
+    let mut back = [0u8; 512];
+    h.image.read_at(&mut back, 3 * 512).unwrap();
+    assert_ne!(back, [0xee; 512]);
+    h.image.heal();
+    let r = one_command(&mut h, 2, &WRITE10_LBA3, &[0xee; 512]);
+    assert_eq!((r[10], r[11]), (0, 0));
+    h.image.read_at(&mut back, 3 * 512).unwrap();
+    assert_eq!(back, [0xee; 512]);
+}
+
+#[test]
+fn a_cache_that_cannot_be_flushed_fails_synchronize_cache_and_fua_writes() {
+    let mut h = Harness::on(Store::Image);
+    let (_, writes_before, flushes_before) = h.image.counts();
+    h.image.fail(Fault::new(Op::Flush, 0..u64::MAX, libc::EIO));
+    // SYNCHRONIZE CACHE(10): MEDIUM ERROR, WRITE ERROR.
+    let r = one_command(&mut h, 1, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(fixed_sense(&r), (0x03, 0x0c, 0x00, 0));
+    // WRITE(10) with FUA: the data is not durable, so the write fails at
+    // its LBA.
+    let mut fua = WRITE10_LBA3;
+    fua[1] = 0x08;
+    let r = one_command(&mut h, 2, &fua, &[0x11; 512]);
+    assert_eq!(fixed_sense(&r), (0x03, 0x0c, 0x00, 3));
+    // A write without FUA only reaches the cache: it succeeds.
+    let r = one_command(&mut h, 3, &WRITE10_LBA3, &[0x22; 512]);
+    assert_eq!((r[10], r[11]), (0, 0));
+    // Both writes reached the image; the flushes of SYNCHRONIZE CACHE and
+    // of the FUA write were tried.
+    let (_, writes, flushes) = h.image.counts();
+    assert_eq!((writes - writes_before, flushes - flushes_before), (2, 2));
 }

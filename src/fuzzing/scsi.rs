@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
-use crate::backstore::Backstore;
+use crate::backstore::{FileBackstore, NullBackstore};
 use crate::prhelper::codec::{self as helper, Direction, Reply};
 use crate::scsi::pr::codec as pr;
 use crate::scsi::{
@@ -107,10 +107,10 @@ fn units(block_size: u32) -> Option<(Arc<LogicalUnit>, Arc<LogicalUnit>)> {
         .open(&path)
         .ok()?;
     f.set_len(FILE_BLOCKS * u64::from(block_size)).ok()?;
-    let store = Backstore::open(&path, false, false);
+    let store = FileBackstore::open(&path, false, false);
     let _ = std::fs::remove_file(&path);
     let file = LogicalUnit::new(
-        store.ok()?,
+        Arc::new(store.ok()?),
         LuConfig {
             block_size,
             identity: Identity::derive("/fuzz/disk.img"),
@@ -120,7 +120,7 @@ fn units(block_size: u32) -> Option<(Arc<LogicalUnit>, Arc<LogicalUnit>)> {
         },
     );
     let null = LogicalUnit::new(
-        Backstore::null(NULL_SIZE),
+        Arc::new(NullBackstore::new(NULL_SIZE)),
         LuConfig {
             block_size: 512,
             identity: Identity::derive("null:fuzz"),

@@ -21,7 +21,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 use vm_memory::ByteValued;
 
-use crate::backstore::Backstore;
+use crate::backstore::NullBackstore;
 use crate::device::{Controller, ScsiBackend};
 use crate::scsi::{Identity, LogicalUnit, LuConfig, Nexus, Target};
 use crate::vhost::Rings;
@@ -165,7 +165,7 @@ thread_local! {
 
 fn control_device() -> Option<ScsiBackend> {
     let lu = Arc::new(LogicalUnit::new(
-        Backstore::null(1 << 20),
+        Arc::new(NullBackstore::new(1 << 20)),
         LuConfig {
             block_size: 512,
             identity: Identity::derive("/fuzz/control"),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{Entry, Registry};
-use crate::backstore::Kind;
 
 #[derive(Debug, Serialize)]
 pub struct ControllerInfo {
@@ -55,11 +54,7 @@ fn describe(e: &Entry, all: &[Entry]) -> ControllerInfo {
     for (&n, lc) in &e.config.luns {
         let info = match (local.lu(n), &lc.iscsi) {
             (Some(lu), _) => {
-                let kind = match lu.backstore().kind() {
-                    Kind::File => "file",
-                    Kind::Block => "block",
-                    Kind::Null => "null",
-                };
+                let kind = lu.backstore().kind().name();
                 let shared_with = all
                     .iter()
                     .flat_map(|o| {

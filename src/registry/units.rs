@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::backstore::{self, Backstore, ObjectId};
+use crate::backstore::{self, NullBackstore, ObjectId};
 use crate::config::LunConfig;
 use crate::scsi::{Identity, LogicalUnit, LuConfig};
 use crate::server::{open_local, Error};
@@ -43,8 +43,8 @@ impl Units {
             path: lc.path.clone(),
             source,
         };
-        let canonical = Backstore::canonical_id(&lc.path).map_err(open_err)?;
-        let object = Backstore::object_id(&canonical).map_err(open_err)?;
+        let canonical = backstore::canonical_id(&lc.path).map_err(open_err)?;
+        let object = backstore::object_id(&canonical).map_err(open_err)?;
         if let Some(u) = self.by_object.get_mut(&object) {
             let same = LunConfig {
                 path: u.config.path.clone(),
@@ -135,7 +135,7 @@ fn open_null(socket: &Path, n: u16, lc: &LunConfig, size: u64) -> Arc<LogicalUni
         socket.display()
     );
     Arc::new(LogicalUnit::new(
-        Backstore::null(size),
+        Arc::new(NullBackstore::new(size)),
         LuConfig {
             block_size: lc.block_size,
             identity,

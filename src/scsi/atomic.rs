@@ -46,14 +46,14 @@ pub(crate) struct AtomicLimits {
 }
 
 /// What a logical unit of `block_size` on `store` may offer.
-pub(crate) fn atomic_limits(store: &Backstore, block_size: u32) -> Option<AtomicLimits> {
+pub(crate) fn atomic_limits(store: &dyn Backstore, block_size: u32) -> Option<AtomicLimits> {
     match store.kind() {
         Kind::Null => Some(AtomicLimits {
             max_blocks: u32::try_from(MAX_TRANSFER_BYTES / u64::from(block_size)).ok()?,
             align: 1,
             granularity: 1,
         }),
-        Kind::File | Kind::Block => from_units(store.atomic_units()?, block_size),
+        Kind::File | Kind::Block | Kind::Memory => from_units(store.atomic_units()?, block_size),
     }
 }
 

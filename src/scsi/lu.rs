@@ -21,7 +21,7 @@ use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
 use super::xcopy::CopyResults;
 use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
-use crate::backstore::Backstore;
+use crate::backstore::{Backstore, Route};
 
 /// Largest number of unit attentions queued per nexus; older ones are
 /// dropped first (SPC-4 5.14 lets a device server keep only the latest).
@@ -94,7 +94,10 @@ struct Attached {
 
 pub struct LogicalUnit {
     /// Shared with a sanitize operation's thread.
-    backstore: Arc<Backstore>,
+    backstore: Arc<dyn Backstore>,
+    /// The backstore's route, asked once (it never changes): the data path
+    /// reads it for every command.
+    route: Route,
     block_size: u32,
     /// Capacity in logical blocks; changes when the backstore is resized.
     blocks: AtomicU64,
@@ -130,11 +133,12 @@ pub struct LogicalUnit {
 }
 
 impl LogicalUnit {
-    pub fn new(backstore: Backstore, config: LuConfig) -> LogicalUnit {
+    pub fn new(backstore: Arc<dyn Backstore>, config: LuConfig) -> LogicalUnit {
         let blocks = backstore.size() / u64::from(config.block_size);
-        let atomic = atomic_limits(&backstore, config.block_size);
+        let atomic = atomic_limits(&*backstore, config.block_size);
         LogicalUnit {
-            backstore: Arc::new(backstore),
+            route: backstore.route(),
+            backstore,
             block_size: config.block_size,
             blocks: AtomicU64::new(blocks),
             write_protected: AtomicBool::new(false),
@@ -233,7 +237,7 @@ impl LogicalUnit {
         self.atomic
     }
 
-    pub(crate) fn backstore_arc(&self) -> Arc<Backstore> {
+    pub(crate) fn backstore_arc(&self) -> Arc<dyn Backstore> {
         self.backstore.clone()
     }
 
@@ -292,8 +296,13 @@ impl LogicalUnit {
         }
     }
 
-    pub fn backstore(&self) -> &Backstore {
-        &self.backstore
+    /// How the data path moves this LU's reads and writes.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    pub fn backstore(&self) -> &dyn Backstore {
+        &*self.backstore
     }
 
     pub fn block_size(&self) -> u32 {
@@ -339,9 +348,9 @@ impl LogicalUnit {
         self.backstore.read_only() || self.write_protected.load(Ordering::Relaxed)
     }
 
-    /// Whether the LU is thin provisioned (a regular file that can punch holes).
+    /// Whether the LU is thin provisioned (its backstore has holes).
     pub fn thin(&self) -> bool {
-        self.backstore.kind() == crate::backstore::Kind::File && self.backstore.can_deallocate()
+        self.backstore.thin()
     }
 
     pub(crate) fn descriptor_sense(&self) -> bool {

@@ -279,7 +279,7 @@ fn start(lu: &LogicalUnit, method: Method, ause: bool) -> Result<(), Failure> {
     let spawned = std::thread::Builder::new().name("sanitize".into()).spawn({
         let state = state.clone();
         let store = store.clone();
-        move || run(&store, &state, &method, ause)
+        move || run(&*store, &state, &method, ause)
     });
     if let Err(e) = spawned {
         error!("{}: cannot start sanitize: {e}", store.path().display());
@@ -289,7 +289,7 @@ fn start(lu: &LogicalUnit, method: Method, ause: bool) -> Result<(), Failure> {
 }
 
 /// The operation itself, on its own thread.
-fn run(store: &Backstore, state: &Sanitizer, method: &Method, ause: bool) {
+fn run(store: &dyn Backstore, state: &Sanitizer, method: &Method, ause: bool) {
     let size = store.size();
     let mut done = 0u64;
     let mut step = |f: &dyn Fn(u64, u64) -> std::io::Result<()>| -> std::io::Result<()> {

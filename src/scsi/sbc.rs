@@ -276,8 +276,9 @@ pub(crate) fn unmap(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure>
             ranges.push((lba, blocks, offset, bytes));
         }
     }
-    if !lu.thin() && lu.backstore().kind() == crate::backstore::Kind::File {
-        // Nothing to deallocate on a fully provisioned LU; UNMAP is advisory.
+    if !lu.thin() && lu.backstore().kind() != crate::backstore::Kind::Block {
+        // Nothing to deallocate on a fully provisioned LU (a block device
+        // discards); UNMAP is advisory.
         return good();
     }
     for (lba, blocks, offset, bytes) in ranges {

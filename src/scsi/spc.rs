@@ -189,6 +189,7 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d[2..4].copy_from_slice(&granularity.to_be_bytes());
     d[4..8].copy_from_slice(&((MAX_TRANSFER_BYTES / bs) as u32).to_be_bytes());
     d[8..12].copy_from_slice(&((1u64 << 20) / bs).to_be_bytes()[4..8]);
+    // A thin LU punches holes; a block device discards.
     let can_unmap = lu.thin() || lu.backstore().kind() == crate::backstore::Kind::Block;
     if can_unmap && lu.backstore().can_deallocate() {
         d[16..20].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());

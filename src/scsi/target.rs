@@ -364,7 +364,7 @@ mod tests {
 
     fn null_lu() -> Arc<LogicalUnit> {
         Arc::new(LogicalUnit::new(
-            crate::backstore::Backstore::null(1 << 20),
+            Arc::new(crate::backstore::NullBackstore::new(1 << 20)),
             super::super::LuConfig {
                 block_size: 512,
                 identity: super::super::Identity::derive("/t"),

@@ -6,7 +6,7 @@
 //! identification descriptors (CSCD descriptor E4h) that carry one of
 //! their VPD page 83h designators.
 //!
-//! The data moves on the host (`Backstore::copy_to`: copy_file_range,
+//! The data moves on the host (`backstore::copy`: copy_file_range,
 //! which a file system may turn into a reflink, else a buffer) and never
 //! through the guest. A command is bounded like a maximal WRITE: one
 //! segment of at most the maximum transfer length (32 MiB - 4 KiB), so a
@@ -426,9 +426,8 @@ fn run(lu: &LogicalUnit, ctx: &Ctx, list: &CopyList, progress: &mut Progress) ->
             .map_err(|_| COPY_ABORTED.with_information(i as u64))?;
         let range = BlockRange::new(seg.dst_lba, bytes / dbs);
         dst.writes().begin(range);
-        let copied = src
-            .backstore()
-            .copy_to(dst.backstore(), src_off, dst_off, bytes);
+        let copied =
+            crate::backstore::copy(src.backstore(), dst.backstore(), src_off, dst_off, bytes);
         let copied = copied.and_then(|()| {
             if dst.write_cache() {
                 Ok(())

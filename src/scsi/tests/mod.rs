@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! SCSI emulation tests: byte-literal CDBs against a logical unit on a
-//! temporary sparse file. Expected sense bytes come from SPC-4/SBC-3 tables.
+//! SCSI emulation tests: byte-literal CDBs against a logical unit on an
+//! image in memory (`backstore::MemoryBackstore`, which can also fail on
+//! demand). Expected sense bytes come from SPC-4/SBC-3 tables.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::backstore::Backstore;
+use crate::backstore::{Backstore, MemoryBackstore, NullBackstore};
 
 mod alua;
 mod block_limits;
+mod failing_disk;
 mod get_lba_status;
 mod sanitize;
 mod sbc_commands;
@@ -28,47 +30,64 @@ fn nexus() -> Nexus {
 }
 
 struct Fixture {
-    /// The backing file (none for a null LU).
-    _file: Option<tempfile::NamedTempFile>,
+    /// The image behind `lu` (to inject faults); None for a null LU.
+    store: Option<Arc<MemoryBackstore>>,
     lu: Arc<LogicalUnit>,
     target: Target,
 }
 
+/// A thin LU of `blocks` blocks on an image in memory.
 fn fixture_with(blocks: u64, block_size: u32, read_only: bool) -> Fixture {
-    let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-    file.as_file()
-        .set_len(blocks * u64::from(block_size))
-        .unwrap();
-    let store = Backstore::open(file.path(), read_only, false).unwrap();
-    fixture_on(store, block_size, Some(file))
+    let mut image = MemoryBackstore::new(blocks * u64::from(block_size));
+    if read_only {
+        image = image.read_only();
+    }
+    let store = Arc::new(image);
+    let mut f = fixture_on(store.clone(), block_size);
+    f.store = Some(store);
+    f
 }
 
 /// A null LU (reads zeros, drops writes) of `blocks` blocks.
 fn fixture_null(blocks: u64, block_size: u32) -> Fixture {
     fixture_on(
-        Backstore::null(blocks * u64::from(block_size)),
+        Arc::new(NullBackstore::new(blocks * u64::from(block_size))),
         block_size,
-        None,
     )
 }
 
-fn fixture_on(store: Backstore, block_size: u32, file: Option<tempfile::NamedTempFile>) -> Fixture {
-    let lu = Arc::new(LogicalUnit::new(
+fn fixture_on(store: Arc<dyn Backstore>, block_size: u32) -> Fixture {
+    fixture_lu(LogicalUnit::new(
         store,
-        LuConfig {
-            block_size,
-            identity: Identity::derive("/test/disk.img"),
-            pr_file: None,
-            pr_state: Default::default(),
-            reservations: true,
-        },
-    ));
+        config(block_size, "/test/disk.img"),
+    ))
+}
+
+fn fixture_lu(lu: LogicalUnit) -> Fixture {
+    let lu = Arc::new(lu);
     let target = Target::new(BTreeMap::from([(0, lu.clone())]));
     Fixture {
-        _file: file,
+        store: None,
         lu,
         target,
     }
+}
+
+/// A logical unit's configuration: `block_size`, an identity derived from
+/// `name`, reservations on and no state file.
+fn config(block_size: u32, name: &str) -> LuConfig {
+    LuConfig {
+        block_size,
+        identity: Identity::derive(name),
+        pr_file: None,
+        pr_state: Default::default(),
+        reservations: true,
+    }
+}
+
+/// A 1 MiB image in memory, for LUs built by hand.
+fn image() -> Arc<MemoryBackstore> {
+    Arc::new(MemoryBackstore::new(1 << 20))
 }
 
 /// 2048 blocks of 512 bytes (1 MiB), writable.
@@ -950,25 +969,15 @@ mod reservations {
 
     #[test]
     fn aptpl_write_failure_is_insufficient_registration_resources_and_changes_nothing() {
-        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        file.as_file().set_len(1 << 20).unwrap();
         let blocker = tempfile::NamedTempFile::new().unwrap();
-        let lu = Arc::new(LogicalUnit::new(
-            Backstore::open(file.path(), false, false).unwrap(),
+        let f = fixture_lu(LogicalUnit::new(
+            image(),
             LuConfig {
-                block_size: 512,
-                identity: Identity::derive("/aptpl"),
                 // A path under a regular file: it can never be written.
                 pr_file: Some(blocker.path().join("state.pr")),
-                pr_state: Default::default(),
-                reservations: true,
+                ..config(512, "/aptpl")
             },
         ));
-        let f = Fixture {
-            _file: Some(file),
-            target: Target::new(BTreeMap::from([(0, lu.clone())])),
-            lu,
-        };
         let (c, p) = prout(0x00, 0, 0, 0x77, 0x01); // REGISTER with APTPL
         let r = run_as(&f, &nexus(), &c, &p);
         assert_eq!(sense_of(&r), (ILLEGAL_REQUEST, 0x55, 0x04));
@@ -981,11 +990,10 @@ mod reservations {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("lu.pr");
         let id = Identity::derive("/aptpl2");
-        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-        file.as_file().set_len(1 << 20).unwrap();
+        let store = image();
         let make = |pr_state| {
             Arc::new(LogicalUnit::new(
-                Backstore::open(file.path(), false, false).unwrap(),
+                store.clone(),
                 LuConfig {
                     block_size: 512,
                     identity: id.clone(),
@@ -1090,23 +1098,13 @@ mod passthrough {
 /// unsupported rather than pretended.
 #[test]
 fn reservations_are_refused_on_a_logical_unit_shared_with_other_writers() {
-    let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-    file.as_file().set_len(1 << 20).unwrap();
-    let lu = Arc::new(LogicalUnit::new(
-        Backstore::open(file.path(), false, false).unwrap(),
+    let f = fixture_lu(LogicalUnit::new(
+        image(),
         LuConfig {
-            block_size: 512,
-            identity: Identity::derive("/shared"),
-            pr_file: None,
-            pr_state: Default::default(),
             reservations: false,
+            ..config(512, "/shared")
         },
     ));
-    let f = Fixture {
-        _file: Some(file),
-        target: Target::new(BTreeMap::from([(0, lu.clone())])),
-        lu,
-    };
     // Consume the power-on unit attention.
     run(&f, &[0x00, 0, 0, 0, 0, 0], &[]);
     let register = [0u8; 24];

@@ -10,18 +10,18 @@ const COPY_ABORTED: u8 = 0xa;
 /// Two LUs (LUN 0 and 1) of one target, with identities of their own so
 /// that no other test's LUs answer to their designators.
 struct Pair {
-    _files: Vec<tempfile::NamedTempFile>,
     a: Arc<LogicalUnit>,
     b: Arc<LogicalUnit>,
     target: Target,
 }
 
-fn lu(name: &str, blocks: u64, bs: u32, ro: bool) -> (tempfile::NamedTempFile, Arc<LogicalUnit>) {
-    let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
-    file.as_file().set_len(blocks * u64::from(bs)).unwrap();
-    let store = Backstore::open(file.path(), ro, false).unwrap();
+fn lu(name: &str, blocks: u64, bs: u32, ro: bool) -> Arc<LogicalUnit> {
+    let mut store = MemoryBackstore::new(blocks * u64::from(bs));
+    if ro {
+        store = store.read_only();
+    }
     let lu = LogicalUnit::new(
-        store,
+        Arc::new(store),
         LuConfig {
             block_size: bs,
             identity: Identity::derive(&format!("/xcopy-test/{name}")),
@@ -30,19 +30,14 @@ fn lu(name: &str, blocks: u64, bs: u32, ro: bool) -> (tempfile::NamedTempFile, A
             reservations: true,
         },
     );
-    (file, Arc::new(lu))
+    Arc::new(lu)
 }
 
 fn pair(name: &str, b_read_only: bool) -> Pair {
-    let (fa, a) = lu(&format!("{name}/a"), 2048, 512, false);
-    let (fb, b) = lu(&format!("{name}/b"), 1024, 512, b_read_only);
+    let a = lu(&format!("{name}/a"), 2048, 512, false);
+    let b = lu(&format!("{name}/b"), 1024, 512, b_read_only);
     let target = Target::new(BTreeMap::from([(0, a.clone()), (1, b.clone())]));
-    Pair {
-        _files: vec![fa, fb],
-        a,
-        b,
-        target,
-    }
+    Pair { a, b, target }
 }
 
 fn run_on(p: &Pair, lun: u16, cdb: &[u8], data_out: &[u8]) -> Response {
@@ -75,7 +70,7 @@ fn run_on(p: &Pair, lun: u16, cdb: &[u8], data_out: &[u8]) -> Response {
 }
 
 /// Identification CSCD descriptor (E4h) naming `lu` by its NAA designator.
-fn cscd(lu: &LogicalUnit, block_length: u32) -> Vec<u8> {
+pub(super) fn cscd(lu: &LogicalUnit, block_length: u32) -> Vec<u8> {
     let mut d = vec![
         0xe4, // DESCRIPTOR TYPE CODE: identification descriptor
         0x00, // LU ID TYPE 00b, NUL 0, PERIPHERAL DEVICE TYPE 00h
@@ -91,7 +86,7 @@ fn cscd(lu: &LogicalUnit, block_length: u32) -> Vec<u8> {
 }
 
 /// Block-to-block segment descriptor (02h).
-fn segment(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+pub(super) fn segment(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
     let mut d = vec![
         0x02, 0x00, // block device to block device, DC 0, CAT 0
         0x00, 0x18, // DESCRIPTOR LENGTH 24
@@ -106,7 +101,7 @@ fn segment(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u
 }
 
 /// Parameter list: header (list ID, LIST ID USAGE), CSCDs, segments.
-fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segments: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segments: &[Vec<u8>]) -> Vec<u8> {
     let cl: usize = cscds.iter().map(Vec::len).sum();
     let sl: usize = segments.iter().map(Vec::len).sum();
     let mut p = vec![list_id, usage << 3];
@@ -122,7 +117,7 @@ fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segments: &[Vec<u8>]) -> Vec<
 }
 
 /// EXTENDED COPY(LID1) with a parameter list length.
-fn xcopy_cdb(plen: u32) -> [u8; 16] {
+pub(super) fn xcopy_cdb(plen: u32) -> [u8; 16] {
     let l = plen.to_be_bytes();
     [
         0x83, 0x00, // THIRD-PARTY COPY OUT, EXTENDED COPY(LID1)
@@ -314,10 +309,9 @@ fn a_disk_block_length_other_than_the_lus_is_invalid_field_in_parameter_list() {
 
 #[test]
 fn a_segment_past_the_maximum_segment_length_is_refused() {
-    let (f, big) = lu("maxseg", 131072, 512, false);
+    let big = lu("maxseg", 131072, 512, false);
     let target = Target::new(BTreeMap::from([(0, big.clone())]));
     let p = Pair {
-        _files: vec![f],
         a: big.clone(),
         b: big,
         target,
