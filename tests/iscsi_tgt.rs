@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::kernel::{self, wait_for};
 use common::tgt::Tgt;
 use vhost_user_scsi::iscsi::client::{Client, Failure, Options};
 use vhost_user_scsi::iscsi::codes::{TmfFunction, TmfResponse};
@@ -463,6 +464,19 @@ fn an_attached_receiver_completes_commands_and_survives_a_target_restart() {
     target_restart_loses_no_write(true);
 }
 
+/// How long a test waits for something that takes milliseconds unless the
+/// machine is loaded: long enough that a loaded machine cannot fail it.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Stop tgtd (SIGSTOP) and wait until every thread of it is stopped: from
+/// then on it reads and answers nothing.
+fn freeze(t: &Tgt) {
+    // SAFETY: kill() on the tgtd this test started (not reaped: it is
+    // only killed and waited for by `Tgt`).
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGSTOP) };
+    wait_for("tgtd to stop", WAIT, || kernel::stopped(t.child.id()));
+}
+
 /// An event loop receiving for `client` (what a request-queue worker does)
 /// on a thread named "receiver", until the returned flag is set.
 fn receive_loop(client: &Client) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
@@ -532,8 +546,8 @@ fn target_restart_loses_no_write(attached: bool) {
     // Freeze the target so the next writes are surely in flight when it
     // dies, then kill and restart it: the client must reinstate the session
     // and send the unfinished writes again.
-    // SAFETY: kill() on the tgtd this test started.
-    unsafe { libc::kill(t.child.id() as i32, libc::SIGSTOP) };
+    freeze(&t);
+    let queued = t.queued();
     let (tx, rx) = std::sync::mpsc::channel();
     let batch: Vec<(Vec<u8>, Data)> = writes(16);
     for (i, (cdb, data)) in (16..32u64).zip(batch) {
@@ -549,7 +563,11 @@ fn target_restart_loses_no_write(attached: bool) {
         );
     }
     drop(tx);
-    sleep(Duration::from_millis(300));
+    // They went out: the frozen target's end of the connection holds them
+    // (or as much of them as its window takes), unread.
+    wait_for("the writes to reach the frozen target", WAIT, || {
+        t.queued() > queued
+    });
     t.restart(&[(tid, "iqn.2026-11.test:recover")]);
     let mut retry = Vec::new();
     for (i, r) in rx.iter() {

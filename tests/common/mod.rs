@@ -4,4 +4,5 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod kernel;
 pub mod tgt;

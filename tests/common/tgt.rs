@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use super::kernel;
+
 /// tgtd with one portal, `host` being "127.0.0.1" or "[::1]".
 pub fn spawn_tgtd(ctl: &str, host: &str, port: u16, dir: &tempfile::TempDir) -> Child {
     Command::new("tgtd")
@@ -224,6 +226,15 @@ impl Tgt {
             "--value",
             value,
         ]);
+    }
+
+    /// Bytes tgtd has received on its connections and not read yet.
+    pub fn queued(&self) -> u64 {
+        kernel::tcp_sockets()
+            .iter()
+            .filter(|s| s.local_port == self.port && s.state == kernel::ESTABLISHED)
+            .map(|s| u64::from(s.rx_queue))
+            .sum()
     }
 
     pub fn addr(&self) -> String {
