@@ -4,7 +4,7 @@
 //! free loopback port, targets and LUNs created with tgtadm, restarted,
 //! and taken down with its targets when dropped.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -140,19 +140,31 @@ impl Tgt {
     }
 
     /// Kill tgtd (it ignores SIGTERM) and start a new one on the same port
-    /// with the same targets and backing files.
+    /// with the same targets and backing files, listening when this
+    /// returns.
     pub fn restart(&mut self, targets: &[(u32, &str)]) {
+        // Once waited for, the old tgtd has closed its sockets: the portal
+        // is free (tgtd binds it with SO_REUSEADDR, so its old connections
+        // lingering in TIME_WAIT do not keep the new one from it).
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}", self.ctl)));
         let _ = std::fs::remove_file(self.dir.path().join(format!("ipc.{}.lock", self.ctl)));
-        sleep(Duration::from_millis(500));
         self.child = spawn_tgtd(&self.ctl, self.host, self.port, &self.dir);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !self.try_adm(&["--mode", "sys", "--op", "show"]) {
             assert!(Instant::now() < deadline, "tgtd did not restart");
             sleep(Duration::from_millis(50));
         }
+        // tgtd answers tgtadm from its event loop, which it enters after
+        // setting up its portal; whether that worked only a connection
+        // tells (tgtd logs a failed bind and goes on). With no target yet,
+        // tgtd closes it at once.
+        kernel::wait_for(
+            "tgtd to accept connections again",
+            Duration::from_secs(30),
+            || TcpStream::connect(self.addr()).is_ok(),
+        );
         for &(tid, name) in targets {
             let img = format!("/dev/shm/vus-tgt-{}-{tid}.img", self.port);
             self.create(tid, name, std::path::Path::new(&img));
