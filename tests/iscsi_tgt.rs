@@ -795,7 +795,12 @@ fn task_management_reaches_the_target_and_aborts_what_waits_here() {
             None
         }),
     );
-    sleep(Duration::from_millis(300));
+    // The client saw the connection go (it may have sent the write on it
+    // first): the write is held for the next session.
+    wait_for("the client to see the target gone", WAIT, || {
+        let s = a.status();
+        (s.state, s.pending) == ("down", 1)
+    });
     let start = Instant::now();
     assert_eq!(
         a.task_management(TmfFunction::LogicalUnitReset, LUN1, None),
