@@ -256,6 +256,13 @@ impl Tgt {
 
 impl Drop for Tgt {
     fn drop(&mut self) {
+        // A test that failed while tgtd was stopped (SIGSTOP) must not
+        // hang here: tgtadm waits for tgtd's answers.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill() on our child, not reaped (try_wait found it
+            // running): its pid is still its own.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        }
         self.try_adm(&[
             "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline",
         ]);
