@@ -1073,12 +1073,17 @@ fn shutdown_answers_what_a_frozen_target_owes_at_once() {
     t.bind_all(tid);
     let c = client(&t, name, "iqn.2026-11.test:frozen-i", Options::default());
     run_async(&c, vec![(vec![0u8; 6], Data::None)]);
-    // SAFETY: kill() on the tgtd this test started.
-    unsafe { libc::kill(t.child.id() as i32, libc::SIGSTOP) };
+    freeze(&t);
     // Log in again: the TCP connection is accepted by the kernel, the
     // login is never answered, so the session thread sits in the login.
     c.reset_nexus();
-    sleep(Duration::from_millis(300));
+    wait_for("the Login Request to wait at the frozen tgtd", WAIT, || {
+        // A connection tgtd has not accepted (no descriptor holds it),
+        // with bytes in it.
+        kernel::tcp_sockets().iter().any(|s| {
+            (s.local_port, s.state, s.inode) == (t.port, kernel::ESTABLISHED, 0) && s.rx_queue > 0
+        })
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     c.submit(
         LUN1,
@@ -1089,13 +1094,16 @@ fn shutdown_answers_what_a_frozen_target_owes_at_once() {
             None
         }),
     );
-    sleep(Duration::from_millis(200));
+    // With no session, submit holds the read for the next one before it
+    // returns: nothing to wait for.
+    let s = c.status();
+    assert_eq!((s.state, s.pending), ("down", 1));
     let start = Instant::now();
     c.shutdown();
     let r = rx.recv_timeout(Duration::from_secs(5));
     let took = start.elapsed();
     // Thaw tgtd before asserting: its teardown talks to it.
-    // SAFETY: as above.
+    // SAFETY: kill() on the tgtd this test started, not reaped.
     unsafe { libc::kill(t.child.id() as i32, libc::SIGCONT) };
     assert_eq!(r, Ok(Err(Failure::Shutdown)));
     assert!(took < Duration::from_secs(1), "{took:?}");
