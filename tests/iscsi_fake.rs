@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::kernel;
 use vhost_user_scsi::iscsi::chap;
 use vhost_user_scsi::iscsi::client::{Client, Coalescing, Failure, Options};
 use vhost_user_scsi::iscsi::login::LoginParams;
@@ -97,6 +100,47 @@ impl Gate {
         }
     }
 
+    /// Wait until the client took in what was released: every byte of it
+    /// is at the client's end of the connection (acknowledged), and what
+    /// the client has not read of it stays below its socket's receive
+    /// low-water mark, so that it will not read more before more comes
+    /// (or its timer ends the wait). Its wait for the rest is set from
+    /// what it received.
+    fn wait_taken_in(&self) {
+        let (ours, theirs) = {
+            let s = self.stream.lock().unwrap();
+            let s = s.as_ref().unwrap();
+            (
+                s.local_addr().unwrap().port(),
+                s.peer_addr().unwrap().port(),
+            )
+        };
+        let end = |sockets: &[kernel::TcpSocket], from: u16, to: u16| {
+            sockets
+                .iter()
+                .find(|s| (s.local_port, s.remote_port, s.state) == (from, to, kernel::ESTABLISHED))
+                .copied()
+        };
+        // The client is this process: one of its descriptors is the socket.
+        let inode = end(&kernel::tcp_sockets(), theirs, ours)
+            .expect("the client's end of the connection")
+            .inode;
+        let fd = kernel::own_fd(inode).expect("the client's socket among ours");
+        kernel::wait_for(
+            "the client to take in the answers",
+            Duration::from_secs(30),
+            || {
+                let sockets = kernel::tcp_sockets();
+                let (Some(sent), Some(got)) =
+                    (end(&sockets, ours, theirs), end(&sockets, theirs, ours))
+                else {
+                    return false;
+                };
+                sent.tx_queue == 0 && (got.rx_queue as usize) < receive_low_water(fd)
+            },
+        );
+    }
+
     /// Send the first `n` held answers, in one write.
     fn release(&self, n: usize) {
         let wire: Vec<u8> = self.held.lock().unwrap().drain(..n).flatten().collect();
@@ -110,6 +154,25 @@ impl Gate {
         let mut s = self.stream.lock().unwrap();
         s.as_mut().unwrap().write_all(&wire).unwrap();
     }
+}
+
+/// The receive low-water mark (`SO_RCVLOWAT`) of socket `fd`.
+fn receive_low_water(fd: std::os::fd::RawFd) -> usize {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live local and
+    // updates `len`; a descriptor that is not a socket only makes it fail.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    usize::try_from(v).unwrap()
 }
 
 struct Fake {
@@ -801,8 +864,12 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
         submit_read(&c, 1 << 20, &tx);
         gate.wait_held(16);
         gate.release(first);
-        sleep(Duration::from_millis(100));
-        assert!(rx.try_recv().is_err());
+        // The client set its wait after the first part.
+        gate.wait_taken_in();
+        // The read does not complete on part of its data: given 100 ms to
+        // do so wrongly, a chance that, too short, could only miss it,
+        // never fail a right client.
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         gate.release(16 - first);
         let got = rx
             .recv_timeout(delay / 2)
@@ -817,7 +884,7 @@ fn big_reads_are_received_in_big_pieces_but_no_answer_waits_for_the_timer() {
     submit_tur(&c, &tur_tx);
     gate.wait_held(17);
     gate.release(4);
-    sleep(Duration::from_millis(100));
+    gate.wait_taken_in();
     gate.release_at(12);
     tur_rx
         .recv_timeout(delay / 2)
@@ -849,8 +916,11 @@ fn a_stream_wait_ends_with_the_closest_read_and_for_a_small_command_sent_meanwhi
     submit_read(&c, 1 << 20, &tx);
     gate.wait_held(32);
     gate.release(8);
-    sleep(Duration::from_millis(100));
-    assert!(rx.try_recv().is_err());
+    gate.wait_taken_in();
+    // The first read does not complete on half its data: given 100 ms to
+    // do so wrongly, a chance that, too short, could only miss it, never
+    // fail a right client.
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
     gate.release(8);
     let got = rx
         .recv_timeout(delay / 2)
@@ -860,7 +930,7 @@ fn a_stream_wait_ends_with_the_closest_read_and_for_a_small_command_sent_meanwhi
     // rest: a TEST UNIT READY submitted now is answered ahead of that
     // data, and its answer is not held back for it.
     gate.release(4);
-    sleep(Duration::from_millis(100));
+    gate.wait_taken_in();
     let (tur_tx, tur_rx) = std::sync::mpsc::channel();
     submit_tur(&c, &tur_tx);
     gate.wait_held(13);

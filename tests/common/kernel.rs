@@ -91,3 +91,13 @@ fn tcp_socket(line: &str) -> Option<TcpSocket> {
         inode: f.get(9)?.parse().ok()?,
     })
 }
+
+/// A descriptor of this process for the socket with inode `inode`.
+pub fn own_fd(inode: u64) -> Option<std::os::fd::RawFd> {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
