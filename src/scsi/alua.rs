@@ -11,8 +11,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::{Outcome, Response};
 

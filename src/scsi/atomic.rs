@@ -25,8 +25,9 @@
 //! Against other writers through this daemon the write is also atomic: it
 //! holds its block range in the LU's write tracker.
 
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::sbc::check_protect;
 use super::sense::Sense;
 use super::spc::MAX_TRANSFER_BYTES;
@@ -74,10 +75,11 @@ fn from_units(units: AtomicUnits, block_size: u32) -> Option<AtomicLimits> {
 /// WRITE ATOMIC(16) (SBC-4 5.48).
 pub(crate) fn write_atomic16(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     check_protect(ctx)?;
-    let lba = ctx.cdb.be64(2);
+    let t = ctx.transfer()?;
+    let (lba, fua) = (t.lba, t.fua);
     let boundary = ctx.cdb.be16(10);
-    let blocks = ctx.cdb.be16(12);
-    let fua = ctx.cdb.bit(1, 3);
+    // Two bytes wide: it fits.
+    let blocks = u16::try_from(t.blocks).unwrap_or(u16::MAX);
     let (offset, len) = lu.byte_range(lba, u64::from(blocks))?;
     if blocks == 0 {
         return Ok(Outcome::Done(Response::good(Vec::new())));

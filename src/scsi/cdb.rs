@@ -64,6 +64,84 @@ impl Cdb {
     }
 }
 
+/// Where a block command keeps its LOGICAL BLOCK ADDRESS and its length
+/// field. The opcode table names one per command that addresses blocks
+/// (`OpInfo::layout`), and handlers read the fields through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// READ(6)/WRITE(6) (SBC-4 5.17/5.46): a 21-bit LBA in bytes 1-3 and
+    /// TRANSFER LENGTH in byte 4, where 0 means 256 blocks; no FUA bit.
+    Six,
+    /// 10-byte CDBs: LBA in bytes 2-5, the length in bytes 7-8.
+    Ten,
+    /// 12-byte CDBs: LBA in bytes 2-5, the length in bytes 6-9.
+    Twelve,
+    /// 16-byte CDBs: LBA in bytes 2-9, the length in bytes 10-13.
+    Sixteen,
+    /// COMPARE AND WRITE (SBC-4 5.3): LBA in bytes 2-9, NUMBER OF LOGICAL
+    /// BLOCKS in byte 13.
+    CompareAndWrite,
+    /// WRITE ATOMIC(16) (SBC-4 5.48): LBA in bytes 2-9, the length in
+    /// bytes 12-13 (bytes 10-11 are the ATOMIC BOUNDARY).
+    Atomic16,
+}
+
+impl Layout {
+    /// The LOGICAL BLOCK ADDRESS.
+    pub fn lba(self, c: &Cdb) -> u64 {
+        match self {
+            Layout::Six => u64::from(c.be24(1) & 0x1f_ffff),
+            Layout::Ten | Layout::Twelve => u64::from(c.be32(2)),
+            Layout::Sixteen | Layout::CompareAndWrite | Layout::Atomic16 => c.be64(2),
+        }
+    }
+
+    /// The number of blocks the length field gives.
+    pub fn blocks(self, c: &Cdb) -> u64 {
+        let at = usize::from(self.length_field());
+        match self {
+            Layout::Six => match c.byte(at) {
+                0 => 256,
+                n => u64::from(n),
+            },
+            Layout::Ten | Layout::Atomic16 => u64::from(c.be16(at)),
+            Layout::Twelve | Layout::Sixteen => u64::from(c.be32(at)),
+            Layout::CompareAndWrite => u64::from(c.byte(at)),
+        }
+    }
+
+    /// Byte offset of the length field (for sense field pointers).
+    pub fn length_field(self) -> u16 {
+        match self {
+            Layout::Six => 4,
+            Layout::Ten => 7,
+            Layout::Twelve => 6,
+            Layout::Sixteen => 10,
+            Layout::CompareAndWrite => 13,
+            Layout::Atomic16 => 12,
+        }
+    }
+
+    /// FUA (byte 1, bit 3), which every form but the 6-byte one has.
+    pub fn fua(self, c: &Cdb) -> bool {
+        self != Layout::Six && c.bit(1, 3)
+    }
+
+    /// The bytes the LBA and length fields occupy.
+    #[cfg(test)]
+    pub fn field_bytes(self) -> [std::ops::Range<usize>; 2] {
+        let len = usize::from(self.length_field());
+        match self {
+            Layout::Six => [1..4, 4..5],
+            Layout::Ten => [2..6, len..len + 2],
+            Layout::Twelve => [2..6, len..len + 4],
+            Layout::Sixteen => [2..10, len..len + 4],
+            Layout::CompareAndWrite => [2..10, len..len + 1],
+            Layout::Atomic16 => [2..10, len..len + 2],
+        }
+    }
+}
+
 /// Big-endian u16 from a parameter list slice, zero past its end.
 pub fn be16_at(buf: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([get(buf, i), get(buf, i + 1)])
@@ -103,6 +181,35 @@ mod tests {
         let c = Cdb::new(&[0x28, 0x00, 0x12]);
         assert_eq!(c.be32(2), 0x1200_0000);
         assert_eq!(c.be64(30), 0);
+    }
+
+    #[test]
+    fn each_layout_reads_its_lba_and_length() {
+        let mut c = [0u8; 16];
+        c[1..4].copy_from_slice(&[0xff, 0x12, 0x34]);
+        assert_eq!(Layout::Six.lba(&Cdb::new(&c)), 0x1f_1234);
+        assert_eq!(Layout::Six.blocks(&Cdb::new(&c)), 256);
+        let ten = Cdb::new(&[0x28, 0x08, 0, 0, 1, 0, 0, 0x01, 0x02, 0]);
+        assert_eq!(
+            (Layout::Ten.lba(&ten), Layout::Ten.blocks(&ten)),
+            (256, 258)
+        );
+        assert!(Layout::Ten.fua(&ten));
+        let twelve = Cdb::new(&[0xa8, 0, 0, 0, 0, 9, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            (Layout::Twelve.lba(&twelve), Layout::Twelve.blocks(&twelve)),
+            (9, 1 << 16)
+        );
+        let mut s = [0u8; 16];
+        s[2..10].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        s[10..14].copy_from_slice(&7u32.to_be_bytes());
+        s[12..14].copy_from_slice(&5u16.to_be_bytes());
+        s[13] = 3;
+        let s = Cdb::new(&s);
+        assert_eq!(Layout::Sixteen.lba(&s), 1 << 40);
+        assert_eq!(Layout::Atomic16.blocks(&s), 3);
+        assert_eq!(Layout::CompareAndWrite.blocks(&s), 3);
+        assert!(!Layout::Six.fua(&Cdb::new(&[0x08, 0x08])));
     }
 
     #[test]

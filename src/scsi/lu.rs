@@ -9,18 +9,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{trace, warn};
+use log::warn;
 
-use super::alua::{self, AluaState, PortGroup};
+use super::alua::{AluaState, PortGroup};
 use super::atomic::{atomic_limits, AtomicLimits};
-use super::cdb::Cdb;
-use super::opcodes::{self, Ctx, ALUA_STANDBY_OK, ALUA_UNAVAILABLE_OK, MEDIA, SANITIZE_OK, WRITES};
+use super::command::{BlockIo, Failure, IoKind, Nexus, Outcome, Response};
 use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sanitize::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
 use super::xcopy::CopyResults;
-use super::{BlockIo, Command, IoKind, Nexus, Outcome, Response};
 use crate::backstore::{Backstore, Route};
 
 /// Largest number of unit attentions queued per nexus; older ones are
@@ -512,70 +510,6 @@ impl LogicalUnit {
         self.backstore.flush()
     }
 
-    /// Execute one command. `luns` are the LUNs of the target it came through.
-    pub fn execute(&self, cmd: Command, luns: &[u16]) -> Outcome {
-        let cdb = Cdb::new(cmd.cdb);
-        let mut ctx = Ctx {
-            cdb,
-            nexus: cmd.nexus,
-            data_out: cmd.data_out,
-            luns,
-        };
-        match self.dispatch(&mut ctx) {
-            Ok(outcome) => outcome,
-            Err(failure) => self.failed(failure),
-        }
-    }
-
-    fn dispatch(&self, ctx: &mut Ctx) -> Result<Outcome, Failure> {
-        let info = opcodes::lookup(&ctx.cdb);
-        if !info.as_ref().is_ok_and(|i| opcodes::ua_exempt(i)) {
-            if let Some(ua) = self.take_ua(ctx.nexus.id) {
-                return Err(Failure::Sense(ua));
-            }
-        }
-        let info = info?;
-        if !opcodes::offered(self, info) {
-            return Err(Sense::INVALID_COMMAND_OPERATION_CODE.into());
-        }
-        trace!("nexus {}: {}", ctx.nexus.id, info.name);
-        opcodes::check_reserved_bits(info, &ctx.cdb)?;
-        let control = info.usage.len() - 1;
-        if ctx.cdb.bit(control, 2) {
-            // NACA = 1 while NORMACA = 0 in INQUIRY data (SPC-4 7.5.8... SAM-5 5.9).
-            return Err(Sense::invalid_cdb_field(control as u16, Some(2)).into());
-        }
-        let state = self.port_group(ctx.nexus.relative_port).state;
-        if let Some(refused) = alua::refusal(
-            state,
-            info.flags & ALUA_STANDBY_OK != 0,
-            info.flags & ALUA_UNAVAILABLE_OK != 0,
-        ) {
-            return Err(refused.into());
-        }
-        if info.flags & SANITIZE_OK == 0 {
-            // In failure mode, SANITIZE itself is how the unit recovers.
-            let medium = info.flags & MEDIA != 0 && info.opcode != 0x48;
-            if let Some(refused) = self.sanitizer.refusal(medium) {
-                return Err(refused);
-            }
-        }
-        if info.flags & MEDIA != 0 && self.stopped.load(Ordering::Relaxed) {
-            return Err(Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.into());
-        }
-        let access = opcodes::access(info);
-        if access != Access::Allowed && self.pr_active.load(Ordering::Acquire) {
-            let st = self.pr_lock();
-            if !st.allowed(&it_nexus(ctx.nexus), access) {
-                return Err(Failure::Status(Status::ReservationConflict));
-            }
-        }
-        if info.flags & WRITES != 0 && self.read_only() {
-            return Err(Sense::WRITE_PROTECTED.into());
-        }
-        (info.handler)(self, ctx)
-    }
-
     /// Check that `blocks` blocks from `lba` are inside the medium and return
     /// the byte offset and length.
     pub(crate) fn byte_range(&self, lba: u64, blocks: u64) -> Result<(u64, u64), Sense> {
@@ -664,7 +598,7 @@ impl LogicalUnit {
     }
 
     /// The finished outcome for a failure (as `execute` answers it).
-    fn failed(&self, failure: Failure) -> Outcome {
+    pub(crate) fn failed(&self, failure: Failure) -> Outcome {
         let descriptor = self.descriptor_sense();
         Outcome::Done(match failure {
             Failure::Sense(sense) => Response::check_condition(&sense, descriptor),
@@ -685,21 +619,6 @@ impl LogicalUnit {
 /// The persistent-reservation identity of a nexus.
 pub(crate) fn it_nexus(n: &Nexus) -> ItNexus {
     ItNexus::new(&n.initiator, n.relative_port)
-}
-
-/// Why a handler did not produce a normal outcome.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Sense(Sense),
-    Status(Status),
-    /// CHECK CONDITION with a progress indication (an operation in progress).
-    Progress(Sense, u16),
-}
-
-impl From<Sense> for Failure {
-    fn from(s: Sense) -> Failure {
-        Failure::Sense(s)
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! nothing is saveable.
 
 use super::cdb::{be16_at, be32_at};
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::{Outcome, Response};
 

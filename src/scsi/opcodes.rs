@@ -6,20 +6,12 @@
 
 #![deny(clippy::indexing_slicing, clippy::string_slice)]
 
-use super::cdb::Cdb;
-use super::lu::{Failure, LogicalUnit};
+use super::cdb::{Cdb, Layout};
+use super::command::{Ctx, Failure, Outcome, Response};
+use super::lu::LogicalUnit;
 use super::pr::Access;
 use super::sense::Sense;
-use super::{alua, atomic, mode, reservations, sanitize, sbc, spc, xcopy, DataOut, Nexus, Outcome};
-
-/// Everything a command handler can see.
-pub(crate) struct Ctx<'a> {
-    pub cdb: Cdb,
-    pub nexus: &'a Nexus,
-    pub data_out: &'a mut dyn DataOut,
-    /// The LUNs of the target the command came through (for REPORT LUNS).
-    pub luns: &'a [u16],
-}
+use super::{alua, atomic, mode, reservations, sanitize, sbc, spc, xcopy};
 
 pub(crate) type Handler = fn(&LogicalUnit, &mut Ctx) -> Result<Outcome, Failure>;
 
@@ -92,12 +84,17 @@ pub(crate) struct OpInfo {
     /// the device server evaluates. Its length is the CDB length.
     pub usage: &'static [u8],
     pub flags: u16,
+    /// Where a block command's LBA and length sit in its CDB.
+    pub layout: Option<Layout>,
     pub handler: Handler,
 }
 
 macro_rules! op {
+    ($op:literal, $sa:expr, $name:literal, [$($u:literal),*], $flags:expr, $layout:ident, $h:path) => {
+        OpInfo { opcode: $op, sa: $sa, name: $name, usage: &[$($u),*], flags: $flags, layout: Some(Layout::$layout), handler: $h }
+    };
     ($op:literal, $sa:expr, $name:literal, [$($u:literal),*], $flags:expr, $h:path) => {
-        OpInfo { opcode: $op, sa: $sa, name: $name, usage: &[$($u),*], flags: $flags, handler: $h }
+        OpInfo { opcode: $op, sa: $sa, name: $name, usage: &[$($u),*], flags: $flags, layout: None, handler: $h }
     };
 }
 
@@ -107,8 +104,8 @@ macro_rules! op {
 pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, 0x04], MEDIA | PR_ALLOWED, spc::test_unit_ready),
     op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::request_sense),
-    op!(0x08, None, "READ(6)", [0x08, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read),
-    op!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
+    op!(0x08, None, "READ(6)", [0x08, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | PR_READ, Six, sbc::read),
+    op!(0x0a, None, "WRITE(6)", [0x0a, 0x1f, 0xff, 0xff, 0xff, 0x04], MEDIA | WRITES, Six, sbc::write),
     op!(0x12, None, "INQUIRY", [0x12, 0x03, 0xff, 0xff, 0xff, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::inquiry),
     op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xff, 0x04], ALUA_STANDBY_OK, mode::mode_select),
     op!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, 0x04], PR_ALLOWED, reservations::reserve6),
@@ -117,14 +114,14 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x1b, None, "START STOP UNIT", [0x1b, 0x01, 0, 0, 0xf7, 0x04], 0, sbc::start_stop_unit),
     op!(0x1e, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1e, 0, 0, 0, 0x03, 0x04], 0, sbc::prevent_allow),
     op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity10),
-    op!(0x28, None, "READ(10)", [0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read),
-    op!(0x2a, None, "WRITE(10)", [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES, sbc::write),
-    op!(0x2e, None, "WRITE AND VERIFY(10)", [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),
-    op!(0x2f, None, "VERIFY(10)", [0x2f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::verify),
-    op!(0x34, None, "PRE-FETCH(10)", [0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::prefetch),
-    op!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA, sbc::synchronize_cache),
+    op!(0x28, None, "READ(10)", [0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, Ten, sbc::read),
+    op!(0x2a, None, "WRITE(10)", [0x2a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES, Ten, sbc::write),
+    op!(0x2e, None, "WRITE AND VERIFY(10)", [0x2e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, Ten, sbc::write_and_verify),
+    op!(0x2f, None, "VERIFY(10)", [0x2f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, Ten, sbc::verify),
+    op!(0x34, None, "PRE-FETCH(10)", [0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | PR_READ, Ten, sbc::prefetch),
+    op!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA, Ten, sbc::synchronize_cache),
     op!(0x37, None, "READ DEFECT DATA(10)", [0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | PR_READ, sbc::read_defect_data),
-    op!(0x41, None, "WRITE SAME(10)", [0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
+    op!(0x41, None, "WRITE SAME(10)", [0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, Ten, sbc::write_same),
     op!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::unmap),
     op!(0x48, Some(0x01), "SANITIZE (OVERWRITE)", [0x48, 0xe1, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
     op!(0x48, Some(0x02), "SANITIZE (BLOCK ERASE)", [0x48, 0xe2, 0, 0, 0, 0, 0, 0xff, 0xff, 0x04], MEDIA | WRITES | EXCLUSIVE, sanitize::sanitize),
@@ -149,26 +146,26 @@ pub(crate) static OPCODES: &[OpInfo] = &[
     op!(0x84, Some(0x00), "RECEIVE COPY STATUS(LID1)", [0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_READ, xcopy::receive_copy_status),
     op!(0x84, Some(0x03), "RECEIVE COPY OPERATING PARAMETERS", [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_READ, xcopy::receive_copy_operating_parameters),
     op!(0x84, Some(0x04), "RECEIVE COPY FAILURE DETAILS(LID1)", [0x84, 0x04, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_READ, xcopy::receive_copy_failure_details),
-    op!(0x88, None, "READ(16)", [0x88, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::read),
-    op!(0x89, None, "COMPARE AND WRITE", [0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::compare_and_write),
-    op!(0x8a, None, "WRITE(16)", [0x8a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, sbc::write),
-    op!(0x8b, None, "ORWRITE(16)", [0x8b, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::orwrite),
-    op!(0x8e, None, "WRITE AND VERIFY(16)", [0x8e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),
-    op!(0x8f, None, "VERIFY(16)", [0x8f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::verify),
-    op!(0x90, None, "PRE-FETCH(16)", [0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::prefetch),
-    op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, sbc::synchronize_cache),
-    op!(0x93, None, "WRITE SAME(16)", [0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_same),
-    op!(0x9c, None, "WRITE ATOMIC(16)", [0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE | NEEDS_ATOMIC, atomic::write_atomic16),
+    op!(0x88, None, "READ(16)", [0x88, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, Sixteen, sbc::read),
+    op!(0x89, None, "COMPARE AND WRITE", [0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, CompareAndWrite, sbc::compare_and_write),
+    op!(0x8a, None, "WRITE(16)", [0x8a, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, Sixteen, sbc::write),
+    op!(0x8b, None, "ORWRITE(16)", [0x8b, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, Sixteen, sbc::orwrite),
+    op!(0x8e, None, "WRITE AND VERIFY(16)", [0x8e, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, Sixteen, sbc::write_and_verify),
+    op!(0x8f, None, "VERIFY(16)", [0x8f, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, Sixteen, sbc::verify),
+    op!(0x90, None, "PRE-FETCH(16)", [0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, Sixteen, sbc::prefetch),
+    op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA, Sixteen, sbc::synchronize_cache),
+    op!(0x93, None, "WRITE SAME(16)", [0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, Sixteen, sbc::write_same),
+    op!(0x9c, None, "WRITE ATOMIC(16)", [0x9c, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE | NEEDS_ATOMIC, Atomic16, atomic::write_atomic16),
     op!(0x9e, Some(0x10), "READ CAPACITY(16)", [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_ALLOWED, sbc::read_capacity16),
     op!(0x9e, Some(0x12), "GET LBA STATUS", [0x9e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_READ, sbc::get_lba_status),
     op!(0xa0, None, "REPORT LUNS", [0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], NO_UA | SANITIZE_OK | PR_ALLOWED | ALUA_ANY, spc::report_luns),
     op!(0xa3, Some(0x0a), "REPORT TARGET PORT GROUPS", [0xa3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, alua::report_target_port_groups),
     op!(0xa3, Some(0x0c), "REPORT SUPPORTED OPERATION CODES", [0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, report_supported_opcodes),
     op!(0xa3, Some(0x0d), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xa3, 0x0d, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x04], PR_ALLOWED | ALUA_ANY, spc::report_supported_tmfs),
-    op!(0xa8, None, "READ(12)", [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::read),
-    op!(0xaa, None, "WRITE(12)", [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, sbc::write),
-    op!(0xae, None, "WRITE AND VERIFY(12)", [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, sbc::write_and_verify),
-    op!(0xaf, None, "VERIFY(12)", [0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, sbc::verify),
+    op!(0xa8, None, "READ(12)", [0xa8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, Twelve, sbc::read),
+    op!(0xaa, None, "WRITE(12)", [0xaa, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES, Twelve, sbc::write),
+    op!(0xae, None, "WRITE AND VERIFY(12)", [0xae, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | WRITES | EXCLUSIVE, Twelve, sbc::write_and_verify),
+    op!(0xaf, None, "VERIFY(12)", [0xaf, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x04], MEDIA | PR_READ, Twelve, sbc::verify),
     op!(0xb7, None, "READ DEFECT DATA(12)", [0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x04], MEDIA | PR_READ, sbc::read_defect_data),
 ];
 
@@ -214,8 +211,12 @@ pub(crate) fn lookup(cdb: &Cdb) -> Result<&'static OpInfo, Sense> {
         .ok_or_else(|| Sense::invalid_cdb_field(1, Some(4)))
 }
 
-/// Reject bits set outside the usage mask, pointing at the first such bit.
-pub(crate) fn check_reserved_bits(info: &OpInfo, cdb: &Cdb) -> Result<(), Sense> {
+/// Check a CDB against its table entry, needing no logical unit: a bit
+/// set outside the usage mask is INVALID FIELD IN CDB pointing at the
+/// first such bit (SPC-4 4.2.5.1), and so is NACA, which the control byte's
+/// usage allows only to refuse it (NORMACA is 0 in the INQUIRY data: SAM-5
+/// 5.9).
+pub(crate) fn check_cdb(info: &OpInfo, cdb: &Cdb) -> Result<(), Sense> {
     for (i, &mask) in info.usage.iter().enumerate().skip(1) {
         // The service action byte carries the SA in bits 4-0: compare as usage.
         let extra = cdb.byte(i) & !mask;
@@ -223,6 +224,10 @@ pub(crate) fn check_reserved_bits(info: &OpInfo, cdb: &Cdb) -> Result<(), Sense>
             let bit = 7 - extra.leading_zeros() as u8;
             return Err(Sense::invalid_cdb_field(i as u16, Some(bit)));
         }
+    }
+    let control = info.usage.len() - 1;
+    if cdb.bit(control, 2) {
+        return Err(Sense::invalid_cdb_field(control as u16, Some(2)));
     }
     Ok(())
 }
@@ -295,7 +300,7 @@ fn report_supported_opcodes(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
         _ => return Err(Sense::invalid_cdb_field(2, Some(2)).into()),
     }
     out.truncate(alloc);
-    Ok(Outcome::Done(super::Response::good(out)))
+    Ok(Outcome::Done(Response::good(out)))
 }
 
 #[cfg(test)]
@@ -391,8 +396,62 @@ mod tests {
         let cdb = Cdb::new(&[0x00, 0x20, 0, 0, 0, 0]);
         let info = lookup(&cdb).unwrap();
         assert_eq!(
-            check_reserved_bits(info, &cdb),
+            check_cdb(info, &cdb),
             Err(Sense::invalid_cdb_field(1, Some(5)))
         );
+    }
+
+    #[test]
+    fn naca_is_refused_without_a_logical_unit() {
+        // READ(10) with NACA in its control byte (byte 9).
+        let cdb = Cdb::new(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0x04]);
+        let info = lookup(&cdb).unwrap();
+        assert_eq!(
+            check_cdb(info, &cdb),
+            Err(Sense::invalid_cdb_field(9, Some(2)))
+        );
+    }
+
+    /// Every command that addresses blocks names where its LBA and length
+    /// are, the layout fits its CDB's length, and the usage mask lets every
+    /// bit of those fields through (or the reserved-bit check would refuse
+    /// a valid LBA); no other command has a layout.
+    #[test]
+    fn block_commands_and_only_they_name_a_layout_that_fits_their_cdb() {
+        const BLOCK_COMMANDS: &[&str] = &[
+            "READ(",
+            "WRITE(",
+            "VERIFY(",
+            "WRITE AND VERIFY(",
+            "PRE-FETCH(",
+            "SYNCHRONIZE CACHE(",
+            "WRITE SAME(",
+            "ORWRITE(",
+            "COMPARE AND WRITE",
+            "WRITE ATOMIC(",
+        ];
+        for o in OPCODES {
+            let block = BLOCK_COMMANDS.iter().any(|p| o.name.starts_with(p));
+            assert_eq!(o.layout.is_some(), block, "{}", o.name);
+            let Some(layout) = o.layout else { continue };
+            let wanted = match layout {
+                Layout::Six => 6,
+                Layout::Ten => 10,
+                Layout::Twelve => 12,
+                _ => 16,
+            };
+            assert_eq!(o.usage.len(), wanted, "{}", o.name);
+            for range in layout.field_bytes() {
+                for i in range {
+                    // The 6-byte LBA's top byte holds 5 bits of it.
+                    let bits = if layout == Layout::Six && i == 1 {
+                        0x1f
+                    } else {
+                        0xff
+                    };
+                    assert_eq!(o.usage[i] & bits, bits, "{} byte {i}", o.name);
+                }
+            }
+        }
     }
 }

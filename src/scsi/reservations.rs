@@ -6,8 +6,9 @@
 
 use log::error;
 
-use super::lu::{it_nexus, Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::{it_nexus, LogicalUnit};
 use super::pr::codec::scope_type;
 use super::pr::{self, ItNexus, PrError, ProutAction, INSUFFICIENT_REGISTRATION_RESOURCES};
 use super::sense::{Sense, Status};

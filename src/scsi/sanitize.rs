@@ -38,8 +38,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use log::{error, info};
 
 use super::cdb::be16_at;
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::writes::BlockRange;
 use super::{Outcome, Response};

@@ -3,8 +3,9 @@
 //! SBC-3 block commands.
 
 use super::cdb::{be16_at, be32_at, be64_at};
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Failure;
+use super::command::{Ctx, Transfer};
+use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::spc::{
     max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
@@ -18,34 +19,6 @@ fn good() -> Result<Outcome, Failure> {
     Ok(Outcome::Done(Response::good(Vec::new())))
 }
 
-/// LBA, transfer length and FUA of a READ/WRITE/VERIFY CDB (SBC-3 5.x).
-struct Transfer {
-    lba: u64,
-    blocks: u64,
-    fua: bool,
-}
-
-fn transfer(ctx: &Ctx) -> Transfer {
-    let c = &ctx.cdb;
-    let (lba, blocks) = match c.opcode() {
-        // 6-byte: 21-bit LBA, and a length of 0 means 256 blocks.
-        0x08 | 0x0a => {
-            let n = c.byte(4);
-            (
-                u64::from(c.be24(1) & 0x1f_ffff),
-                if n == 0 { 256 } else { u64::from(n) },
-            )
-        }
-        0x28 | 0x2a | 0x2e | 0x2f | 0x34 | 0x35 | 0x41 => {
-            (u64::from(c.be32(2)), u64::from(c.be16(7)))
-        }
-        0xa8 | 0xaa | 0xae | 0xaf => (u64::from(c.be32(2)), u64::from(c.be32(6))),
-        _ => (c.be64(2), u64::from(c.be32(10))),
-    };
-    let fua = c.opcode() != 0x08 && c.opcode() != 0x0a && c.bit(1, 3);
-    Transfer { lba, blocks, fua }
-}
-
 /// RDPROTECT/WRPROTECT/VRPROTECT (byte 1 bits 7-5) must be zero: we have no
 /// protection information.
 pub(crate) fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
@@ -55,26 +28,13 @@ pub(crate) fn check_protect(ctx: &Ctx) -> Result<(), Sense> {
     Ok(())
 }
 
-/// Byte offset of the transfer length field, for field pointers.
-fn length_field(opcode: u8) -> u16 {
-    match opcode {
-        0x08 | 0x0a => 4,
-        0xa8 | 0xaa | 0xae | 0xaf => 6,
-        0x28 | 0x2a | 0x2e | 0x2f | 0x34 | 0x35 | 0x41 => 7,
-        _ => 10,
-    }
-}
-
 /// Check LBA range and size limits of a data transfer.
 fn checked_transfer(lu: &LogicalUnit, ctx: &Ctx) -> Result<Transfer, Sense> {
     check_protect(ctx)?;
-    let t = transfer(ctx);
+    let t = ctx.transfer()?;
     let bytes = t.blocks.saturating_mul(u64::from(lu.block_size()));
     if bytes > MAX_TRANSFER_BYTES {
-        return Err(Sense::invalid_cdb_field(
-            length_field(ctx.cdb.opcode()),
-            None,
-        ));
+        return Err(Sense::invalid_cdb_field(t.length_field, None));
     }
     lu.byte_range(t.lba, t.blocks)?;
     Ok(t)
@@ -97,9 +57,9 @@ pub(crate) fn write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure>
 }
 
 /// Read `len` bytes of data-out, or fail: the initiator sent less than the
-/// CDB says (the field pointer names the length field).
-fn data_out(ctx: &mut Ctx, len: u64) -> Result<Vec<u8>, Sense> {
-    let short = Sense::invalid_cdb_field(length_field(ctx.cdb.opcode()), None);
+/// CDB says (the field pointer names the length field, at byte `field`).
+fn data_out(ctx: &mut Ctx, len: u64, field: u16) -> Result<Vec<u8>, Sense> {
+    let short = Sense::invalid_cdb_field(field, None);
     let len = usize::try_from(len).map_err(|_| short)?;
     if ctx.data_out.len() < len {
         return Err(short);
@@ -137,9 +97,9 @@ pub(crate) fn verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure
     let expected = match bytchk {
         // Medium verification: the read above is the check.
         0b00 => return good(),
-        0b01 => data_out(ctx, len)?,
+        0b01 => data_out(ctx, len, t.length_field)?,
         // 11b: one block of data-out compared against every block.
-        _ => data_out(ctx, u64::from(lu.block_size()))?.repeat(t.blocks as usize),
+        _ => data_out(ctx, u64::from(lu.block_size()), t.length_field)?.repeat(t.blocks as usize),
     };
     if let Some(at) = first_difference(&medium, &expected) {
         let at = if bytchk == 0b11 {
@@ -162,7 +122,7 @@ pub(crate) fn write_and_verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcom
     if t.blocks == 0 {
         return good();
     }
-    let data = data_out(ctx, len)?;
+    let data = data_out(ctx, len, t.length_field)?;
     let range = BlockRange::new(t.lba, t.blocks);
     let result = lu.writes().exclusive(range, || -> Result<(), Sense> {
         let bs = lu.backstore();
@@ -184,7 +144,7 @@ pub(crate) fn write_and_verify(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcom
 /// SYNCHRONIZE CACHE(10)/(16) (SBC-3 5.22/5.23). A length of 0 means "to
 /// the end of the medium". The whole file is flushed: that covers the range.
 pub(crate) fn synchronize_cache(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
-    let t = transfer(ctx);
+    let t = ctx.transfer()?;
     lu.byte_range(t.lba, t.blocks)?;
     Ok(lu.block_io(IoKind::Flush, t.lba, 0, false))
 }
@@ -198,8 +158,8 @@ pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fai
     }
     let unmap = ctx.cdb.bit(1, 3);
     let ndob = ctx.cdb.opcode() == 0x93 && ctx.cdb.bit(1, 0);
-    let t = transfer(ctx);
-    let len_field = length_field(ctx.cdb.opcode());
+    let t = ctx.transfer()?;
+    let len_field = t.length_field;
     if t.blocks == 0 {
         // WSNZ = 1 in the block limits page.
         return Err(Sense::invalid_cdb_field(len_field, None).into());
@@ -220,7 +180,7 @@ pub(crate) fn write_same(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Fai
     let pattern = if ndob {
         vec![0u8; bs as usize]
     } else {
-        data_out(ctx, bs)?
+        data_out(ctx, bs, len_field)?
     };
     let zero = pattern.iter().all(|&b| b == 0);
     let store = lu.backstore();
@@ -254,7 +214,8 @@ pub(crate) fn unmap(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure>
     if (ctx.data_out.len() as u64) < len {
         return Err(Sense::PARAMETER_LIST_LENGTH_ERROR.into());
     }
-    let p = data_out(ctx, len)?;
+    // PARAMETER LIST LENGTH, bytes 7-8.
+    let p = data_out(ctx, len, 7)?;
     let bd_len = usize::from(be16_at(&p, 2)).min(p.len() - 8);
     // A trailing partial descriptor is ignored (SBC-3 5.28.2).
     let count = bd_len / 16;
@@ -333,31 +294,29 @@ pub(crate) fn get_lba_status(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome,
 /// blocks through the LU's write tracker.
 pub(crate) fn compare_and_write(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
     check_protect(ctx)?;
-    let lba = ctx.cdb.be64(2);
-    let n = ctx.cdb.byte(13);
+    let t = ctx.transfer()?;
+    let (lba, n) = (t.lba, t.blocks);
     if n == 0 {
         return good();
     }
-    if n > MAX_COMPARE_AND_WRITE_BLOCKS {
-        return Err(Sense::invalid_cdb_field(13, None).into());
+    if n > u64::from(MAX_COMPARE_AND_WRITE_BLOCKS) {
+        return Err(Sense::invalid_cdb_field(t.length_field, None).into());
     }
-    let (offset, len) = lu.byte_range(lba, u64::from(n))?;
-    let data = data_out(ctx, 2 * len)?;
+    let (offset, len) = lu.byte_range(lba, n)?;
+    let data = data_out(ctx, 2 * len, t.length_field)?;
     let (verify, write) = data.split_at(len as usize);
-    let fua = ctx.cdb.bit(1, 3) || !lu.write_cache();
-    let result = lu
-        .writes()
-        .exclusive(BlockRange::new(lba, u64::from(n)), || {
-            let medium = read_medium(lu, lba, offset, len)?;
-            if let Some(at) = first_difference(&medium, verify) {
-                return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
-            }
-            let store = lu.backstore();
-            store
-                .write_at(write, offset)
-                .and_then(|()| if fua { store.flush() } else { Ok(()) })
-                .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
-        });
+    let fua = t.fua || !lu.write_cache();
+    let result = lu.writes().exclusive(BlockRange::new(lba, n), || {
+        let medium = read_medium(lu, lba, offset, len)?;
+        if let Some(at) = first_difference(&medium, verify) {
+            return Err(Sense::MISCOMPARE_DURING_VERIFY_OPERATION.with_information(at as u64));
+        }
+        let store = lu.backstore();
+        store
+            .write_at(write, offset)
+            .and_then(|()| if fua { store.flush() } else { Ok(()) })
+            .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))
+    });
     result.ok_or_else(LogicalUnit::status_busy)??;
     good()
 }
@@ -371,7 +330,7 @@ pub(crate) fn orwrite(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failur
     if t.blocks == 0 {
         return good();
     }
-    let data = data_out(ctx, len)?;
+    let data = data_out(ctx, len, t.length_field)?;
     let fua = t.fua || !lu.write_cache();
     let result = lu.writes().exclusive(BlockRange::new(t.lba, t.blocks), || {
         let mut medium = read_medium(lu, t.lba, offset, len)?;
@@ -396,7 +355,7 @@ pub(crate) fn orwrite(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failur
 /// server return when the cache cannot take all the blocks. IMMED changes
 /// nothing: the hint is given before the status either way.
 pub(crate) fn prefetch(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
-    let t = transfer(ctx);
+    let t = ctx.transfer()?;
     // A PREFETCH LENGTH of zero means "to the last logical block".
     let blocks = if t.blocks == 0 {
         lu.blocks().saturating_sub(t.lba)

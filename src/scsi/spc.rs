@@ -3,8 +3,9 @@
 //! SPC-4 primary commands: INQUIRY and its VPD pages, REPORT LUNS, REQUEST
 //! SENSE, TEST UNIT READY, REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
 
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::target::encode_lun;
 use super::{Outcome, Response};

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::cdb::Cdb;
+use super::command::Ctx;
 use super::lu::{AbortHook, LogicalUnit};
-use super::opcodes::Ctx;
 use super::sense::Sense;
 use super::{spc, Command, Nexus, Outcome, Response};
 use crate::stats::LunStats;
@@ -146,6 +146,7 @@ impl LunMap {
     fn execute_without_lu(&self, addr: LunAddress, cmd: Command) -> Response {
         let ctx = Ctx {
             cdb: Cdb::new(cmd.cdb),
+            layout: None,
             nexus: cmd.nexus,
             data_out: cmd.data_out,
             luns: &self.lun_list,

@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use log::warn;
 
 use super::cdb::{be16_at, be32_at, be64_at};
-use super::lu::{Failure, LogicalUnit};
-use super::opcodes::Ctx;
+use super::command::Ctx;
+use super::command::Failure;
+use super::lu::LogicalUnit;
 use super::pr::Access;
 use super::sense::{Sense, SenseKey};
 use super::spc::MAX_TRANSFER_BYTES;
