@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::device::{DEFAULT_REQUEST_QUEUES, MAX_QUEUE_SIZE};
-use crate::scsi::target::MAX_LUN;
+use crate::scsi::lun::MAX_LUN;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {

@@ -265,8 +265,8 @@ impl LunSpec {
             e => e.to_string(),
         })?;
         if let Some(l) = self.lun {
-            if l > crate::scsi::target::MAX_LUN {
-                return Err(format!("lun must be 0 to {}", crate::scsi::target::MAX_LUN));
+            if l > crate::scsi::lun::MAX_LUN {
+                return Err(format!("lun must be 0 to {}", crate::scsi::lun::MAX_LUN));
             }
         }
         Ok((self.lun.or(n), lc))

@@ -240,7 +240,7 @@ pub(crate) fn remote_luns(
             n,
             crate::device::RemoteLun {
                 session: std::sync::Arc::new(sessions[&key].0.clone()),
-                lun: crate::scsi::target::encode_lun(l),
+                lun: crate::scsi::lun::encode_lun(l),
             },
         );
     }

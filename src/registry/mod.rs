@@ -357,7 +357,7 @@ impl Registry {
                 })
             }
             Some(n) => n,
-            None => (0..=crate::scsi::target::MAX_LUN)
+            None => (0..=crate::scsi::lun::MAX_LUN)
                 .find(|n| !e.config.luns.contains_key(n))
                 .ok_or_else(|| Error::NoFreeLun(socket.into()))?,
         };

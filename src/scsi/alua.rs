@@ -11,11 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::command::Ctx;
-use super::command::Failure;
-use super::lu::LogicalUnit;
 use super::sense::Sense;
-use super::{Outcome, Response};
 
 /// Primary target port asymmetric access states (SPC-4 table 5.15.2.1);
 /// the code is the ASYMMETRIC ACCESS STATE field's value.
@@ -77,45 +73,6 @@ pub(crate) fn refusal(state: AluaState, standby_ok: bool, unavailable_ok: bool) 
         AluaState::Unavailable if unavailable_ok => None,
         AluaState::Unavailable => Some(Sense::TARGET_PORT_IN_UNAVAILABLE_STATE),
     }
-}
-
-/// Supported states (byte 1 of a descriptor): U_SUP, S_SUP, AN_SUP, AO_SUP.
-const SUPPORTED_STATES: u8 = 0x0f;
-
-/// REPORT TARGET PORT GROUPS (SPC-4 6.36).
-pub(crate) fn report_target_port_groups(
-    lu: &LogicalUnit,
-    ctx: &mut Ctx,
-) -> Result<Outcome, Failure> {
-    let format = ctx.cdb.byte(1) >> 5;
-    let alloc = ctx.cdb.be32(6) as usize;
-    let header = match format {
-        0b000 => 4,
-        // Extended header: FORMAT TYPE 001b, IMPLICIT TRANSITION TIME 0
-        // (states change only by configuration, never in transition).
-        0b001 => 8,
-        _ => return Err(Sense::invalid_cdb_field(1, Some(7)).into()),
-    };
-    let mut d = vec![0u8; header];
-    if format == 0b001 {
-        d[4] = 0x10;
-    }
-    for g in lu.port_groups(ctx.nexus.relative_port) {
-        d.push(g.state as u8); // PREF 0, ASYMMETRIC ACCESS STATE
-        d.push(SUPPORTED_STATES);
-        d.extend_from_slice(&g.id.to_be_bytes()); // TARGET PORT GROUP
-        d.push(0); // reserved
-        d.push(0); // STATUS CODE: no status available
-        d.push(0); // vendor specific
-        d.push(1); // TARGET PORT COUNT
-        d.extend_from_slice(&[0, 0]);
-        d.extend_from_slice(&g.relative_port.to_be_bytes());
-    }
-    // RETURN DATA LENGTH: what follows the first four bytes.
-    let len = (d.len() - 4) as u32;
-    d[0..4].copy_from_slice(&len.to_be_bytes());
-    d.truncate(alloc);
-    Ok(Outcome::Done(Response::good(d)))
 }
 
 #[cfg(test)]

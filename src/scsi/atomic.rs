@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! WRITE ATOMIC(16) (SBC-4 4.29, 5.48) and the Block Limits fields that
-//! bound it. A write is offered as atomic only where a crash or a
-//! concurrent read cannot see part of it:
+//! What WRITE ATOMIC(16) (SBC-4 4.29, 5.48; the command is in sbc.rs) may
+//! do on a logical unit: the Block Limits fields that bound it. A write is
+//! offered as atomic only where a crash or a concurrent read cannot see
+//! part of it:
 //!
 //! - An O_DIRECT file or block device whose kernel and file system accept
 //!   RWF_ATOMIC (statx STATX_WRITE_ATOMIC, Linux 6.11 and later): the
@@ -16,6 +17,8 @@
 //!   maximum, alignment and granularity alike.
 //! - The null backstore: it stores nothing, so nothing can be torn; any
 //!   transfer up to the maximum transfer length.
+//! - An image in memory given atomic units (tests): its writes are copied
+//!   under its lock.
 //! - Nothing else. A buffered file is written back page by page, a file in
 //!   memory is copied page by page under concurrent readers, and a daemon
 //!   killed in the middle of a multi-page write leaves part of it: no
@@ -25,14 +28,7 @@
 //! Against other writers through this daemon the write is also atomic: it
 //! holds its block range in the LU's write tracker.
 
-use super::command::Ctx;
-use super::command::Failure;
-use super::lu::LogicalUnit;
-use super::sbc::check_protect;
-use super::sense::Sense;
-use super::spc::MAX_TRANSFER_BYTES;
-use super::writes::BlockRange;
-use super::{IoKind, Outcome, Response};
+use super::limits::MAX_TRANSFER_BYTES;
 use crate::backstore::{AtomicUnits, Backstore, Kind};
 
 /// The atomic write fields of the Block Limits page, in logical blocks.
@@ -70,52 +66,6 @@ fn from_units(units: AtomicUnits, block_size: u32) -> Option<AtomicLimits> {
         align: blocks,
         granularity: blocks,
     })
-}
-
-/// WRITE ATOMIC(16) (SBC-4 5.48).
-pub(crate) fn write_atomic16(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
-    check_protect(ctx)?;
-    let t = ctx.transfer()?;
-    let (lba, fua) = (t.lba, t.fua);
-    let boundary = ctx.cdb.be16(10);
-    // Two bytes wide: it fits.
-    let blocks = u16::try_from(t.blocks).unwrap_or(u16::MAX);
-    let (offset, len) = lu.byte_range(lba, u64::from(blocks))?;
-    if blocks == 0 {
-        return Ok(Outcome::Done(Response::good(Vec::new())));
-    }
-    // The opcode table offers the command only where there are limits.
-    let limits = lu
-        .atomic_limits()
-        .ok_or(Sense::INVALID_COMMAND_OPERATION_CODE)?;
-    if boundary != 0 {
-        // No atomic boundaries: MAXIMUM ATOMIC BOUNDARY SIZE is zero.
-        return Err(Sense::invalid_cdb_field(10, None).into());
-    }
-    let blocks = u32::from(blocks);
-    if blocks > limits.max_blocks || blocks % limits.granularity != 0 {
-        return Err(Sense::invalid_cdb_field(12, None).into());
-    }
-    if lba % u64::from(limits.align) != 0 {
-        return Err(Sense::invalid_cdb_field(2, None).into());
-    }
-    let len_usize = usize::try_from(len).map_err(|_| Sense::invalid_cdb_field(12, None))?;
-    if ctx.data_out.len() < len_usize {
-        return Err(Sense::invalid_cdb_field(12, None).into());
-    }
-    let mut data = vec![0u8; len_usize];
-    ctx.data_out
-        .read_at(0, &mut data)
-        .map_err(|_| Sense::invalid_cdb_field(12, None))?;
-    let sync = fua || !lu.write_cache();
-    let store = lu.backstore();
-    lu.writes()
-        .exclusive(BlockRange::new(lba, u64::from(blocks)), || {
-            store.write_atomic(&data, offset, sync)
-        })
-        .ok_or_else(LogicalUnit::status_busy)?
-        .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))?;
-    Ok(Outcome::Done(Response::good(Vec::new())))
 }
 
 #[cfg(test)]

@@ -14,11 +14,12 @@ use log::warn;
 use super::alua::{AluaState, PortGroup};
 use super::atomic::{atomic_limits, AtomicLimits};
 use super::command::{BlockIo, Failure, IoKind, Nexus, Outcome, Response};
+use super::fnv::fnv1a64;
 use super::pr::{Access, Effects, ItNexus, PrState};
-use super::sanitize::Sanitizer;
+use super::sanitize::state::Sanitizer;
 use super::sense::{Sense, SenseKey, Status};
 use super::writes::{BlockRange, WriteTracker};
-use super::xcopy::CopyResults;
+use super::xcopy::results::CopyResults;
 use crate::backstore::{Backstore, Route};
 
 /// Largest number of unit attentions queued per nexus; older ones are
@@ -53,13 +54,6 @@ impl Identity {
             serial: format!("{hash:016x}"),
         }
     }
-}
-
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    // FNV-1a, 64-bit offset basis and prime (draft-eastlake-fnv).
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Settings of a logical unit that come from configuration.

@@ -14,7 +14,10 @@ mod atomic;
 mod cdb;
 mod command;
 mod execute;
+mod fnv;
+mod limits;
 mod lu;
+pub mod lun;
 mod mode;
 mod opcodes;
 pub mod pr;
@@ -32,11 +35,12 @@ mod xcopy;
 pub use alua::{AluaState, PortGroup};
 pub use command::{BlockIo, Command, DataOut, IoKind, Nexus, Outcome, Response};
 pub use lu::{AbortHook, Identity, LogicalUnit, LuConfig};
+pub use lun::LunAddress;
 pub use opcodes::{needs_exclusive_writes, unit_attention_exempt};
 pub use sense::{Sense, SenseKey, Status};
-pub use target::{LunAddress, Target};
+pub use target::Target;
 
 /// The REPORT LUNS well-known LUN as 8 bytes (SPC-4 8.2).
 pub fn target_wlun() -> [u8; 8] {
-    target::REPORT_LUNS_WLUN
+    lun::REPORT_LUNS_WLUN
 }

@@ -6,11 +6,9 @@
 //! nothing is saveable.
 
 use super::cdb::{be16_at, be32_at};
-use super::command::Ctx;
-use super::command::Failure;
+use super::command::{Ctx, Failure, Outcome, Response};
 use super::lu::LogicalUnit;
 use super::sense::Sense;
-use super::{Outcome, Response};
 
 /// Page control field values (SPC-4 6.11.1, table 99).
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -6,13 +6,11 @@
 
 use log::error;
 
-use super::command::Ctx;
-use super::command::Failure;
+use super::command::{Ctx, Failure, Outcome, Response};
 use super::lu::{it_nexus, LogicalUnit};
 use super::pr::codec::scope_type;
 use super::pr::{self, ItNexus, PrError, ProutAction, INSUFFICIENT_REGISTRATION_RESOURCES};
 use super::sense::{Sense, Status};
-use super::{Outcome, Response};
 
 /// Longest PERSISTENT RESERVE OUT parameter list we accept: the basic 24
 /// bytes plus TransportIDs for SPEC_I_PT (each at most 228 bytes).

@@ -3,16 +3,14 @@
 //! SBC-3 block commands.
 
 use super::cdb::{be16_at, be32_at, be64_at};
-use super::command::Failure;
-use super::command::{Ctx, Transfer};
-use super::lu::LogicalUnit;
-use super::sense::Sense;
-use super::spc::{
+use super::command::{Ctx, Failure, IoKind, Outcome, Response, Transfer};
+use super::limits::{
     max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
     MAX_UNMAP_DESCRIPTORS,
 };
+use super::lu::LogicalUnit;
+use super::sense::Sense;
 use super::writes::BlockRange;
-use super::{IoKind, Outcome, Response};
 use crate::backstore::Extent;
 
 fn good() -> Result<Outcome, Failure> {
@@ -462,4 +460,50 @@ pub(crate) fn prevent_allow(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome,
         return Err(Sense::invalid_cdb_field(4, Some(1)).into());
     }
     good()
+}
+
+/// WRITE ATOMIC(16) (SBC-4 5.48).
+pub(crate) fn write_atomic16(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, Failure> {
+    check_protect(ctx)?;
+    let t = ctx.transfer()?;
+    let (lba, fua) = (t.lba, t.fua);
+    let boundary = ctx.cdb.be16(10);
+    // Two bytes wide: it fits.
+    let blocks = u16::try_from(t.blocks).unwrap_or(u16::MAX);
+    let (offset, len) = lu.byte_range(lba, u64::from(blocks))?;
+    if blocks == 0 {
+        return Ok(Outcome::Done(Response::good(Vec::new())));
+    }
+    // The opcode table offers the command only where there are limits.
+    let limits = lu
+        .atomic_limits()
+        .ok_or(Sense::INVALID_COMMAND_OPERATION_CODE)?;
+    if boundary != 0 {
+        // No atomic boundaries: MAXIMUM ATOMIC BOUNDARY SIZE is zero.
+        return Err(Sense::invalid_cdb_field(10, None).into());
+    }
+    let blocks = u32::from(blocks);
+    if blocks > limits.max_blocks || blocks % limits.granularity != 0 {
+        return Err(Sense::invalid_cdb_field(12, None).into());
+    }
+    if lba % u64::from(limits.align) != 0 {
+        return Err(Sense::invalid_cdb_field(2, None).into());
+    }
+    let len_usize = usize::try_from(len).map_err(|_| Sense::invalid_cdb_field(12, None))?;
+    if ctx.data_out.len() < len_usize {
+        return Err(Sense::invalid_cdb_field(12, None).into());
+    }
+    let mut data = vec![0u8; len_usize];
+    ctx.data_out
+        .read_at(0, &mut data)
+        .map_err(|_| Sense::invalid_cdb_field(12, None))?;
+    let sync = fua || !lu.write_cache();
+    let store = lu.backstore();
+    lu.writes()
+        .exclusive(BlockRange::new(lba, u64::from(blocks)), || {
+            store.write_atomic(&data, offset, sync)
+        })
+        .ok_or_else(LogicalUnit::status_busy)?
+        .map_err(|e| lu.io_error_sense(IoKind::Write, lba, &e))?;
+    Ok(Outcome::Done(Response::good(Vec::new())))
 }

@@ -3,41 +3,19 @@
 //! SPC-4 primary commands: INQUIRY and its VPD pages, REPORT LUNS, REQUEST
 //! SENSE, TEST UNIT READY, REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS.
 
-use super::command::Ctx;
-use super::command::Failure;
+use super::command::{Ctx, Failure, Outcome, Response};
+use super::limits::{
+    max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS,
+};
 use super::lu::LogicalUnit;
+use super::lun::encode_lun;
 use super::sense::Sense;
-use super::target::encode_lun;
-use super::{Outcome, Response};
 
 /// T10 vendor identification (8 bytes, space padded) and product data.
 pub const VENDOR: &[u8; 8] = b"VUSCSI  ";
 pub const PRODUCT: &[u8; 16] = b"vhost-user-scsi ";
 pub const REVISION: &[u8; 4] = b"0001";
-
-/// Largest transfer we advertise (VPD B0h MAXIMUM TRANSFER LENGTH) and
-/// accept, in bytes: what QEMU's virtio-scsi front end carries with its
-/// default `max_sectors` (0xFFFF 512-byte sectors, 32 MiB - 512; a Linux
-/// guest shows max_hw_sectors_kb 32767), rounded down to 4 KiB so that it
-/// is a whole number of blocks of either logical block size and of the
-/// 4 KiB physical block: 32 MiB - 4 KiB. Bounded also so that one command
-/// cannot pin an unbounded amount of guest memory.
-pub const MAX_TRANSFER_BYTES: u64 = (0xffff * 512) & !4095;
-/// Largest COMPARE AND WRITE, in blocks (SBC-3 6.3: a one-byte field).
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
-/// UNMAP limits (VPD B0h): descriptors per command and blocks per command.
-pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-pub const MAX_UNMAP_BLOCKS: u32 = 0xffff_ffff;
-/// Largest WRITE SAME, in bytes, with or without UNMAP: no more than one
-/// WRITE may carry. It runs synchronously on a queue worker while holding
-/// its block range, and with a non-zero pattern it writes every byte.
-pub const MAX_WRITE_SAME_BYTES: u64 = MAX_TRANSFER_BYTES;
-
-/// MAXIMUM WRITE SAME LENGTH (VPD B0h) in blocks: what the page says and
-/// what WRITE SAME enforces.
-pub(crate) fn max_write_same_blocks(block_size: u32) -> u64 {
-    MAX_WRITE_SAME_BYTES / u64::from(block_size)
-}
 
 fn done(data: Vec<u8>, alloc: usize) -> Result<Outcome, Failure> {
     let mut data = data;
@@ -244,10 +222,10 @@ pub(crate) fn report_luns_for(ctx: &Ctx) -> Result<Response, Sense> {
     let mut luns: Vec<[u8; 8]> = Vec::new();
     match ctx.cdb.byte(2) {
         0x00 => luns.extend(ctx.luns.iter().map(|&l| encode_lun(l))),
-        0x01 => luns.push(super::target::REPORT_LUNS_WLUN),
+        0x01 => luns.push(super::lun::REPORT_LUNS_WLUN),
         0x02 => {
             luns.extend(ctx.luns.iter().map(|&l| encode_lun(l)));
-            luns.push(super::target::REPORT_LUNS_WLUN);
+            luns.push(super::lun::REPORT_LUNS_WLUN);
         }
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     }
@@ -274,4 +252,43 @@ pub(crate) fn report_supported_tmfs(_lu: &LogicalUnit, ctx: &mut Ctx) -> Result<
         d.resize(16, 0);
     }
     done(d, alloc)
+}
+
+/// Supported states (byte 1 of a descriptor): U_SUP, S_SUP, AN_SUP, AO_SUP.
+const ALUA_SUPPORTED_STATES: u8 = 0x0f;
+
+/// REPORT TARGET PORT GROUPS (SPC-4 6.36).
+pub(crate) fn report_target_port_groups(
+    lu: &LogicalUnit,
+    ctx: &mut Ctx,
+) -> Result<Outcome, Failure> {
+    let format = ctx.cdb.byte(1) >> 5;
+    let alloc = ctx.cdb.be32(6) as usize;
+    let header = match format {
+        0b000 => 4,
+        // Extended header: FORMAT TYPE 001b, IMPLICIT TRANSITION TIME 0
+        // (states change only by configuration, never in transition).
+        0b001 => 8,
+        _ => return Err(Sense::invalid_cdb_field(1, Some(7)).into()),
+    };
+    let mut d = vec![0u8; header];
+    if format == 0b001 {
+        d[4] = 0x10;
+    }
+    for g in lu.port_groups(ctx.nexus.relative_port) {
+        d.push(g.state as u8); // PREF 0, ASYMMETRIC ACCESS STATE
+        d.push(ALUA_SUPPORTED_STATES);
+        d.extend_from_slice(&g.id.to_be_bytes()); // TARGET PORT GROUP
+        d.push(0); // reserved
+        d.push(0); // STATUS CODE: no status available
+        d.push(0); // vendor specific
+        d.push(1); // TARGET PORT COUNT
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(&g.relative_port.to_be_bytes());
+    }
+    // RETURN DATA LENGTH: what follows the first four bytes.
+    let len = (d.len() - 4) as u32;
+    d[0..4].copy_from_slice(&len.to_be_bytes());
+    d.truncate(alloc);
+    Ok(Outcome::Done(Response::good(d)))
 }

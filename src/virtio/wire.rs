@@ -342,11 +342,11 @@ pub fn param_change_reason(asc: u8, ascq: u8) -> u32 {
 /// The LUN field of `lun` on `target` (virtio 1.2, 5.6.6.1: byte 0 is 1,
 /// byte 1 the target, bytes 2-3 a single-level LUN, the rest 0). The
 /// single level is as REPORT LUNS gives it (peripheral addressing below
-/// 256, flat space, 0x4000 | lun, above: `scsi::target::encode_lun`), the
+/// 256, flat space, 0x4000 | lun, above: `scsi::lun::encode_lun`), the
 /// number a guest knows the LUN by: events must carry that form (Linux
 /// adds the LUN it reads there as it is), and requests may.
 pub fn single_level_lun(target: u8, lun: u16) -> [u8; 8] {
-    let [b0, b1, ..] = crate::scsi::target::encode_lun(lun);
+    let [b0, b1, ..] = crate::scsi::lun::encode_lun(lun);
     [1, target, b0, b1, 0, 0, 0, 0]
 }
 

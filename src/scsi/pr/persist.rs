@@ -26,7 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::{ItNexus, PrState, PrType, Registration, Reservation, MAX_REGISTRATIONS};
-use crate::scsi::lu::fnv1a64;
+use crate::scsi::fnv::fnv1a64;
 
 const MAGIC: &str = "vhost-user-scsi persistent reservations v1";
 

@@ -14,6 +14,7 @@ mod alua;
 mod block_limits;
 mod failing_disk;
 mod get_lba_status;
+mod layers;
 mod sanitize;
 mod sbc_commands;
 mod write_atomic;

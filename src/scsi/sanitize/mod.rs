@@ -33,17 +33,17 @@
 //! operation is lost, not resumed as SBC-4 would have a device do after a
 //! power cycle.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
-
 use log::{error, info};
 
+pub(crate) mod state;
+
+use state::{Phase, Sanitizer};
+
 use super::cdb::be16_at;
-use super::command::Ctx;
-use super::command::Failure;
+use super::command::{Ctx, Failure, Outcome, Response};
 use super::lu::LogicalUnit;
 use super::sense::Sense;
 use super::writes::BlockRange;
-use super::{Outcome, Response};
 use crate::backstore::Backstore;
 
 /// Service actions (SBC-4 table 5.28).
@@ -53,21 +53,6 @@ const EXIT_FAILURE_MODE: u8 = 0x1f;
 
 /// Bytes written or deallocated between two progress updates.
 const STEP: u64 = 8 << 20;
-
-/// Where the logical unit stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    /// An operation runs: `done` of `total` bytes.
-    Running {
-        done: u64,
-        total: u64,
-    },
-    /// The last operation failed; `ause` as its SANITIZE command set it.
-    Failed {
-        ause: bool,
-    },
-}
 
 /// A sanitize operation's method.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,96 +64,6 @@ enum Method {
         invert: bool,
     },
     BlockErase,
-}
-
-/// The sanitize state of one logical unit.
-#[derive(Debug)]
-pub(crate) struct Sanitizer {
-    phase: Mutex<Phase>,
-    changed: Condvar,
-}
-
-impl Default for Sanitizer {
-    fn default() -> Sanitizer {
-        Sanitizer {
-            phase: Mutex::new(Phase::Idle),
-            changed: Condvar::new(),
-        }
-    }
-}
-
-impl Sanitizer {
-    fn lock(&self) -> MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set(&self, phase: Phase) {
-        *self.lock() = phase;
-        self.changed.notify_all();
-    }
-
-    /// Record the bytes done so far of a running operation.
-    fn advance(&self, done: u64) {
-        let mut phase = self.lock();
-        if let Phase::Running { total, .. } = *phase {
-            *phase = Phase::Running { done, total };
-        }
-    }
-
-    /// The sense a command that the state does not let through ends with,
-    /// and the progress indication to put in it (SPC-4 4.5.2.4.4).
-    /// `medium`: the command accesses the medium (only those are failed in
-    /// failure mode).
-    pub(crate) fn refusal(&self, medium: bool) -> Option<Failure> {
-        match *self.lock() {
-            Phase::Idle => None,
-            Phase::Running { done, total } => Some(Failure::Progress(
-                Sense::SANITIZE_IN_PROGRESS,
-                progress(done, total),
-            )),
-            Phase::Failed { .. } if medium => Some(Failure::Sense(Sense::SANITIZE_COMMAND_FAILED)),
-            Phase::Failed { .. } => None,
-        }
-    }
-
-    /// What REQUEST SENSE reports for the state, if anything.
-    pub(crate) fn request_sense(&self) -> Option<(Sense, Option<u16>)> {
-        match *self.lock() {
-            Phase::Idle => None,
-            Phase::Running { done, total } => {
-                Some((Sense::SANITIZE_IN_PROGRESS, Some(progress(done, total))))
-            }
-            Phase::Failed { .. } => Some((Sense::SANITIZE_COMMAND_FAILED, None)),
-        }
-    }
-
-    /// Wait until no operation runs (tests, and SANITIZE with IMMED 0).
-    pub(crate) fn wait_done(&self) -> bool {
-        let mut phase = self.lock();
-        while matches!(*phase, Phase::Running { .. }) {
-            phase = self.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
-        }
-        *phase == Phase::Idle
-    }
-
-    #[cfg(test)]
-    pub(crate) fn force_running(&self, done: u64, total: u64) {
-        self.set(Phase::Running { done, total });
-    }
-
-    #[cfg(test)]
-    pub(crate) fn force_failed(&self, ause: bool) {
-        self.set(Phase::Failed { ause });
-    }
-}
-
-/// The PROGRESS INDICATION: a fraction of 65536 (SPC-4 4.5.2.4.4).
-fn progress(done: u64, total: u64) -> u16 {
-    if total == 0 {
-        return 0;
-    }
-    let p = u128::from(done) * 65536 / u128::from(total);
-    u16::try_from(p).unwrap_or(u16::MAX)
 }
 
 /// SANITIZE (SBC-4 5.28).
@@ -336,19 +231,5 @@ fn run(store: &dyn Backstore, state: &Sanitizer, method: &Method, ause: bool) {
             error!("{}: sanitize failed: {e}", store.path().display());
             state.set(Phase::Failed { ause });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_is_a_fraction_of_65536() {
-        assert_eq!(progress(0, 100), 0);
-        assert_eq!(progress(50, 100), 32768);
-        assert_eq!(progress(99, 100), 64880);
-        assert_eq!(progress(100, 100), u16::MAX);
-        assert_eq!(progress(1, 0), 0);
     }
 }

@@ -20,20 +20,21 @@
 //! list identifier until the identifier is used again, the nexus is lost or
 //! reset, or a LOGICAL UNIT RESET; at most `HELD_RESULTS` per LU.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use log::warn;
 
+pub(crate) mod results;
+
+use results::{Progress, HELD_RESULTS};
+
 use super::cdb::{be16_at, be32_at, be64_at};
-use super::command::Ctx;
-use super::command::Failure;
+use super::command::{Ctx, Failure, Outcome, Response};
+use super::limits::MAX_TRANSFER_BYTES;
 use super::lu::LogicalUnit;
 use super::pr::Access;
 use super::sense::{Sense, SenseKey};
-use super::spc::MAX_TRANSFER_BYTES;
 use super::writes::BlockRange;
-use super::{Outcome, Response};
 
 /// Operating parameters (RECEIVE COPY OPERATING PARAMETERS, and the
 /// Third-party Copy VPD page).
@@ -44,8 +45,6 @@ pub(crate) const MAX_SEGMENT_DESCRIPTORS: u16 = 1;
 pub(crate) const MAX_DESCRIPTOR_LIST_LENGTH: u32 = 1024;
 /// One segment: no more than one WRITE may carry.
 pub(crate) const MAX_SEGMENT_LENGTH: u32 = MAX_TRANSFER_BYTES as u32;
-/// Copies whose results are held per logical unit (the oldest goes first).
-pub(crate) const HELD_RESULTS: usize = 16;
 
 /// Descriptor type codes: block device to block device segment, and
 /// identification CSCD descriptor (SPC-4 tables 6.4).
@@ -120,95 +119,6 @@ fn find(designator: &[u8]) -> Option<Arc<LogicalUnit>> {
     found
         .all(|other| Arc::ptr_eq(&first, &other))
         .then_some(first)
-}
-
-// ---------------------------------------------------------------------------
-// Held results (RECEIVE COPY STATUS, RECEIVE COPY FAILURE DETAILS).
-
-/// What a copy came to, kept for RECEIVE COPY RESULTS.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct CopyRecord {
-    nexus: u32,
-    list_id: u8,
-    running: bool,
-    segments_done: u16,
-    bytes: u64,
-    /// The sense data a failed copy ended with.
-    failure: Option<Vec<u8>>,
-}
-
-/// The copies of one logical unit whose results are held (LIST ID USAGE
-/// 00b), newest last.
-#[derive(Default)]
-pub(crate) struct CopyResults {
-    held: Mutex<VecDeque<CopyRecord>>,
-}
-
-impl CopyResults {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<CopyRecord>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn get(&self, nexus: u32, list_id: u8) -> Option<CopyRecord> {
-        self.lock()
-            .iter()
-            .find(|r| r.nexus == nexus && r.list_id == list_id)
-            .cloned()
-    }
-
-    /// Claim a list identifier for a new copy; false if one with it runs.
-    fn start(&self, nexus: u32, list_id: u8) -> bool {
-        let mut held = self.lock();
-        if held
-            .iter()
-            .any(|r| r.nexus == nexus && r.list_id == list_id && r.running)
-        {
-            return false;
-        }
-        held.retain(|r| !(r.nexus == nexus && r.list_id == list_id));
-        if held.len() >= HELD_RESULTS {
-            if let Some(i) = held.iter().position(|r| !r.running) {
-                held.remove(i);
-            }
-        }
-        held.push_back(CopyRecord {
-            nexus,
-            list_id,
-            running: true,
-            segments_done: 0,
-            bytes: 0,
-            failure: None,
-        });
-        true
-    }
-
-    /// Drop the results held for one nexus (its loss, or an I_T NEXUS
-    /// RESET) or for all (LOGICAL UNIT RESET); copies still running keep
-    /// their place.
-    pub(crate) fn forget(&self, nexus: Option<u32>) {
-        self.lock()
-            .retain(|r| r.running || nexus.is_some_and(|n| r.nexus != n));
-    }
-
-    fn finish(&self, nexus: u32, list_id: u8, done: &Progress, failure: Option<Vec<u8>>) {
-        let mut held = self.lock();
-        if let Some(r) = held
-            .iter_mut()
-            .find(|r| r.nexus == nexus && r.list_id == list_id && r.running)
-        {
-            r.running = false;
-            r.segments_done = done.segments;
-            r.bytes = done.bytes;
-            r.failure = failure;
-        }
-    }
-}
-
-/// How far a copy got.
-#[derive(Default)]
-struct Progress {
-    segments: u16,
-    bytes: u64,
 }
 
 // ---------------------------------------------------------------------------
