@@ -120,7 +120,7 @@ impl Controller {
                 self.remote.update(|m| {
                     m.insert(lun, r);
                 });
-                self.target.insert_passthrough(lun);
+                self.target.insert_remote(lun);
             }
         }
         if let Some(b) = backend {

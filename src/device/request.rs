@@ -347,7 +347,7 @@ impl ScsiBackend {
             },
         );
         match outcome {
-            Outcome::Passthrough(l) => self.start_remote(
+            Outcome::Remote(l) => self.start_remote(
                 w,
                 vring,
                 mem,

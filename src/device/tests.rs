@@ -125,7 +125,7 @@ impl Harness {
             name: "mock".into(),
             // LUN 5 is passed through (to no session: commands that reach
             // the lookup fail with FAILURE).
-            target: Target::with_passthrough(BTreeMap::from([(0, lu)]), vec![5]),
+            target: Target::with_remote(BTreeMap::from([(0, lu)]), vec![5]),
             nexus: Nexus {
                 id: 1,
                 path: 1,
@@ -453,7 +453,7 @@ fn data_in_outside_guest_memory_gets_response_failure_and_queue_keeps_working() 
 }
 
 #[test]
-fn huge_data_out_for_a_passthrough_lun_is_refused_before_buffering() {
+fn huge_data_out_for_a_remote_lun_is_refused_before_buffering() {
     let mut h = Harness::new();
     h.write_header(
         [1, 0, 0, 5, 0, 0, 0, 0],
@@ -470,7 +470,7 @@ fn huge_data_out_for_a_passthrough_lun_is_refused_before_buffering() {
 }
 
 #[test]
-fn huge_data_in_for_a_passthrough_lun_is_refused() {
+fn huge_data_in_for_a_remote_lun_is_refused() {
     let mut h = Harness::new();
     h.write_header(
         [1, 0, 0, 5, 0, 0, 0, 0],
@@ -488,7 +488,7 @@ fn huge_data_in_for_a_passthrough_lun_is_refused() {
 }
 
 #[test]
-fn passthrough_lun_without_a_session_gets_failure() {
+fn remote_lun_without_a_session_gets_failure() {
     let mut h = Harness::new();
     h.write_header([1, 0, 0, 5, 0, 0, 0, 0], 14, &[0x00, 0, 0, 0, 0, 0]);
     h.add_chain(

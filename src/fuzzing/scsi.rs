@@ -213,7 +213,7 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
         );
         match outcome {
             Outcome::Done(r) => assert!(r.sense.len() <= 252),
-            Outcome::Passthrough(l) => panic!("no passthrough LUN here, yet {l}"),
+            Outcome::Remote(l) => panic!("no passthrough LUN here, yet {l}"),
             Outcome::Io(io) => {
                 let lu = match addr {
                     LunAddress::Lun(1) => &null,

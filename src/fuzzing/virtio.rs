@@ -176,7 +176,7 @@ fn control_device() -> Option<ScsiBackend> {
     ));
     let controller = Arc::new(Controller {
         name: "fuzz".into(),
-        target: Target::with_passthrough(BTreeMap::from([(0, lu)]), vec![5]),
+        target: Target::with_remote(BTreeMap::from([(0, lu)]), vec![5]),
         nexus: Nexus {
             id: 1,
             path: 1,

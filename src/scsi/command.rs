@@ -138,9 +138,10 @@ pub struct BlockIo {
 pub enum Outcome {
     Done(Response),
     Io(BlockIo),
-    /// The LUN is served by another SCSI target (an iSCSI LUN): the
-    /// transport sends the command there unchanged.
-    Passthrough(u16),
+    /// The LUN is a remote LUN, served by another SCSI target through a
+    /// `remote::Session` (an iSCSI LUN): the transport sends the command
+    /// there unchanged.
+    Remote(u16),
 }
 
 /// Everything a command handler can see.

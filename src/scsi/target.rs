@@ -21,7 +21,7 @@ use crate::stats::LunStats;
 pub struct LunMap {
     luns: BTreeMap<u16, Arc<LogicalUnit>>,
     /// LUNs whose commands go to another target unchanged.
-    passthrough: Vec<u16>,
+    remote: Vec<u16>,
     lun_list: Vec<u16>,
     /// I/O statistics of every LUN, and of commands to no LUN.
     stats: BTreeMap<u16, Arc<LunStats>>,
@@ -31,17 +31,13 @@ pub struct LunMap {
 impl LunMap {
     fn new(
         luns: BTreeMap<u16, Arc<LogicalUnit>>,
-        mut passthrough: Vec<u16>,
+        mut remote: Vec<u16>,
         stats: BTreeMap<u16, Arc<LunStats>>,
         no_lun: Arc<LunStats>,
     ) -> LunMap {
-        passthrough.sort_unstable();
-        passthrough.dedup();
-        let mut lun_list: Vec<u16> = luns
-            .keys()
-            .copied()
-            .chain(passthrough.iter().copied())
-            .collect();
+        remote.sort_unstable();
+        remote.dedup();
+        let mut lun_list: Vec<u16> = luns.keys().copied().chain(remote.iter().copied()).collect();
         lun_list.sort_unstable();
         lun_list.dedup();
         // Every LU a target serves may be named in an EXTENDED COPY.
@@ -50,7 +46,7 @@ impl LunMap {
         }
         LunMap {
             luns,
-            passthrough,
+            remote,
             lun_list,
             stats,
             no_lun,
@@ -96,8 +92,8 @@ impl LunMap {
                 return lu.execute(cmd, &self.lun_list);
             }
             // REPORT LUNS lists this target's LUNs, not the remote one's.
-            if self.passthrough.binary_search(&l).is_ok() && cmd.cdb.first() != Some(&0xa0) {
-                return Outcome::Passthrough(l);
+            if self.remote.binary_search(&l).is_ok() && cmd.cdb.first() != Some(&0xa0) {
+                return Outcome::Remote(l);
             }
         }
         Outcome::Done(self.execute_without_lu(addr, cmd))
@@ -155,32 +151,29 @@ pub struct Target {
 
 impl Target {
     pub fn new(luns: BTreeMap<u16, Arc<LogicalUnit>>) -> Target {
-        Target::with_passthrough(luns, Vec::new())
+        Target::with_remote(luns, Vec::new())
     }
 
-    /// A target whose `passthrough` LUNs are served elsewhere; this target
+    /// A target whose `remote` LUNs are served elsewhere; this target
     /// still answers REPORT LUNS for all of them.
-    pub fn with_passthrough(
-        luns: BTreeMap<u16, Arc<LogicalUnit>>,
-        passthrough: Vec<u16>,
-    ) -> Target {
-        Target::with_queues(luns, passthrough, 1)
+    pub fn with_remote(luns: BTreeMap<u16, Arc<LogicalUnit>>, remote: Vec<u16>) -> Target {
+        Target::with_queues(luns, remote, 1)
     }
 
-    /// As `with_passthrough`, for a controller of `queues` request queues.
+    /// As `with_remote`, for a controller of `queues` request queues.
     pub fn with_queues(
         luns: BTreeMap<u16, Arc<LogicalUnit>>,
-        passthrough: Vec<u16>,
+        remote: Vec<u16>,
         queues: usize,
     ) -> Target {
         let stats = luns
             .keys()
-            .chain(passthrough.iter())
+            .chain(remote.iter())
             .map(|&l| (l, Arc::new(LunStats::new(queues))))
             .collect();
         let no_lun = Arc::new(LunStats::new(queues));
         Target {
-            map: RwLock::new(Arc::new(LunMap::new(luns, passthrough, stats, no_lun))),
+            map: RwLock::new(Arc::new(LunMap::new(luns, remote, stats, no_lun))),
             generation: AtomicU64::new(0),
             queues,
             port_group: None,
@@ -223,17 +216,17 @@ impl Target {
     fn update(&self, change: impl FnOnce(&mut BTreeMap<u16, Arc<LogicalUnit>>, &mut Vec<u16>)) {
         let mut slot = self.map.write().unwrap_or_else(|e| e.into_inner());
         let mut luns = slot.luns.clone();
-        let mut passthrough = slot.passthrough.clone();
-        change(&mut luns, &mut passthrough);
+        let mut remote = slot.remote.clone();
+        change(&mut luns, &mut remote);
         let stats = luns
             .keys()
-            .chain(passthrough.iter())
+            .chain(remote.iter())
             .map(|&l| {
                 let s = slot.stats.get(&l).cloned();
                 (l, s.unwrap_or_else(|| Arc::new(LunStats::new(self.queues))))
             })
             .collect();
-        *slot = Arc::new(LunMap::new(luns, passthrough, stats, slot.no_lun.clone()));
+        *slot = Arc::new(LunMap::new(luns, remote, stats, slot.no_lun.clone()));
         drop(slot);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -250,7 +243,7 @@ impl Target {
     }
 
     /// Add `lun` as a LUN served elsewhere.
-    pub fn insert_passthrough(&self, lun: u16) {
+    pub fn insert_remote(&self, lun: u16) {
         self.update(|luns, pt| {
             luns.remove(&lun);
             pt.push(lun);
@@ -359,7 +352,7 @@ mod tests {
         // No longer served through port group 7.
         assert_eq!(lu.port_groups(1).iter().filter(|g| g.id == 7).count(), 0);
         assert!(t.remove(2).is_none());
-        t.insert_passthrough(5);
+        t.insert_remote(5);
         assert!(t.has_lun(5));
         assert!(t.remove(5).is_none());
         assert!(!t.has_lun(5));

@@ -110,7 +110,7 @@ fn run_lun(f: &Fixture, lun: LunAddress, cdb: &[u8], data_out: &[u8], alloc: usi
     );
     match outcome {
         Outcome::Done(r) => r,
-        Outcome::Passthrough(l) => panic!("no passthrough LUN {l} in this fixture"),
+        Outcome::Remote(l) => panic!("no passthrough LUN {l} in this fixture"),
         Outcome::Io(io) => {
             let mut buf = match io.kind {
                 IoKind::Write => data_out.to_vec(),
@@ -153,7 +153,7 @@ fn run_as(f: &Fixture, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Response {
         },
     ) {
         Outcome::Done(r) => r,
-        Outcome::Passthrough(l) => panic!("no passthrough LUN {l} in this fixture"),
+        Outcome::Remote(l) => panic!("no passthrough LUN {l} in this fixture"),
         Outcome::Io(io) => {
             let mut buf = vec![0u8; io.len as usize];
             if io.kind == IoKind::Write {
@@ -1064,7 +1064,7 @@ mod passthrough {
     #[test]
     fn commands_to_a_passthrough_lun_go_through_but_report_luns_is_answered_here() {
         let f = fixture();
-        let t = Target::with_passthrough(BTreeMap::from([(0, f.lu.clone())]), vec![3]);
+        let t = Target::with_remote(BTreeMap::from([(0, f.lu.clone())]), vec![3]);
         let mut dout: &[u8] = &[];
         let o = t.execute(
             LunAddress::Lun(3),
@@ -1075,7 +1075,7 @@ mod passthrough {
                 data_in_len: 512,
             },
         );
-        assert_eq!(o, Outcome::Passthrough(3));
+        assert_eq!(o, Outcome::Remote(3));
         let o = t.execute(
             LunAddress::Lun(3),
             Command {

@@ -65,7 +65,7 @@ fn run_on(p: &Pair, lun: u16, cdb: &[u8], data_out: &[u8]) -> Response {
             }
             r
         }
-        Outcome::Passthrough(_) => unreachable!(),
+        Outcome::Remote(_) => unreachable!(),
     }
 }
 

@@ -93,7 +93,7 @@ fn registry() -> MutexGuard<'static, Vec<Weak<LogicalUnit>>> {
 }
 
 /// Make `lu` reachable as a copy source or destination (every logical unit
-/// a target serves; see `Target::with_passthrough`).
+/// a target serves; see `Target::with_remote`).
 pub(crate) fn register(lu: &Arc<LogicalUnit>) {
     let mut units = registry();
     units.retain(|w| w.strong_count() > 0);
