@@ -51,18 +51,8 @@ struct SgIoHdr {
     info: u32,
 }
 
-/// LOGICAL UNIT COMMUNICATION FAILURE / TIME-OUT (SPC-4: 08h/00h, 08h/01h).
-pub(super) const COMM_FAILURE: Sense = Sense {
-    key: SenseKey::AbortedCommand,
-    asc: 0x08,
-    ascq: 0x00,
-    information: None,
-    field: None,
-};
-const COMM_TIMEOUT: Sense = Sense {
-    ascq: 0x01,
-    ..COMM_FAILURE
-};
+pub(super) const COMM_FAILURE: Sense = Sense::LOGICAL_UNIT_COMMUNICATION_FAILURE;
+const COMM_TIMEOUT: Sense = Sense::LOGICAL_UNIT_COMMUNICATION_TIME_OUT;
 
 pub fn check_condition(s: &Sense) -> Reply {
     Reply {

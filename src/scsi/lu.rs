@@ -9,15 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::warn;
-
 use super::alua::{AluaState, PortGroup};
 use super::atomic::{atomic_limits, AtomicLimits};
 use super::command::{BlockIo, Failure, IoKind, Nexus, Outcome, Response};
 use super::fnv::fnv1a64;
 use super::pr::{Access, Effects, ItNexus, PrState};
 use super::sanitize::state::Sanitizer;
-use super::sense::{Sense, SenseKey, Status};
+use super::sense::{Sense, Status};
 use super::writes::{BlockRange, WriteTracker};
 use super::xcopy::results::CopyResults;
 use crate::backstore::{Backstore, Route};
@@ -25,15 +23,6 @@ use crate::backstore::{Backstore, Route};
 /// Largest number of unit attentions queued per nexus; older ones are
 /// dropped first (SPC-4 5.14 lets a device server keep only the latest).
 const MAX_PENDING_UA: usize = 8;
-
-/// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3 4.7.3.6: a thin LU out of space).
-const SPACE_ALLOCATION_FAILED: Sense = Sense {
-    key: SenseKey::DataProtect,
-    asc: 0x27,
-    ascq: 0x07,
-    information: None,
-    field: None,
-};
 
 /// Names that identify a logical unit in INQUIRY data, stable across restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +76,9 @@ struct Attached {
 pub struct LogicalUnit {
     /// Shared with a sanitize operation's thread.
     backstore: Arc<dyn Backstore>,
+    /// Backstore errors logged per minute (a failing disk under load
+    /// fails every command; the rest are counted).
+    io_errors: crate::ratelimit::RateLimit,
     /// The backstore's route, asked once (it never changes): the data path
     /// reads it for every command.
     route: Route,
@@ -129,6 +121,7 @@ impl LogicalUnit {
         let blocks = backstore.size() / u64::from(config.block_size);
         let atomic = atomic_limits(&*backstore, config.block_size);
         LogicalUnit {
+            io_errors: crate::ratelimit::RateLimit::new(10, std::time::Duration::from_secs(60)),
             route: backstore.route(),
             backstore,
             block_size: config.block_size,
@@ -555,15 +548,20 @@ impl LogicalUnit {
         }
     }
 
-    /// The sense for a backstore error (SBC-3 4.13 / 4.7.3.6).
+    /// The sense for a backstore error: a thin LU out of space is SPACE
+    /// ALLOCATION FAILED (SBC-4 4.7.3.6); any other failed read is an
+    /// unrecovered read error and any other failed write or flush a write
+    /// error (SBC-4 4.15, 4.16), INFORMATION the command's LBA. Logged at
+    /// most 10 times a minute per LU.
     pub(crate) fn io_error_sense(&self, kind: IoKind, lba: u64, e: &io::Error) -> Sense {
-        warn!(
+        crate::warn_limited!(
+            self.io_errors,
             "{}: {:?} at LBA {lba} failed: {e}",
             self.backstore.path().display(),
             kind
         );
         match (kind, e.raw_os_error()) {
-            (IoKind::Write, Some(libc::ENOSPC)) => SPACE_ALLOCATION_FAILED,
+            (IoKind::Write, Some(libc::ENOSPC)) => Sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
             (IoKind::Read, _) => Sense::UNRECOVERED_READ_ERROR.with_information(lba),
             (IoKind::Write, _) => Sense::WRITE_ERROR.with_information(lba),
             (IoKind::Flush, _) => Sense::WRITE_ERROR,

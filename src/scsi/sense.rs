@@ -68,41 +68,112 @@ macro_rules! sense_consts {
                 key: SenseKey::$key, asc: $asc, ascq: $ascq, information: None, field: None,
             };)*
         }
+
+        /// Every named condition (tests).
+        #[cfg(test)]
+        const ALL_CONDITIONS: &[(&str, Sense)] = &[$((stringify!($name), Sense::$name)),*];
     };
 }
 
-// Additional sense codes, named as in SPC-4 Annex D (table D.1).
+// Every condition the daemon reports, in one table: its name as in SPC-4
+// Annex D (table D.1, ASC and ASCQ assignments), the sense key SPC-4 or
+// SBC-4 gives it where it is used, and that place. Handlers name these;
+// nothing else builds a sense key and code. Grouped by sense key (SPC-4
+// 4.5.6, table 48).
 sense_consts! {
     NO_ADDITIONAL_SENSE = (NoSense, 0x00, 0x00);
-    /// 04h/02h: an initializing command (START STOP UNIT) is required.
+
+    // NOT READY.
+    /// 04h/02h: an initializing command (START STOP UNIT) is required: the
+    /// unit is stopped (SBC-4 4.19).
     NOT_READY_INITIALIZING_COMMAND_REQUIRED = (NotReady, 0x04, 0x02);
-    /// 04h/0Bh: logical unit not accessible, target port in standby state.
+    /// 04h/0Bh: logical unit not accessible, target port in standby state
+    /// (SPC-4 5.15.2.4.4).
     TARGET_PORT_IN_STANDBY_STATE = (NotReady, 0x04, 0x0b);
-    /// 04h/0Ch: logical unit not accessible, target port in unavailable state.
+    /// 04h/0Ch: logical unit not accessible, target port in unavailable
+    /// state (SPC-4 5.15.2.4.5).
     TARGET_PORT_IN_UNAVAILABLE_STATE = (NotReady, 0x04, 0x0c);
-    /// 04h/1Bh: logical unit not ready, sanitize in progress.
+    /// 04h/1Bh: logical unit not ready, sanitize in progress (SBC-4 4.11).
     SANITIZE_IN_PROGRESS = (NotReady, 0x04, 0x1b);
-    /// 31h/03h: SANITIZE command failed.
-    SANITIZE_COMMAND_FAILED = (MediumError, 0x31, 0x03);
+
+    // MEDIUM ERROR.
+    /// 11h/00h: unrecovered read error: a read of the backstore failed
+    /// (SBC-4 4.15), INFORMATION the command's LBA.
     UNRECOVERED_READ_ERROR = (MediumError, 0x11, 0x00);
+    /// 0Ch/00h: write error: a write or flush of the backstore failed
+    /// (SBC-4 4.16).
     WRITE_ERROR = (MediumError, 0x0c, 0x00);
+    /// 31h/03h: SANITIZE command failed: sanitize failure mode (SBC-4 4.11.3).
+    SANITIZE_COMMAND_FAILED = (MediumError, 0x31, 0x03);
+
+    // HARDWARE ERROR.
     /// 44h/00h: internal target failure.
     INTERNAL_TARGET_FAILURE = (HardwareError, 0x44, 0x00);
+
+    // ILLEGAL REQUEST (SPC-4 4.2.5.1 for the CDB, 4.5.2.4.2 for field pointers).
     PARAMETER_LIST_LENGTH_ERROR = (IllegalRequest, 0x1a, 0x00);
     INVALID_COMMAND_OPERATION_CODE = (IllegalRequest, 0x20, 0x00);
     LBA_OUT_OF_RANGE = (IllegalRequest, 0x21, 0x00);
     INVALID_FIELD_IN_CDB = (IllegalRequest, 0x24, 0x00);
     LOGICAL_UNIT_NOT_SUPPORTED = (IllegalRequest, 0x25, 0x00);
     INVALID_FIELD_IN_PARAMETER_LIST = (IllegalRequest, 0x26, 0x00);
+    /// 26h/04h: PERSISTENT RESERVE OUT RELEASE of another type or scope
+    /// than the reservation's (SPC-4 5.13.11.2).
+    INVALID_RELEASE_OF_PERSISTENT_RESERVATION = (IllegalRequest, 0x26, 0x04);
+    /// 26h/06h-0Bh: EXTENDED COPY parameter lists this copy manager cannot
+    /// take (SPC-4 6.4.3, 6.4.5, 6.4.6).
+    TOO_MANY_TARGET_DESCRIPTORS = (IllegalRequest, 0x26, 0x06);
+    UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE = (IllegalRequest, 0x26, 0x07);
+    TOO_MANY_SEGMENT_DESCRIPTORS = (IllegalRequest, 0x26, 0x08);
+    UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE = (IllegalRequest, 0x26, 0x09);
+    UNEXPECTED_INEXACT_SEGMENT = (IllegalRequest, 0x26, 0x0a);
+    INLINE_DATA_LENGTH_EXCEEDED = (IllegalRequest, 0x26, 0x0b);
+    /// 00h/16h: an EXTENDED COPY with the list identifier of one still
+    /// running (SPC-4 6.4.3).
+    OPERATION_IN_PROGRESS = (IllegalRequest, 0x00, 0x16);
     SAVING_PARAMETERS_NOT_SUPPORTED = (IllegalRequest, 0x39, 0x00);
     MEDIUM_REMOVAL_PREVENTED = (IllegalRequest, 0x53, 0x02);
-    WRITE_PROTECTED = (DataProtect, 0x27, 0x00);
+    /// 55h/04h: PERSISTENT RESERVE OUT beyond the registrations kept, or
+    /// an APTPL state that cannot be written (SPC-4 5.13.7).
+    INSUFFICIENT_REGISTRATION_RESOURCES = (IllegalRequest, 0x55, 0x04);
+
+    // UNIT ATTENTION (SAM-5 5.14, SPC-4 5.14).
     POWER_ON_RESET_OCCURRED = (UnitAttention, 0x29, 0x00);
     BUS_DEVICE_RESET_FUNCTION_OCCURRED = (UnitAttention, 0x29, 0x03);
     I_T_NEXUS_LOSS_OCCURRED = (UnitAttention, 0x29, 0x07);
     MODE_PARAMETERS_CHANGED = (UnitAttention, 0x2a, 0x01);
+    /// 2Ah/03h-05h: what a PREEMPT, a CLEAR or a RELEASE did to other
+    /// nexuses' reservations and registrations (SPC-4 5.13.11, 5.13.12).
+    RESERVATIONS_PREEMPTED = (UnitAttention, 0x2a, 0x03);
+    RESERVATIONS_RELEASED = (UnitAttention, 0x2a, 0x04);
+    REGISTRATIONS_PREEMPTED = (UnitAttention, 0x2a, 0x05);
     CAPACITY_DATA_HAS_CHANGED = (UnitAttention, 0x2a, 0x09);
     REPORTED_LUNS_DATA_HAS_CHANGED = (UnitAttention, 0x3f, 0x0e);
+
+    // DATA PROTECT.
+    WRITE_PROTECTED = (DataProtect, 0x27, 0x00);
+    /// 27h/07h: a thin LU out of space (SBC-4 4.7.3.6): the backstore said
+    /// ENOSPC.
+    SPACE_ALLOCATION_FAILED_WRITE_PROTECT = (DataProtect, 0x27, 0x07);
+
+    // COPY ABORTED (SPC-4 6.4.3: EXTENDED COPY's own failures).
+    /// 00h/00h: no more to say: a segment past a copy target's capacity
+    /// (the target's own answer would be LBA OUT OF RANGE).
+    COPY_ABORTED = (CopyAborted, 0x00, 0x00);
+    THIRD_PARTY_DEVICE_FAILURE = (CopyAborted, 0x0d, 0x01);
+    /// 0Dh/02h: a copy target that cannot be reached (not served here, an
+    /// index past the CSCD list, not ready or reserved against this nexus).
+    COPY_TARGET_DEVICE_NOT_REACHABLE = (CopyAborted, 0x0d, 0x02);
+    INCORRECT_COPY_TARGET_DEVICE_TYPE = (CopyAborted, 0x0d, 0x03);
+    COPY_ABORTED_WRITE_PROTECTED = (CopyAborted, 0x27, 0x00);
+
+    // ABORTED COMMAND.
+    /// 08h/00h, 08h/01h: the pr-helper's SG_IO to the device failed or
+    /// timed out.
+    LOGICAL_UNIT_COMMUNICATION_FAILURE = (AbortedCommand, 0x08, 0x00);
+    LOGICAL_UNIT_COMMUNICATION_TIME_OUT = (AbortedCommand, 0x08, 0x01);
+
+    // MISCOMPARE.
     MISCOMPARE_DURING_VERIFY_OPERATION = (Miscompare, 0x1d, 0x00);
 }
 
@@ -294,5 +365,19 @@ mod tests {
                 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
             ]
         );
+    }
+
+    #[test]
+    fn each_condition_is_named_once() {
+        // One name per sense key and code: a code may come under two keys
+        // (WRITE PROTECTED under DATA PROTECT and under COPY ABORTED).
+        let mut seen = std::collections::HashMap::new();
+        for (name, s) in ALL_CONDITIONS {
+            let code = (s.key as u8, s.asc, s.ascq);
+            if let Some(other) = seen.insert(code, name) {
+                panic!("{name} and {other} are both {code:02x?}");
+            }
+        }
+        assert!(ALL_CONDITIONS.len() > 40);
     }
 }

@@ -19,7 +19,7 @@ pub use codec::{
 };
 pub use persist::{load, save, PersistError};
 
-use super::sense::{Sense, SenseKey};
+use super::sense::Sense;
 
 /// An I_T nexus as persistent reservations know it: the initiator port name
 /// (an iSCSI name, compared case-insensitively) and the relative target port.
@@ -133,40 +133,12 @@ impl From<Sense> for PrError {
     }
 }
 
-/// RESERVATIONS PREEMPTED, RESERVATIONS RELEASED, REGISTRATIONS PREEMPTED
-/// (SPC-4 Annex D: 2Ah/03h, 2Ah/04h, 2Ah/05h).
-pub const RESERVATIONS_PREEMPTED: Sense = ua(0x03);
-pub const RESERVATIONS_RELEASED: Sense = ua(0x04);
-pub const REGISTRATIONS_PREEMPTED: Sense = ua(0x05);
-
-const fn ua(ascq: u8) -> Sense {
-    Sense {
-        key: SenseKey::UnitAttention,
-        asc: 0x2a,
-        ascq,
-        information: None,
-        field: None,
-    }
-}
-
-/// INVALID RELEASE OF PERSISTENT RESERVATION (26h/04h).
-pub const INVALID_RELEASE: Sense = Sense {
-    key: SenseKey::IllegalRequest,
-    asc: 0x26,
-    ascq: 0x04,
-    information: None,
-    field: None,
-};
-
-/// INSUFFICIENT REGISTRATION RESOURCES (55h/04h): also what we answer when
-/// the APTPL state cannot be written.
-pub const INSUFFICIENT_REGISTRATION_RESOURCES: Sense = Sense {
-    key: SenseKey::IllegalRequest,
-    asc: 0x55,
-    ascq: 0x04,
-    information: None,
-    field: None,
-};
+pub const RESERVATIONS_PREEMPTED: Sense = Sense::RESERVATIONS_PREEMPTED;
+pub const RESERVATIONS_RELEASED: Sense = Sense::RESERVATIONS_RELEASED;
+pub const REGISTRATIONS_PREEMPTED: Sense = Sense::REGISTRATIONS_PREEMPTED;
+pub const INVALID_RELEASE: Sense = Sense::INVALID_RELEASE_OF_PERSISTENT_RESERVATION;
+/// Also what we answer when the APTPL state cannot be written.
+pub const INSUFFICIENT_REGISTRATION_RESOURCES: Sense = Sense::INSUFFICIENT_REGISTRATION_RESOURCES;
 
 /// Most registrations per logical unit (bounds memory and READ FULL STATUS).
 pub const MAX_REGISTRATIONS: usize = 256;

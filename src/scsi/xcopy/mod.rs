@@ -33,7 +33,7 @@ use super::command::{Ctx, Failure, Outcome, Response};
 use super::limits::MAX_TRANSFER_BYTES;
 use super::lu::LogicalUnit;
 use super::pr::Access;
-use super::sense::{Sense, SenseKey};
+use super::sense::Sense;
 use super::writes::BlockRange;
 
 /// Operating parameters (RECEIVE COPY OPERATING PARAMETERS, and the
@@ -55,34 +55,6 @@ const HEADER_LEN: usize = 16;
 const CSCD_LEN: usize = 32;
 /// Block-to-block segment descriptor: 4-byte header + 24.
 const B2B_LEN: usize = 28;
-
-const fn sense(key: SenseKey, asc: u8, ascq: u8) -> Sense {
-    Sense {
-        key,
-        asc,
-        ascq,
-        information: None,
-        field: None,
-    }
-}
-
-// Additional sense codes (SPC-4 Annex D) of the copy manager.
-const TOO_MANY_TARGET_DESCRIPTORS: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x06);
-const UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x07);
-const TOO_MANY_SEGMENT_DESCRIPTORS: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x08);
-const UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x09);
-const UNEXPECTED_INEXACT_SEGMENT: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x0a);
-const INLINE_DATA_LENGTH_EXCEEDED: Sense = sense(SenseKey::IllegalRequest, 0x26, 0x0b);
-const OPERATION_IN_PROGRESS: Sense = sense(SenseKey::IllegalRequest, 0x00, 0x16);
-/// COPY ABORTED: the copy target cannot be reached (not served here, an
-/// index past the CSCD list, not ready or reserved against this nexus).
-const COPY_TARGET_DEVICE_NOT_REACHABLE: Sense = sense(SenseKey::CopyAborted, 0x0d, 0x02);
-const THIRD_PARTY_DEVICE_FAILURE: Sense = sense(SenseKey::CopyAborted, 0x0d, 0x01);
-const INCORRECT_COPY_TARGET_DEVICE_TYPE: Sense = sense(SenseKey::CopyAborted, 0x0d, 0x03);
-/// COPY ABORTED with no more to say: a segment past a copy target's
-/// capacity (the target's own answer would be LBA OUT OF RANGE).
-const COPY_ABORTED: Sense = sense(SenseKey::CopyAborted, 0x00, 0x00);
-const COPY_ABORTED_WRITE_PROTECTED: Sense = sense(SenseKey::CopyAborted, 0x27, 0x00);
 
 // ---------------------------------------------------------------------------
 // The logical units a copy may name.
@@ -160,7 +132,7 @@ pub(crate) fn extended_copy(lu: &LogicalUnit, ctx: &mut Ctx) -> Result<Outcome, 
     let list = parse(&p)?;
     let nexus = ctx.nexus.id;
     if list.held && !lu.copies().start(nexus, list.list_id) {
-        return Err(OPERATION_IN_PROGRESS.into());
+        return Err(Sense::OPERATION_IN_PROGRESS.into());
     }
     let mut progress = Progress::default();
     let result = run(lu, ctx, &list, &mut progress);
@@ -206,13 +178,13 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
     }
     if inline_len > 0 {
         // MAXIMUM INLINE DATA LENGTH is zero.
-        return Err(INLINE_DATA_LENGTH_EXCEEDED);
+        return Err(Sense::INLINE_DATA_LENGTH_EXCEEDED);
     }
     if cscd_len % CSCD_LEN != 0 {
         return Err(Sense::invalid_param_field(2, None));
     }
     if cscd_len / CSCD_LEN > usize::from(MAX_CSCD_DESCRIPTORS) {
-        return Err(TOO_MANY_TARGET_DESCRIPTORS);
+        return Err(Sense::TOO_MANY_TARGET_DESCRIPTORS);
     }
     let mut cscds = Vec::new();
     for at in (HEADER_LEN..HEADER_LEN + cscd_len).step_by(CSCD_LEN) {
@@ -220,12 +192,12 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
             .get(at..at + CSCD_LEN)
             .ok_or(Sense::PARAMETER_LIST_LENGTH_ERROR)?;
         if d[0] != CSCD_IDENTIFICATION {
-            return Err(UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE);
+            return Err(Sense::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE);
         }
         // LU ID TYPE and NUL are ignored (SPC-4 made them obsolete); the
         // peripheral device type must be a direct-access block device.
         if d[1] & 0x1f != 0x00 {
-            return Err(INCORRECT_COPY_TARGET_DEVICE_TYPE);
+            return Err(Sense::INCORRECT_COPY_TARGET_DEVICE_TYPE);
         }
         if usize::from(d[7]) > 16 {
             return Err(Sense::invalid_param_field((at + 7) as u16, None));
@@ -240,7 +212,7 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
     let mut at = HEADER_LEN + cscd_len;
     while at < end {
         if segments.len() >= usize::from(MAX_SEGMENT_DESCRIPTORS) {
-            return Err(TOO_MANY_SEGMENT_DESCRIPTORS);
+            return Err(Sense::TOO_MANY_SEGMENT_DESCRIPTORS);
         }
         let hdr = p
             .get(at..at + 4)
@@ -250,7 +222,7 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
         if hdr[0] != SEGMENT_BLOCK_TO_BLOCK {
-            return Err(UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE);
+            return Err(Sense::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE);
         }
         if len != B2B_LEN {
             return Err(Sense::invalid_param_field((at + 2) as u16, None));
@@ -284,8 +256,8 @@ fn unit(
     let (designator, block_length) = list
         .cscds
         .get(index)
-        .ok_or(COPY_TARGET_DEVICE_NOT_REACHABLE)?;
-    let lu = find(designator).ok_or(COPY_TARGET_DEVICE_NOT_REACHABLE)?;
+        .ok_or(Sense::COPY_TARGET_DEVICE_NOT_REACHABLE)?;
+    let lu = find(designator).ok_or(Sense::COPY_TARGET_DEVICE_NOT_REACHABLE)?;
     if *block_length != lu.block_size() {
         return Err(Sense::invalid_param_field(
             (HEADER_LEN + index * CSCD_LEN + 29) as u16,
@@ -293,13 +265,13 @@ fn unit(
         ));
     }
     if lu.sanitizer().refusal(true).is_some() || lu.stopped() {
-        return Err(COPY_TARGET_DEVICE_NOT_REACHABLE);
+        return Err(Sense::COPY_TARGET_DEVICE_NOT_REACHABLE);
     }
     if !lu.access_allowed(ctx.nexus, access) {
-        return Err(COPY_TARGET_DEVICE_NOT_REACHABLE);
+        return Err(Sense::COPY_TARGET_DEVICE_NOT_REACHABLE);
     }
     if access == Access::Write && lu.read_only() {
-        return Err(COPY_ABORTED_WRITE_PROTECTED);
+        return Err(Sense::COPY_ABORTED_WRITE_PROTECTED);
     }
     Ok(lu)
 }
@@ -327,14 +299,14 @@ fn run(lu: &LogicalUnit, ctx: &Ctx, list: &CopyList, progress: &mut Progress) ->
         }
         let (sbs, dbs) = (u64::from(src.block_size()), u64::from(dst.block_size()));
         if bytes % sbs != 0 || bytes % dbs != 0 {
-            return Err(UNEXPECTED_INEXACT_SEGMENT);
+            return Err(Sense::UNEXPECTED_INEXACT_SEGMENT);
         }
         let (src_off, _) = src
             .byte_range(seg.src_lba, bytes / sbs)
-            .map_err(|_| COPY_ABORTED.with_information(i as u64))?;
+            .map_err(|_| Sense::COPY_ABORTED.with_information(i as u64))?;
         let (dst_off, _) = dst
             .byte_range(seg.dst_lba, bytes / dbs)
-            .map_err(|_| COPY_ABORTED.with_information(i as u64))?;
+            .map_err(|_| Sense::COPY_ABORTED.with_information(i as u64))?;
         let range = BlockRange::new(seg.dst_lba, bytes / dbs);
         dst.writes().begin(range);
         let copied =
@@ -353,7 +325,7 @@ fn run(lu: &LogicalUnit, ctx: &Ctx, list: &CopyList, progress: &mut Progress) ->
                 lu.backstore().path().display(),
                 dst.backstore().path().display()
             );
-            return Err(THIRD_PARTY_DEVICE_FAILURE.with_information(i as u64));
+            return Err(Sense::THIRD_PARTY_DEVICE_FAILURE.with_information(i as u64));
         }
         progress.segments += 1;
         progress.bytes += bytes;
