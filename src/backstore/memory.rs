@@ -9,6 +9,7 @@
 //! chosen errno, always or a given number of times: a disk with a bad
 //! sector, a full thin pool (ENOSPC), a cache that cannot be flushed.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::path::Path;
@@ -62,8 +63,9 @@ impl Fault {
 
 #[derive(Debug)]
 pub struct MemoryBackstore {
-    /// One entry per chunk: None is a hole (reads as zeros).
-    chunks: RwLock<Vec<Option<Box<[u8]>>>>,
+    /// The chunks written, by index; a missing one is a hole (reads as
+    /// zeros), so a large image costs only what is written.
+    chunks: RwLock<BTreeMap<usize, Box<[u8]>>>,
     size: AtomicU64,
     read_only: bool,
     atomic: Option<AtomicUnits>,
@@ -77,7 +79,7 @@ impl MemoryBackstore {
     /// An image of `size` bytes, all holes.
     pub fn new(size: u64) -> MemoryBackstore {
         MemoryBackstore {
-            chunks: RwLock::new(Vec::new()),
+            chunks: RwLock::new(BTreeMap::new()),
             size: AtomicU64::new(size),
             read_only: false,
             atomic: None,
@@ -164,18 +166,17 @@ impl MemoryBackstore {
 
     /// Copy between the image and `buf` at `offset` (`buf` is read from
     /// when `write`, else filled); the range is within the size.
-    fn transfer(&self, write: bool, buf: Buf<'_>, offset: u64) {
+    fn transfer(&self, write: bool, buf: &Buf<'_>, offset: u64) {
         let mut at = offset;
         let mut done = 0usize;
-        let len = buf.len();
+        let len = buf.len;
         if write {
             let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
             while done < len {
                 let (index, within, n) = span(at, len - done);
-                if chunks.len() <= index {
-                    chunks.resize(index + 1, None);
-                }
-                let chunk = chunks[index].get_or_insert_with(|| vec![0; CHUNK as usize].into());
+                let chunk = chunks
+                    .entry(index)
+                    .or_insert_with(|| vec![0; CHUNK as usize].into());
                 buf.read(done, &mut chunk[within..within + n]);
                 done += n;
                 at += n as u64;
@@ -184,7 +185,7 @@ impl MemoryBackstore {
             let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
             while done < len {
                 let (index, within, n) = span(at, len - done);
-                match chunks.get(index).and_then(|c| c.as_deref()) {
+                match chunks.get(&index) {
                     Some(chunk) => buf.write(done, &chunk[within..within + n]),
                     None => buf.zero(done, n),
                 }
@@ -194,13 +195,19 @@ impl MemoryBackstore {
         }
     }
 
-    /// Read, clamped to the size: past the end reads zeros.
-    fn read_into(&self, buf: Buf<'_>, offset: u64) -> io::Result<()> {
-        self.check(Op::Read, offset, buf.len() as u64)?;
-        let inside = self.size().saturating_sub(offset).min(buf.len() as u64) as usize;
-        let (inner, outer) = buf.split(inside);
-        self.transfer(false, inner, offset);
-        outer.zero(0, outer.len());
+    /// Read into `buf`, clamped to the size: past the end reads zeros.
+    fn read_into(&self, buf: &Buf<'_>, offset: u64) -> io::Result<()> {
+        self.check(Op::Read, offset, buf.len as u64)?;
+        let inside = self.size().saturating_sub(offset).min(buf.len as u64) as usize;
+        self.transfer(false, &buf.first(inside), offset);
+        buf.zero(inside, buf.len - inside);
+        Ok(())
+    }
+
+    /// Write from `buf`, which must lie within the size.
+    fn write_from(&self, buf: &Buf<'_>, offset: u64) -> io::Result<()> {
+        self.check_write(offset, buf.len as u64)?;
+        self.transfer(true, buf, offset);
         Ok(())
     }
 }
@@ -218,83 +225,53 @@ fn span(at: u64, left: usize) -> (usize, usize, usize) {
     (index, within, n)
 }
 
-/// A buffer on the caller's side: a slice, or iovecs (guest memory).
-#[derive(Clone, Copy)]
-enum Buf<'a> {
-    Slice(*mut u8, usize, std::marker::PhantomData<&'a mut [u8]>),
-    Iovecs(&'a [libc::iovec], usize, usize),
+/// The caller's buffers, as iovecs (guest memory, or one slice), of which
+/// the first `len` bytes are used.
+struct Buf<'a> {
+    iovecs: &'a [libc::iovec],
+    len: usize,
 }
 
 impl<'a> Buf<'a> {
-    fn slice(s: &'a mut [u8]) -> Buf<'a> {
-        Buf::Slice(s.as_mut_ptr(), s.len(), std::marker::PhantomData)
-    }
-
-    fn slice_ro(s: &'a [u8]) -> Buf<'a> {
-        // Only ever read from (`read`), never written through.
-        Buf::Slice(s.as_ptr().cast_mut(), s.len(), std::marker::PhantomData)
-    }
-
-    /// `iovecs` from byte `skip` on, `len` bytes.
-    fn iovecs(iovecs: &'a [libc::iovec]) -> Buf<'a> {
+    /// All of `iovecs`.
+    fn new(iovecs: &'a [libc::iovec]) -> Buf<'a> {
         let len = iovecs.iter().map(|v| v.iov_len).sum();
-        Buf::Iovecs(iovecs, 0, len)
+        Buf { iovecs, len }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Buf::Slice(_, len, _) => *len,
-            Buf::Iovecs(_, _, len) => *len,
+    /// The first `n` bytes (n <= len).
+    fn first(&self, n: usize) -> Buf<'a> {
+        Buf {
+            iovecs: self.iovecs,
+            len: n.min(self.len),
         }
     }
 
-    /// The first `n` bytes and the rest.
-    fn split(self, n: usize) -> (Buf<'a>, Buf<'a>) {
-        match self {
-            Buf::Slice(p, len, m) => {
-                // SAFETY: n <= len, so p + n is within (or one past) the buffer.
-                let rest = unsafe { p.add(n) };
-                (Buf::Slice(p, n, m), Buf::Slice(rest, len - n, m))
-            }
-            Buf::Iovecs(v, skip, len) => {
-                (Buf::Iovecs(v, skip, n), Buf::Iovecs(v, skip + n, len - n))
-            }
-        }
-    }
-
-    /// Visit the memory of bytes `[at, at + n)` of this buffer as raw parts.
+    /// Visit bytes `[at, at + n)` of the buffers, clamped to `len`, as raw
+    /// parts: a pointer, how many bytes there, and how many came before.
     fn each(&self, at: usize, n: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
-        match *self {
-            Buf::Slice(p, len, _) => {
-                debug_assert!(at + n <= len);
-                // SAFETY: at + n <= len: within the buffer.
-                f(unsafe { p.add(at) }, n, 0);
+        let mut pos = 0usize; // position in the iovecs' bytes
+        let end_wanted = at.saturating_add(n).min(self.len);
+        let (mut from, mut done) = (at, 0usize);
+        for v in self.iovecs {
+            if from >= end_wanted {
+                break;
             }
-            Buf::Iovecs(iovecs, skip, _) => {
-                let mut pos = 0usize; // position in the iovecs' bytes
-                let (mut from, mut left, mut done) = (skip + at, n, 0usize);
-                for v in iovecs {
-                    if left == 0 {
-                        break;
-                    }
-                    let end = pos + v.iov_len;
-                    if from < end {
-                        let within = from - pos;
-                        let k = (v.iov_len - within).min(left);
-                        // SAFETY: within + k <= iov_len: inside this iovec,
-                        // valid memory by `vectored`'s contract.
-                        f(unsafe { v.iov_base.cast::<u8>().add(within) }, k, done);
-                        from += k;
-                        left -= k;
-                        done += k;
-                    }
-                    pos = end;
-                }
+            let end = pos + v.iov_len;
+            if from < end {
+                let within = from - pos;
+                let k = (v.iov_len - within).min(end_wanted - from);
+                // SAFETY: within + k <= iov_len: inside this iovec, valid
+                // memory by `vectored`'s contract.
+                f(unsafe { v.iov_base.cast::<u8>().add(within) }, k, done);
+                from += k;
+                done += k;
             }
+            pos = end;
         }
     }
 
-    /// Copy bytes `[at, at + dst.len())` of this buffer into `dst`.
+    /// Copy bytes `[at, at + dst.len())` of the buffers into `dst`.
     fn read(&self, at: usize, dst: &mut [u8]) {
         self.each(at, dst.len(), |p, k, done| {
             // SAFETY: `each` hands out k valid bytes at p; dst has room.
@@ -303,22 +280,31 @@ impl<'a> Buf<'a> {
         });
     }
 
-    /// Copy `src` into bytes `[at, at + src.len())` of this buffer.
+    /// Copy `src` into bytes `[at, at + src.len())` of the buffers.
     fn write(&self, at: usize, src: &[u8]) {
         self.each(at, src.len(), |p, k, done| {
-            // SAFETY: `each` hands out k valid, writable bytes at p (a
-            // buffer made from a `&mut` slice or a read's iovecs).
+            // SAFETY: `each` hands out k valid bytes at p, writable: only
+            // reads fill buffers, and their iovecs are writable by
+            // `vectored`'s contract (or are one `&mut` slice, `read_at`).
             unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), p, k) };
         });
     }
 
-    /// Zero bytes `[at, at + n)` of this buffer.
+    /// Zero bytes `[at, at + n)` of the buffers.
     fn zero(&self, at: usize, n: usize) {
         self.each(at, n, |p, k, _| {
             // SAFETY: as in `write`.
             unsafe { std::ptr::write_bytes(p, 0, k) };
         });
     }
+}
+
+/// One iovec over a slice.
+fn iovec(p: *mut u8, len: usize) -> [libc::iovec; 1] {
+    [libc::iovec {
+        iov_base: p.cast(),
+        iov_len: len,
+    }]
 }
 
 impl Backstore for MemoryBackstore {
@@ -341,9 +327,12 @@ impl Backstore for MemoryBackstore {
                 return Err(io::Error::from_raw_os_error(libc::EROFS));
             }
             let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
-            chunks.truncate(b.div_ceil(CHUNK) as usize);
-            if let Some(Some(last)) = chunks.last_mut().filter(|_| b % CHUNK != 0) {
-                last[(b % CHUNK) as usize..].fill(0);
+            let keep = usize::try_from(b.div_ceil(CHUNK)).unwrap_or(usize::MAX);
+            chunks.retain(|&i, _| i < keep);
+            if b % CHUNK != 0 {
+                if let Some(last) = chunks.get_mut(&(keep - 1)) {
+                    last[(b % CHUNK) as usize..].fill(0);
+                }
             }
             self.size.store(b, Ordering::Relaxed);
         }
@@ -365,12 +354,11 @@ impl Backstore for MemoryBackstore {
         offset: u64,
         sync: bool,
     ) -> io::Result<()> {
-        let buf = Buf::iovecs(iovecs);
+        let buf = Buf::new(iovecs);
         if !write {
-            return self.read_into(buf, offset);
+            return self.read_into(&buf, offset);
         }
-        self.check_write(offset, buf.len() as u64)?;
-        self.transfer(true, buf, offset);
+        self.write_from(&buf, offset)?;
         if sync {
             self.flush()?;
         }
@@ -378,13 +366,14 @@ impl Backstore for MemoryBackstore {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_into(Buf::slice(buf), offset)
+        let v = iovec(buf.as_mut_ptr(), buf.len());
+        self.read_into(&Buf::new(&v), offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check_write(offset, buf.len() as u64)?;
-        self.transfer(true, Buf::slice_ro(buf), offset);
-        Ok(())
+        // Only read from: a write's buffers are never written through.
+        let v = iovec(buf.as_ptr().cast_mut(), buf.len());
+        self.write_from(&Buf::new(&v), offset)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -411,32 +400,40 @@ impl Backstore for MemoryBackstore {
         let mut at = offset;
         while at < end {
             let (index, within, n) = span(at, usize::try_from(end - at).unwrap_or(usize::MAX));
-            if let Some(slot) = chunks.get_mut(index) {
-                if n as u64 == CHUNK {
-                    *slot = None;
-                } else if let Some(chunk) = slot {
-                    chunk[within..within + n].fill(0);
-                }
+            if n as u64 == CHUNK {
+                chunks.remove(&index);
+            } else if let Some(chunk) = chunks.get_mut(&index) {
+                chunk[within..within + n].fill(0);
             }
             at += n as u64;
         }
         Ok(())
     }
 
+    /// Runs of written chunks are mapped, the gaps between them holes.
     fn extent_at(&self, offset: u64) -> io::Result<Extent> {
         let size = self.size();
         if offset >= size {
             return Ok(Extent::Mapped(0));
         }
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
-        let mapped = |i: u64| chunks.get(i as usize).is_some_and(|c| c.is_some());
-        let first = mapped(offset / CHUNK);
-        let mut i = offset / CHUNK + 1;
-        while i * CHUNK < size && mapped(i) == first {
-            i += 1;
-        }
-        let len = (i * CHUNK).min(size) - offset;
-        Ok(if first {
+        let first = (offset / CHUNK) as usize;
+        let end = if chunks.contains_key(&first) {
+            // The first missing chunk after a run of written ones.
+            let mut next = first;
+            for &i in chunks.range(first..).map(|(i, _)| i) {
+                if i != next {
+                    break;
+                }
+                next += 1;
+            }
+            next
+        } else {
+            // The next written chunk, if any.
+            chunks.range(first..).next().map_or(usize::MAX, |(&i, _)| i)
+        };
+        let len = (end as u64).saturating_mul(CHUNK).min(size) - offset;
+        Ok(if chunks.contains_key(&first) {
             Extent::Mapped(len)
         } else {
             Extent::Deallocated(len)
@@ -486,6 +483,18 @@ mod tests {
             m.extent_at(16384).unwrap(),
             Extent::Deallocated((1 << 20) - 16384)
         );
+    }
+
+    #[test]
+    fn a_terabyte_image_costs_what_is_written() {
+        let m = MemoryBackstore::new(1 << 40);
+        m.write_at(&[1u8; 512], (1 << 40) - 512).unwrap();
+        assert_eq!(
+            m.extent_at(4096).unwrap(),
+            Extent::Deallocated((1 << 40) - 8192)
+        );
+        assert_eq!(m.extent_at((1 << 40) - 4096).unwrap(), Extent::Mapped(4096));
+        assert_eq!(m.chunks.read().unwrap().len(), 1);
     }
 
     #[test]
