@@ -16,7 +16,7 @@ mod virtio;
 pub use cli::{config_specs, iscsi_credentials, iscsi_url};
 pub use control::{config_file, control_rpc};
 pub use iscsi::{iscsi_login, iscsi_pdu, iscsi_session, iscsi_text};
-pub use scsi::{pr_out_params, prhelper_codec, scsi_execute};
+pub use scsi::{aptpl_state, pr_out_params, prhelper_codec, scsi_execute, sgio_reply};
 pub use virtio::{virtio_control, virtio_request};
 
 /// A fuzz target: takes any bytes, panics on a finding.
@@ -24,6 +24,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its directory under fuzz/corpus/.
 pub const TARGETS: &[(&str, Target)] = &[
+    ("aptpl_state", aptpl_state),
     ("config_file", config_file),
     ("config_specs", config_specs),
     ("control_rpc", control_rpc),
@@ -36,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pr_out_params", pr_out_params),
     ("prhelper_codec", prhelper_codec),
     ("scsi_execute", scsi_execute),
+    ("sgio_reply", sgio_reply),
     ("virtio_request", virtio_request),
     ("virtio_control", virtio_control),
 ];

@@ -254,3 +254,106 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
     }
     Ok(())
 }
+
+/// The APTPL state file (`scsi::pr::persist`): any text to the decoder.
+/// With the first byte odd the harness appends the right checksum line, so
+/// that inputs reach the records instead of stopping at the checksum.
+/// A state it accepts has each I_T nexus registered once and its
+/// reservation holder registered, and is written back as it was read.
+pub fn aptpl_state(data: &[u8]) {
+    use crate::scsi::pr::persist;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(body) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let text = if mode & 1 == 1 {
+        let sum = crate::scsi::fnv::fnv1a64(body.as_bytes());
+        format!("{body}checksum {sum:016x}\n")
+    } else {
+        body.to_string()
+    };
+    const NAA: u64 = 0x3123_4567_89ab_cdef;
+    let path = std::path::Path::new("/fuzz/lu.pr");
+    let Ok(st) = persist::decode(&text, NAA, path) else {
+        return;
+    };
+    for (i, r) in st.registrations.iter().enumerate() {
+        assert!(
+            !st.registrations[..i].iter().any(|o| o.nexus == r.nexus),
+            "{:?} registered twice",
+            r.nexus
+        );
+    }
+    if let Some(r) = &st.reservation {
+        assert!(
+            st.registration(&r.holder).is_some(),
+            "holder not registered"
+        );
+    }
+    let again = persist::encode(NAA, &st);
+    let back = persist::decode(&again, NAA, path).expect("what is written is read");
+    assert_eq!(back, st);
+}
+
+/// What a device answers the pr-helper's SG_IO (`prhelper::sgio`): any
+/// status, sense length, host and driver status and residual, any sense
+/// and data bytes, for a PERSISTENT RESERVE IN or OUT with any other CDB
+/// bytes; then the reply to QEMU. The reply's sense never passes the
+/// buffer nor what the device wrote, its data never the allocation length;
+/// a transport failure is a communication failure, one a multipath map
+/// tries the next path on; and QEMU's assertions on the reply hold.
+pub fn sgio_reply(data: &[u8]) {
+    let _ = sgio_answer(&mut Unstructured::new(data));
+}
+
+fn sgio_answer(u: &mut Unstructured<'_>) -> Result<()> {
+    use crate::prhelper::codec::SENSE_LEN;
+    use crate::prhelper::sgio::{interpret, is_transport_failure, Answer};
+    let mut cdb: [u8; helper::CDB_LEN] = u.arbitrary()?;
+    cdb[0] = if u.arbitrary()? { 0x5e } else { 0x5f };
+    let Ok(dir) = helper::check_request(&cdb, 1) else {
+        return Ok(());
+    };
+    let in_len = match dir {
+        Direction::In { len } => len,
+        _ => 0,
+    };
+    let answer = Answer {
+        status: u.arbitrary()?,
+        sb_len_wr: u.arbitrary()?,
+        host_status: if u.ratio(1, 4)? { u.arbitrary()? } else { 0 },
+        driver_status: u.arbitrary()?,
+        resid: u.arbitrary()?,
+    };
+    let mut sense = [0u8; SENSE_LEN];
+    u.fill_buffer(&mut sense)?;
+    let mut buf = vec![0u8; in_len];
+    u.fill_buffer(&mut buf)?;
+    let reply = interpret(&answer, &sense, buf);
+    assert!(reply.sense.len() <= SENSE_LEN);
+    assert!(reply.data.len() <= in_len);
+    if answer.host_status != 0 {
+        assert_eq!(reply.status, 0x02);
+        assert!(is_transport_failure(&reply), "{reply:?}");
+    } else {
+        assert_eq!(reply.status, answer.status);
+        if answer.status == 0x02 {
+            let wrote = usize::from(answer.sb_len_wr).min(SENSE_LEN);
+            assert_eq!(reply.sense, sense[..wrote]);
+        }
+    }
+    let wire = helper::encode_reply(dir, &reply);
+    let sz = wire
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(u32::MAX) as usize;
+    match dir {
+        Direction::In { len } if reply.status == 0 => assert!(sz <= len),
+        _ => assert_eq!(sz, 0),
+    }
+    assert_eq!(wire.len(), helper::RESPONSE_HEADER_LEN + sz);
+    Ok(())
+}

@@ -11,7 +11,7 @@
 pub mod client;
 pub mod codec;
 mod multipath;
-mod sgio;
+pub(crate) mod sgio;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

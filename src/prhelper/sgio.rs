@@ -151,20 +151,52 @@ pub fn execute(fd: BorrowedFd, cdb: &[u8; 16], out: &[u8], in_len: usize) -> Rep
         log::warn!("SG_IO failed: {}", io::Error::last_os_error());
         return check_condition(&COMM_FAILURE);
     }
-    if hdr.host_status != 0 {
-        let s = if hdr.host_status == DID_TIME_OUT {
+    let answer = Answer {
+        status: hdr.status,
+        sb_len_wr: hdr.sb_len_wr,
+        host_status: hdr.host_status,
+        driver_status: hdr.driver_status,
+        resid: hdr.resid,
+    };
+    interpret(&answer, &sense, data)
+}
+
+/// What the kernel wrote back into the SG_IO header: the device's status,
+/// how much sense it returned, the transport's and the driver's verdicts,
+/// and the residual count. Outside input: a device (a SAN LUN) says it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Answer {
+    pub status: u8,
+    pub sb_len_wr: u8,
+    pub host_status: u16,
+    pub driver_status: u16,
+    pub resid: i32,
+}
+
+/// The reply for an SG_IO that returned `answer`, with the sense buffer
+/// and the data-in buffer (its length the allocation length) it filled: a
+/// transport failure (host_status) is LOGICAL UNIT COMMUNICATION FAILURE or
+/// TIME-OUT; otherwise the device's status, its sense (no more than it
+/// wrote, nor than the buffer holds) when it reported a CHECK CONDITION or
+/// the driver says sense is valid, and the data it transferred (the buffer
+/// less the residual, which a device may misreport either way).
+pub fn interpret(answer: &Answer, sense: &[u8; SENSE_LEN], mut data: Vec<u8>) -> Reply {
+    if answer.host_status != 0 {
+        let s = if answer.host_status == DID_TIME_OUT {
             COMM_TIMEOUT
         } else {
             COMM_FAILURE
         };
         return check_condition(&s);
     }
-    let sense_len = usize::from(hdr.sb_len_wr).min(SENSE_LEN);
-    let has_sense = hdr.status == 0x02 || hdr.driver_status & DRIVER_SENSE != 0;
-    let transferred = in_len.saturating_sub(usize::try_from(hdr.resid).unwrap_or(0));
+    let sense_len = usize::from(answer.sb_len_wr).min(SENSE_LEN);
+    let has_sense = answer.status == 0x02 || answer.driver_status & DRIVER_SENSE != 0;
+    let transferred = data
+        .len()
+        .saturating_sub(usize::try_from(answer.resid).unwrap_or(0));
     data.truncate(transferred);
     Reply {
-        status: hdr.status,
+        status: answer.status,
         sense: if has_sense {
             sense[..sense_len].to_vec()
         } else {

@@ -14,7 +14,7 @@ mod atomic;
 mod cdb;
 mod command;
 mod execute;
-mod fnv;
+pub(crate) mod fnv;
 mod limits;
 mod lu;
 pub mod lun;

@@ -10,7 +10,7 @@
 //! commands must be aborted), so they are tested without any I/O.
 
 pub mod codec;
-mod persist;
+pub(crate) mod persist;
 #[cfg(test)]
 mod tests;
 

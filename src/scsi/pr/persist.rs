@@ -58,7 +58,8 @@ pub enum PersistError {
     },
 }
 
-fn encode(naa: u64, st: &PrState) -> String {
+/// The file's text for the state of the LU with identifier `naa`.
+pub(crate) fn encode(naa: u64, st: &PrState) -> String {
     let mut s = format!("{MAGIC}\nlu {naa:016x}\ngeneration {}\n", st.generation);
     for r in &st.registrations {
         s.push_str(&format!(
@@ -137,6 +138,20 @@ pub fn load(path: &Path, naa: u64) -> Result<Option<PrState>, PersistError> {
             })
         }
     };
+    decode(&text, naa, path).map(Some)
+}
+
+/// An initiator port name as the state holds them: printable ASCII, as
+/// TransportIDs and configured names are.
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_graphic())
+}
+
+/// The state in a file's `text` (read from `path`, named in errors), for
+/// the LU with identifier `naa`. Whatever the text, an error or a state
+/// with each I_T nexus registered once, a registered reservation holder,
+/// that `encode` writes back as it was read.
+pub(crate) fn decode(text: &str, naa: u64, path: &Path) -> Result<PrState, PersistError> {
     let corrupt = |line: usize, why: &'static str| PersistError::Corrupt {
         path: path.into(),
         line,
@@ -147,6 +162,9 @@ pub fn load(path: &Path, naa: u64) -> Result<Option<PrState>, PersistError> {
         .ok_or_else(|| corrupt(text.lines().count(), "no checksum line"))?;
     let (body, sum_line) = text.split_at(body_end);
     let nlines = body.lines().count() + 1;
+    if !body.is_empty() && !body.ends_with('\n') {
+        return Err(corrupt(nlines, "the checksum does not begin a line"));
+    }
     let sum = sum_line
         .trim_end()
         .strip_prefix("checksum ")
@@ -193,14 +211,19 @@ pub fn load(path: &Path, naa: u64) -> Result<Option<PrState>, PersistError> {
                     "1" => Some(true),
                     _ => None,
                 });
-                let name = f.next().filter(|s| !s.is_empty());
+                let name = f.next().filter(|s| is_name(s));
                 match (key, port, all, name, f.next()) {
                     (Some(key), Some(port), Some(all_tg_pt), Some(name), None) => {
                         if st.registrations.len() >= MAX_REGISTRATIONS {
                             return Err(corrupt(n, "too many registrations"));
                         }
+                        let nexus = ItNexus::new(name, port);
+                        // One registration per I_T nexus (SPC-4 5.13.7).
+                        if st.registrations.iter().any(|r| r.nexus == nexus) {
+                            return Err(corrupt(n, "a nexus registered twice"));
+                        }
                         st.registrations.push(Registration {
-                            nexus: ItNexus::new(name, port),
+                            nexus,
                             key,
                             all_tg_pt,
                         })
@@ -214,7 +237,7 @@ pub fn load(path: &Path, naa: u64) -> Result<Option<PrState>, PersistError> {
                     .and_then(|v| v.parse::<u8>().ok())
                     .and_then(PrType::from_u8);
                 let port = f.next().and_then(|v| v.parse::<u16>().ok());
-                let name = f.next().filter(|s| !s.is_empty());
+                let name = f.next().filter(|s| is_name(s));
                 match (ty, port, name, f.next()) {
                     (Some(ty), Some(port), Some(name), None) if st.reservation.is_none() => {
                         st.reservation = Some(Reservation {
@@ -233,7 +256,7 @@ pub fn load(path: &Path, naa: u64) -> Result<Option<PrState>, PersistError> {
             return Err(corrupt(nlines, "reservation holder is not registered"));
         }
     }
-    Ok(Some(st))
+    Ok(st)
 }
 
 #[cfg(test)]
@@ -263,6 +286,35 @@ mod tests {
         let p = d.path().join("lu.pr");
         save(&p, 0x3000_0000_0000_0001, &sample()).unwrap();
         assert_eq!(load(&p, 0x3000_0000_0000_0001).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn a_nexus_registered_twice_is_corrupt() {
+        let mut st = sample();
+        st.registrations.push(st.registrations[0].clone());
+        let e = decode(&encode(1, &st), 1, Path::new("x.pr")).unwrap_err();
+        assert!(e.to_string().contains("registered twice"), "{e}");
+        // The same initiator through another port is another nexus.
+        st.registrations[1].nexus.port = 2;
+        assert_eq!(decode(&encode(1, &st), 1, Path::new("x.pr")).unwrap(), st);
+    }
+
+    /// Found by the `aptpl_state` fuzz target: a name ending in a carriage
+    /// return on the last record, the checksum line right after it, was
+    /// read with the CR, which the file then written did not keep.
+    #[test]
+    fn a_name_with_a_control_character_or_a_checksum_mid_line_is_corrupt() {
+        let body = format!(
+            "{MAGIC}\nlu 0000000000000001\ngeneration 7\n\
+             registration 0000000000000001 1 0 iqn.2026-m1\r"
+        );
+        let text = format!("{body}checksum {:016x}\n", fnv1a64(body.as_bytes()));
+        let e = decode(&text, 1, Path::new("x.pr")).unwrap_err();
+        assert!(e.to_string().contains("does not begin a line"), "{e}");
+        let body = body.replace("m1\r", "m\u{1}1\n");
+        let text = format!("{body}checksum {:016x}\n", fnv1a64(body.as_bytes()));
+        let e = decode(&text, 1, Path::new("x.pr")).unwrap_err();
+        assert!(e.to_string().contains("bad registration"), "{e}");
     }
 
     #[test]
