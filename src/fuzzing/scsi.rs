@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 
-use crate::backstore::{FileBackstore, NullBackstore};
+use crate::backstore::{Fault, FileBackstore, MemoryBackstore, NullBackstore, Op};
 use crate::prhelper::codec::{self as helper, Direction, Reply};
 use crate::scsi::pr::codec as pr;
 use crate::scsi::{
@@ -132,6 +132,43 @@ fn units(block_size: u32) -> Option<(Arc<LogicalUnit>, Arc<LogicalUnit>)> {
     Some((Arc::new(file), Arc::new(null)))
 }
 
+/// A thin LU on an image in memory that the input makes fail (LUN 2).
+fn failing_unit(block_size: u32) -> (Arc<LogicalUnit>, Arc<MemoryBackstore>) {
+    let image = Arc::new(MemoryBackstore::new(FILE_BLOCKS * u64::from(block_size)));
+    let lu = LogicalUnit::new(
+        image.clone(),
+        LuConfig {
+            block_size,
+            identity: Identity::derive("memory:fuzz"),
+            pr_file: None,
+            pr_state: Default::default(),
+            reservations: true,
+        },
+    );
+    (Arc::new(lu), image)
+}
+
+/// A fault on the image: any operation, over a range of blocks near the
+/// start (where the commands go), failing with EIO or ENOSPC, for a few
+/// operations or until healed.
+fn fault(u: &mut Unstructured<'_>, block_size: u32) -> Result<Fault> {
+    let op = *u.choose(&[Op::Read, Op::Write, Op::Flush, Op::Deallocate])?;
+    let bs = u64::from(block_size);
+    let start = u.int_in_range(0..=FILE_BLOCKS)? * bs;
+    let len = u.int_in_range(1..=64)? * bs;
+    let errno = if u.arbitrary()? {
+        libc::EIO
+    } else {
+        libc::ENOSPC
+    };
+    let f = Fault::new(op, start..start + len, errno);
+    Ok(if u.arbitrary()? {
+        f.times(u.int_in_range(1..=3)?)
+    } else {
+        f
+    })
+}
+
 /// Three I_T nexuses (two initiators, one of them on two target ports),
 /// the first reached by two paths (controllers), as during a migration.
 fn nexuses() -> [Nexus; 4] {
@@ -155,8 +192,10 @@ const OPCODES: &[u8] = &[
     0x5e, 0x5f, 0x88, 0x89, 0x8a, 0x8e, 0x8f, 0x91, 0x93, 0x9e, 0xa0, 0xa3,
 ];
 
-/// Commands on a file LU (LUN 0) and a null LU (LUN 1) from three nexuses
-/// (four paths):
+/// Commands on a file LU (LUN 0), a null LU (LUN 1) and a thin LU on an
+/// image in memory that fails as the input says (LUN 2: any operation on
+/// a range of blocks, EIO or ENOSPC, for a few operations or until healed)
+/// from three nexuses (four paths):
 /// any CDB (mostly with a known opcode), any data-out, any allocation
 /// length, at any LUN address; block I/O is done, or completed with an
 /// error, as the transport would. Resets and unit attentions in between.
@@ -170,7 +209,12 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
     let Some((file, null)) = units(block_size) else {
         return Ok(());
     };
-    let target = Target::new(BTreeMap::from([(0, file.clone()), (1, null.clone())]));
+    let (failing, image) = failing_unit(block_size);
+    let target = Target::new(BTreeMap::from([
+        (0, file.clone()),
+        (1, null.clone()),
+        (2, failing.clone()),
+    ]));
     let nexuses = nexuses();
     for n in &nexuses {
         // PREEMPT AND ABORT reaches the nexuses it preempts through these.
@@ -184,8 +228,9 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
             1 => LunAddress::ReportLunsWellKnown,
             2 => LunAddress::Unsupported,
             3 => LunAddress::from_first_level(u.arbitrary()?, u.arbitrary()?),
-            4..=9 => LunAddress::Lun(0),
-            _ => LunAddress::Lun(1),
+            4..=8 => LunAddress::Lun(0),
+            9..=11 => LunAddress::Lun(1),
+            _ => LunAddress::Lun(2),
         };
         let mut cdb: Vec<u8> = Vec::arbitrary(u)?;
         cdb.truncate(40);
@@ -217,6 +262,7 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
             Outcome::Io(io) => {
                 let lu = match addr {
                     LunAddress::Lun(1) => &null,
+                    LunAddress::Lun(2) => &failing,
                     _ => &file,
                 };
                 let capacity = lu.blocks() * u64::from(lu.block_size());
@@ -246,6 +292,9 @@ fn execute(u: &mut Unstructured<'_>) -> Result<()> {
             2 => {
                 let _ = file.take_ua(n.id);
             }
+            3..=5 => image.fail(fault(u, block_size)?),
+            6 => image.heal(),
+            7 => failing.lun_reset(),
             _ => {}
         }
     }
