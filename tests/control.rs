@@ -439,7 +439,13 @@ fn a_saved_configuration_starts_the_same_daemon_and_sighup_changes_nothing() {
     // SIGHUP: logged, nothing else.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
-    sleep(Duration::from_millis(200));
+    // Wait for the daemon to have taken it (its log says so), not a fixed
+    // time a loaded machine may not give it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("SIGHUP") {
+        assert!(Instant::now() < deadline, "SIGHUP not logged: {}", d.log());
+        sleep(Duration::from_millis(10));
+    }
     d.alive();
     let before = d.call("controller_list", json!({})).unwrap();
     let r = d.call("save_config", json!({})).unwrap();
