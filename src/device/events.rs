@@ -18,16 +18,6 @@ use crate::virtio::{param_change_reason, Event, EventType};
 /// The length of an event.
 const EVENT_LEN: usize = std::mem::size_of::<Event>();
 
-/// Sense key, ASC and ASCQ of fixed or descriptor sense data.
-fn sense_code(sense: &[u8]) -> Option<(u8, u8, u8)> {
-    let at = |i: usize| sense.get(i).copied();
-    if at(0)? & 0x7f >= 0x72 {
-        Some((at(1)? & 0x0f, at(2)?, at(3)?))
-    } else {
-        Some((at(2)? & 0x0f, at(12)?, at(13)?))
-    }
-}
-
 impl ScsiBackend {
     /// Session `j` reported an asynchronous event with `sense` for the
     /// target's LUN field `lun`.
@@ -40,7 +30,7 @@ impl ScsiBackend {
             .iter()
             .find(|(_, r)| r.lun == lun && r.session.id() == session.id())
             .map(|(&l, _)| l);
-        match (guest_lun, sense_code(sense)) {
+        match (guest_lun, crate::scsi::sense::decode(sense)) {
             (Some(l), Some((6, asc, ascq))) => self.post_param_change(l, asc, ascq),
             _ => debug!(
                 "{}: asynchronous event not for the guest's event queue",

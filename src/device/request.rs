@@ -520,7 +520,7 @@ impl ScsiBackend {
         let r = Request {
             id: req.tag(),
             lun: remote.lun,
-            cdb: req.cdb[..cdb_len(&req.cdb)].to_vec(),
+            cdb: req.cdb[..scsi::cdb_length(&req.cdb)].to_vec(),
             data,
             done: Box::new(move |r| backend.complete_remote(p, r)),
         };
@@ -835,20 +835,6 @@ fn end_of(hdr: &CmdResp, bytes: u64) -> End {
     status_end(hdr.status, hdr.sense(), bytes)
 }
 
-/// Length of a CDB from its group code (SPC-4 4.2.5.1); variable-length
-/// CDBs (7Fh) carry their additional length in byte 7.
-fn cdb_len(cdb: &[u8; crate::virtio::CDB_SIZE]) -> usize {
-    match cdb[0] >> 5 {
-        0 => 6,
-        1 | 2 => 10,
-        4 => 16,
-        5 => 12,
-        _ if cdb[0] == 0x7f => (8 + usize::from(cdb[7])).min(cdb.len()),
-        _ => 16,
-    }
-}
-
-/// Run a block I/O synchronously through a bounce buffer.
 /// A read, write or flush done at once between the request's guest
 /// buffers (`p.iovecs`, made by `submit_io`) and an inline backstore.
 fn inline_io(p: &Pending) -> io::Result<()> {
@@ -863,6 +849,7 @@ fn inline_io(p: &Pending) -> io::Result<()> {
     unsafe { store.vectored(write, &p.iovecs, p.io.offset, p.io.sync) }
 }
 
+/// Run a block I/O synchronously through a bounce buffer.
 fn sync_io(p: &Pending) -> io::Result<()> {
     let len = usize::try_from(p.io.len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = vec![0u8; len];

@@ -61,7 +61,7 @@ fn open_path(name: &str, write: bool) -> io::Result<File> {
 }
 
 fn is_unit_attention(r: &Reply) -> bool {
-    r.status == 0x02 && r.sense.get(2).map(|k| k & 0x0f) == Some(0x06)
+    r.status == 0x02 && crate::scsi::sense::is_unit_attention(&r.sense)
 }
 
 /// Run on one path, retrying unit attentions.

@@ -99,8 +99,8 @@ pub fn read_only(fd: BorrowedFd) -> io::Result<bool> {
 /// no answer): a reason to try another path of a multipath map.
 pub fn is_transport_failure(r: &Reply) -> bool {
     r.status == 0x02
-        && r.sense.get(2).map(|k| k & 0x0f) == Some(SenseKey::AbortedCommand as u8)
-        && r.sense.get(12) == Some(&0x08)
+        && crate::scsi::sense::decode(&r.sense)
+            .is_some_and(|(key, asc, _)| key == SenseKey::AbortedCommand as u8 && asc == 0x08)
 }
 
 /// Run `cdb` on `fd`: `out` is sent (PR OUT), or up to `in_len` bytes are

@@ -142,6 +142,23 @@ impl Layout {
     }
 }
 
+/// The length of the CDB in `cdb` (which may be longer, zero-padded) from
+/// its operation code's group code (SPC-4 4.2.5.1, table 4): 6, 10, 12 or
+/// 16 bytes, or for a variable-length CDB (7Fh) 8 plus its ADDITIONAL CDB
+/// LENGTH (byte 7); never more than `cdb.len()`. The reserved and vendor
+/// groups are taken as 16 bytes.
+pub fn length(cdb: &[u8]) -> usize {
+    let op = cdb.first().copied().unwrap_or(0);
+    let n = match op >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        5 => 12,
+        3 if op == 0x7f => 8 + usize::from(cdb.get(7).copied().unwrap_or(0)),
+        _ => 16,
+    };
+    n.min(cdb.len())
+}
+
 /// Big-endian u16 from a parameter list slice, zero past its end.
 pub fn be16_at(buf: &[u8], i: usize) -> u16 {
     u16::from_be_bytes([get(buf, i), get(buf, i + 1)])
@@ -210,6 +227,29 @@ mod tests {
         assert_eq!(Layout::Atomic16.blocks(&s), 3);
         assert_eq!(Layout::CompareAndWrite.blocks(&s), 3);
         assert!(!Layout::Six.fua(&Cdb::new(&[0x08, 0x08])));
+    }
+
+    #[test]
+    fn a_cdb_is_as_long_as_its_group_code_says() {
+        let mut c = [0u8; 32];
+        for (op, len) in [
+            (0x08, 6),
+            (0x28, 10),
+            (0x5e, 10),
+            (0xa8, 12),
+            (0x88, 16),
+            (0xc0, 16),
+        ] {
+            c[0] = op;
+            assert_eq!(length(&c), len, "{op:#04x}");
+        }
+        c[0] = 0x7f;
+        c[7] = 0x18;
+        assert_eq!(length(&c), 32);
+        c[7] = 0xf8;
+        assert_eq!(length(&c), 32, "never past the buffer");
+        assert_eq!(length(&[0x28, 0]), 2);
+        assert_eq!(length(&[]), 0);
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod writes;
 mod xcopy;
 
 pub use alua::{AluaState, PortGroup};
+pub use cdb::length as cdb_length;
 pub use command::{BlockIo, Command, DataOut, IoKind, Nexus, Outcome, Response};
 pub use lu::{AbortHook, Identity, LogicalUnit, LuConfig};
 pub use lun::LunAddress;

@@ -292,6 +292,24 @@ impl Sense {
     }
 }
 
+/// The sense key, ASC and ASCQ of sense data as it came from a device or a
+/// target: fixed format (70h/71h, SPC-4 4.5.3: key in byte 2, codes in
+/// bytes 12-13) or descriptor format (72h/73h, 4.5.2: key in byte 1, codes
+/// in bytes 2-3). None for anything else, or data too short to hold them.
+pub fn decode(sense: &[u8]) -> Option<(u8, u8, u8)> {
+    let at = |i: usize| sense.get(i).copied();
+    match at(0)? & 0x7f {
+        0x70 | 0x71 => Some((at(2)? & 0x0f, at(12)?, at(13)?)),
+        0x72 | 0x73 => Some((at(1)? & 0x0f, at(2)?, at(3)?)),
+        _ => None,
+    }
+}
+
+/// Whether `sense` (either format) says UNIT ATTENTION.
+pub fn is_unit_attention(sense: &[u8]) -> bool {
+    decode(sense).is_some_and(|(key, _, _)| key == SenseKey::UnitAttention as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,5 +397,23 @@ mod tests {
             }
         }
         assert!(ALL_CONDITIONS.len() > 40);
+    }
+
+    #[test]
+    fn decode_reads_fixed_and_descriptor_sense_and_refuses_the_rest() {
+        let ua = Sense::CAPACITY_DATA_HAS_CHANGED;
+        assert_eq!(decode(&ua.encode(false)), Some((0x6, 0x2a, 0x09)));
+        assert_eq!(decode(&ua.encode(true)), Some((0x6, 0x2a, 0x09)));
+        assert!(is_unit_attention(&ua.encode(true)));
+        assert!(!is_unit_attention(&Sense::WRITE_ERROR.encode(false)));
+        // Deferred errors (71h, 73h) too; other response codes, short data,
+        // nothing: None.
+        assert_eq!(decode(&[0x73, 0x05, 0x24, 0x00]), Some((0x5, 0x24, 0)));
+        assert_eq!(
+            decode(&[0x7f, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x29, 0]),
+            None
+        );
+        assert_eq!(decode(&[0x70, 0, 6]), None);
+        assert_eq!(decode(&[]), None);
     }
 }

@@ -213,12 +213,7 @@ fn record(c: &Counters, s: Started, end: End, add: impl Fn(&AtomicU64, u64)) {
 
 /// The sense key of fixed or descriptor-format sense data (0 if none).
 pub fn sense_key(sense: &[u8]) -> u8 {
-    let key = match sense.first().map(|b| b & 0x7f) {
-        Some(0x72 | 0x73) => sense.get(1),
-        Some(0x70 | 0x71) => sense.get(2),
-        _ => None,
-    };
-    key.map_or(0, |k| k & 0x0f)
+    crate::scsi::sense::decode(sense).map_or(0, |(key, _, _)| key)
 }
 
 #[cfg(test)]

@@ -344,7 +344,7 @@ impl State {
     /// One of our restoration commands finished: run the next, or release
     /// the guest commands held back.
     pub(super) fn restored(&mut self, name: &str, c: &Completion) {
-        let unit_attention = c.status == 2 && c.sense.get(2).is_some_and(|k| k & 0x0f == 6);
+        let unit_attention = c.status == 2 && crate::scsi::sense::is_unit_attention(&c.sense);
         if unit_attention && self.internal_tries < 8 {
             self.internal_tries += 1;
         } else {
@@ -382,13 +382,10 @@ impl State {
 
 /// Sense key and additional sense code of fixed or descriptor sense data.
 pub(super) fn sense_summary(sense: &[u8]) -> String {
-    let at = |i: usize| sense.get(i).copied().unwrap_or(0);
-    let (key, asc, ascq) = if at(0) & 0x7f >= 0x72 {
-        (at(1) & 0x0f, at(2), at(3))
-    } else {
-        (at(2) & 0x0f, at(12), at(13))
-    };
-    format!("key {key:#x}, {asc:02x}h/{ascq:02x}h")
+    match crate::scsi::sense::decode(sense) {
+        Some((key, asc, ascq)) => format!("key {key:#x}, {asc:02x}h/{ascq:02x}h"),
+        None => format!("{} bytes of sense data in no known format", sense.len()),
+    }
 }
 
 #[cfg(test)]
