@@ -444,6 +444,44 @@ mod tests {
         rx
     }
 
+    /// The answer to a reservation-restoring command: a unit attention
+    /// in either sense format is retried (the new session's first command
+    /// gets one), anything else moves on to the next.
+    #[test]
+    fn restoring_retries_a_unit_attention_in_either_sense_format() {
+        let answer = |sense: Vec<u8>| Completion {
+            tag: INTERNAL_TAG,
+            response: 0,
+            status: 2,
+            sense,
+            data: Vec::new(),
+            placed: 0,
+            residual: 0,
+        };
+        let ua = crate::scsi::Sense::POWER_ON_RESET_OCCURRED;
+        for descriptor in [false, true] {
+            let mut st = State {
+                restoring: vec![(vec![0x5f; 10], vec![0; 24])],
+                ..State::default()
+            };
+            st.restored("t", &answer(ua.encode(descriptor)));
+            assert_eq!(
+                (st.internal_tries, st.restoring.len()),
+                (1, 1),
+                "{descriptor}"
+            );
+            st.restored(
+                "t",
+                &answer(crate::scsi::Sense::WRITE_ERROR.encode(descriptor)),
+            );
+            assert_eq!(
+                (st.internal_tries, st.restoring.len()),
+                (0, 0),
+                "{descriptor}"
+            );
+        }
+    }
+
     #[test]
     fn held_commands_fail_at_their_recovery_deadline_which_is_the_next_wakeup() {
         let t0 = Instant::now();
