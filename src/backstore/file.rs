@@ -618,16 +618,7 @@ mod tests {
         assert_eq!(b.route(), Route::Inline);
         let mut a = [1u8; 100];
         let mut c = [2u8; 412];
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
-        ];
+        let iov = crate::backstore::tests::iovecs(&mut a, &mut c);
         // SAFETY: the iovecs are two live local arrays.
         unsafe { b.vectored(true, &iov, 512, false) }.unwrap();
         let mut back = [0u8; 512];
@@ -648,16 +639,7 @@ mod tests {
         let b = FileBackstore::open(f.path(), false, false).unwrap();
         let mut a = [1u8; 512];
         let mut c = [1u8; 512];
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
-        ];
+        let iov = crate::backstore::tests::iovecs(&mut a, &mut c);
         // SAFETY: the iovecs are two live local arrays.
         unsafe { b.vectored(false, &iov, 0, false) }.unwrap();
         assert_eq!(a, [7u8; 512]);
@@ -692,12 +674,7 @@ mod tests {
         b.read_at(&mut back, 8192).unwrap();
         assert_eq!(back, data);
         // Overlapping forwards and backwards within one file.
-        copy(&a, &a, 4096, 4096 + 1000, 65536).unwrap();
-        a.read_at(&mut back, 4096 + 1000).unwrap();
-        assert_eq!(back, data);
-        copy(&a, &a, 4096 + 1000, 4096 - 512, 65536).unwrap();
-        a.read_at(&mut back, 4096 - 512).unwrap();
-        assert_eq!(back, data);
+        crate::backstore::tests::check_overlapping_copies(&a);
     }
 
     #[test]

@@ -516,16 +516,7 @@ mod tests {
         let m = MemoryBackstore::new(1 << 20);
         let mut a = [1u8; 3000];
         let mut c = [2u8; 3000];
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
-        ];
+        let iov = crate::backstore::tests::iovecs(&mut a, &mut c);
         // SAFETY: the iovecs are two live local arrays.
         unsafe { m.vectored(true, &iov, 2048, false) }.unwrap();
         let mut back = [0u8; 6000];

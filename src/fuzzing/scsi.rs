@@ -60,21 +60,26 @@ fn prhelper(u: &mut Unstructured<'_>) -> Result<()> {
             sense: Vec::arbitrary(u)?,
             data: Vec::arbitrary(u)?,
         };
-        let wire = helper::encode_reply(dir, &reply);
-        let sz = wire
-            .get(4..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes)
-            .unwrap_or(u32::MAX) as usize;
-        // QEMU asserts both: a payload only for PR IN with GOOD status,
-        // never over the allocation length.
-        match dir {
-            Direction::In { len } if reply.status == 0 => assert!(sz <= len),
-            _ => assert_eq!(sz, 0),
-        }
-        assert_eq!(wire.len(), helper::RESPONSE_HEADER_LEN + sz);
+        check_reply_to_qemu(dir, &reply);
     }
     Ok(())
+}
+
+/// The reply `reply` to a request `dir`, as the pr-helper sends it, holds
+/// what QEMU asserts: a payload only for PR IN with GOOD status, never over
+/// the allocation length, and as long as its header says.
+fn check_reply_to_qemu(dir: Direction, reply: &Reply) {
+    let wire = helper::encode_reply(dir, reply);
+    let sz = wire
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(u32::MAX) as usize;
+    match dir {
+        Direction::In { len } if reply.status == 0 => assert!(sz <= len),
+        _ => assert_eq!(sz, 0),
+    }
+    assert_eq!(wire.len(), helper::RESPONSE_HEADER_LEN + sz);
 }
 
 /// Blocks of the file LU (512 or 4096 bytes each) and of the null LU.
@@ -393,16 +398,6 @@ fn sgio_answer(u: &mut Unstructured<'_>) -> Result<()> {
             assert_eq!(reply.sense, sense[..wrote]);
         }
     }
-    let wire = helper::encode_reply(dir, &reply);
-    let sz = wire
-        .get(4..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .unwrap_or(u32::MAX) as usize;
-    match dir {
-        Direction::In { len } if reply.status == 0 => assert!(sz <= len),
-        _ => assert_eq!(sz, 0),
-    }
-    assert_eq!(wire.len(), helper::RESPONSE_HEADER_LEN + sz);
+    check_reply_to_qemu(dir, &reply);
     Ok(())
 }

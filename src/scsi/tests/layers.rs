@@ -37,38 +37,46 @@ const LAYERS: &[&[&str]] = &[
     &["target"],
 ];
 
-/// Each module's source, and what `super::` means in it: the scsi module
-/// (true) or the module's own parent inside scsi/ (false: pr's files
-/// refer to pr that way).
-const SOURCES: &[(&str, bool, &str)] = &[
-    ("cdb", true, include_str!("../cdb.rs")),
-    ("sense", true, include_str!("../sense.rs")),
-    ("fnv", true, include_str!("../fnv.rs")),
-    ("lun", true, include_str!("../lun.rs")),
-    ("limits", true, include_str!("../limits.rs")),
-    ("writes", true, include_str!("../writes.rs")),
-    ("xcopy::results", false, include_str!("../xcopy/results.rs")),
-    ("command", true, include_str!("../command.rs")),
-    ("alua", true, include_str!("../alua.rs")),
-    ("atomic", true, include_str!("../atomic.rs")),
-    ("pr", true, include_str!("../pr/mod.rs")),
-    ("pr", false, include_str!("../pr/codec.rs")),
-    ("pr", false, include_str!("../pr/persist.rs")),
-    (
-        "sanitize::state",
-        false,
-        include_str!("../sanitize/state.rs"),
-    ),
-    ("lu", true, include_str!("../lu.rs")),
-    ("mode", true, include_str!("../mode.rs")),
-    ("sbc", true, include_str!("../sbc.rs")),
-    ("reservations", true, include_str!("../reservations.rs")),
-    ("sanitize", true, include_str!("../sanitize/mod.rs")),
-    ("xcopy", true, include_str!("../xcopy/mod.rs")),
-    ("spc", true, include_str!("../spc.rs")),
-    ("opcodes", true, include_str!("../opcodes.rs")),
-    ("execute", true, include_str!("../execute.rs")),
-    ("target", true, include_str!("../target.rs")),
+/// Each module's sources, and what `super::` means in them: the scsi
+/// module (true) or the module's own parent inside scsi/ (false: pr's
+/// files refer to pr that way).
+/// (module, super is scsi, path under src/scsi, the source).
+macro_rules! source {
+    ($module:literal, $super_is_scsi:literal, $path:literal) => {
+        (
+            $module,
+            $super_is_scsi,
+            $path,
+            include_str!(concat!("../", $path)),
+        )
+    };
+}
+
+const SOURCES: &[(&str, bool, &str, &str)] = &[
+    source!("cdb", true, "cdb.rs"),
+    source!("sense", true, "sense.rs"),
+    source!("fnv", true, "fnv.rs"),
+    source!("lun", true, "lun.rs"),
+    source!("limits", true, "limits.rs"),
+    source!("writes", true, "writes.rs"),
+    source!("xcopy::results", false, "xcopy/results.rs"),
+    source!("command", true, "command.rs"),
+    source!("alua", true, "alua.rs"),
+    source!("atomic", true, "atomic.rs"),
+    source!("pr", true, "pr/mod.rs"),
+    source!("pr", false, "pr/codec.rs"),
+    source!("pr", false, "pr/persist.rs"),
+    source!("sanitize::state", false, "sanitize/state.rs"),
+    source!("lu", true, "lu.rs"),
+    source!("mode", true, "mode.rs"),
+    source!("sbc", true, "sbc.rs"),
+    source!("reservations", true, "reservations.rs"),
+    source!("sanitize", true, "sanitize/mod.rs"),
+    source!("xcopy", true, "xcopy/mod.rs"),
+    source!("spc", true, "spc.rs"),
+    source!("opcodes", true, "opcodes.rs"),
+    source!("execute", true, "execute.rs"),
+    source!("target", true, "target.rs"),
 ];
 
 /// The module a name re-exported by scsi/mod.rs comes from.
@@ -154,7 +162,7 @@ fn layer_of(module: &str) -> Option<usize> {
 fn scsi_modules_depend_only_on_lower_layers() {
     let names = reexports();
     let mut wrong = Vec::new();
-    for &(module, super_is_scsi, source) in SOURCES {
+    for &(module, super_is_scsi, _, source) in SOURCES {
         let own = layer_of(module).unwrap_or_else(|| panic!("{module} has no layer"));
         for dep in dependencies(source, super_is_scsi, &names) {
             if dep == module {
@@ -173,50 +181,31 @@ fn scsi_modules_depend_only_on_lower_layers() {
     );
 }
 
+/// Every .rs file under src/scsi/ but mod.rs and tests (tests/,
+/// tests.rs), recursively.
+fn sources_on_disk(dir: &std::path::Path, under: &str, found: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        let path = format!("{under}{name}");
+        if e.file_type().unwrap().is_dir() {
+            if name != "tests" {
+                sources_on_disk(&e.path(), &format!("{path}/"), found);
+            }
+        } else if name.ends_with(".rs") && path != "mod.rs" && name != "tests.rs" {
+            found.push(path);
+        }
+    }
+}
+
 #[test]
 fn every_scsi_source_file_is_checked() {
-    let mut listed: Vec<&str> = SOURCES.iter().map(|s| s.0).collect();
-    listed.dedup();
-    // mod.rs only declares and re-exports; tests/ are tests.
-    let files = [
-        "cdb",
-        "sense",
-        "fnv",
-        "lun",
-        "limits",
-        "writes",
-        "command",
-        "alua",
-        "atomic",
-        "lu",
-        "mode",
-        "sbc",
-        "reservations",
-        "spc",
-        "opcodes",
-        "execute",
-        "target",
-    ];
+    let mut on_disk = Vec::new();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/scsi");
-    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".rs").map(str::to_string)
-        })
-        .filter(|n| n != "mod")
-        .collect();
+    sources_on_disk(std::path::Path::new(dir), "", &mut on_disk);
     on_disk.sort();
-    let mut expected: Vec<String> = files.iter().map(|s| s.to_string()).collect();
-    expected.sort();
-    assert_eq!(
-        on_disk, expected,
-        "a file in src/scsi/ is missing from SOURCES"
-    );
-    for f in files {
-        assert!(listed.contains(&f), "{f} not in SOURCES");
-    }
+    let mut listed: Vec<String> = SOURCES.iter().map(|s| s.2.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "src/scsi/ and SOURCES differ");
 }
 
 #[test]
