@@ -290,11 +290,24 @@ pub struct Target {
 /// is started: capabilities are per thread.
 pub fn drop_privileges(target: &Target) -> io::Result<()> {
     let permitted = target.permitted.union(target.effective);
+    let now = Status::of("self")?;
+    // capset(2) would refuse with a bare EPERM: name what is missing (a
+    // service manager's or container's bounding set may leave it out).
+    let missing = CapSet(permitted.0 & !now.permitted.0);
+    if missing != CapSet::EMPTY {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{missing} needed but not permitted to this process \
+                 (left out of its capability bounding set?)"
+            ),
+        ));
+    }
     // Bounding set first, while CAP_SETPCAP is still effective. Without it
     // (a service manager's bounding set may leave it out) the bounding set
     // stays: it only matters across execve, which no_new_privs and the
     // seccomp filter rule out anyway.
-    if Status::of("self")?.effective.contains(CAP_SETPCAP) {
+    if now.effective.contains(CAP_SETPCAP) {
         for cap in 0..=last_cap() {
             if !permitted.contains(cap) {
                 prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap))?;

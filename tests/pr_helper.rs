@@ -112,6 +112,29 @@ fn without_multipath_not_even_dac_override_is_permitted() {
     assert_eq!(status_field(h.child.id(), "CapPrm"), "0000000000020000");
 }
 
+#[test]
+fn a_missing_capability_is_named() {
+    assert!(is_root());
+    // As under a service manager or container whose bounding set leaves
+    // CAP_SYS_RAWIO out: capset(2) would only say EPERM.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-sys_rawio", "--"])
+        .arg(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(["pr-helper", "-k"])
+        .arg(dir.path().join("pr.sock"))
+        .arg("-f")
+        .arg(dir.path().join("pr.pid"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot drop privileges: cap_sys_rawio needed but not permitted"),
+        "{err}"
+    );
+}
+
 fn handshake(s: &mut UnixStream) {
     let mut f = [0u8; 4];
     s.read_exact(&mut f).unwrap();
