@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 packages=(busybox-static sg3-utils fio lsscsi kmod cpio lz4 e2fsprogs
           util-linux coreutils dmsetup tgt libiscsi-bin multipath-tools
-          strace systemd)
+          strace systemd systemd-container)
 # The system QEMU is Debian 12's 7.2, whatever the machine came with: an image
 # may carry qemu-utils from bookworm-backports, which Breaks qemu-system-common
 # 7.2, so both are taken from bookworm (a downgrade there).
