@@ -4,6 +4,7 @@
 //! lock by whichever thread has something to send, and the reader, used
 //! under its own lock by whichever thread receives.
 
+mod pieces;
 mod placing;
 mod reader;
 #[cfg(test)]
@@ -19,13 +20,14 @@ use crate::iscsi::gather::Gather;
 use crate::iscsi::pdu::{self, Digests, Opcode, Pdu, PduError, RunningDigest};
 use crate::iscsi::session::{Session, SinkRef};
 
+pub(crate) use pieces::receive_in_pieces;
 use placing::Placing;
 pub(super) use reader::{read_some, Reader};
 pub(super) use writer::Writer;
 
 /// Where a Data-In with this BHS may be received directly, if anywhere
 /// (`Session::place`, asked under the state lock).
-pub(in crate::iscsi::client) type Place<'a> = &'a mut dyn FnMut(&[u8]) -> Option<(SinkRef, usize)>;
+pub(crate) type Place<'a> = &'a mut dyn FnMut(&[u8]) -> Option<(SinkRef, usize)>;
 
 /// Bytes read from the socket per round before decoding.
 pub(in crate::iscsi::client) const READ_ROUND: usize = 1 << 20;

@@ -9,6 +9,8 @@ use super::*;
 pub(in crate::iscsi::client) struct Placing {
     /// The decoded header, passed on with no data once all is in.
     pub(in crate::iscsi::client) pdu: Pdu,
+    /// Its header's length on the wire (BHS, AHS, digest).
+    pub(in crate::iscsi::client) header: usize,
     sink: SinkRef,
     /// Where the next byte goes in the sink.
     at: usize,
@@ -43,6 +45,7 @@ impl Placing {
     ) -> Placing {
         Placing {
             pdu,
+            header: l.header,
             sink,
             at,
             left: l.data,

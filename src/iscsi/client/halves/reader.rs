@@ -158,7 +158,7 @@ impl Reader {
                 header, payload, ..
             }) => header.len() + payload.len(),
             Some(Direct::Placing(p)) => {
-                p.pdu.data_segment_length().saturating_sub(p.left) + p.tail.len()
+                p.header + p.pdu.data_segment_length().saturating_sub(p.left) + p.tail.len()
             }
         };
         self.rx.len() - self.head + direct
