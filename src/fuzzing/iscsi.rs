@@ -516,3 +516,287 @@ fn note_end(e: &Event, tasks: &HashMap<u64, Kind>, ended: &mut Vec<u64>) {
         _ => {}
     }
 }
+
+/// A command's buffer for `iscsi_reader`: receives from the socket as
+/// guest memory does, and closes (its command ended) after a given number
+/// of uses. Being asked for a byte outside it is a finding.
+struct ReaderSink {
+    buf: Mutex<Vec<u8>>,
+    uses_left: std::sync::atomic::AtomicUsize,
+}
+
+impl ReaderSink {
+    fn open(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.uses_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn closed(&self) -> bool {
+        self.uses_left.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.buf.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+impl Sink for ReaderSink {
+    fn size(&self) -> usize {
+        self.buf.lock().map_or(0, |b| b.len())
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+        if !self.open() {
+            return false;
+        }
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let size = b.len();
+        let dst = b
+            .get_mut(offset..offset.saturating_add(data.len()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} bytes written at {offset} of a {size}-byte sink",
+                    data.len()
+                )
+            });
+        dst.copy_from_slice(data);
+        true
+    }
+
+    fn read_from(
+        &self,
+        fd: RawFd,
+        offset: usize,
+        len: usize,
+        after: &mut [u8],
+    ) -> Option<io::Result<usize>> {
+        if !self.open() {
+            return None;
+        }
+        let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let size = b.len();
+        let dst = b
+            .get_mut(offset..offset.saturating_add(len))
+            .unwrap_or_else(|| panic!("{len} bytes received at {offset} of a {size}-byte sink"));
+        let iov = [
+            libc::iovec {
+                iov_base: dst.as_mut_ptr().cast(),
+                iov_len: dst.len(),
+            },
+            libc::iovec {
+                iov_base: after.as_mut_ptr().cast(),
+                iov_len: after.len(),
+            },
+        ];
+        // SAFETY: readv(2) writes at most the two buffers' lengths into
+        // them; both are borrowed mutably (one under the lock) for the call.
+        let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+        Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
+        if self.closed() {
+            return false;
+        }
+        let b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let src = b
+            .get(offset..offset.saturating_add(buf.len()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} bytes read back at {offset} of a {}-byte sink",
+                    buf.len(),
+                    b.len()
+                )
+            });
+        buf.copy_from_slice(src);
+        true
+    }
+}
+
+/// How a stream ends when decoded in one piece.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// After its last PDU.
+    Whole,
+    /// Inside a PDU (its header or data not all there).
+    Partial,
+    /// At a PDU it refuses (unknown opcode, segment over the limit, digest).
+    Refused,
+}
+
+/// What a target sends (Data-Ins for our reads, most of them placed
+/// straight into their buffers, responses, pings, bytes of anything, some
+/// of them damaged), cut into pieces of any size, through the receiving
+/// half of a connection and a real loopback socket. It must come out as
+/// the same stream decoded in one piece does, every placed byte where it
+/// belongs and none outside its buffer; bytes left over are only those of
+/// a PDU still coming.
+pub fn iscsi_reader(data: &[u8]) {
+    let _ = reader(&mut Unstructured::new(data));
+}
+
+fn reader(u: &mut Unstructured<'_>) -> Result<()> {
+    use crate::iscsi::client::receive_in_pieces;
+    use crate::iscsi::conn::Error;
+    let n = negotiated(u)?;
+    let dg = n.digests;
+    let max_data = n.max_recv_data_segment_length as usize;
+    let mut s = Session::new(n);
+    let lun = [0, 1, 0, 0, 0, 0, 0, 0];
+    let mut reads = Vec::new();
+    for tag in 1..=u.int_in_range(1..=3)? {
+        let len = if u.ratio(1, 2)? {
+            u.int_in_range(0..=4096)?
+        } else {
+            u.int_in_range(0..=200_000)?
+        };
+        let uses = if u.ratio(1, 8)? {
+            u.int_in_range(0..=8)?
+        } else {
+            usize::MAX
+        };
+        let sink = Arc::new(ReaderSink {
+            buf: Mutex::new(vec![0; len]),
+            uses_left: uses.into(),
+        });
+        let itt = s.submit(tag, lun, [0x28; 10], Data::ReadInto(SinkRef(sink.clone())));
+        reads.push((itt, sink));
+    }
+    let mut tx = Gather::default();
+    if let Err(e) = s.transmit_into(dg, &mut tx) {
+        panic!("a negotiated session cannot encode its PDUs: {e}");
+    }
+    let itts: Vec<u32> = reads.iter().map(|r| r.0).collect();
+    let mut stream = Vec::new();
+    for _ in 0..u.int_in_range(1..=6)? {
+        if u.ratio(1, 8)? {
+            stream.extend(Vec::<u8>::arbitrary(u)?);
+            continue;
+        }
+        let op = match u.int_in_range(0..=5)? {
+            0..=3 => Opcode::DataIn,
+            4 => Opcode::ScsiResponse,
+            _ => Opcode::NopIn,
+        };
+        let mut p = Pdu::new(op);
+        p.set_itt(if u.ratio(7, 8)? {
+            *u.choose(&itts)?
+        } else {
+            u.arbitrary()?
+        });
+        let len = match u.int_in_range(0..=2)? {
+            0 => u.int_in_range(0..=512)?,
+            1 => u.int_in_range(0..=70_000)?,
+            // Around the size read past the receive buffer (64 KiB).
+            _ => u.int_in_range(60_000..=140_000)?,
+        };
+        let offset = if u.ratio(1, 2)? {
+            0
+        } else {
+            u.int_in_range(0..=200_000)?
+        };
+        p.set_u32(40, offset);
+        let seed: u8 = u.arbitrary()?;
+        p.data = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        if let Ok(wire) = p.encode(dg) {
+            stream.extend(wire);
+        }
+    }
+    for _ in 0..u.int_in_range(0..=2)? {
+        if let Some(last) = stream.len().checked_sub(1) {
+            let at = u.int_in_range(0..=last)?;
+            stream[at] ^= u.int_in_range(1..=255)?;
+        }
+    }
+    // Cut short: the connection ends inside a PDU.
+    if u.ratio(1, 4)? {
+        let at = u.int_in_range(0..=stream.len())?;
+        stream.truncate(at);
+    }
+    let mut pieces = Vec::new();
+    for _ in 0..u.int_in_range(0..=16)? {
+        pieces.push(if u.ratio(1, 2)? {
+            u.int_in_range(1..=64)?
+        } else {
+            u.int_in_range(1..=100_000)?
+        });
+    }
+
+    // The same stream decoded in one piece, placed data written to a model
+    // of each buffer.
+    let mut expect = Vec::new();
+    let mut model: Vec<Vec<u8>> = reads.iter().map(|r| r.1.contents()).collect();
+    let mut pos = 0;
+    let end = loop {
+        let buf = stream.get(pos..).unwrap_or_default();
+        let l = match pdu::layout(buf, dg, max_data) {
+            Err(_) => break StreamEnd::Refused,
+            Ok(None) if buf.is_empty() => break StreamEnd::Whole,
+            Ok(None) => break StreamEnd::Partial,
+            Ok(Some(l)) if buf.len() < l.total => break StreamEnd::Partial,
+            Ok(Some(l)) => l,
+        };
+        let Ok(mut p) = pdu::decode_split(&buf[..l.header], buf[l.header..l.total].to_vec(), dg)
+        else {
+            break StreamEnd::Refused;
+        };
+        if p.opcode() == Some(Opcode::DataIn) && l.data > 0 {
+            if let Some((_, at)) = s.place(&p.bhs) {
+                let i = itts
+                    .iter()
+                    .position(|&t| t == p.itt())
+                    .expect("placed for one of ours");
+                model[i][at..at + p.data.len()].copy_from_slice(&p.data);
+                p.data.clear();
+            }
+        }
+        expect.push(p);
+        pos += l.total;
+    };
+
+    let mut place = |bhs: &[u8]| s.place(bhs);
+    let got = match receive_in_pieces(&stream, &pieces, dg, max_data, &mut place) {
+        Ok(got) => got,
+        // No loopback socket to be had (descriptors): nothing was tested.
+        Err(e) if e.kind() != io::ErrorKind::TimedOut => return Ok(()),
+        Err(e) => panic!("{e}"),
+    };
+    // A buffer that closed under a segment drops the rest of it, and its
+    // digest with it: the stream then differs from the one in one piece.
+    if reads.iter().any(|r| r.1.closed()) {
+        return Ok(());
+    }
+    let closed = matches!(got.end, Error::Closed);
+    assert_eq!(
+        got.pdus.len(),
+        expect.len(),
+        "ended with {}, in one piece {end:?}",
+        got.end
+    );
+    for (g, e) in got.pdus.iter().zip(&expect) {
+        assert_eq!((g.bhs, &g.ahs, &g.data), (e.bhs, &e.ahs, &e.data));
+    }
+    match end {
+        StreamEnd::Whole => {
+            assert!(closed, "{}", got.end);
+            assert_eq!(got.held, 0);
+            for (r, m) in reads.iter().zip(&model) {
+                assert!(
+                    r.1.contents() == *m,
+                    "a buffer differs from the stream's data"
+                );
+            }
+        }
+        StreamEnd::Partial => {
+            if closed {
+                assert_eq!(got.held, stream.len() - pos);
+            }
+        }
+        StreamEnd::Refused => assert!(!closed, "a PDU refused in one piece was accepted"),
+    }
+    Ok(())
+}

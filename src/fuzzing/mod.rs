@@ -15,7 +15,7 @@ mod virtio;
 
 pub use cli::{config_specs, iscsi_credentials, iscsi_url};
 pub use control::{config_file, control_rpc};
-pub use iscsi::{iscsi_login, iscsi_pdu, iscsi_session, iscsi_text};
+pub use iscsi::{iscsi_login, iscsi_pdu, iscsi_reader, iscsi_session, iscsi_text};
 pub use scsi::{aptpl_state, pr_out_params, prhelper_codec, scsi_execute, sgio_reply};
 pub use virtio::{virtio_control, virtio_request};
 
@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("iscsi_credentials", iscsi_credentials),
     ("iscsi_login", iscsi_login),
     ("iscsi_pdu", iscsi_pdu),
+    ("iscsi_reader", iscsi_reader),
     ("iscsi_session", iscsi_session),
     ("iscsi_text", iscsi_text),
     ("iscsi_url", iscsi_url),
