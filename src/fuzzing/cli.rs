@@ -43,8 +43,11 @@ pub fn config_specs(data: &[u8]) {
 /// (one that starts the spec, after its LUN number, or an option):
 /// `%PASSWORD` appears in it (checked only when it appears once in `all`,
 /// the input that `shown` may quote, so that it cannot come from
-/// elsewhere).
+/// elsewhere). The spec quoted as it should be, redacted, is taken out of
+/// `shown` first: the quote after it could end a `%PASSWORD` (a password
+/// `pw'` and an option `x%pw` at the end of the spec: `...x%pw'`).
 fn secret_shown(spec: &str, all: &str, shown: &str) -> bool {
+    let shown = &shown.replace(&url::redact(spec), "<spec>");
     let unnumbered = spec
         .split_once(':')
         .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
