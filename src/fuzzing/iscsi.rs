@@ -647,7 +647,7 @@ fn reader(u: &mut Unstructured<'_>) -> Result<()> {
     let lun = [0, 1, 0, 0, 0, 0, 0, 0];
     let mut reads = Vec::new();
     for tag in 1..=u.int_in_range(1..=3)? {
-        let len = if u.ratio(1, 2)? {
+        let len = if u.ratio(2, 3)? {
             u.int_in_range(0..=4096)?
         } else {
             u.int_in_range(0..=200_000)?
@@ -686,9 +686,9 @@ fn reader(u: &mut Unstructured<'_>) -> Result<()> {
         } else {
             u.arbitrary()?
         });
-        let len = match u.int_in_range(0..=2)? {
-            0 => u.int_in_range(0..=512)?,
-            1 => u.int_in_range(0..=70_000)?,
+        let len = match u.int_in_range(0..=9)? {
+            0..=4 => u.int_in_range(0..=512)?,
+            5..=7 => u.int_in_range(0..=70_000)?,
             // Around the size read past the receive buffer (64 KiB).
             _ => u.int_in_range(60_000..=140_000)?,
         };
