@@ -73,7 +73,8 @@ enum Role {
 /// What a `Role::Renegotiates` target saw.
 #[derive(Default)]
 struct Renegotiation {
-    /// Text Requests received.
+    /// Text Requests answered (the second one, the initiator's answer to
+    /// "not done", comes after it applied the new length).
     asked: AtomicUsize,
     /// The largest data segment of a SCSI Command or Data-Out since the
     /// last declaration.
@@ -415,12 +416,22 @@ fn serve(mut s: TcpStream, role: Role, counts: &Counts, commands: &AtomicUsize, 
                 let Role::Renegotiates(seen) = &role else {
                     return;
                 };
+                // First round: declare 4096 and say "not done" (F=0, a
+                // TTT of ours), so that the initiator answers with a second
+                // Text Request, which it sends only once it has applied the
+                // declaration; that one ends the negotiation.
+                let first = seen.asked.load(Ordering::Relaxed) == 0;
                 let mut r = Pdu::new(Opcode::TextResponse);
-                r.set_flags(0x80);
                 r.set_itt(p.itt());
-                r.set_u32(20, 0xffff_ffff);
-                r.data = text::encode(&[("MaxRecvDataSegmentLength", "4096")]);
-                seen.largest.store(0, Ordering::Relaxed);
+                if first {
+                    r.set_flags(0);
+                    r.set_u32(20, 0x5e55_0001);
+                    r.data = text::encode(&[("MaxRecvDataSegmentLength", "4096")]);
+                    seen.largest.store(0, Ordering::Relaxed);
+                } else {
+                    r.set_flags(0x80);
+                    r.set_u32(20, 0xffff_ffff);
+                }
                 send(&mut s, r, exp_cmd_sn, &mut stat_sn);
                 seen.asked.fetch_add(1, Ordering::Relaxed);
             }
@@ -1054,11 +1065,13 @@ fn a_target_asking_to_negotiate_gets_a_text_request_and_its_new_segment_length_i
     .unwrap();
     // A VM uses the session: it logs in.
     c.activate();
+    // The target asks within Parameter3 (5 s); the wait only bounds a
+    // client that never answers.
     let start = Instant::now();
-    while seen.asked.load(Ordering::Relaxed) == 0 {
+    while seen.asked.load(Ordering::Relaxed) < 2 {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no Text Request within Parameter3"
+            start.elapsed() < Duration::from_secs(60),
+            "no Text Request, or none after the declaration"
         );
         sleep(Duration::from_millis(10));
     }
