@@ -106,10 +106,15 @@ fn handle_request(v: Value, d: &dyn Dispatch, errors: &mut Vec<RpcError>) -> Opt
         );
     };
     let id = obj.remove("id");
-    let id_ok = matches!(
-        id,
-        None | Some(Value::Null | Value::String(_) | Value::Number(_))
-    );
+    // A number is taken only as an integer of 64 bits at most: others
+    // (fractions, huge integers) are read into a float, and would come back
+    // as another number than the client sent (JSON-RPC 2.0 section 5: the
+    // same value). Section 4 says ids SHOULD NOT have fractional parts.
+    let id_ok = match &id {
+        None | Some(Value::Null | Value::String(_)) => true,
+        Some(Value::Number(n)) => n.is_i64() || n.is_u64(),
+        Some(_) => false,
+    };
     let reply_id = if id_ok {
         id.clone().unwrap_or(Value::Null)
     } else {
@@ -118,7 +123,10 @@ fn handle_request(v: Value, d: &dyn Dispatch, errors: &mut Vec<RpcError>) -> Opt
     if !id_ok {
         return fail(
             reply_id,
-            RpcError::new(INVALID_REQUEST, "\"id\" must be a string, a number or null"),
+            RpcError::new(
+                INVALID_REQUEST,
+                "\"id\" must be a string, an integer of at most 64 bits or null",
+            ),
         );
     }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
@@ -214,6 +222,30 @@ mod tests {
             r#"[]"#,
         ] {
             assert_eq!(code(&run(bad).unwrap()), INVALID_REQUEST, "{bad}");
+        }
+    }
+
+    /// Found by the `control_rpc` fuzz target: an id of
+    /// 555555555555555555555555555555555555556 came back as
+    /// 5.555555555555555e+38.
+    #[test]
+    fn an_id_that_cannot_come_back_exactly_is_refused_and_the_others_do() {
+        for bad in [
+            "555555555555555555555555555555555555556",
+            "1.5",
+            "1e3",
+            "-0.0",
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"echo","id":{bad}}}"#);
+            let r = run(&line).unwrap();
+            assert_eq!(code(&r), INVALID_REQUEST, "{bad}");
+            assert_eq!(r["id"], Value::Null, "{bad}");
+        }
+        for good in ["0", "-9223372036854775808", "18446744073709551615", "\"x\""] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"echo","id":{good}}}"#);
+            let mut errors = Vec::new();
+            let out = handle_line(line.as_bytes(), &Echo, &mut errors).unwrap();
+            assert!(out.contains(&format!(r#""id":{good},"#)), "{out}");
         }
     }
 

@@ -31,7 +31,8 @@ impl Dispatch for Harmless<'_> {
 }
 
 /// Lines sent to the control socket: every request with an id is answered
-/// with a well-formed JSON-RPC 2.0 response carrying that id, and no answer
+/// with a well-formed JSON-RPC 2.0 response carrying that id exactly (or
+/// refused, if it is a number that could not come back so), and no answer
 /// shows the password of an iscsi:// URL given as a parameter.
 pub fn control_rpc(data: &[u8]) {
     let registry = Registry::new(None, FileConfig::default(), Default::default());
@@ -57,8 +58,16 @@ pub fn control_rpc(data: &[u8]) {
             }
         }
         if let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(line) {
-            if let Some(id @ (Value::String(_) | Value::Number(_))) = req.get("id") {
-                assert_eq!(&v["id"], id, "{out}");
+            // A string or 64-bit integer id comes back as sent; another
+            // number (read into a float) is refused, with a null id.
+            match req.get("id") {
+                Some(id @ Value::String(_)) => assert_eq!(&v["id"], id, "{out}"),
+                Some(Value::Number(n)) if !n.is_i64() && !n.is_u64() => {
+                    assert_eq!(v["id"], Value::Null, "{out}");
+                    assert_eq!(v["error"]["code"], rpc::INVALID_REQUEST, "{out}");
+                }
+                Some(id @ Value::Number(_)) => assert_eq!(&v["id"], id, "{out}"),
+                _ => {}
             }
             let password = req
                 .get("params")
