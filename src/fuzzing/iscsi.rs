@@ -580,20 +580,7 @@ impl Sink for ReaderSink {
         let dst = b
             .get_mut(offset..offset.saturating_add(len))
             .unwrap_or_else(|| panic!("{len} bytes received at {offset} of a {size}-byte sink"));
-        let iov = [
-            libc::iovec {
-                iov_base: dst.as_mut_ptr().cast(),
-                iov_len: dst.len(),
-            },
-            libc::iovec {
-                iov_base: after.as_mut_ptr().cast(),
-                iov_len: after.len(),
-            },
-        ];
-        // SAFETY: readv(2) writes at most the two buffers' lengths into
-        // them; both are borrowed mutably (one under the lock) for the call.
-        let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
-        Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+        Some(crate::iscsi::client::read_two(fd, dst, after))
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {

@@ -56,7 +56,7 @@ use super::login::LoginParams;
 use super::session::{is_small, tmf_covers, Awaited, Completion, Data, TmfAnswer};
 pub use coalesce::Coalescing;
 use coalesce::{next_wait, Timer, Wait, ANSWER_HEADER};
-pub(crate) use halves::receive_in_pieces;
+pub(crate) use halves::{read_two, receive_in_pieces};
 use halves::{set_receive_low_water, Reader, Writer};
 pub use pr::PrMemory;
 pub use receive::Receiver;

@@ -22,6 +22,7 @@ use crate::iscsi::session::{Session, SinkRef};
 
 pub(crate) use pieces::receive_in_pieces;
 use placing::Placing;
+pub(crate) use reader::read_two;
 pub(super) use reader::{read_some, Reader};
 pub(super) use writer::Writer;
 

@@ -58,6 +58,25 @@ pub(in crate::iscsi::client) fn read_some(
     Ok(n)
 }
 
+/// One readv(2) from `fd` into `first`, then `then`: the bytes read.
+/// What a sink's `read_from` does with its memory and the bytes after.
+pub(crate) fn read_two(fd: i32, first: &mut [u8], then: &mut [u8]) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: first.as_mut_ptr().cast(),
+            iov_len: first.len(),
+        },
+        libc::iovec {
+            iov_base: then.as_mut_ptr().cast(),
+            iov_len: then.len(),
+        },
+    ];
+    // SAFETY: readv(2) writes at most each buffer's length into it; both
+    // are borrowed mutably for the call.
+    let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+    usize::try_from(r).map_err(|_| io::Error::last_os_error())
+}
+
 impl Reader {
     /// The receiving half of a connection on `stream` (non-blocking), with
     /// `rx` what was received and not decoded yet.

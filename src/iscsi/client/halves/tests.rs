@@ -37,20 +37,7 @@ impl Sink for MemSink {
         after: &mut [u8],
     ) -> Option<io::Result<usize>> {
         let mut b = self.0.lock().unwrap();
-        let iov = [
-            libc::iovec {
-                iov_base: b[offset..offset + len].as_mut_ptr().cast(),
-                iov_len: len,
-            },
-            libc::iovec {
-                iov_base: after.as_mut_ptr().cast(),
-                iov_len: after.len(),
-            },
-        ];
-        // SAFETY: readv(2) into `len` bytes of the locked buffer and
-        // into `after`, both borrowed mutably for the call.
-        let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
-        Some(usize::try_from(r).map_err(|_| io::Error::last_os_error()))
+        Some(read_two(fd, &mut b[offset..offset + len], after))
     }
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> bool {
         buf.copy_from_slice(&self.0.lock().unwrap()[offset..offset + buf.len()]);
